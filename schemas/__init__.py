@@ -1,0 +1,1 @@
+"""Data contracts: the canonical record, per-stage Great Expectations suites, and config models."""

@@ -1,0 +1,157 @@
+"""Pipeline configuration: a TOML file validated by these models.
+
+Every model forbids unknown keys, so a typo in the config is an error that names the key instead of a silently
+ignored setting. Values that become storage paths (run ids, dataset names) are validated here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """Names that become path components: no separators, no '..', no leading dot."""
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' "
+            "(at most 128 characters, starting with a letter or digit, no '..')"
+        )
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Strict):
+    """S3 connection settings. Credentials may also come from the standard AWS env vars.
+
+    They are SecretStr so that they never print in logs, manifests or reports.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+    anon: bool = False
+
+    def s3_options(self) -> dict:
+        key = self.key.get_secret_value() if self.key else os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = self.secret.get_secret_value() if self.secret else os.environ.get("AWS_SECRET_ACCESS_KEY")
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = self.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        opts: dict = {"anon": self.anon, "client_kwargs": {"region_name": region}}
+        if endpoint:
+            opts["client_kwargs"]["endpoint_url"] = endpoint
+        if key and secret:
+            opts["key"], opts["secret"] = key, secret
+        return opts
+
+
+class IngestConfig(Strict):
+    """How input records map onto the canonical record (schemas/record.py)."""
+
+    format: Literal["auto", "jsonl", "parquet", "csv"] = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"
+    id_from: Literal["position", "field"] = Field(
+        "position",
+        description="'position': id = hash(source uri, line) — always unique; "
+        "'field': id = the input's own id field (duplicates then fail the contract)",
+    )
+    source_field: str | None = None
+    url_field: str | None = "url"
+    timestamp_field: str | None = "timestamp"
+    label_field: str | None = "label"
+    prompt_field: str | None = "prompt"
+    response_field: str | None = "response"
+    max_record_bytes: int = Field(1_000_000, gt=0)
+    shard_rows: int = Field(50_000, gt=0, description="rows per output shard; bounds memory")
+    read_block_bytes: int = Field(8 << 20, gt=0)
+    evidence_chars: int = Field(2_000, gt=0, description="raw lines are cut to this length in quarantine")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+
+    def mapped_fields(self) -> dict[str, str]:
+        """canonical column -> input field, for the optional fields that are configured."""
+        pairs = {
+            "source_id": self.id_field,
+            "source": self.source_field,
+            "url": self.url_field,
+            "timestamp": self.timestamp_field,
+            "label": self.label_field,
+            "prompt": self.prompt_field,
+            "response": self.response_field,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+
+class ContractConfig(Strict):
+    max_reject_rate: dict[str, float] = Field(
+        default_factory=dict,
+        description="per stage: the largest fraction of rows_in it may reject before the contract fails",
+    )
+
+    @field_validator("max_reject_rate")
+    @classmethod
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        for stage, rate in v.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"max_reject_rate.{stage} = {rate} must be within [0, 1]")
+        return v
+
+
+class PublishConfig(Strict):
+    dataset: str = "curated"
+    description: str = ""
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return check_safe_name(v, "dataset name")
+
+
+class RunnerConfig(Strict):
+    workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads)")
+    retries: int = Field(3, ge=0, le=10, description="retries of I/O tasks, with exponential backoff")
+
+
+class SluiceConfig(Strict):
+    stages: list[str] = Field(default_factory=lambda: ["ingest", "publish"])
+    storage: StorageConfig = StorageConfig()
+    ingest: IngestConfig = IngestConfig()
+    contracts: ContractConfig = ContractConfig()
+    publish: PublishConfig = PublishConfig()
+    runner: RunnerConfig = RunnerConfig()
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the offending key."""
+
+
+def load_config(path: str | Path | None) -> SluiceConfig:
+    if path is None:
+        return SluiceConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return SluiceConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"  {key}: {msg}")
+        raise ConfigError(f"config file {path} is invalid:\n" + "\n".join(problems)) from None

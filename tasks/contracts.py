@@ -1,0 +1,116 @@
+"""Runs a stage's Great Expectations suite on its output, in an ephemeral GE context, and renders Data Docs.
+
+GE is imported lazily: it costs seconds to import, and a run that resumes past every stage never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+log = logging.getLogger("sluice")
+
+
+@dataclass
+class ContractResult:
+    suite: str
+    success: bool
+    failures: list[str] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"suite": self.suite, "success": self.success, "failures": self.failures, "results": self.results}
+
+
+class ContractError(RuntimeError):
+    """A stage's output broke its contract; nothing downstream runs and the stage is not committed."""
+
+    def __init__(self, stage: str, result: ContractResult):
+        self.stage, self.result = stage, result
+        super().__init__(f"contract of stage '{stage}' failed: " + "; ".join(result.failures))
+
+
+def _describe(exp_type: str, kwargs: dict, result: dict) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("batch_id",))
+    detail = []
+    if result.get("unexpected_count") is not None:
+        detail.append(f"{result['unexpected_count']} unexpected")
+        partial = result.get("partial_unexpected_list") or []
+        if partial:
+            detail.append(f"e.g. {partial[:3]!r}")
+    if "observed_value" in result:
+        detail.append(f"observed {result['observed_value']!r}")
+    return f"{exp_type}({args})" + (f": {', '.join(detail)}" if detail else "")
+
+
+class Contracts:
+    """One ephemeral GE context per run; Data Docs go to `docs_dir` (a local folder)."""
+
+    def __init__(self, docs_dir: str | None = None):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.gx = gx
+        self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.datasource = self.ctx.data_sources.add_pandas("sluice")
+        self.docs_dir = docs_dir or tempfile.mkdtemp(prefix="sluice-docs-")
+        self.ctx.add_data_docs_site(
+            site_name="sluice",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+
+    def validate(self, name: str, suite_def: dict, df: pd.DataFrame) -> ContractResult:
+        gx = self.gx
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+        suite = self.ctx.suites.add(gx.ExpectationSuite(name=name))
+        for exp in suite_def["expectations"]:
+            conf = ExpectationConfiguration(type=exp["type"], kwargs=dict(exp.get("kwargs", {})))
+            suite.add_expectation(conf.to_domain_obj())
+        asset = self.datasource.add_dataframe_asset(name)
+        batch_def = asset.add_batch_definition_whole_dataframe(name)
+        vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+        checkpoint = self.ctx.checkpoints.add(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["sluice"])],
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
+            )
+        )
+        run = checkpoint.run(batch_parameters={"dataframe": df})
+        validation = next(iter(run.run_results.values()))
+        results, failures = [], []
+        for r in validation.results:
+            cfg = r.expectation_config
+            kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
+            res = {k: v for k, v in (r.result or {}).items()
+                   if k in ("unexpected_count", "unexpected_percent", "observed_value", "element_count")}
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                res["exception"] = r.exception_info.get("exception_message")
+            results.append({"expectation": cfg.type, "kwargs": kwargs, "success": bool(r.success), "result": res})
+            if not r.success:
+                failures.append(_describe(cfg.type, kwargs, {**(r.result or {}), **res}))
+        return ContractResult(suite=name, success=bool(run.success), failures=failures, results=results)
+
+    def copy_docs_to(self, copy_file) -> None:
+        """Hand every rendered Data Docs file to `copy_file(relative_path, bytes)` (storage may be S3)."""
+        for root, _, files in os.walk(self.docs_dir):
+            for f in files:
+                full = os.path.join(root, f)
+                with open(full, "rb") as fh:
+                    copy_file(os.path.relpath(full, self.docs_dir), fh.read())
+
+    def close(self) -> None:
+        shutil.rmtree(self.docs_dir, ignore_errors=True)

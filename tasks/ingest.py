@@ -1,0 +1,243 @@
+"""Ingest: raw lines or tabular rows -> canonical records, every bad record quarantined with file, line and field.
+
+JSON is parsed by orjson (C) one line at a time, because one bad line must cost one record, not the file (datatrove's
+reader gives up on the whole file at the first bad line). Everything after the parse — validation, normalization,
+hashing, ids, timestamps — is polars expressions over the whole batch.
+"""
+
+from __future__ import annotations
+
+import orjson
+import polars as pl
+import polars_hash as plh
+
+from schemas.config import IngestConfig
+from schemas.record import CANONICAL, INGEST_REJECTED, conform
+from tasks.stage import Stage, StageResult
+
+OPTIONAL = ("source_id", "source", "url", "timestamp", "label", "prompt", "response")
+_MISSING = object()
+
+
+def _json_type(value: object) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _as_text(value: object) -> str | None:
+    """Optional fields are stored as strings; non-string JSON values keep their JSON spelling."""
+    if value is None or type(value) is str:
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _parse_line(raw: bytes, text_field: str, fields: tuple[str, ...], mapped: frozenset[str]) -> tuple:
+    """One line -> (code, detail, text, meta, *optional fields). A bad line yields a code instead of raising."""
+    empty = (None,) * len(fields)
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        msg = str(exc)
+        code = "ingest.utf8.invalid" if "UTF-8" in msg else "ingest.json.invalid"
+        return (code, msg, None, None, *empty)
+    if type(obj) is not dict:
+        return ("ingest.json.not_object", f"a JSON {_json_type(obj)} where an object was expected", None, None, *empty)
+    text = obj.get(text_field, _MISSING)
+    code = detail = None
+    if text is _MISSING:
+        code, detail, text = "ingest.text.missing", f"field {text_field!r} is missing", None
+    elif text is None:
+        code, detail = "ingest.text.missing", f"field {text_field!r} is null"
+    elif type(text) is not str:
+        code, detail = "ingest.text.not_string", f"field {text_field!r} is a JSON {_json_type(text)}, not a string"
+        text = None
+    rest = {k: v for k, v in obj.items() if k not in mapped}
+    meta = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS).decode() if rest else "{}"
+    return (code, detail, text, meta, *(_as_text(obj.get(f)) for f in fields))
+
+
+def _from_jsonl(lines: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+    """Candidate rows from raw JSON lines: parsed fields plus `code`/`detail` for lines that failed to parse."""
+    mapping = p.mapped_fields()
+    names = tuple(mapping)
+    fields = tuple(mapping.values())
+    mapped = frozenset((p.text_field, *fields))
+    oversize = lines["raw"].bin.size() > p.max_record_bytes
+    parse_rows = lines.filter(~oversize)
+    parsed = [_parse_line(r, p.text_field, fields, mapped) for r in parse_rows["raw"].to_list()]
+    columns = list(zip(*parsed, strict=True)) if parsed else [[] for _ in range(4 + len(names))]
+    out = parse_rows.select("src_file", "src_line", "raw").with_columns(
+        pl.Series("code", columns[0], dtype=pl.String),
+        pl.Series("detail", columns[1], dtype=pl.String),
+        pl.Series("text", columns[2], dtype=pl.String),
+        pl.Series("meta", columns[3], dtype=pl.String),
+        *(pl.Series(n, columns[4 + i], dtype=pl.String) for i, n in enumerate(names)),
+    )
+    big = lines.filter(oversize).select("src_file", "src_line", "raw").with_columns(
+        code=pl.lit("ingest.record.oversize"),
+        detail=pl.format("record is {} bytes, over max_record_bytes={}", pl.col("raw").bin.size(),
+                         pl.lit(p.max_record_bytes)),
+    )
+    return pl.concat([out, big], how="diagonal_relaxed")
+
+
+def _from_tabular(rows: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+    """Candidate rows from Parquet/CSV columns: the same shape `_from_jsonl` produces."""
+    mapping = {k: v for k, v in p.mapped_fields().items() if v in rows.columns}
+    source_cols = [c for c in rows.columns if c not in ("src_file", "src_line")]
+    unmapped = [c for c in source_cols if c not in (p.text_field, *mapping.values())]
+
+    def as_string(col: str) -> pl.Expr:
+        dtype = rows.schema[col]
+        if dtype == pl.String:
+            return pl.col(col)
+        if dtype.is_nested():
+            return pl.when(pl.col(col).is_not_null()).then(pl.struct(pl.col(col)).struct.json_encode()
+                                                           .str.extract(r"^\{\"[^\"]*\":(.*)\}$"))
+        return pl.col(col).cast(pl.String)
+
+    raw = pl.struct(source_cols).struct.json_encode() if source_cols else pl.lit("{}")
+    meta = pl.struct(unmapped).struct.json_encode() if unmapped else pl.lit("{}")
+    tf = p.text_field
+    if tf not in rows.columns:
+        code, detail, text = pl.lit("ingest.text.missing"), pl.lit(f"column {tf!r} is missing"), pl.lit(None)
+    elif rows.schema[tf] != pl.String:
+        code = pl.when(pl.col(tf).is_null()).then(pl.lit("ingest.text.missing")).otherwise(
+            pl.lit("ingest.text.not_string"))
+        detail = pl.lit(f"column {tf!r} has type {rows.schema[tf]}, not a string")
+        text = pl.lit(None)
+    else:
+        text = pl.col(tf)
+        too_big = pl.col(tf).str.len_bytes() > p.max_record_bytes
+        code = (pl.when(pl.col(tf).is_null()).then(pl.lit("ingest.text.missing"))
+                .when(too_big).then(pl.lit("ingest.record.oversize")))
+        detail = (pl.when(pl.col(tf).is_null()).then(pl.lit(f"field {tf!r} is null"))
+                  .when(too_big).then(pl.format("text is {} bytes, over max_record_bytes={}",
+                                                pl.col(tf).str.len_bytes(), pl.lit(p.max_record_bytes))))
+    return rows.select(
+        "src_file",
+        "src_line",
+        raw.cast(pl.String).cast(pl.Binary).alias("raw"),
+        code.cast(pl.String).alias("code"),
+        detail.cast(pl.String).alias("detail"),
+        text.cast(pl.String).alias("text"),
+        meta.cast(pl.String).alias("meta"),
+        *(as_string(col).alias(name) for name, col in mapping.items()),
+    )
+
+
+def _parse_timestamp(col: str) -> pl.Expr:
+    """ISO 8601 (with or without offset), 'YYYY-MM-DD[ HH:MM:SS]', or epoch seconds -> UTC microseconds."""
+    s = pl.col(col).str.strip_chars()
+    naive = [
+        s.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
+    ]
+    return pl.coalesce(
+        s.str.to_datetime("%+", strict=False, time_unit="us").dt.convert_time_zone("UTC"),
+        *naive,
+        s.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+        (s.cast(pl.Float64, strict=False) * 1_000_000).cast(pl.Int64, strict=False)
+        .cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+    )
+
+
+def _rejections(frame: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+    return frame.with_columns(
+        raw=pl.col("raw").str.slice(0, p.evidence_chars),
+        reason=pl.col("code"),
+        evidence=pl.struct(
+            file=pl.col("src_file"), line=pl.col("src_line"), field=pl.col("field"), detail=pl.col("detail")
+        ).struct.json_encode(),
+    )
+
+
+def _decode_lossy(df: pl.DataFrame) -> pl.DataFrame:
+    """Quarantined raw bytes may be invalid UTF-8; keep them readable (U+FFFD) instead of losing them."""
+    if df.height == 0:
+        return df.with_columns(pl.col("raw").cast(pl.String))
+    decoded = [None if b is None else b.decode("utf-8", "replace") for b in df["raw"].to_list()]
+    return df.with_columns(pl.Series("raw", decoded, dtype=pl.String))
+
+
+FIELD_OF_CODE = {
+    "ingest.text.missing": "text",
+    "ingest.text.not_string": "text",
+    "ingest.text.empty": "text",
+    "ingest.timestamp.invalid": "timestamp",
+    "ingest.id.missing": "id",
+}
+
+
+def ingest(batch: pl.DataFrame, p: IngestConfig) -> StageResult:
+    """Raw batch (from tasks/io/readers.py) -> canonical records + quarantined rows."""
+    is_raw = "read_error_code" in batch.columns
+    broken = batch.filter(pl.col("read_error_code").is_not_null()) if is_raw else batch.clear()
+    if is_raw:
+        lines = batch.filter(pl.col("read_error_code").is_null())
+        candidates = _from_jsonl(lines, p) if "raw" in lines.columns and lines.height else pl.DataFrame()
+    else:
+        candidates = _from_tabular(batch, p)
+    if candidates.height == 0:
+        candidates = pl.DataFrame(schema={"src_file": pl.String, "src_line": pl.Int64, "raw": pl.Binary,
+                                          "code": pl.String, "detail": pl.String, "text": pl.String,
+                                          "meta": pl.String})
+    for name in OPTIONAL:
+        if name not in candidates.columns:
+            candidates = candidates.with_columns(pl.lit(None, pl.String).alias(name))
+
+    ts = _parse_timestamp("timestamp")
+    code = (
+        pl.when(pl.col("code").is_not_null()).then(pl.col("code"))
+        .when(pl.col("text").str.strip_chars().str.len_bytes() == 0).then(pl.lit("ingest.text.empty"))
+        .when(pl.col("timestamp").is_not_null() & ts.is_null()).then(pl.lit("ingest.timestamp.invalid"))
+    )
+    detail = (
+        pl.when(pl.col("code").is_not_null()).then(pl.col("detail"))
+        .when(pl.col("text").str.strip_chars().str.len_bytes() == 0)
+        .then(pl.lit(f"field {p.text_field!r} is empty or whitespace"))
+        .when(pl.col("timestamp").is_not_null() & ts.is_null())
+        .then(pl.format("field {} = {} is not a recognised date/time", pl.lit(repr(p.timestamp_field)),
+                        pl.col("timestamp")))
+    )
+    if p.id_from == "field":
+        code = code.when(pl.col("source_id").is_null()).then(pl.lit("ingest.id.missing"))
+        detail = detail.when(pl.col("source_id").is_null()).then(pl.lit(f"id field {p.id_field!r} is missing"))
+    judged = candidates.with_columns(code.alias("code"), detail.alias("detail"), ts.alias("timestamp_parsed"))
+
+    good = judged.filter(pl.col("code").is_null())
+    position_id = plh.concat_str(pl.col("src_file"), pl.lit("\n"), pl.col("src_line").cast(pl.String)).chash.sha2_256()
+    kept = good.with_columns(
+        id=(pl.col("source_id") if p.id_from == "field" else position_id.str.slice(0, 32)),
+        content_sha256=plh.col("text").chash.sha2_256(),
+        text=pl.col("text").str.normalize("NFC"),
+        source=pl.coalesce(pl.col("source"), pl.col("src_file")),
+        timestamp=pl.col("timestamp_parsed"),
+    )
+    kept = conform(kept, CANONICAL)
+
+    bad = judged.filter(pl.col("code").is_not_null()).with_columns(
+        field=pl.col("code").replace_strict(FIELD_OF_CODE, default=None, return_dtype=pl.String)
+    )
+    if broken.height:
+        broken = broken.select(
+            "src_file", "src_line", "raw", code=pl.col("read_error_code"), detail=pl.col("read_error"),
+            field=pl.lit(None, pl.String), source_id=pl.lit(None, pl.String),
+        )
+        bad = pl.concat([bad, broken], how="diagonal_relaxed")
+    bad = _decode_lossy(bad.with_columns(pl.col("raw").cast(pl.Binary)))
+    rejected = conform(_rejections(bad, p), INGEST_REJECTED)
+    return StageResult(kept=kept, rejected=rejected)
+
+
+STAGE = Stage(
+    name="ingest",
+    fn=ingest,
+    params=lambda cfg: cfg.ingest,
+    requires={},
+    adds=CANONICAL,
+    suite="ingest",
+    kind="source",
+    description="JSONL/Parquet/CSV (gz, zst; local or s3://) -> canonical records; bad records quarantined",
+)

@@ -1,0 +1,153 @@
+"""One storage abstraction over fsspec URIs (a local path or s3://bucket/prefix).
+
+The commit protocol needs three primitives that behave the same on a laptop and on S3:
+atomic whole-object writes (local: temp file + rename; S3: a PUT is atomic), exclusive create
+(local: O_EXCL; S3: conditional PUT with If-None-Match), and listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import orjson
+import polars as pl
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def filesystem(uri: str, s3_options: dict | None = None) -> fsspec.AbstractFileSystem:
+    if is_s3(uri):
+        return fsspec.filesystem("s3", **(s3_options or {}))
+    return fsspec.filesystem("file")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    uri: str
+    rows: int
+    sha256: str
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return {"uri": self.uri, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
+
+
+class Storage:
+    """A root URI plus the operations the commit protocol needs; paths passed in are relative to the root."""
+
+    def __init__(self, root: str, s3_options: dict | None = None):
+        self.remote = is_s3(root)
+        if self.remote:
+            self.root = root.rstrip("/")
+        else:
+            self.root = str(Path(root).expanduser().resolve())
+        self.fs = filesystem(root, s3_options)
+        self._s3_options = s3_options
+
+    def uri(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _path(self, rel: str) -> str:
+        uri = self.uri(rel)
+        return uri.split("://", 1)[1] if self.remote else uri
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self._path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._path(rel))
+
+    def read_json(self, rel: str) -> dict:
+        return orjson.loads(self.read_bytes(rel))
+
+    def read_json_if_exists(self, rel: str) -> dict | None:
+        try:
+            return self.read_json(rel)
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Atomic replace: readers see the old object or the new one, never a prefix."""
+        path = self._path(rel)
+        if self.remote:
+            self.fs.pipe_file(path, data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def write_json(self, rel: str, obj: dict) -> None:
+        self.write_bytes(rel, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` only if it does not exist yet; returns False when someone else already has."""
+        path = self._path(rel)
+        if self.remote:
+            bucket, key = path.split("/", 1)
+            try:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except FileExistsError:
+                return False
+            except OSError as exc:  # s3fs maps 412/409 to OSError subclasses depending on version
+                if "pre-condition" in str(exc).lower() or "conflict" in str(exc).lower():
+                    return False
+                raise
+            self.fs.invalidate_cache(path)
+            return True
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def write_parquet(self, rel: str, df: pl.DataFrame) -> WrittenObject:
+        """Serialize in memory so the sha256 is of exactly the bytes stored (and the write stays atomic)."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        data = buf.getvalue()
+        self.write_bytes(rel, data)
+        return WrittenObject(self.uri(rel), df.height, sha256_bytes(data), len(data))
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(self.read_bytes(rel)), columns=columns)
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names (not paths) directly under `rel`; empty when it does not exist."""
+        path = self._path(rel)
+        try:
+            entries = self.fs.ls(path, detail=False, refresh=True) if self.remote else self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def delete(self, rel: str) -> None:
+        path = self._path(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def rel_of(self, uri: str) -> str:
+        prefix = self.root + "/"
+        if not uri.startswith(prefix):
+            raise ValueError(f"{uri} is not under the storage root {self.root}")
+        return uri[len(prefix) :]

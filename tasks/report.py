@@ -1,0 +1,83 @@
+"""The run report: `report/index.html` (counts, quarantine reasons, contracts, timings), `report/card.md`, and GE
+Data Docs under `report/contracts/`. Also the markdown summary used for the Prefect artifact and the CLI."""
+
+from __future__ import annotations
+
+import html
+
+from tasks.runner import RunContext
+
+
+def summary_rows(manifests: list[dict]) -> list[dict]:
+    return [
+        {
+            "stage": m["stage"],
+            "rows_in": m["rows_in"],
+            "rows_out": m["rows_out"],
+            "rows_rejected": m["rows_rejected"],
+            "contract": "passed" if m["contract"]["success"] else "failed",
+            "seconds": m.get("seconds", 0.0),
+        }
+        for m in manifests
+    ]
+
+
+def markdown_summary(run: dict, manifests: list[dict]) -> str:
+    lines = [f"# Sluice run `{run['run_id']}` — {run['status']}", ""]
+    lines += ["| stage | in | out | quarantined | contract | seconds |", "|---|---:|---:|---:|---|---:|"]
+    for r in summary_rows(manifests):
+        lines.append(f"| {r['stage']} | {r['rows_in']:,} | {r['rows_out']:,} | {r['rows_rejected']:,} | "
+                     f"{r['contract']} | {r['seconds']:.2f} |")
+    if run.get("error"):
+        lines += ["", f"**Error:** {run['error']}"]
+    if run.get("published"):
+        p = run["published"]
+        lines += ["", f"Published `{p['dataset']}` v{p['version']} at `{p['uri']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(run: dict, manifests: list[dict]) -> str:
+    stages = _table(
+        ["stage", "rows in", "rows out", "quarantined", "contract", "seconds", "shards (resumed)"],
+        [[m["stage"], f"{m['rows_in']:,}", f"{m['rows_out']:,}", f"{m['rows_rejected']:,}",
+          "passed" if m["contract"]["success"] else "FAILED", m.get("seconds", ""),
+          f"{m.get('shards', '')} ({m.get('shards_resumed', 0)})"] for m in manifests],
+    )
+    reasons = _table(
+        ["stage", "reason", "rows"],
+        [[m["stage"], code, f"{n:,}"] for m in manifests for code, n in m["rejected_by_reason"].items()],
+    )
+    contracts = _table(
+        ["stage", "expectation", "arguments", "result"],
+        [[m["stage"], r["expectation"], r["kwargs"], "ok" if r["success"] else f"FAILED {r['result']}"]
+         for m in manifests for r in m["contract"]["results"]],
+    )
+    error = f"<p class=err>{html.escape(run['error'])}</p>" if run.get("error") else ""
+    published = ""
+    if run.get("published"):
+        p = run["published"]
+        published = f"<p>Published <b>{html.escape(p['dataset'])}</b> v{p['version']}: {html.escape(p['uri'])}</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Sluice run {html.escape(run['run_id'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.err{{color:#b00}}</style></head><body>
+<h1>Sluice run {html.escape(run['run_id'])} — {html.escape(run['status'])}</h1>{error}{published}
+<p>code version {html.escape(run.get('code_version', ''))}; inputs: {html.escape(', '.join(run.get('inputs', [])))}</p>
+<h2>Stages</h2>{stages}<h2>Quarantine</h2>{reasons}
+<p>Browse: <code>sluice quarantine {html.escape(run['run_id'])} --output ROOT</code></p>
+<h2>Contracts</h2>{contracts}<p><a href="contracts/index.html">Great Expectations Data Docs</a></p>
+</body></html>"""
+
+
+def write_report(ctx: RunContext, run: dict, manifests: list[dict], contracts) -> str:
+    """Write the report; returns the URI of index.html."""
+    ctx.storage.write_bytes(ctx.rel("report", "index.html"), render_html(run, manifests).encode())
+    ctx.storage.write_bytes(ctx.rel("report", "card.md"), markdown_summary(run, manifests).encode())
+    if contracts is not None:
+        contracts.copy_docs_to(lambda rel, data: ctx.storage.write_bytes(ctx.rel("report", "contracts", rel), data))
+    return ctx.storage.uri(ctx.rel("report", "index.html"))
