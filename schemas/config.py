@@ -67,7 +67,7 @@ class IngestConfig(Strict):
         description="'position': id = hash(source uri, line) — always unique; "
         "'field': id = the input's own id field (duplicates then fail the contract)",
     )
-    source_field: str | None = None
+    source_field: str | None = "source"
     url_field: str | None = "url"
     timestamp_field: str | None = "timestamp"
     label_field: str | None = "label"

