@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
     p.set_defaults(fn=cmd_demo)
 
-    p = add("runs", "list runs under an output root", "List runs with status, stages and start time.")
+    p = add("runs", "list runs under an output root",
+            "List the runs under an output root (oldest first) with status (running, succeeded, failed), the stages "
+            "they ran and when they started. A run left 'running' after a crash resumes with "
+            "`sluice run --run-id ID`; `sluice show ID` gives the details.")
     out(p)
     p.set_defaults(fn=cmd_runs)
 

@@ -94,3 +94,13 @@ def subprocess_env(api_url: str, **extra: str) -> dict:
     env["PREFECT_API_URL"] = api_url
     env.update(extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def demo_run(prefect_server, demo_corpus, tmp_path_factory):
+    """One full local run of the demo corpus, shared by the tests that only read its outputs."""
+    from flows.curate import run_curate
+
+    out = tmp_path_factory.mktemp("out")
+    run = run_curate([str(demo_corpus)], str(out), run_id="demo-run")
+    return out, run

@@ -15,13 +15,6 @@ from tasks.contracts import ContractError
 from tasks.demo_corpus import kjv_records, quote_records
 
 
-@pytest.fixture(scope="module")
-def demo_run(prefect_server, demo_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    run = run_curate([str(demo_corpus)], str(out), run_id="demo-run")
-    return out, run
-
-
 def _manifest(out: Path, run_id: str, stage: str) -> dict:
     return json.loads((out / "runs" / run_id / stage / "_manifest.json").read_text())
 

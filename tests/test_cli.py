@@ -1,0 +1,86 @@
+"""The `sluice` command: help on every command, exit codes, and the ops views (runs, show, quarantine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import orjson
+import pytest
+
+from conftest import SLUICE, subprocess_env
+from flows.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "runs", "show", "quarantine"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--output" in text and len(text) > 300
+
+
+def test_top_level_help_lists_commands():
+    text = build_parser().format_help()
+    for command in ("run", "runs", "show", "quarantine", "demo"):
+        assert command in text
+
+
+def test_runs_and_show(demo_run, capsys):
+    out, _ = demo_run
+    assert main(["runs", "--output", str(out)]) == 0
+    assert "demo-run" in capsys.readouterr().out
+    assert main(["show", "demo-run", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ingest: committed" in text and "ingest.utf8.invalid" in text and "contract: passed" in text
+    assert "publish: committed" in text
+
+
+def test_show_unknown_run_and_unsafe_run_id(demo_run, capsys):
+    out, _ = demo_run
+    assert main(["show", "no-such-run", "--output", str(out)]) == 2
+    assert "no run no-such-run" in capsys.readouterr().err
+    assert main(["show", "../../etc", "--output", str(out)]) == 2
+    assert "run id '../../etc' is not allowed" in capsys.readouterr().err
+
+
+def test_quarantine_browse_and_filter(demo_run, capsys):
+    out, run = demo_run
+    assert main(["quarantine", "demo-run", "--output", str(out), "--reason", "ingest.text.not_string",
+                 "--limit", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "ingest.text.not_string" in text and "ingest.json.invalid" not in text
+    assert "JSON number" in text and ".jsonl.gz:" in text
+    assert main(["quarantine", "demo-run", "--output", str(out), "--format", "jsonl", "--stage", "ingest"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    manifest = json.loads((out / "runs" / "demo-run" / "ingest" / "_manifest.json").read_text())
+    assert len(rows) == manifest["rows_rejected"]
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ingest]\ntext_feild = 'body'\nshard_rows = -1\n")
+    assert main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "ingest.text_feild: unknown key" in err and "ingest.shard_rows" in err
+
+
+def test_bad_stage_list(tmp_path, capsys):
+    assert main(["run", "--input", str(tmp_path), "--output", str(tmp_path), "--stages", "publish,ingest"]) == 2
+    assert "pipeline order: ingest,publish" in capsys.readouterr().err
+    assert main(["run", "--input", str(tmp_path), "--output", str(tmp_path), "--stages", "ingest,dedupe"]) == 2
+    assert "unknown stage(s) dedupe" in capsys.readouterr().err
+
+
+def test_contract_failure_exits_nonzero_naming_the_expectation(prefect_server, tmp_path):
+    data = tmp_path / "dups.jsonl"
+    data.write_bytes(b"\n".join(orjson.dumps({"id": "same", "text": f"t{i}"}) for i in range(3)))
+    config = tmp_path / "c.toml"
+    config.write_text('[ingest]\nid_from = "field"\n')
+    proc = subprocess.run([SLUICE, "run", "--input", str(data), "--output", str(tmp_path / "o"), "--config",
+                           str(config)], env=subprocess_env(prefect_server), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 3
+    assert "contract of stage 'ingest' failed" in proc.stderr
+    assert "expect_column_values_to_be_unique(column='id')" in proc.stderr
