@@ -36,7 +36,8 @@ def _print_run(run: dict) -> None:
     print(f"run id:  {run['run_id']}")
     print(f"status:  {run['status']}")
     for m in run.get("manifests", []):
-        print(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  quarantined {m['rows_rejected']:>7,}")
+        print(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  "
+              f"quarantined {m['rows_rejected']:>7,}")
     if run.get("published"):
         p = run["published"]
         print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")

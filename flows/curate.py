@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from schemas.config import load_config
 from tasks import prefect_tasks as pt
 from tasks import registry
-from tasks.contracts import ContractError, Contracts
+from tasks.contracts import ContractError, Contracts, close_contracts, contracts_for
 from tasks.io.storage import Storage
 from tasks.report import markdown_summary, write_report
 from tasks.runner import (
@@ -48,6 +48,34 @@ def _previous_manifest(ctx: RunContext, before: str) -> dict:
     raise ValueError(f"stage {before} needs the output of an earlier stage, and run {ctx.run_id} has none committed")
 
 
+def _run_stage(ctx: RunContext, stage, inputs: list[str], previous: dict | None, contracts: Contracts,
+               started: float) -> dict:
+    """Map the stage's shard tasks, then the commit task; a stage already committed for these inputs is skipped."""
+    params = params_of(stage.params(ctx.config))
+    retries = ctx.config.runner.retries
+    if stage.kind == "source":
+        files = pt.list_inputs(inputs, ctx.s3_options)
+        get_run_logger().info(f"{stage.name}: {len(files)} input file(s)")
+        stage_inputs = [f.as_dict() for f in files]
+    else:
+        source = previous or _previous_manifest(ctx, stage.name)
+        stage_inputs = source["outputs"]
+    manifest = committed_manifest(ctx, stage.name, stage_fingerprint(ctx, stage.name, stage_inputs, params))
+    if manifest is not None:
+        get_run_logger().info(f"{stage.name}: already committed for these inputs and params, skipped")
+        return manifest
+    if stage.kind == "source":
+        futures = pt.ingest_file.with_options(retries=retries).map(ctx, stage, list(range(len(files))), files)
+        receipts = [r for fut in futures for r in fut.result()]
+    else:
+        shards = map_shards(source)
+        futures = pt.map_shard.with_options(retries=retries).map(
+            ctx, stage, [s for s, _ in shards], [o for _, o in shards]
+        )
+        receipts = [f.result() for f in futures]
+    return pt.commit_stage(ctx, stage.name, stage.suite, receipts, stage_inputs, params, contracts, started)
+
+
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
 def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
            stages: list[str] | None = None) -> dict:
@@ -79,44 +107,20 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     }
     ctx.storage.write_json(ctx.rel("run.json"), run)
     logger.info(f"run {run_id}: stages {', '.join(names)} -> {ctx.storage.uri(ctx.rel())}")
-    contracts = Contracts()
+    contracts = contracts_for(run_id)
     manifests: list[dict] = []
     previous: dict | None = None
     try:
         for name in names:
             started = time.perf_counter()
-            if name == "ingest":
-                stage = registry.STAGES[name]
-                files = pt.list_inputs(inputs, s3)
-                logger.info(f"ingest: {len(files)} input file(s)")
-                file_dicts = [f.as_dict() for f in files]
-                params = params_of(stage.params(cfg))
-                fp = stage_fingerprint(ctx, name, file_dicts, params)
-                manifest = committed_manifest(ctx, name, fp)
-                if manifest is None:
-                    futures = pt.ingest_file.with_options(retries=cfg.runner.retries).map(ctx, stage, list(range(len(files))), files)
-                    receipts = [r for fut in futures for r in fut.result()]
-                    manifest = pt.commit_stage(ctx, name, stage.suite, receipts, file_dicts, params, contracts,
-                                               started)
-            elif name == registry.SINK:
+            if name == registry.SINK:
                 source = previous or _previous_manifest(ctx, name)
                 manifest = pt.publish(ctx, source, manifests, contracts)
-                run["published"] = {"dataset": manifest["dataset"], "version": manifest["version"],
-                                    "uri": manifest["uri"]}
+                run["published"] = {k: manifest[k] for k in ("dataset", "version", "uri")}
             else:
-                stage = registry.STAGES[name]
-                source = previous or _previous_manifest(ctx, name)
-                params = params_of(stage.params(cfg))
-                inputs_desc = source["outputs"]
-                manifest = committed_manifest(ctx, name, stage_fingerprint(ctx, name, inputs_desc, params))
-                if manifest is None:
-                    shards = map_shards(source)
-                    futures = pt.map_shard.with_options(retries=cfg.runner.retries).map(ctx, stage, [s for s, _ in shards], [o for _, o in shards])
-                    receipts = [f.result() for f in futures]
-                    manifest = pt.commit_stage(ctx, name, stage.suite, receipts, inputs_desc, params, contracts,
-                                               started)
+                manifest = _run_stage(ctx, registry.STAGES[name], inputs, previous, contracts, started)
+                previous = manifest
             manifests.append(manifest)
-            previous = manifest if name != registry.SINK else previous
             run["timings"][name] = round(time.perf_counter() - started, 3)
         run["status"] = "succeeded"
     except ContractError as exc:
@@ -131,6 +135,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
         ctx.storage.write_json(ctx.rel("run.json"), run)
         run["report"] = write_report(ctx, run, manifests, contracts)
         ctx.storage.write_json(ctx.rel("run.json"), run)
+        close_contracts(run_id)
         contracts.close()
         try:
             create_markdown_artifact(key=f"sluice-run-{slug(run_id)}", markdown=markdown_summary(run, manifests),

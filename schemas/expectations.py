@@ -1,4 +1,9 @@
-"""Loads the Great Expectations suites kept as JSON beside this file (one per stage output)."""
+"""Loads the Great Expectations suites kept as JSON in schemas/suites/ (one per stage output).
+
+Each expectation has a scope. 'shard' (the default) expectations are about single rows (nullability, ranges,
+lengths) and are checked on every shard as it is written, so memory stays bounded by the shard. 'global'
+expectations (uniqueness across the stage) run once at commit on only the columns they name.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,24 @@ import json
 from importlib import resources
 
 COLUMN_KWARGS = ("column", "column_A", "column_B")
+SCOPES = ("shard", "global")
 
 
 def load_suite(name: str) -> dict:
     path = resources.files("schemas") / "suites" / f"{name}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        suite = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"no expectation suite schemas/suites/{name}.json") from None
+    for exp in suite["expectations"]:
+        if exp.get("scope", "shard") not in SCOPES:
+            raise ValueError(f"suite {name}: expectation {exp['type']} has scope {exp['scope']!r}; use {SCOPES}")
+    return suite
+
+
+def scoped(suite: dict, scope: str) -> dict:
+    """The part of a suite with this scope (same name and description)."""
+    return {**suite, "expectations": [e for e in suite["expectations"] if e.get("scope", "shard") == scope]}
 
 
 def columns_of(suite: dict) -> list[str]:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -25,6 +26,25 @@ class ContractResult:
 
     def as_dict(self) -> dict:
         return {"suite": self.suite, "success": self.success, "failures": self.failures, "results": self.results}
+
+    @classmethod
+    def merge(cls, suite: str, parts: list[dict], labels: list[str]) -> ContractResult:
+        """Combine per-shard results into one per expectation: it passes only if it passed on every shard."""
+        merged: dict[str, dict] = {}
+        failures = []
+        for part, label in zip(parts, labels, strict=True):
+            for r in part["results"]:
+                key = f"{r['expectation']}|{sorted(r['kwargs'].items())}"
+                agg = merged.setdefault(key, {**r, "result": {"unexpected_count": 0, "element_count": 0},
+                                              "success": True, "scope": "shard", "failed_shards": []})
+                for k in ("unexpected_count", "element_count"):
+                    agg["result"][k] += r["result"].get(k) or 0
+                if not r["success"]:
+                    agg["success"] = False
+                    agg["failed_shards"].append(label)
+            failures += [f"{f} [shard {label}]" for f in part["failures"]]
+        results = list(merged.values())
+        return cls(suite, all(r["success"] for r in results), failures, results)
 
 
 class ContractError(RuntimeError):
@@ -52,6 +72,7 @@ class Contracts:
     """One ephemeral GE context per run; Data Docs go to `docs_dir` (a local folder)."""
 
     def __init__(self, docs_dir: str | None = None):
+        self._lock = threading.Lock()  # GE contexts are not thread-safe; shard tasks run in threads
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -71,6 +92,10 @@ class Contracts:
         )
 
     def validate(self, name: str, suite_def: dict, df: pd.DataFrame) -> ContractResult:
+        with self._lock:
+            return self._validate(name, suite_def, df)
+
+    def _validate(self, name: str, suite_def: dict, df: pd.DataFrame) -> ContractResult:
         gx = self.gx
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
@@ -114,3 +139,20 @@ class Contracts:
 
     def close(self) -> None:
         shutil.rmtree(self.docs_dir, ignore_errors=True)
+
+
+_per_run: dict[str, Contracts] = {}
+_per_run_lock = threading.Lock()
+
+
+def contracts_for(run_id: str) -> Contracts:
+    """This process's GE context for a run (created on first use; a worker process gets its own)."""
+    with _per_run_lock:
+        if run_id not in _per_run:
+            _per_run[run_id] = Contracts()
+        return _per_run[run_id]
+
+
+def close_contracts(run_id: str) -> Contracts | None:
+    with _per_run_lock:
+        return _per_run.pop(run_id, None)

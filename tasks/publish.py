@@ -17,7 +17,7 @@ import orjson
 
 from tasks.contracts import ContractError, Contracts
 from tasks.io.storage import sha256_bytes
-from tasks.runner import RunContext, validate_contract
+from tasks.runner import RunContext, validate_stage
 
 log = logging.getLogger("sluice")
 SUITE = "publish"
@@ -108,7 +108,7 @@ def publish(ctx: RunContext, source: dict, run_manifests: list[dict], contracts:
             rel = f"{base}/part-{i:05d}.parquet"
             ctx.storage.write_bytes(rel, data)
             outputs.append({**obj, "uri": ctx.storage.uri(rel)})
-        result = validate_contract(ctx, contracts, "publish", SUITE, outputs, source["rows_out"], 0)
+        result = validate_stage(ctx, contracts, "publish", SUITE, outputs, None, source["rows_out"], 0)
         manifest = {
             "stage": "publish",
             "dataset": cfg.dataset,

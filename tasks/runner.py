@@ -25,8 +25,8 @@ import orjson
 import polars as pl
 
 from schemas.config import SluiceConfig, check_safe_name
-from schemas.expectations import columns_of, load_suite
-from tasks.contracts import ContractError, ContractResult, Contracts
+from schemas.expectations import columns_of, load_suite, scoped
+from tasks.contracts import ContractError, ContractResult, Contracts, contracts_for
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.storage import Storage
 from tasks.stage import Stage, check_declaration
@@ -104,6 +104,7 @@ def run_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], pl.D
     batch = load()
     result = stage.fn(batch, params)
     check_declaration(stage, batch, result)
+    contract = validate_shard(ctx, stage.name, stage.suite, shard, result.kept)
     kept = ctx.storage.write_parquet(ctx.rel(stage.name, f"part-{shard}.parquet"), result.kept)
     rejected = None
     if result.rejected.height:
@@ -120,11 +121,12 @@ def run_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], pl.D
         "outputs": [kept.as_dict()],
         "rejected": [rejected.as_dict()] if rejected else [],
         "stats": result.stats,
+        "contract": contract.as_dict(),
         "seconds": round(time.perf_counter() - started, 4),
     }
     ctx.storage.write_json(receipt_rel, receipt)
-    msg = f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept, {result.rejected.height} quarantined"
-    log.info(msg)
+    log.info(f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept, "
+             f"{result.rejected.height} quarantined")
     for line in _reason_examples(result.rejected):
         log.warning(f"{stage.name} shard {shard}: {line}")
     return receipt
@@ -184,32 +186,57 @@ def committed_manifest(ctx: RunContext, stage_name: str, fp: str) -> dict | None
     return None
 
 
-def _contract_frame(ctx: RunContext, outputs: Iterable[dict], columns: list[str]) -> pl.DataFrame:
+def validate_shard(ctx: RunContext, stage_name: str, suite_name: str, shard: str, kept: pl.DataFrame
+                   ) -> ContractResult:
+    """Row-level ('shard' scope) expectations on one shard's kept rows, before they are written."""
+    suite = scoped(load_suite(suite_name), "shard")
+    cols = [c for c in columns_of(suite) if c in kept.columns]
+    return contracts_for(ctx.run_id).validate(f"{ctx.run_id}.{stage_name}.{shard}", suite,
+                                              kept.select(cols).to_pandas())
+
+
+def _read_columns(ctx: RunContext, outputs: Iterable[dict], columns: list[str]) -> pl.DataFrame:
     frames = []
     for obj in outputs:
         rel = ctx.storage.rel_of(obj["uri"])
-        schema = pl.read_parquet_schema(ctx.storage.read_bytes(rel)) if not frames else frames[0].schema
-        cols = [c for c in columns if c in schema]
-        frames.append(ctx.storage.read_parquet(rel, columns=cols))
+        data = ctx.storage.read_bytes(rel)
+        present = [c for c in columns if c in pl.read_parquet_schema(data)]
+        frames.append(pl.read_parquet(data, columns=present))
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame()
 
 
-def validate_contract(ctx: RunContext, contracts: Contracts, stage_name: str, suite_name: str,
-                      outputs: list[dict], rows_in: int, rows_rejected: int) -> ContractResult:
-    """Semantic half of the contract: the stage's GE suite on its output, plus the configured reject-rate ceiling."""
+def validate_stage(ctx: RunContext, contracts: Contracts, stage_name: str, suite_name: str, outputs: list[dict],
+                   shard_contracts: list[tuple[str, dict]] | None, rows_in: int, rows_rejected: int
+                   ) -> ContractResult:
+    """The stage's contract: shard results (or, when not yet validated, each part now), the 'global'
+    expectations on just the columns they name, and the configured reject-rate ceiling."""
+    import pandas as pd
+
     suite = load_suite(suite_name)
-    frame = _contract_frame(ctx, outputs, columns_of(suite))
-    result = contracts.validate(f"{ctx.run_id}.{stage_name}", suite, frame.to_pandas())
+    if shard_contracts is None:
+        shard_suite = scoped(suite, "shard")
+        shard_contracts = []
+        for obj in outputs:
+            part = _read_columns(ctx, [obj], columns_of(shard_suite))
+            label = obj["uri"].rsplit("/", 1)[-1]
+            res = contracts.validate(f"{ctx.run_id}.{stage_name}.{label}", shard_suite, part.to_pandas())
+            shard_contracts.append((label, res.as_dict()))
+    result = ContractResult.merge(suite_name, [c for _, c in shard_contracts], [s for s, _ in shard_contracts])
+    global_suite = scoped(suite, "global")
+    if global_suite["expectations"]:
+        frame = _read_columns(ctx, outputs, columns_of(global_suite))
+        whole = contracts.validate(f"{ctx.run_id}.{stage_name}", global_suite, frame.to_pandas())
+        result.results += [{**r, "scope": "global"} for r in whole.results]
+        result.failures += whole.failures
+        result.success = result.success and whole.success
     ceiling = ctx.config.contracts.max_reject_rate.get(stage_name)
     if ceiling is not None:
-        import pandas as pd
-
         rate = rows_rejected / rows_in if rows_in else 0.0
         stats_suite = {"expectations": [{"type": "expect_column_values_to_be_between",
                                          "kwargs": {"column": "reject_rate", "min_value": 0, "max_value": ceiling}}]}
         stats = contracts.validate(f"{ctx.run_id}.{stage_name}.rates", stats_suite,
                                    pd.DataFrame({"reject_rate": [rate]}))
-        result.results += stats.results
+        result.results += [{**r, "scope": "stage"} for r in stats.results]
         result.failures += [f"{f} (reject rate {rate:.4f} > ceiling {ceiling})" for f in stats.failures]
         result.success = result.success and stats.success
     return result
@@ -231,7 +258,8 @@ def commit_stage(ctx: RunContext, stage_name: str, suite_name: str, receipts: li
         stats.update(r.get("stats", {}))
     outputs = [o for r in receipts for o in r["outputs"]]
     rejected = [o for r in receipts for o in r["rejected"]]
-    result = validate_contract(ctx, contracts, stage_name, suite_name, outputs, rows_in, rows_rejected)
+    shard_contracts = [(r["shard"], r["contract"]) for r in receipts]
+    result = validate_stage(ctx, contracts, stage_name, suite_name, outputs, shard_contracts, rows_in, rows_rejected)
     manifest = {
         "stage": stage_name,
         "run_id": ctx.run_id,

@@ -7,8 +7,8 @@ import subprocess
 
 import orjson
 import pytest
-
 from conftest import SLUICE, subprocess_env
+
 from flows.cli import build_parser, main
 
 

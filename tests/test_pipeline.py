@@ -100,7 +100,8 @@ def test_prefect_artifact_summarises_the_run(demo_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sluice-run-demo-run"])))
+        key = ArtifactFilterKey(any_=["sluice-run-demo-run"])
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
     assert arts
     assert "| ingest |" in arts[0].data and "succeeded" in arts[0].data
 

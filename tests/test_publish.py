@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
-
 from conftest import SLUICE, subprocess_env
+
 from schemas.config import SluiceConfig
 from tasks.io.storage import Storage
 from tasks.publish import claim_version
