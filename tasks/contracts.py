@@ -5,6 +5,8 @@ GE is imported lazily: it costs seconds to import, and a run that resumes past e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 log = logging.getLogger("sluice")
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Contracts:
 
     def __init__(self, docs_dir: str | None = None):
         self._lock = threading.Lock()  # GE contexts are not thread-safe; shard tasks run in threads
+        self._definitions: dict[str, tuple] = {}
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -91,31 +95,48 @@ class Contracts:
             },
         )
 
-    def validate(self, name: str, suite_def: dict, df: pd.DataFrame) -> ContractResult:
+    def validate(self, name: str, suite_def: dict, df: pd.DataFrame, docs: bool = True) -> ContractResult:
+        """Validate `df`; with `docs`, also render it into Data Docs (costly per call: per-shard checks pass
+        docs=False and are rendered only when they fail)."""
         with self._lock:
-            return self._validate(name, suite_def, df)
+            result = self._validate(name, suite_def, df, docs)
+            if not docs and not result.success:
+                result = self._validate(f"{name}.failed", suite_def, df, True)
+            return result
 
-    def _validate(self, name: str, suite_def: dict, df: pd.DataFrame) -> ContractResult:
+    def _definition(self, suite_def: dict, docs: bool):
+        """One GE suite + validation definition (+ checkpoint) per distinct suite, reused for every batch:
+        building them costs more than validating a shard."""
         gx = self.gx
         from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-        suite = self.ctx.suites.add(gx.ExpectationSuite(name=name))
-        for exp in suite_def["expectations"]:
-            conf = ExpectationConfiguration(type=exp["type"], kwargs=dict(exp.get("kwargs", {})))
-            suite.add_expectation(conf.to_domain_obj())
-        asset = self.datasource.add_dataframe_asset(name)
-        batch_def = asset.add_batch_definition_whole_dataframe(name)
-        vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-        checkpoint = self.ctx.checkpoints.add(
-            gx.Checkpoint(
+        digest = hashlib.sha256(json.dumps(suite_def, sort_keys=True).encode()).hexdigest()[:10]
+        name = f"{suite_def.get('name', 'suite')}-{digest}"
+        if name not in self._definitions:
+            suite = self.ctx.suites.add(gx.ExpectationSuite(name=name))
+            for exp in suite_def["expectations"]:
+                conf = ExpectationConfiguration(type=exp["type"], kwargs=dict(exp.get("kwargs", {})))
+                suite.add_expectation(conf.to_domain_obj())
+            batch_def = self.datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+            checkpoint = self.ctx.checkpoints.add(gx.Checkpoint(
                 name=name,
                 validation_definitions=[vd],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["sluice"])],
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5},
-            )
-        )
-        run = checkpoint.run(batch_parameters={"dataframe": df})
-        validation = next(iter(run.run_results.values()))
+                result_format=RESULT_FORMAT,
+            ))
+            self._definitions[name] = (vd, checkpoint)
+        return self._definitions[name]
+
+    def _validate(self, name: str, suite_def: dict, df: pd.DataFrame, docs: bool) -> ContractResult:
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        vd, checkpoint = self._definition(suite_def, docs)
+        if docs:
+            run = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=name))
+            validation = next(iter(run.run_results.values()))
+        else:
+            validation = vd.run(batch_parameters={"dataframe": df}, result_format=RESULT_FORMAT)
         results, failures = [], []
         for r in validation.results:
             cfg = r.expectation_config
@@ -127,7 +148,7 @@ class Contracts:
             results.append({"expectation": cfg.type, "kwargs": kwargs, "success": bool(r.success), "result": res})
             if not r.success:
                 failures.append(_describe(cfg.type, kwargs, {**(r.result or {}), **res}))
-        return ContractResult(suite=name, success=bool(run.success), failures=failures, results=results)
+        return ContractResult(suite=name, success=bool(validation.success), failures=failures, results=results)
 
     def copy_docs_to(self, copy_file) -> None:
         """Hand every rendered Data Docs file to `copy_file(relative_path, bytes)` (storage may be S3)."""

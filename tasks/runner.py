@@ -192,7 +192,7 @@ def validate_shard(ctx: RunContext, stage_name: str, suite_name: str, shard: str
     suite = scoped(load_suite(suite_name), "shard")
     cols = [c for c in columns_of(suite) if c in kept.columns]
     return contracts_for(ctx.run_id).validate(f"{ctx.run_id}.{stage_name}.{shard}", suite,
-                                              kept.select(cols).to_pandas())
+                                              kept.select(cols).to_pandas(), docs=False)
 
 
 def _read_columns(ctx: RunContext, outputs: Iterable[dict], columns: list[str]) -> pl.DataFrame:
@@ -219,7 +219,7 @@ def validate_stage(ctx: RunContext, contracts: Contracts, stage_name: str, suite
         for obj in outputs:
             part = _read_columns(ctx, [obj], columns_of(shard_suite))
             label = obj["uri"].rsplit("/", 1)[-1]
-            res = contracts.validate(f"{ctx.run_id}.{stage_name}.{label}", shard_suite, part.to_pandas())
+            res = contracts.validate(f"{ctx.run_id}.{stage_name}.{label}", shard_suite, part.to_pandas(), docs=False)
             shard_contracts.append((label, res.as_dict()))
     result = ContractResult.merge(suite_name, [c for _, c in shard_contracts], [s for s, _ in shard_contracts])
     global_suite = scoped(suite, "global")

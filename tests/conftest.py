@@ -48,10 +48,21 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server as a separate process on 127.0.0.1 (the real S3 protocol over HTTP, not patching)."""
+    """moto's S3 server as a separate process on 127.0.0.1 (the real S3 protocol over HTTP, not patching).
+
+    Served single-threaded: moto checks If-None-Match and then writes without a lock, so under its threaded server
+    two racing conditional PUTs can both succeed, which real S3 never allows. One request at a time restores S3's
+    semantics for the publish race tests.
+    """
     port = _free_port()
+    serve = (
+        "import sys\n"
+        "from werkzeug.serving import run_simple\n"
+        "from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\n"
+        "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)\n"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-c", serve, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -109,16 +109,21 @@ class Storage:
                     return False
                 raise
             self.fs.invalidate_cache(path)
-            return True
+            # read back: an S3-compatible store that ignores If-None-Match lets a racer overwrite us; losing
+            # here is better than two writers both believing they own the object
+            return self.fs.cat_file(path) == data
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic and exclusive: readers never see a half-written claim
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
         return True
 
     def write_parquet(self, rel: str, df: pl.DataFrame) -> WrittenObject:
