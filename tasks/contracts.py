@@ -136,13 +136,16 @@ class Contracts:
             run = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=name))
             validation = next(iter(run.run_results.values()))
         else:
-            validation = vd.run(batch_parameters={"dataframe": df}, result_format=RESULT_FORMAT)
+            # the quick pass: passing shards need no counts (they are 0); a failure is re-run with details
+            validation = vd.run(batch_parameters={"dataframe": df}, result_format="BOOLEAN_ONLY")
         results, failures = [], []
         for r in validation.results:
             cfg = r.expectation_config
             kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
             res = {k: v for k, v in (r.result or {}).items()
                    if k in ("unexpected_count", "unexpected_percent", "observed_value", "element_count")}
+            if not docs and r.success:
+                res = {"unexpected_count": 0, "element_count": len(df)}
             if r.exception_info and r.exception_info.get("raised_exception"):
                 res["exception"] = r.exception_info.get("exception_message")
             results.append({"expectation": cfg.type, "kwargs": kwargs, "success": bool(r.success), "result": res})
