@@ -5,8 +5,8 @@
 Builds a real-text corpus (KJV passages and anime-quote collections from the packaged demo text, with planted junk:
 repeated lines and n-grams, bullet and hash lists, lorem ipsum, javascript/policy lines, short-line menus), then
 runs datatrove 0.10.1 (its own virtualenv, made here if missing, as ../shared/PEERS.md says) with
-LocalPipelineExecutor(tasks=2, workers=2) in a subprocess, and Sluice's quality stage function (language ID off:
-datatrove's chain has none) on the same documents. Reports docs/s, the ratio, and per-rule agreement of the
+LocalPipelineExecutor(tasks=2, workers=2) in a subprocess, and Sluice's quality stage function (language ID and
+PII off: datatrove's chain has neither) on the same documents. Reports docs/s, the ratio, and per-rule agreement of the
 keep/drop decisions. Writes bench/results/quality.md.
 """
 
@@ -137,11 +137,11 @@ def run_sluice(corpus: Path) -> tuple[float, dict[str, str], int]:
     sys.path.insert(0, str(HERE.parent))
     import polars as pl
 
-    from schemas.config import LanguageConfig, QualityConfig
+    from schemas.config import LanguageConfig, PIIConfig, QualityConfig
     from tasks.quality import quality
 
     df = pl.read_ndjson(corpus)
-    cfg = QualityConfig(language=LanguageConfig(enabled=False))
+    cfg = QualityConfig(language=LanguageConfig(enabled=False), pii=PIIConfig(enabled=False))
     shard = 50_000
     t = time.perf_counter()
     results = [quality(df.slice(i, shard), cfg) for i in range(0, df.height, shard)]

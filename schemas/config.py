@@ -146,12 +146,21 @@ class LanguageConfig(Strict):
     min_score: float = Field(0.65, ge=0, le=1)
 
 
+class PIIConfig(Strict):
+    """Find emails, IPv4/IPv6 addresses, phone numbers and Luhn-valid payment cards; redact or only flag them."""
+
+    enabled: bool = True
+    mode: Literal["redact", "flag"] = "redact"
+    kinds: list[Literal["email", "ipv4", "ipv6", "phone", "card"]] = ["email", "ipv4", "ipv6", "phone", "card"]
+
+
 class QualityConfig(Strict):
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
     c4: C4Config = C4Config()
     fineweb: FineWebConfig = FineWebConfig()
     language: LanguageConfig = LanguageConfig()
+    pii: PIIConfig = PIIConfig()
     disable: list[str] = Field(default_factory=list, description="rules to skip, e.g. 'gopher.stop_words'")
 
 
@@ -186,7 +195,7 @@ class RunnerConfig(Strict):
 
 
 class SluiceConfig(Strict):
-    stages: list[str] = Field(default_factory=lambda: ["ingest", "publish"])
+    stages: list[str] = Field(default_factory=lambda: ["ingest", "quality", "publish"])
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
     quality: QualityConfig = QualityConfig()

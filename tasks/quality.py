@@ -17,6 +17,7 @@ import polars as pl
 
 from schemas.config import QualityConfig
 from schemas.record import CANONICAL
+from tasks.pii import find_and_redact
 from tasks.stage import Stage, StageResult
 
 # datatrove.utils.text.PUNCTUATION (ASCII/CJK punctuation + control characters) used by Gopher's "non-symbol word"
@@ -342,8 +343,12 @@ def quality(batch: pl.DataFrame, p: QualityConfig) -> StageResult:
     for fam, name, expr in reversed(rules):
         reason = pl.when(expr.fill_null(False)).then(pl.lit(f"quality.{fam}.{name}")).otherwise(reason)
     judged = joined.with_columns(reason=reason)
-    if c4_on and p.c4.rewrite_text:
-        judged = judged.with_columns(text=pl.col("c4_text"))
+    if c4_on and p.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
+        judged = judged.with_columns(
+            text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text")).otherwise(pl.col("text")))
+    if p.pii.enabled:
+        # after judging (placeholders must not change word counts), on kept and quarantined rows alike
+        judged = find_and_redact(judged, list(p.pii.kinds), p.pii.mode == "redact")
     for col, dtype in ADDS.items():
         if col not in judged.columns:
             judged = judged.with_columns(pl.lit(None, dtype).alias(col))
@@ -351,10 +356,10 @@ def quality(batch: pl.DataFrame, p: QualityConfig) -> StageResult:
     out_cols = [c for c in batch.columns] + [c for c in signal_cols if c not in batch.columns]
     kept = judged.filter(pl.col("reason").is_null()).select(out_cols)
     rejected = judged.filter(pl.col("reason").is_not_null())
-    signals = pl.struct([c for c in signal_cols if judged.schema[c] != pl.Boolean or True])
-    rejected = rejected.with_columns(evidence=signals.struct.json_encode()).select(*out_cols, "reason", "evidence")
-    stats = {f"rule.{code}": n for code, n in
-             rejected.group_by("reason").agg(pl.len()).iter_rows()} if rejected.height else {}
+    rejected = rejected.with_columns(evidence=pl.struct(signal_cols).struct.json_encode()).select(
+        *out_cols, "reason", "evidence")
+    stats = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in p.pii.kinds} if p.pii.enabled else {}
+    stats["c4.lines_removed"] = int(judged["q_c4_lines_removed"].sum() or 0) if c4_on else 0
     return StageResult(kept=kept, rejected=rejected, stats=stats)
 
 

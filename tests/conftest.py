@@ -113,5 +113,5 @@ def demo_run(prefect_server, demo_corpus, tmp_path_factory):
     from flows.curate import run_curate
 
     out = tmp_path_factory.mktemp("out")
-    run = run_curate([str(demo_corpus)], str(out), run_id="demo-run")
+    run = run_curate([str(demo_corpus)], str(out), str(REPO / "infra" / "demo.toml"), run_id="demo-run")
     return out, run

