@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -67,6 +67,13 @@ def _run_stage(ctx: RunContext, stage, inputs: list[str], previous: dict | None,
     if stage.kind == "source":
         futures = pt.ingest_file.with_options(retries=retries).map(ctx, stage, list(range(len(files))), files)
         receipts = [r for fut in futures for r in fut.result()]
+    elif stage.kind == "global":
+        shards = map_shards(source)
+        names, objs = [s for s, _ in shards], [o for _, o in shards]
+        features = pt.global_features.with_options(retries=retries).map(ctx, stage, names, objs)
+        decisions = pt.global_decide(ctx, stage, [f.result() for f in features])
+        futures = pt.map_shard.with_options(retries=retries).map(ctx, stage, names, objs, unmapped(decisions))
+        receipts = [f.result() for f in futures]
     else:
         shards = map_shards(source)
         futures = pt.map_shard.with_options(retries=retries).map(

@@ -164,6 +164,30 @@ class QualityConfig(Strict):
     disable: list[str] = Field(default_factory=list, description="rules to skip, e.g. 'gopher.stop_words'")
 
 
+class NearDupConfig(Strict):
+    """MinHash LSH (Broder 1997; datatrove's defaults): word 5-grams, 14 bands x 8 rows = 112 64-bit hashes,
+    which merges pairs around Jaccard 0.72 with high probability."""
+
+    enabled: bool = True
+    ngram: int = Field(5, ge=1, le=20)
+    bands: int = Field(14, ge=1)
+    rows: int = Field(8, ge=1)
+    verify_jaccard: bool = False
+    threshold: float = Field(0.7, ge=0, le=1, description="exact Jaccard needed when verify_jaccard is on")
+
+
+class SpanDedupConfig(Strict):
+    enabled: bool = True
+    max_docs: int = Field(100, ge=1, description="a paragraph in more documents than this is boilerplate")
+
+
+class DedupConfig(Strict):
+    exact: bool = True
+    near: NearDupConfig = NearDupConfig()
+    spans: SpanDedupConfig = SpanDedupConfig()
+    min_paragraph_chars: int = Field(40, ge=1, description="shorter paragraphs are never treated as boilerplate")
+
+
 class ContractConfig(Strict):
     max_reject_rate: dict[str, float] = Field(
         default_factory=dict,
@@ -195,10 +219,11 @@ class RunnerConfig(Strict):
 
 
 class SluiceConfig(Strict):
-    stages: list[str] = Field(default_factory=lambda: ["ingest", "quality", "publish"])
+    stages: list[str] = Field(default_factory=lambda: ["ingest", "quality", "dedup", "publish"])
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
     quality: QualityConfig = QualityConfig()
+    dedup: DedupConfig = DedupConfig()
     contracts: ContractConfig = ContractConfig()
     publish: PublishConfig = PublishConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -38,5 +38,7 @@ def _io_task(name: str, fn, retries: int = 3):
 list_inputs = _io_task("list-inputs", resolve_inputs)
 ingest_file = _io_task("ingest-file", runner.ingest_file)
 map_shard = _io_task("map-shard", runner.map_shard)
+global_features = _io_task("global-features", runner.global_features)
+global_decide = _io_task("global-decide", runner.global_decide, retries=1)
 commit_stage = _io_task("commit-stage", runner.commit_stage, retries=1)
 publish = _io_task("publish", publish_mod.publish)

@@ -17,7 +17,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -161,12 +161,55 @@ def map_shards(manifest: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def map_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) -> dict:
+def map_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict, decisions: dict | None = None) -> dict:
+    """Map step of a map stage, or the apply step of a global stage (with the reduce step's decisions)."""
     def load() -> pl.DataFrame:
-        df = ctx.storage.read_parquet(ctx.storage.rel_of(input_obj["uri"]))
-        return df
+        return ctx.storage.read_parquet(ctx.storage.rel_of(input_obj["uri"]))
 
-    return run_shard(ctx, stage, shard, load, [input_obj])
+    if decisions is None:
+        return run_shard(ctx, stage, shard, load, [input_obj])
+    table = ctx.storage.read_parquet(ctx.storage.rel_of(decisions["uri"]))
+    apply = stage.steps.apply
+    applied = replace(stage, fn=lambda batch, params: apply(batch, table, params))
+    return run_shard(ctx, applied, shard, load, [input_obj, {"decisions": decisions["sha256"]}])
+
+
+def global_features(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) -> dict:
+    """Map step of a global stage: per-shard features (no text), committed like a shard, resumable."""
+    params = stage.params(ctx.config)
+    fp = fingerprint(stage.name, "features", input_obj, params_of(params), ctx.code_version)
+    rel = ctx.rel(stage.name, "_features", f"{shard}.parquet")
+    receipt_rel = ctx.rel(stage.name, "_features", f"{shard}.json")
+    old = ctx.storage.read_json_if_exists(receipt_rel)
+    if old and old.get("fingerprint") == fp:
+        return old
+    batch = ctx.storage.read_parquet(ctx.storage.rel_of(input_obj["uri"]))
+    feats = stage.steps.features(batch, params)
+    written = ctx.storage.write_parquet(rel, feats)
+    receipt = {"fingerprint": fp, "shard": shard, **written.as_dict()}
+    ctx.storage.write_json(receipt_rel, receipt)
+    return receipt
+
+
+def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -> dict:
+    """Reduce step of a global stage: all shards' features -> one decisions table (resumable by fingerprint)."""
+    params = stage.params(ctx.config)
+    receipts = sorted(feature_receipts, key=lambda r: r["shard"])
+    fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params_of(params), ctx.code_version)
+    rel = ctx.rel(stage.name, "_decisions.parquet")
+    receipt_rel = ctx.rel(stage.name, "_decisions.json")
+    old = ctx.storage.read_json_if_exists(receipt_rel)
+    if old and old.get("fingerprint") == fp:
+        return old
+    features = pl.concat([ctx.storage.read_parquet(ctx.storage.rel_of(r["uri"])) for r in receipts],
+                         how="vertical")
+    started = time.perf_counter()
+    decisions = stage.steps.decide(features, params)
+    written = ctx.storage.write_parquet(rel, decisions)
+    receipt = {"fingerprint": fp, **written.as_dict(), "seconds": round(time.perf_counter() - started, 3)}
+    ctx.storage.write_json(receipt_rel, receipt)
+    log.info(f"{stage.name}: decided over {features.height} rows in {receipt['seconds']} s")
+    return receipt
 
 
 def stage_fingerprint(ctx: RunContext, stage_name: str, inputs: list[dict], params: dict) -> str:

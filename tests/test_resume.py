@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import SLUICE, subprocess_env
 
 CONFIG = """
-stages = ["ingest", "quality", "publish"]
+stages = ["ingest", "quality", "dedup", "publish"]
 [ingest]
 shard_rows = 800
 [quality.gopher_quality]

@@ -1,0 +1,128 @@
+"""Dedup: exact, repeated paragraphs, MinHash near-duplicates; recall on planted edits, determinism."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from schemas.config import DedupConfig, NearDupConfig, SpanDedupConfig
+from tasks.dedup import apply, decide, dedup_one_shard, features
+from tasks.demo_corpus import kjv_records
+
+VERSES = [r["text"] for r in kjv_records()]
+PASSAGES = [" ".join(VERSES[i:i + 8]) for i in range(0, 8 * 400, 8)]
+
+
+def frame(texts, ids=None, timestamps=None) -> pl.DataFrame:
+    n = len(texts)
+    return pl.DataFrame({
+        "id": ids or [f"doc-{i:05d}" for i in range(n)],
+        "text": texts,
+        "timestamp": timestamps or [None] * n,
+    }, schema={"id": pl.String, "text": pl.String, "timestamp": pl.Datetime("us", "UTC")})
+
+
+def edit(text: str, rate: float, rng: random.Random) -> str:
+    words = text.split()
+    for i in range(len(words)):
+        if rng.random() < rate:
+            words[i] = rng.choice(["lorem", "quartz", "zephyr", "glimmer", "vortex"])
+    return " ".join(words)
+
+
+def test_exact_duplicates_after_normalization_keep_the_earliest():
+    base = PASSAGES[0]
+    texts = [base, base.upper(), base.replace(",", ""), "  " + base.replace(" ", "   ") + " ", PASSAGES[1]]
+    stamps = [datetime(2024, 5, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC), None, None, None]
+    res = dedup_one_shard(frame(texts, timestamps=stamps), DedupConfig())
+    assert sorted(res.kept["id"]) == ["doc-00001", "doc-00004"]  # the 2020 copy survives
+    assert set(res.rejected["reason"]) == {"dedup.exact"}
+    for ev in res.rejected["evidence"]:
+        assert json.loads(ev)["survivor_id"] == "doc-00001"
+    assert res.kept.height + res.rejected.height == len(texts)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.02])
+def test_near_duplicates_with_small_edits_are_found(rate):
+    rng = random.Random(5)
+    copies = [edit(PASSAGES[i], rate, rng) + (" Amen." if rate == 0 else "") for i in range(40)]
+    res = dedup_one_shard(frame(PASSAGES + copies), DedupConfig())
+    dropped = set(res.rejected["id"])
+    planted = {f"doc-{i:05d}" for i in range(len(PASSAGES), len(PASSAGES) + 40)}
+    assert len(planted & dropped) / 40 >= 0.95
+    assert dropped <= planted  # no original passage was merged into another
+    for row in res.rejected.iter_rows(named=True):
+        ev = json.loads(row["evidence"])
+        assert int(ev["survivor_id"][4:]) == int(row["id"][4:]) - len(PASSAGES)
+
+
+def test_recall_falls_with_edit_rate_and_a_looser_band_setting_recovers_it():
+    rng = random.Random(9)
+    recall = {}
+    for rate in (0.02, 0.10, 0.20):
+        copies = [edit(PASSAGES[i], rate, rng) for i in range(60)]
+        res = dedup_one_shard(frame(PASSAGES + copies), DedupConfig())
+        recall[rate] = len({i for i in res.rejected["id"] if int(i[4:]) >= len(PASSAGES)}) / 60
+    assert recall[0.02] >= 0.95 >= recall[0.10] >= recall[0.20]
+    loose = DedupConfig(near=NearDupConfig(ngram=3, bands=28, rows=4))
+    copies = [edit(PASSAGES[i], 0.10, rng) for i in range(60)]
+    res = dedup_one_shard(frame(PASSAGES + copies), loose)
+    assert len({i for i in res.rejected["id"] if int(i[4:]) >= len(PASSAGES)}) / 60 >= 0.9
+
+
+def test_unrelated_documents_are_never_merged():
+    res = dedup_one_shard(frame(PASSAGES), DedupConfig())
+    assert res.rejected.height == 0 and res.kept.height == len(PASSAGES)
+
+
+def test_jaccard_verification_rejects_weak_candidates():
+    rng = random.Random(3)
+    copies = [edit(PASSAGES[i], 0.04, rng) for i in range(30)]
+    plain = dedup_one_shard(frame(PASSAGES + copies), DedupConfig())
+    strict = dedup_one_shard(frame(PASSAGES + copies),
+                             DedupConfig(near=NearDupConfig(verify_jaccard=True, threshold=0.95)))
+    assert strict.rejected.height < plain.rejected.height
+    lenient = dedup_one_shard(frame(PASSAGES + copies),
+                              DedupConfig(near=NearDupConfig(verify_jaccard=True, threshold=0.3)))
+    assert lenient.rejected.height == plain.rejected.height
+
+
+def test_repeated_paragraphs_are_cut_from_all_but_the_first_document():
+    boiler = "Subscribe to our newsletter for the latest updates from the valley and beyond."
+    texts = [f"{PASSAGES[i]}\n\n{boiler}" for i in range(6)] + [boiler]
+    res = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=3)))
+    kept = dict(zip(res.kept["id"], res.kept["text"], strict=True))
+    assert kept["doc-00000"].endswith(boiler)  # first occurrence stays
+    for i in range(1, 6):
+        assert kept[f"doc-{i:05d}"] == PASSAGES[i]
+    assert res.rejected.filter(pl.col("id") == "doc-00006")["reason"].to_list() == ["dedup.spans.empty"]
+    assert res.stats["dedup.paragraphs_removed"] == 6
+    untouched = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=10)))
+    assert untouched.kept.filter(pl.col("id") == "doc-00003")["text"][0].endswith(boiler)
+
+
+def test_global_decision_is_independent_of_shard_order_and_split():
+    rng = random.Random(1)
+    texts = PASSAGES[:200] + [edit(PASSAGES[i], 0.01, rng) for i in range(50)] + PASSAGES[:20]
+    df = frame(texts)
+    cfg = DedupConfig()
+    whole = dedup_one_shard(df, cfg)
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=4)
+    shards = [shuffled.slice(i, 64) for i in range(0, shuffled.height, 64)]
+    decisions = decide(pl.concat([features(s, cfg) for s in reversed(shards)]), cfg)
+    results = [apply(s, decisions, cfg) for s in shards]
+    kept = sorted(pl.concat([r.kept for r in results])["id"])
+    assert kept == sorted(whole.kept["id"])
+    survivors = {r["id"]: json.loads(r["evidence"])["survivor_id"]
+                 for res in results for r in res.rejected.iter_rows(named=True)}
+    assert survivors == {r["id"]: json.loads(r["evidence"])["survivor_id"] for r in whole.rejected.iter_rows(named=True)}
+
+
+def test_features_carry_no_text():
+    f = features(frame(PASSAGES[:5]), DedupConfig())
+    assert "text" not in f.columns
+    assert f["sig"].dtype == pl.Array(pl.UInt64, 112)
