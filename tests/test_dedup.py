@@ -119,7 +119,8 @@ def test_global_decision_is_independent_of_shard_order_and_split():
     assert kept == sorted(whole.kept["id"])
     survivors = {r["id"]: json.loads(r["evidence"])["survivor_id"]
                  for res in results for r in res.rejected.iter_rows(named=True)}
-    assert survivors == {r["id"]: json.loads(r["evidence"])["survivor_id"] for r in whole.rejected.iter_rows(named=True)}
+    expected = {r["id"]: json.loads(r["evidence"])["survivor_id"] for r in whole.rejected.iter_rows(named=True)}
+    assert survivors == expected
 
 
 def test_features_carry_no_text():

@@ -41,7 +41,8 @@ def test_s3_run_matches_local_run(s3_env, demo_corpus, demo_run):
     with fs.open("curated/sluice/datasets/demo/v1/part-00000.parquet", "rb") as fh:
         assert pl.read_parquet(fh).height == remote_q["outputs"][0]["rows"]
     published = json.loads(fs.cat("curated/sluice/datasets/demo/v1/_manifest.json"))
-    assert published["rows_out"] == json.loads(fs.cat("curated/sluice/runs/s3-run/dedup/_manifest.json"))["rows_out"]
+    remote_dedup = json.loads(fs.cat("curated/sluice/runs/s3-run/dedup/_manifest.json"))
+    assert published["rows_out"] == remote_dedup["rows_out"]
 
     # credentials never land in anything the run wrote
     for path in fs.find("curated/sluice"):
