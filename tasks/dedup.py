@@ -79,8 +79,7 @@ def features(batch: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
     if p.near.enabled:
         sh = shingles(df, p.near.ngram)
         sig = minhash(sh, df.height, p.near.bands * p.near.rows)
-        out = out.with_columns(sig=pl.Series(sig.tolist(), dtype=pl.List(pl.UInt64)).cast(
-            pl.Array(pl.UInt64, sig.shape[1])))
+        out = out.with_columns(pl.Series("sig", sig))
         if p.near.verify_jaccard:
             sets = sh.group_by(ROW, maintain_order=True).agg(pl.col("sh").unique())
             out = out.with_columns(shingles=df.select(ROW).join(sets, on=ROW, how="left")["sh"])
@@ -125,8 +124,7 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
         action[r[dup]], survivor[r[dup]], similarity[r[dup]] = "exact", f[dup], 1.0
     alive = action == "keep"
     if p.near.enabled:
-        sig = df["sig"].to_numpy() if df["sig"].dtype != pl.Object else np.stack(df["sig"].to_list())
-        sig = np.asarray(sig, dtype=np.uint64).reshape(n, -1)
+        sig = np.asarray(df["sig"].to_numpy(), dtype=np.uint64).reshape(n, -1)
         live = np.flatnonzero(alive)
         bands = []
         for band in range(p.near.bands):
@@ -147,8 +145,8 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
             est = _estimated_similarity(sig, np.flatnonzero(near), labels[near])
             similarity[near] = est
     decisions = decisions.with_columns(
-        action=pl.Series(action.tolist(), dtype=pl.String),
-        survivor=pl.Series([ids[s] if s >= 0 else None for s in survivor.tolist()], dtype=pl.String),
+        action=pl.Series(action, dtype=pl.String),
+        survivor=pl.when(pl.Series(survivor >= 0)).then(pl.Series(ids[np.maximum(survivor, 0)], dtype=pl.String)),
         similarity=pl.Series(similarity),
     ).with_columns(cluster=pl.when(pl.col("action") != "keep").then(pl.col("survivor")))
     if p.spans.enabled:
