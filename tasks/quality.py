@@ -27,10 +27,13 @@ PUNCTUATION = "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';�
 TERMINAL = ".?!。！？．｡…‼⁇⁈⁉"  # the common members of datatrove's TERMINAL_PUNCTUATION
 _PUNCT_CLASS = "[^" + "".join("\\" + c if c in "\\]^-[" else c for c in sorted(set(PUNCTUATION + TERMINAL))
                                       if c not in "\t\n") + "\\t\\n]"
-# spaCy-like English tokens (what datatrove's split_into_words gives): contractions split off, "U.S." and "3.14"
-# kept whole, runs of dots/dashes one token, any other punctuation one token per character
+# spaCy-like English tokens (what datatrove's split_into_words gives): contractions split off, "U.S.", "I." and
+# "3.14" kept whole, emoticons like ":]" one token, runs of dots/dashes one token, other punctuation one per char
 _CONTRACTION = r"(?i)(\w)(n['’]t|['’](?:s|re|ve|ll|d|m))\b"
-_TOKEN = r"(?i)(?:[a-z]\.){2,}|\d+(?:[.,]\d+)+|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b|\.{2,}|-{2,}|\w+|[^\w\s]"
+_ABBREVIATIONS = ("Mr|Mrs|Ms|Dr|St|Jr|Prof|Inc|Ltd|Co|Corp|vs|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|"
+                  "Mt|Gov|Gen|Sen|Rep|Rev|Bros")  # spaCy's English exceptions that keep their period
+_TOKEN = (r"\b(?:" + _ABBREVIATIONS + r")\.|(?i)\b(?:[a-z]\.)+|\d+(?:[.,]\d+)+|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b|[:;]-?[()\[\]]"
+          r"|\.{2,}|-{2,}|\w+|[^\w\s]")
 _ALPHA = r"[\p{Lu}\p{Ll}\p{Lt}\p{Lm}\p{Lo}]"
 _LINEBREAKS = r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"  # what str.splitlines splits on besides \n
 C4_CITATION = r"\[\d*]|\[edit]|\[citation needed]"
@@ -251,7 +254,7 @@ def fineweb(df: pl.DataFrame, text_col: str, cfg) -> pl.DataFrame:
     text = pl.col(text_col)
     lines = df.select(ROW, line=text.str.split("\n")).explode("line").filter(
         pl.col("line").str.strip_chars() != "")
-    stop = "[" + re.escape(TERMINAL + "'\"") + "]$"
+    stop = "[" + re.escape(TERMINAL) + "]$"  # datatrove's TERMINAL_PUNCTUATION: no closing quotes
     per_doc = lines.group_by(ROW).agg(
         n=pl.len(),
         punct=pl.col("line").str.contains(stop).sum(),
