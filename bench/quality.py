@@ -116,7 +116,7 @@ def ensure_datatrove() -> Path:
         pip = [str(py), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, "torch==2.13.0"], check=True)
         subprocess.run([*pip, "datatrove[io]==0.10.1", "spacy", "xxhash<4", "orjson", "datasketch", "psutil",
-                        "regex"], check=True)
+                        "regex", "tokenizers"], check=True)
     return py
 
 

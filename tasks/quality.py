@@ -30,8 +30,9 @@ _PUNCT_CLASS = "[^" + "".join("\\" + c if c in "\\]^-[" else c for c in sorted(s
 # spaCy-like English tokens (what datatrove's split_into_words gives): contractions split off, "U.S.", "I." and
 # "3.14" kept whole, emoticons like ":]" one token, runs of dots/dashes one token, other punctuation one per char
 _CONTRACTION = r"(?i)(\w)(n['’]t|['’](?:s|re|ve|ll|d|m))\b"
-_ABBREVIATIONS = ("Mr|Mrs|Ms|Dr|St|Jr|Prof|Inc|Ltd|Co|Corp|vs|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|"
-                  "Mt|Gov|Gen|Sen|Rep|Rev|Bros")  # spaCy's English exceptions that keep their period
+# spaCy's English exceptions that keep their period
+_ABBREVIATIONS = ("Mr|Mrs|Ms|Dr|St|Jr|Prof|Inc|Ltd|Co|Corp|vs|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|"
+                  "Dec|Mt|Gov|Gen|Sen|Rep|Rev|Bros")
 _TOKEN = (r"\b(?:" + _ABBREVIATIONS + r")\.|(?i)\b(?:[a-z]\.)+|\d+(?:[.,]\d+)+|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b|[:;]-?[()\[\]]"
           r"|\.{2,}|-{2,}|\w+|[^\w\s]")
 _ALPHA = r"[\p{Lu}\p{Ll}\p{Lt}\p{Lm}\p{Lo}]"
