@@ -33,8 +33,8 @@ _CONTRACTION = r"(?i)(\w)(n['’]t|['’](?:s|re|ve|ll|d|m))\b"
 # spaCy's English exceptions that keep their period
 _ABBREVIATIONS = ("Mr|Mrs|Ms|Dr|St|Jr|Prof|Inc|Ltd|Co|Corp|vs|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|"
                   "Dec|Mt|Gov|Gen|Sen|Rep|Rev|Bros")
-_TOKEN = (r"\b(?:" + _ABBREVIATIONS + r")\.|(?i)\b(?:[a-z]\.)+|\d+(?:[.,]\d+)+|n['’]t\b|['’](?:s|re|ve|ll|d|m)\b|[:;]-?[()\[\]]"
-          r"|\.{2,}|-{2,}|\w+|[^\w\s]")
+_TOKEN = (r"\b(?:" + _ABBREVIATIONS + r")\.|(?i)\b(?:[a-z]\.)+|\d+(?:[.,]\d+)+|n['’]t\b"
+          r"|['’](?:s|re|ve|ll|d|m)\b|[:;]-?[()\[\]]|\.{2,}|-{2,}|\w+|[^\w\s]")
 _ALPHA = r"[\p{Lu}\p{Ll}\p{Lt}\p{Lm}\p{Lo}]"
 _LINEBREAKS = r"\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"  # what str.splitlines splits on besides \n
 C4_CITATION = r"\[\d*]|\[edit]|\[citation needed]"
