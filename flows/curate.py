@@ -80,7 +80,8 @@ def _run_stage(ctx: RunContext, stage, inputs: list[str], previous: dict | None,
             ctx, stage, [s for s, _ in shards], [o for _, o in shards]
         )
         receipts = [f.result() for f in futures]
-    return pt.commit_stage(ctx, stage.name, stage.suite, receipts, stage_inputs, params, contracts, started)
+    suite = stage.suite_for(stage.params(ctx.config))
+    return pt.commit_stage(ctx, stage.name, suite, receipts, stage_inputs, params, contracts, started)
 
 
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)

@@ -195,7 +195,8 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, p: DedupConfig) -> Stage
         keep = _cut_paragraphs(keep, p)
         removed = pl.col("dup_paragraphs_removed")
     keep = keep.with_columns(
-        dup_norm_hash=normalized(pl.col("text")).hash(seed=17),
+        # the identity exact dedup judged (before any paragraph cut): unique among survivors by construction
+        dup_norm_hash=pl.col("norm").hash(seed=17),
         dup_cluster=pl.col("cluster"),
         dup_paragraphs_removed=removed.cast(pl.Int32),
     )
@@ -254,7 +255,7 @@ STAGE = Stage(
     params=lambda cfg: cfg.dedup,
     requires={"id": CANONICAL["id"], "text": CANONICAL["text"], "timestamp": CANONICAL["timestamp"]},
     adds=ADDS,
-    suite="dedup",
+    suite=lambda p: "dedup" if p.exact else "dedup-without-exact",
     kind="global",
     steps=GlobalSteps(features=features, decide=decide, apply=apply),
     description="exact, repeated-paragraph and MinHash LSH near-duplicate removal",

@@ -104,7 +104,7 @@ def run_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], pl.D
     batch = load()
     result = stage.fn(batch, params)
     check_declaration(stage, batch, result)
-    contract = validate_shard(ctx, stage.name, stage.suite, shard, result.kept)
+    contract = validate_shard(ctx, stage.name, stage.suite_for(params), shard, result.kept)
     kept = ctx.storage.write_parquet(ctx.rel(stage.name, f"part-{shard}.parquet"), result.kept)
     rejected = None
     if result.rejected.height:

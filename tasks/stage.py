@@ -47,11 +47,15 @@ class Stage:
     params: Callable[[SluiceConfig], BaseModel]
     requires: Mapping[str, pl.DataType]
     adds: Mapping[str, pl.DataType]
-    suite: str  # file name (without .json) under schemas/suites/
+    suite: str | Callable[[Any], str]  # file name (no .json) under schemas/suites/, or a function of the params
     resources: Literal["cpu", "gpu"] = "cpu"
     kind: Literal["source", "map", "global", "sink"] = "map"
     description: str = ""
     steps: GlobalSteps | None = None  # kind == "global" only
+
+    def suite_for(self, params: Any) -> str:
+        """The suite that states this stage's contract under these params (some guarantees depend on them)."""
+        return self.suite(params) if callable(self.suite) else self.suite
 
 
 class StageContractError(TypeError):

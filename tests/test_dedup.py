@@ -127,3 +127,19 @@ def test_features_carry_no_text():
     f = features(frame(PASSAGES[:5]), DedupConfig())
     assert "text" not in f.columns
     assert f["sig"].dtype == pl.Array(pl.UInt64, 112)
+
+
+def test_contract_identity_survives_paragraph_cuts_and_suite_follows_params():
+    from schemas.expectations import load_suite
+    from tasks.dedup import STAGE
+
+    boiler = "Subscribe to our newsletter for the latest updates from the valley and beyond."
+    texts = [f"{PASSAGES[i]}\n\n{boiler}" for i in range(5)] + [PASSAGES[3]]
+    res = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=2)))
+    kept = res.kept
+    assert kept.filter(pl.col("id") == "doc-00003")["text"][0] == PASSAGES[3]  # same text as doc-00005 now
+    assert kept["dup_norm_hash"].n_unique() == kept.height  # the hash exact dedup judged, before the cut
+    assert STAGE.suite_for(DedupConfig()) == "dedup"
+    assert STAGE.suite_for(DedupConfig(exact=False)) == "dedup-without-exact"
+    names = {e["kwargs"]["column"] for e in load_suite("dedup-without-exact")["expectations"]}
+    assert "dup_norm_hash" not in names
