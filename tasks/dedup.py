@@ -61,6 +61,8 @@ def minhash(sh: pl.DataFrame, rows: int, num_perm: int) -> np.ndarray:
     x = sh["sh"].to_numpy().astype(np.uint64)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     sig = np.full((rows, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    if x.size == 0:  # an empty shard (e.g. every row of a file quarantined upstream)
+        return sig
     with np.errstate(over="ignore"):
         for i in range(num_perm):
             sig[ids[starts], i] = np.minimum.reduceat(x * a[i] + b[i], starts)
@@ -124,7 +126,7 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
         action[r[dup]], survivor[r[dup]], similarity[r[dup]] = "exact", f[dup], 1.0
     alive = action == "keep"
     if p.near.enabled:
-        sig = np.asarray(df["sig"].to_numpy(), dtype=np.uint64).reshape(n, -1)
+        sig = np.asarray(df["sig"].to_numpy(), dtype=np.uint64).reshape(n, p.near.bands * p.near.rows)
         live = np.flatnonzero(alive)
         bands = []
         for band in range(p.near.bands):

@@ -143,3 +143,11 @@ def test_contract_identity_survives_paragraph_cuts_and_suite_follows_params():
     assert STAGE.suite_for(DedupConfig(exact=False)) == "dedup-without-exact"
     names = {e["kwargs"]["column"] for e in load_suite("dedup-without-exact")["expectations"]}
     assert "dup_norm_hash" not in names
+
+
+def test_empty_shard_goes_through_every_step():
+    empty = frame(["x"]).clear()
+    res = dedup_one_shard(empty, DedupConfig())
+    assert res.kept.height == 0 and res.rejected.height == 0
+    feats = features(empty, DedupConfig())
+    assert feats.height == 0 and feats["sig"].dtype == pl.Array(pl.UInt64, 112)
