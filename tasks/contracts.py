@@ -104,7 +104,7 @@ class Contracts:
                 result = self._validate(f"{name}.failed", suite_def, df, True)
             return result
 
-    def _definition(self, suite_def: dict, docs: bool):
+    def _definition(self, suite_def: dict):
         """One GE suite + validation definition (+ checkpoint) per distinct suite, reused for every batch:
         building them costs more than validating a shard."""
         gx = self.gx
@@ -131,7 +131,7 @@ class Contracts:
     def _validate(self, name: str, suite_def: dict, df: pd.DataFrame, docs: bool) -> ContractResult:
         from great_expectations.core.run_identifier import RunIdentifier
 
-        vd, checkpoint = self._definition(suite_def, docs)
+        vd, checkpoint = self._definition(suite_def)
         if docs:
             run = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=name))
             validation = next(iter(run.run_results.values()))

@@ -22,7 +22,6 @@ from tasks.quality import words_expr
 from tasks.stage import GlobalSteps, Stage, StageResult
 
 MERSENNE_SEED = 0x5EED_D00D
-PARA_SPLIT = r"\n\s*\n"
 ROW = "_row"
 
 
