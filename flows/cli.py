@@ -13,6 +13,12 @@ EXAMPLES = """examples:
   sluice runs --output ./sluice-data
   sluice show RUN_ID --output ./sluice-data
   sluice quarantine RUN_ID --output ./sluice-data --reason ingest.json.invalid
+  sluice replay RUN_ID --output ./sluice-data --stage ingest --reason ingest.record.oversize --config raised.toml
+  sluice diff curated 1 2 --output ./sluice-data
+  sluice deploy --config sluice.toml && sluice serve --config sluice.toml
+  sluice status --output ./sluice-data
+
+exit codes: 0 ok, 2 bad input/config, 3 a data contract failed, 4 the dataset is locked by another run
 """
 
 
@@ -52,8 +58,90 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers)
+    run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers, args.runner,
+                     args.dask_address)
     _print_run(run)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from flows.curate import run_curate
+    from schemas.config import check_safe_name
+    from tasks import registry
+
+    check_safe_name(args.run_id, "run id")
+    storage = _storage(args.output, args.config)
+    original = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
+    if original is None:
+        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+        return 2
+    if args.stage not in original["stages"] or args.stage == registry.SINK:
+        print(f"error: run {args.run_id} has no replayable stage {args.stage} (its stages: "
+              f"{', '.join(original['stages'])})", file=sys.stderr)
+        return 2
+    stages = original["stages"][original["stages"].index(args.stage):]
+    replay = {"run_id": args.run_id, "stage": args.stage, "reason": args.reason}
+    run = run_curate(original["inputs"], args.output, args.config, args.new_run_id, stages, None, None, None,
+                     replay)
+    _print_run(run)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from schemas.config import check_safe_name
+    from tasks.diff import version_diff
+
+    check_safe_name(args.dataset, "dataset name")
+    storage = _storage(args.output, args.config)
+    va, vb = (int(v.lstrip("v")) for v in (args.version_a, args.version_b))
+    d = version_diff(storage, args.dataset, va, vb)
+    if args.format == "json":
+        print(json.dumps(d, indent=2, sort_keys=True))
+        return 0
+    print(f"{args.dataset}: v{va} -> v{vb}")
+    print(f"  rows      {d['rows_a']:>10,} -> {d['rows_b']:,}")
+    print(f"  added     {d['rows_added']:>10,}\n  removed   {d['rows_removed']:>10,}\n"
+          f"  unchanged {d['rows_unchanged']:>10,}\n  changed   {d['changed_fraction']:>10.2%}")
+    for title, key in (("per source", "by_source"), ("quarantine reasons of the producing runs", "by_reason")):
+        print(f"\n{title}:" if d[key] else f"\n{title}: no change")
+        for name, c in d[key].items():
+            print(f"  {name:<40} {c['a']:>9,} -> {c['b']:>9,}  ({c['change']:+,})")
+    if d["scores"]:
+        print("\nscores (mean, p10/p50/p90):")
+        for col, s in d["scores"].items():
+            def fmt(x: dict | None) -> str:
+                return "-" if not x else f"{x['mean']:.4g} ({x['p10']:.3g}/{x['p50']:.3g}/{x['p90']:.3g})"
+            shift = "" if s["mean_shift"] is None else f"  mean {s['mean_shift']:+.4g}"
+            print(f"  {col:<28} {fmt(s['a'])} -> {fmt(s['b'])}{shift}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import register
+
+    for name in register(args.config, args.pool):
+        print(f"registered deployment {name}")
+    if args.pool:
+        print(f"start a worker: prefect worker start --pool {args.pool}")
+    else:
+        print(f"run them: sluice serve --config {args.config}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deploy import serve_all
+
+    serve_all(args.config)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tasks.status import prefect_status, print_status, storage_status
+
+    storage = _storage(args.output, args.config) if args.output else None
+    print_status(prefect_status(args.limit), storage_status(storage) if storage else None)
     return 0
 
 
@@ -195,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", metavar="A,B", help="comma-separated stages in pipeline order (default: config)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume (default: new, time-based)")
     p.add_argument("--workers", type=int, metavar="N", help="concurrent shard tasks (default: config runner.workers)")
+    p.add_argument("--runner", choices=["local", "dask"],
+                   help="where shard tasks run: threads here (local) or a Dask cluster (default: config runner.kind)")
+    p.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                   help="scheduler of an existing Dask cluster; without it --runner dask starts a LocalCluster")
     p.set_defaults(fn=cmd_run)
 
     p = add("demo", "build the demo corpus (if missing) and curate it",
@@ -228,6 +320,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every row")
     p.set_defaults(fn=cmd_quarantine)
+
+    p = add("replay", "re-run quarantined rows of a run after a fix, into a new run",
+            "Take the rows that stage STAGE of RUN_ID quarantined with a reason starting with REASON, run them "
+            "through STAGE again with the current --config (e.g. a raised limit), and continue through the run's "
+            "remaining stages in a new run, together with the rows STAGE kept the first time. The original run is "
+            "not touched; the new run publishes a new version if the original run's stages included publish.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    out(p)
+    p.add_argument("--stage", required=True, help="the stage whose quarantine to replay (ingest, quality, ...)")
+    p.add_argument("--reason", required=True, help="reason code or prefix, e.g. ingest.record.oversize")
+    p.add_argument("--new-run-id", metavar="ID", help="id of the new run (default: new, time-based)")
+    p.set_defaults(fn=cmd_replay)
+
+    p = add("diff", "what changed between two published versions of a dataset",
+            "Rows added and removed (by content hash), rows per source, quarantine reasons of the runs that "
+            "produced each version, and shifts in every score column (mean and p10/p50/p90).")
+    p.add_argument("dataset")
+    p.add_argument("version_a", metavar="vA", help="e.g. 1 or v1")
+    p.add_argument("version_b", metavar="vB")
+    out(p)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(fn=cmd_diff)
+
+    p = add("deploy", "register the nightly, watch and retrain deployments with the Prefect server",
+            "Register curate/nightly (cron from [deploy]), watch/new-data (polls [deploy].inputs) and "
+            "retrain/on-publish (on the event sluice.dataset.published) with the server at PREFECT_API_URL. "
+            "Without --pool they are run by `sluice serve`; with --pool by a worker of that process work pool.")
+    p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
+    p.add_argument("--pool", metavar="NAME", help="a process work pool to run them (default: none, use serve)")
+    p.set_defaults(fn=cmd_deploy)
+
+    p = add("serve", "run the deployments in this process (one machine, no work pool)",
+            "Register the three deployments and run their scheduled and triggered flow runs until interrupted.")
+    p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
+    p.set_defaults(fn=cmd_serve)
+
+    p = add("status", "deployments, recent runs, next scheduled run, last publish per dataset",
+            "Ask the Prefect server (PREFECT_API_URL) for deployments, their schedules and next runs, and the most "
+            "recent flow runs; with --output also list the last published version of each dataset and its retrain "
+            "outcome.")
+    p.add_argument("--output", metavar="ROOT", help="output root to read published datasets from")
+    p.add_argument("--config", metavar="FILE", help="TOML config (for S3 settings)")
+    p.add_argument("--limit", type=int, default=10, help="recent flow runs to show (default 10)")
+    p.set_defaults(fn=cmd_status)
     return parser
 
 
@@ -237,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.config import ConfigError
     from tasks.contracts import ContractError
     from tasks.io.readers import InputError
+    from tasks.locks import DatasetLocked
     from tasks.registry import StageSelectionError
 
     try:
@@ -244,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except DatasetLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except (ConfigError, InputError, StageSelectionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from tasks import prefect_tasks as pt
 from tasks import registry
 from tasks.contracts import ContractError, Contracts, close_contracts, contracts_for
 from tasks.io.storage import Storage
+from tasks.locks import DatasetLock
+from tasks.replay import carried_receipt, replay_batch
 from tasks.report import markdown_summary, write_report
 from tasks.runner import (
     CODE_VERSION,
@@ -46,6 +48,30 @@ def _previous_manifest(ctx: RunContext, before: str) -> dict:
         if manifest:
             return manifest
     raise ValueError(f"stage {before} needs the output of an earlier stage, and run {ctx.run_id} has none committed")
+
+
+def _run_replayed_stage(ctx: RunContext, stage, replay: dict, contracts: Contracts, started: float) -> dict:
+    """The first stage of a replay run: the original kept rows (carried) plus the replayed rows, run again."""
+    params = params_of(stage.params(ctx.config))
+    rel = ctx.rel("_replay", f"{stage.name}.parquet")
+    if ctx.storage.exists(rel):  # resumed: the replay input was fixed when the run started
+        batch = ctx.storage.read_parquet(rel)
+        original = ctx.storage.read_json(f"runs/{replay['run_id']}/{stage.name}/_manifest.json")
+    else:
+        batch, original = replay_batch(ctx.storage, replay["run_id"], stage, replay["reason"], ctx.config.ingest,
+                                       ctx.s3_options)
+    obj = ctx.storage.write_parquet(rel, batch).as_dict()
+    get_run_logger().info(f"{stage.name}: replaying {batch.height} row(s) of run {replay['run_id']} with reason "
+                          f"{replay['reason']!r}, on top of its {original['rows_out']} kept row(s)")
+    stage_inputs = [*original["outputs"], obj]
+    manifest = committed_manifest(ctx, stage.name, stage_fingerprint(ctx, stage.name, stage_inputs, params))
+    if manifest is not None:
+        return manifest
+    future = pt.map_shard.with_options(retries=ctx.config.runner.retries).submit(ctx, stage, "replay-00000", obj)
+    receipts = [carried_receipt(original), future.result()]
+    suite = stage.suite_for(stage.params(ctx.config))
+    return pt.commit_stage(ctx, stage.name, suite, receipts, stage_inputs, params, contracts, started,
+                           {"replay_of": replay})
 
 
 def _run_stage(ctx: RunContext, stage, inputs: list[str], previous: dict | None, contracts: Contracts,
@@ -86,11 +112,12 @@ def _run_stage(ctx: RunContext, stage, inputs: list[str], previous: dict | None,
 
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
 def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
-           stages: list[str] | None = None) -> dict:
+           stages: list[str] | None = None, replay: dict | None = None) -> dict:
     """Run the selected stages over `inputs`, committing each stage under `<output>/runs/<run_id>/`.
 
-    Parameters are plain strings (a config *path*, never its contents), so credentials in a config never reach the
-    Prefect API.
+    Parameters are plain strings (a config *path*, never its contents; secrets in it are references), so no
+    credential ever reaches the Prefect API. `replay` = {run_id, stage, reason}: the first stage re-runs those
+    quarantined rows of that run on top of its kept rows (tasks/replay.py).
     """
     logger = get_run_logger()
     bridge = _PrefectLogBridge(logger)
@@ -108,6 +135,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
         "status": "running",
         "inputs": inputs,
         "stages": names,
+        **({"replay_of": replay} if replay else {}),
         "config": cfg.model_dump(mode="json"),
         "code_version": CODE_VERSION,
         "started_at": datetime.now(UTC).isoformat(),
@@ -118,10 +146,20 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     contracts = contracts_for(run_id)
     manifests: list[dict] = []
     previous: dict | None = None
+    lock = None
     try:
+        if registry.SINK in names:
+            from prefect.runtime import flow_run
+
+            lock = DatasetLock(ctx.storage, cfg.publish.dataset, run_id, cfg.runner.lock_ttl_seconds,
+                               flow_run.name or None)
+            lock.acquire()
         for name in names:
             started = time.perf_counter()
-            if name == registry.SINK:
+            if replay and name == replay["stage"]:
+                manifest = _run_replayed_stage(ctx, registry.STAGES[name], replay, contracts, started)
+                previous = manifest
+            elif name == registry.SINK:
                 source = previous or _previous_manifest(ctx, name)
                 manifest = pt.publish(ctx, source, manifests, contracts)
                 run["published"] = {k: manifest[k] for k in ("dataset", "version", "uri")}
@@ -138,6 +176,8 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
         run["status"], run["error"] = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if lock is not None:
+            lock.release()
         run["finished_at"] = datetime.now(UTC).isoformat()
         run["manifests"] = [{k: m[k] for k in ("stage", "rows_in", "rows_out", "rows_rejected")} for m in manifests]
         ctx.storage.write_json(ctx.rel("run.json"), run)
@@ -155,12 +195,28 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     return run
 
 
+def task_runner(kind: str, workers: int, dask_address: str | None = None):
+    """Threads in this process, or a Dask cluster through prefect-dask (a LocalCluster of `workers` processes when
+    no scheduler address is given). Shard outputs do not depend on where a shard ran."""
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
 def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
-               stages: list[str] | None = None, workers: int | None = None) -> dict:
-    """Entry point for the CLI: picks the task runner (threads, bounded by config) and runs the flow."""
+               stages: list[str] | None = None, workers: int | None = None, runner: str | None = None,
+               dask_address: str | None = None, replay: dict | None = None) -> dict:
+    """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
     cfg = load_config(config_path)
     n = workers or cfg.runner.workers
     run_id = run_id or new_run_id()
-    return curate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(
-        inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages
+    kind = runner or cfg.runner.kind
+    address = dask_address or cfg.runner.dask_address
+    return curate.with_options(task_runner=task_runner(kind, n, address))(
+        inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages, replay=replay
     )

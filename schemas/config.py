@@ -12,9 +12,10 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SECRET_REF = re.compile(r"^(env|prefect-secret):([A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 
 
 def check_safe_name(value: str, what: str) -> str:
@@ -31,21 +32,60 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StorageConfig(Strict):
-    """S3 connection settings. Credentials may also come from the standard AWS env vars.
+def check_secret_ref(value: str | None, what: str) -> str | None:
+    """A secret in a config file is a reference, never the value: `env:VAR` or `prefect-secret:BLOCK`.
 
-    They are SecretStr so that they never print in logs, manifests or reports.
+    Config files get committed, copied into run manifests and shown in reports; a reference is safe in all three."""
+    if value is None or SECRET_REF.match(value):
+        return value
+    raise ValueError(
+        f"{what} must be a reference, not a plain-text secret: write 'env:VAR_NAME' (an environment variable) or "
+        "'prefect-secret:BLOCK_NAME' (a Prefect Secret block)"
+    )
+
+
+class SecretNotFound(ValueError):
+    pass
+
+
+def resolve_secret(ref: str, what: str) -> str:
+    """The value behind a reference; raises naming the reference (never the value) when it is missing."""
+    kind, name = SECRET_REF.match(ref).groups()
+    if kind == "env":
+        value = os.environ.get(name)
+        if not value:
+            raise SecretNotFound(f"{what}: environment variable {name} is not set")
+        return value
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name).get())
+    except ValueError as exc:
+        raise SecretNotFound(f"{what}: Prefect Secret block {name!r} cannot be loaded ({exc})") from None
+
+
+class StorageConfig(Strict):
+    """S3 connection settings. Without key/secret, credentials come from the standard AWS env vars.
+
+    key and secret are references (`env:VAR`, `prefect-secret:BLOCK`), resolved only when a connection is made, so
+    the values never reach a manifest, a report or the Prefect API.
     """
 
     endpoint_url: str | None = None
     region: str | None = None
-    key: SecretStr | None = None
-    secret: SecretStr | None = None
+    key: str | None = None
+    secret: str | None = None
     anon: bool = False
 
+    @field_validator("key", "secret")
+    @classmethod
+    def _refs(cls, v: str | None, info) -> str | None:
+        return check_secret_ref(v, f"storage.{info.field_name}")
+
     def s3_options(self) -> dict:
-        key = self.key.get_secret_value() if self.key else os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = self.secret.get_secret_value() if self.secret else os.environ.get("AWS_SECRET_ACCESS_KEY")
+        key = resolve_secret(self.key, "storage.key") if self.key else os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = (resolve_secret(self.secret, "storage.secret") if self.secret
+                  else os.environ.get("AWS_SECRET_ACCESS_KEY"))
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         region = self.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
         opts: dict = {"anon": self.anon, "client_kwargs": {"region_name": region}}
@@ -214,8 +254,51 @@ class PublishConfig(Strict):
 
 
 class RunnerConfig(Strict):
-    workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads)")
+    workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads, or Dask workers)")
     retries: int = Field(3, ge=0, le=10, description="retries of I/O tasks, with exponential backoff")
+    kind: Literal["local", "dask"] = Field("local", description="'local': a thread pool; 'dask': prefect-dask")
+    dask_address: str | None = Field(None, description="tcp://scheduler:8786; none = a LocalCluster of `workers`")
+    lock_ttl_seconds: int = Field(
+        600, ge=10, description="a dataset lock not refreshed for this long is stale (its holder died)"
+    )
+
+
+class DeployConfig(Strict):
+    """What the deployments run on: `sluice deploy` turns these into `curate/nightly`, `watch/new-data`, `retrain`."""
+
+    inputs: list[str] = Field(default_factory=list, description="what curate/nightly reads; watch/new-data polls it")
+    output: str | None = Field(None, description="output root of the scheduled and watched runs")
+    cron: str = Field("0 2 * * *", description="schedule of curate/nightly")
+    timezone: str = "UTC"
+    watch_interval_seconds: int = Field(300, ge=5, description="how often watch/new-data polls `inputs`")
+    hash_new_objects: bool = Field(True, description="record a sha256 of each new object in the watch ledger")
+
+
+class RetrainConfig(Strict):
+    """The hook `retrain` runs when a dataset version is published (event `sluice.dataset.published`)."""
+
+    command: list[str] | None = Field(
+        None, description="argv; {uri}, {dataset} and {version} are substituted, and also set as SLUICE_DATASET_* env"
+    )
+    url: str | None = Field(None, description="POST {dataset, version, uri, diff} as JSON here")
+    token: str | None = Field(None, description="bearer token for `url`: env:VAR or prefect-secret:BLOCK")
+    min_changed_fraction: float = Field(
+        0.01, ge=0, le=1, description="a publish changing fewer rows than this (vs the previous version) does not "
+        "trigger retraining"
+    )
+    timeout_seconds: int = Field(3600, gt=0)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: str | None) -> str | None:
+        return check_secret_ref(v, "retrain.token")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"retrain.url {v!r} must be an http(s) URL")
+        return v
 
 
 class SluiceConfig(Strict):
@@ -227,6 +310,8 @@ class SluiceConfig(Strict):
     contracts: ContractConfig = ContractConfig()
     publish: PublishConfig = PublishConfig()
     runner: RunnerConfig = RunnerConfig()
+    deploy: DeployConfig = DeployConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 class ConfigError(ValueError):

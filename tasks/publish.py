@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import orjson
 
 from tasks.contracts import ContractError, Contracts
+from tasks.diff import diff_vs_previous
 from tasks.io.storage import sha256_bytes
 from tasks.runner import RunContext, validate_stage
 
@@ -139,22 +140,38 @@ def publish(ctx: RunContext, source: dict, run_manifests: list[dict], contracts:
             raise RuntimeError(f"dataset {cfg.dataset} v{version} was committed by someone else while publishing")
         existing = manifest
         log.info(f"published {cfg.dataset} v{version}: {manifest['rows_out']} rows")
-    ctx.storage.write_json(stage_rel, {**existing, "uri": ctx.storage.uri(base)})
-    emit_published(existing, ctx.storage.uri(base))
-    return {**existing, "uri": ctx.storage.uri(base)}
+    diff = ctx.storage.read_json_if_exists(f"{base}/_diff.json")
+    if diff is None:
+        diff = diff_vs_previous(ctx.storage, cfg.dataset, version)
+        ctx.storage.write_json(f"{base}/_diff.json", diff)
+    ctx.storage.write_json(stage_rel, {**existing, "uri": ctx.storage.uri(base), "diff": diff})
+    emit_published(existing, ctx.storage.uri(base), diff, ctx.config.retrain.min_changed_fraction)
+    return {**existing, "uri": ctx.storage.uri(base), "diff": diff}
 
 
-def emit_published(manifest: dict, uri: str) -> None:
-    """The Prefect event that deployments (retrain) trigger on; a no-op outside a Prefect run."""
+def retrain_worthy(diff: dict, min_changed_fraction: float) -> bool:
+    return diff["a"] is None or diff["changed_fraction"] >= min_changed_fraction
+
+
+def emit_published(manifest: dict, uri: str, diff: dict, min_changed_fraction: float) -> None:
+    """The Prefect event the `retrain` deployment triggers on; a no-op outside a Prefect run.
+
+    The label `sluice.retrain` carries the threshold decision, so the trigger filters on it and a below-threshold
+    publish creates no flow run at all."""
+    worthy = retrain_worthy(diff, min_changed_fraction)
     try:
         from prefect.events import emit_event
 
         emit_event(
             event=EVENT,
             resource={"prefect.resource.id": f"sluice.dataset.{manifest['dataset']}",
-                      "sluice.version": str(manifest["version"])},
+                      "sluice.dataset": manifest["dataset"], "sluice.version": str(manifest["version"]),
+                      "sluice.retrain": "true" if worthy else "false"},
             payload={"dataset": manifest["dataset"], "version": manifest["version"], "uri": uri,
-                     "rows": manifest["rows_out"], "run_id": manifest["run_id"]},
+                     "rows": manifest["rows_out"], "rows_by_source": manifest["rows_by_source"],
+                     "run_id": manifest["run_id"], "diff": diff},
         )
+        log.info(f"emitted {EVENT} for {manifest['dataset']} v{manifest['version']} "
+                 f"(changed {diff['changed_fraction']:.2%}, retrain {'yes' if worthy else 'no: below threshold'})")
     except Exception as exc:  # an event is a notification; the version is already committed
         log.warning(f"could not emit {EVENT}: {exc}")

@@ -53,6 +53,7 @@ def resolve_inputs(uris: list[str], s3_options: dict | None = None) -> list[Inpu
         if is_s3(uri):
             fs = filesystem(uri, s3_options)
             path = uri.split("://", 1)[1]
+            fs.invalidate_cache()  # fsspec reuses instances and their listings; a poll must see new objects
             if any(ch in path for ch in "*?["):
                 paths = fs.glob(path)
             elif fs.isdir(path):
@@ -163,7 +164,7 @@ def _decompressed_blocks(fh, compression: str | None, block_bytes: int) -> Itera
         raise EOFError(f"{compression} stream ended before its end marker")
 
 
-def _open(file: InputFile, compression: str | None, s3_options: dict | None):
+def open_input(file: InputFile, compression: str | None, s3_options: dict | None):
     fs = filesystem(file.uri, s3_options)
     path = file.uri.split("://", 1)[1] if is_s3(file.uri) else file.uri
     return fsspec.core.OpenFile(fs, path, mode="rb", compression=compression).open()
@@ -180,7 +181,7 @@ def read_jsonl(file: InputFile, compression: str | None, shard_rows: int, block_
     tail = b""
     error: tuple[str, str] | None = None
     try:
-        with _open(file, None, s3_options) as fh:
+        with open_input(file, None, s3_options) as fh:
             for block in _decompressed_blocks(fh, compression, block_bytes):
                 parts = (tail + block).split(b"\n")
                 tail = parts.pop()
@@ -234,7 +235,7 @@ def read_parquet(file: InputFile, shard_rows: int, s3_options: dict | None = Non
         yield _error_frame(file.uri, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
         return
     try:
-        with _open(file, None, s3_options) as fh:
+        with open_input(file, None, s3_options) as fh:
             pf = pq.ParquetFile(fh)
             yield from _tabular_batches(pf.iter_batches(batch_size=min(shard_rows, 65_536)), file.uri, shard_rows)
     except Exception as exc:
@@ -255,11 +256,11 @@ def read_csv(file: InputFile, compression: str | None, shard_rows: int, delimite
 
     produced = False
     try:
-        with _open(file, compression, s3_options) as fh:
+        with open_input(file, compression, s3_options) as fh:
             header = pacsv.open_csv(
                 fh, parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda _row: "skip")
             ).schema.names
-        with _open(file, compression, s3_options) as fh:
+        with open_input(file, compression, s3_options) as fh:
             reader = pacsv.open_csv(
                 fh,
                 read_options=pacsv.ReadOptions(block_size=1 << 22),

@@ -1,0 +1,40 @@
+"""The `retrain` flow: run the user's retrain hook for a published version and record the outcome on it."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from schemas.config import load_config
+from tasks.io.storage import Storage
+from tasks.publish import retrain_worthy
+from tasks.retrain import outcomes, record_outcome, run_hook
+
+
+@flow(name="retrain", flow_run_name="retrain-{dataset}-v{version}", validate_parameters=True)
+def retrain(dataset: str, version: int, uri: str, config_path: str | None = None, force: bool = False) -> dict:
+    """Triggered by `sluice.dataset.published` (infra/prefect.yaml, `sluice deploy`). Skips a version whose diff is
+    below `retrain.min_changed_fraction` or that already retrained successfully (events can be delivered twice),
+    unless `force`. A failed hook fails the flow run, so Prefect shows it and can notify."""
+    logger = get_run_logger()
+    cfg = load_config(config_path)
+    root = Storage(uri, cfg.storage.s3_options())
+    if root.read_json_if_exists("_manifest.json") is None:
+        raise ValueError(f"{uri} is not a published version of {dataset} (no _manifest.json)")
+    diff = root.read_json_if_exists("_diff.json")
+    base = {"dataset": dataset, "version": version, "uri": uri}
+    if not force and diff is not None and not retrain_worthy(diff, cfg.retrain.min_changed_fraction):
+        logger.info(f"{dataset} v{version}: {diff['changed_fraction']:.2%} of rows changed, below "
+                    f"{cfg.retrain.min_changed_fraction:.2%}; not retraining")
+        return {**base, "status": "skipped", "reason": "below threshold"}
+    if not force and any(o.get("status") == "succeeded" for o in outcomes(root)):
+        logger.info(f"{dataset} v{version} was already retrained successfully; not again (use force)")
+        return {**base, "status": "skipped", "reason": "already retrained"}
+    outcome = run_hook(cfg.retrain, dataset, version, uri, diff)
+    where = record_outcome(root, outcome, flow_run.id)
+    for hook in outcome["hooks"]:
+        detail = hook.get("exit_code", hook.get("http_status"))
+        logger.info(f"retrain hook {hook['kind']} {hook['target']}: {'ok' if hook['ok'] else 'FAILED'} ({detail})")
+    if not outcome["ok"]:
+        raise RuntimeError(f"retrain hook failed for {dataset} v{version}; outcome recorded at {where}")
+    return {**base, "status": "succeeded", "outcome": where}

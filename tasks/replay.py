@@ -1,0 +1,93 @@
+"""Replay: quarantined rows of one stage and reason, re-run after a fix (a raised limit, a corrected rule).
+
+The replayed rows become one extra input shard of that stage in a new run; the original run's kept rows of the stage
+are carried into the new run by reference (a receipt pointing at the committed parts, not a copy), so the stages
+after it see old and replayed rows together: dedup judges the replayed rows against everything kept before, and
+publish makes a version of the whole. The original run is never modified.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from schemas.config import IngestConfig
+from tasks.io.readers import detect_format, read_batches, resolve_inputs
+from tasks.io.storage import Storage
+from tasks.stage import Stage
+
+
+class ReplayError(ValueError):
+    pass
+
+
+def stage_manifest(storage: Storage, run_id: str, stage: str) -> dict:
+    manifest = storage.read_json_if_exists(f"runs/{run_id}/{stage}/_manifest.json")
+    if manifest is None:
+        raise ReplayError(f"run {run_id} has no committed stage {stage} under {storage.uri('runs')}")
+    return manifest
+
+
+def quarantined(storage: Storage, manifest: dict, reason: str) -> pl.DataFrame:
+    """The stage's rejected rows whose reason starts with `reason` (a code or a family, e.g. quality.gopher)."""
+    frames = [storage.read_parquet(storage.rel_of(obj["uri"])) for obj in manifest.get("rejected", [])]
+    if not frames:
+        return pl.DataFrame()
+    df = pl.concat(frames, how="diagonal_relaxed")
+    return df.filter(pl.col("reason").str.starts_with(reason))
+
+
+def _reread_source_lines(rows: pl.DataFrame, ingest: IngestConfig, s3_options: dict) -> pl.DataFrame:
+    """Ingest quarantine keeps raw lines cut to `evidence_chars`, so the lines are read again from their files."""
+    frames = []
+    for (src_file,), lines in rows.group_by("src_file", maintain_order=True):
+        wanted = lines["src_line"].unique()
+        fmt, compression = detect_format(src_file, ingest.format)
+        found = resolve_inputs([src_file], s3_options)
+        if not found:
+            raise ReplayError(f"source file {src_file} of the quarantined lines no longer exists")
+        file = found[0]
+        for batch in read_batches(file, fmt, compression, ingest.shard_rows, ingest.read_block_bytes,
+                                  ingest.csv_delimiter, s3_options):
+            frames.append(batch.filter(pl.col("src_line").is_in(wanted.implode())))
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def replay_batch(storage: Storage, run_id: str, stage: Stage, reason: str, ingest: IngestConfig,
+                 s3_options: dict) -> tuple[pl.DataFrame, dict]:
+    """The rows to replay, in the shape the stage takes as input, plus the original stage manifest."""
+    if stage.kind == "global":
+        raise ReplayError(f"stage {stage.name} decides over the whole corpus; replay its input by rerunning it")
+    manifest = stage_manifest(storage, run_id, stage.name)
+    rows = quarantined(storage, manifest, reason)
+    if rows.height == 0:
+        known = ", ".join(sorted(manifest.get("rejected_by_reason", {}))) or "none"
+        raise ReplayError(f"run {run_id}, stage {stage.name}: no quarantined rows with reason {reason!r} "
+                          f"(reasons there: {known})")
+    if stage.kind == "source":
+        batch = _reread_source_lines(rows, ingest, s3_options)
+        if batch.height != rows.height:
+            raise ReplayError(f"found {batch.height} of {rows.height} quarantined lines in their source files; "
+                              "the inputs changed since the run, so they cannot be replayed faithfully")
+        return batch, manifest
+    drop = {"reason", "evidence", *stage.adds}
+    return rows.drop([c for c in rows.columns if c in drop]), manifest
+
+
+def carried_receipt(manifest: dict) -> dict:
+    """A receipt standing for the original run's kept rows of the stage: counted in, out, and already validated."""
+    shard_results = [r for r in manifest["contract"]["results"] if r.get("scope", "shard") == "shard"]
+    return {
+        "shard": "carried",
+        "inputs": manifest["outputs"],
+        "rows_in": manifest["rows_out"],
+        "rows_out": manifest["rows_out"],
+        "rows_rejected": 0,
+        "rejected_by_reason": {},
+        "outputs": manifest["outputs"],
+        "rejected": [],
+        "stats": {},
+        "contract": {"results": shard_results, "failures": []},
+        "skipped": True,
+    }

@@ -1,0 +1,279 @@
+"""Orchestration on a real `prefect server start` (scheduler, triggers, actions running) and a moto S3 server:
+deployments, the watch ledger, retrain on publish, the Dask runner, dataset locks, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import s3fs
+from conftest import REPO, SLUICE, subprocess_env
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tasks.demo_corpus import kjv_records
+
+VERSES = kjv_records()
+
+
+def write_jsonl(path: Path, records: list[dict], source: str | None = None) -> Path:
+    rows = [{**r, "source": source} if source else r for r in records]
+    path.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def api_post(api: str, path: str, body: dict) -> dict:
+    resp = httpx.post(f"{api}{path}", json=body, timeout=10)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def flow_runs(api: str, flow_name: str) -> list[dict]:
+    return api_post(api, "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}, "limit": 50})
+
+
+def config(tmp_path: Path, body: str, name: str = "sluice.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def test_deploy_registers_nightly_cron_watch_interval_and_retrain_trigger(prefect_api, tmp_path):
+    cfg = config(tmp_path, f"""
+[deploy]
+inputs = ["{tmp_path / 'incoming'}"]
+output = "{tmp_path / 'out'}"
+cron = "15 3 * * 1-5"
+timezone = "Europe/Berlin"
+watch_interval_seconds = 120
+""")
+    env = subprocess_env(prefect_api)
+    done = subprocess.run([SLUICE, "deploy", "--config", str(cfg)], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    for name in ("curate/nightly", "watch/new-data", "retrain/on-publish"):
+        assert f"registered deployment {name}" in done.stdout
+    nightly = httpx.get(f"{prefect_api}/deployments/name/curate/nightly", timeout=10).json()
+    schedule = nightly["schedules"][0]["schedule"]
+    assert (schedule["cron"], schedule["timezone"]) == ("15 3 * * 1-5", "Europe/Berlin")
+    assert nightly["parameters"] == {"inputs": [str(tmp_path / "incoming")], "output": str(tmp_path / "out"),
+                                     "config_path": str(cfg)}
+    watch = httpx.get(f"{prefect_api}/deployments/name/watch/new-data", timeout=10).json()
+    assert watch["schedules"][0]["schedule"]["interval"] == 120
+    retrain = httpx.get(f"{prefect_api}/deployments/name/retrain/on-publish", timeout=10).json()
+    automations = api_post(prefect_api, "/automations/filter", {})
+    mine = [a for a in automations
+            if any(act.get("deployment_id") == retrain["id"] for act in a["actions"])]
+    assert len(mine) == 1
+    trigger = mine[0]["trigger"]
+    assert trigger["expect"] == ["sluice.dataset.published"]
+    assert trigger["match"] == {"sluice.retrain": "true"}
+    assert mine[0]["actions"][0]["parameters"]["version"] == "{{ event.payload.version }}"
+    # the scheduler creates the upcoming nightly runs; status shows schedule and next run
+    wait_for(lambda: flow_runs(prefect_api, "curate"), 60, "scheduled nightly runs")
+    status = subprocess.run([SLUICE, "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    line = next(ln for ln in status.stdout.splitlines() if "curate/nightly" in ln)
+    assert "cron '15 3 * * 1-5' Europe/Berlin" in line and "next: 20" in line
+    assert "every 120s" in status.stdout and "retrain-on-publish" in status.stdout
+
+
+def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3_env, tmp_path):
+    from flows.watch import watch
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env})
+    fs.mkdir("watched")
+    fs.pipe("watched/incoming/a.jsonl", b"\n".join(orjson.dumps(r) for r in VERSES[:120]))
+    cfg = config(tmp_path, 'stages = ["ingest", "publish"]\n[publish]\ndataset = "watched"\n')
+    params = {"inputs": ["s3://watched/incoming/"], "output": "s3://watched/out", "config_path": str(cfg)}
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        first = watch(**params)
+        assert first["new"] == ["s3://watched/incoming/a.jsonl"] and first["run"]["status"] == "succeeded"
+        fs.pipe("watched/incoming/b.jsonl", b"\n".join(orjson.dumps(r) for r in VERSES[120:170]))
+        second = watch(**params)
+        assert second["new"] == ["s3://watched/incoming/b.jsonl"]
+        run_id = second["run"]["run_id"]
+        run = json.loads(fs.cat(f"watched/out/runs/{run_id}/run.json"))
+        assert run["inputs"] == ["s3://watched/incoming/b.jsonl"]
+        ingest = json.loads(fs.cat(f"watched/out/runs/{run_id}/ingest/_manifest.json"))
+        assert ingest["rows_in"] == 50 and [i["uri"] for i in ingest["inputs"]] == run["inputs"]
+        assert second["run"]["published"]["version"] == 2
+        third = watch(**params)
+        assert third["new"] == [] and third["run"] is None and third["unchanged"] == 2
+        poisoned = b"\n".join(orjson.dumps({**r, "text": r["text"].upper()}) for r in VERSES[:120])
+        fs.pipe("watched/incoming/a.jsonl", poisoned)
+        fourth = watch(**params)
+    assert fourth["new"] == [] and fourth["run"] is None
+    [changed] = fourth["changed"]
+    assert changed["uri"] == "s3://watched/incoming/a.jsonl"
+    assert changed["curated_by_run"] == first["run"]["run_id"]
+    assert changed["now"]["sha256"] == hashlib.sha256(poisoned).hexdigest() != changed["was"]["sha256"]
+    alerts = fs.ls("watched/out/watch/changed")
+    assert len(alerts) == 1 and "a.jsonl" in fs.cat(alerts[0]).decode()
+    ledger = json.loads(fs.cat("watched/out/watch/ledger.json"))["objects"]
+    assert ledger["s3://watched/incoming/a.jsonl"]["sha256"] == changed["was"]["sha256"]  # not re-ingested
+    assert sorted(fs.ls("watched/out/datasets/watched")) == sorted(
+        f"watched/out/datasets/watched/{n}" for n in ("_claims", "v1", "v2"))
+
+
+HOOK = """import os, sys
+with open(sys.argv[1], "a") as fh:
+    fh.write(f"{sys.argv[2]} {sys.argv[3]} {os.environ['SLUICE_DATASET']}\\n")
+"""
+
+
+def test_publish_triggers_retrain_and_a_small_change_does_not(prefect_api, tmp_path):
+    data, out, marker = tmp_path / "in", tmp_path / "out", tmp_path / "retrained.txt"
+    data.mkdir()
+    write_jsonl(data / "a.jsonl", VERSES[:300])
+    hook = tmp_path / "hook.py"
+    hook.write_text(HOOK)
+    cfg = config(tmp_path, f"""stages = ["ingest", "publish"]
+[publish]
+dataset = "trained"
+[deploy]
+inputs = ["{data}"]
+output = "{out}"
+[retrain]
+command = ["{sys.executable}", "{hook}", "{marker}", "{{version}}", "{{uri}}"]
+min_changed_fraction = 0.05
+""")
+    env = subprocess_env(prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([SLUICE, "serve", "--config", str(cfg)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def run(run_id: str) -> None:
+        done = subprocess.run([SLUICE, "run", "--input", str(data), "--output", str(out), "--config", str(cfg),
+                               "--run-id", run_id], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    def published_events() -> list[dict]:
+        body = {"filter": {"event": {"name": ["sluice.dataset.published"]}}, "limit": 50}
+        return api_post(prefect_api, "/events/filter", body)["events"]
+
+    try:
+        wait_for(lambda: httpx.get(f"{prefect_api}/deployments/name/retrain/on-publish", timeout=5).status_code
+                 == 200, 120, "sluice serve to register its deployments")
+        run("first")  # v1: a first version always retrains
+        lines = wait_for(lambda: marker.exists() and marker.read_text().splitlines(), 180, "the retrain hook")
+        assert lines == [f"1 {out / 'datasets' / 'trained' / 'v1'} trained"]
+        [retrain_run] = wait_for(lambda: [r for r in flow_runs(prefect_api, "retrain")
+                                          if r["state_type"] == "COMPLETED"], 60, "the retrain run to complete")
+        assert retrain_run["parameters"]["version"] == 1
+        [record] = list((out / "datasets" / "trained" / "v1" / "_retrain").glob("*.json"))
+        outcome = json.loads(record.read_text())
+        assert outcome["status"] == "succeeded" and outcome["hooks"][0]["exit_code"] == 0
+        assert outcome["flow_run_id"] == retrain_run["id"]
+
+        write_jsonl(data / "b.jsonl", VERSES[300:303])  # 3 of 303 rows = 1% < 5%: published, no retrain
+        run("second")
+        event = wait_for(lambda: [e for e in published_events() if e["payload"]["version"] == 2], 60,
+                         "the v2 publish event")[0]
+        assert event["resource"]["sluice.retrain"] == "false"
+        assert event["payload"]["diff"]["rows_added"] == 3 and event["payload"]["diff"]["rows_removed"] == 0
+        time.sleep(8)  # give the trigger time to (wrongly) fire
+        assert marker.read_text().splitlines() == lines
+        assert len(flow_runs(prefect_api, "retrain")) == 1
+
+        write_jsonl(data / "c.jsonl", VERSES[303:400])  # 97 new rows: above the threshold
+        run("third")
+        lines = wait_for(lambda: len(marker.read_text().splitlines()) == 2 and marker.read_text().splitlines(),
+                         180, "the second retrain")
+        assert lines[1].startswith("3 ")
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def test_dask_runner_gives_byte_identical_outputs(prefect_server, tmp_path):
+    from flows.curate import run_curate
+
+    data = tmp_path / "in"
+    data.mkdir()
+    for i in range(3):
+        write_jsonl(data / f"part-{i}.jsonl", VERSES[i * 700:(i + 1) * 700] + VERSES[:50])  # cross-file dups
+    cfg = str(REPO / "infra" / "demo.toml")
+    stages = ["ingest", "quality", "dedup"]
+    local = run_curate([str(data)], str(tmp_path / "local"), cfg, "same-run", stages, workers=2)
+    dask = run_curate([str(data)], str(tmp_path / "dask"), cfg, "same-run", stages, workers=2, runner="dask")
+    assert local["status"] == dask["status"] == "succeeded"
+
+    def digests(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*.parquet"))}
+
+    a, b = digests(tmp_path / "local" / "runs"), digests(tmp_path / "dask" / "runs")
+    assert len(a) > 10 and a == b
+    dedup = json.loads((tmp_path / "dask" / "runs" / "same-run" / "dedup" / "_manifest.json").read_text())
+    assert dedup["rejected_by_reason"].get("dedup.exact", 0) >= 100
+
+
+def test_a_second_run_on_a_locked_dataset_fails_naming_the_first(prefect_server, tmp_path):
+    data, out = tmp_path / "in", tmp_path / "out"
+    data.mkdir()
+    write_jsonl(data / "a.jsonl", VERSES[:20000])
+    cfg = str(REPO / "infra" / "demo.toml")
+    env = subprocess_env(prefect_server)
+    first = subprocess.Popen([SLUICE, "run", "--input", str(data), "--output", str(out), "--config", cfg,
+                              "--run-id", "holder"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / "datasets" / "demo" / "_lock.json"
+    wait_for(lock.exists, 120, "the first run to take the dataset lock", interval=0.1)
+    second = subprocess.run([SLUICE, "run", "--input", str(data), "--output", str(out), "--config", cfg,
+                             "--run-id", "latecomer"], env=env, capture_output=True, text=True, timeout=300)
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert second.returncode == 4, second.stderr
+    assert "dataset demo is being curated by run holder" in second.stderr
+    versions = sorted(p.name for p in (out / "datasets" / "demo").glob("v*"))
+    assert versions == ["v1"]
+    assert json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())["run_id"] == "holder"
+    assert not lock.exists()
+    late = json.loads((out / "runs" / "latecomer" / "run.json").read_text())
+    assert late["status"] == "failed" and "holder" in late["error"]
+    assert not (out / "runs" / "latecomer" / "ingest").exists()
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_dataset_lock_stale_takeover_and_resume(backend, tmp_path, request):
+    from tasks.io.storage import Storage
+    from tasks.locks import DatasetLock, DatasetLocked
+
+    if backend == "s3":
+        endpoint = request.getfixturevalue("s3_env")
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+        if not fs.exists("locks"):
+            fs.mkdir("locks")
+        storage = Storage("s3://locks/root", {"client_kwargs": {"endpoint_url": endpoint}})
+    else:
+        storage = Storage(str(tmp_path))
+    a = DatasetLock(storage, "ds", "run-a", ttl_seconds=600)
+    a.acquire()
+    with pytest.raises(DatasetLocked, match="being curated by run run-a"):
+        DatasetLock(storage, "ds", "run-b", ttl_seconds=600).acquire()
+    DatasetLock(storage, "ds", "run-a", ttl_seconds=600).acquire()  # the same run, resumed, takes it back
+    body = storage.read_json("datasets/ds/_lock.json")
+    storage.write_json("datasets/ds/_lock.json", {**body, "expires_at": "2000-01-01T00:00:00+00:00"})
+    b = DatasetLock(storage, "ds", "run-b", ttl_seconds=600)
+    b.acquire()  # the holder stopped refreshing: stale, taken over
+    assert storage.read_json("datasets/ds/_lock.json")["run_id"] == "run-b"
+    a.release()  # not a's lock any more: left alone
+    assert storage.read_json("datasets/ds/_lock.json")["run_id"] == "run-b"
+    b.release()
+    assert not storage.exists("datasets/ds/_lock.json")
