@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_deploy)
 
     p = add("serve", "run the deployments in this process (one machine, no work pool)",
-            "Register the three deployments and run their scheduled and triggered flow runs until interrupted.")
+            "Register the three deployments and run their scheduled and triggered flow runs in subprocesses of this "
+            "one, until interrupted (Ctrl-C pauses the schedules). Needs a Prefect server: set PREFECT_API_URL, "
+            "e.g. after `prefect server start`. For several machines use `sluice deploy --pool` and workers.")
     p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
     p.set_defaults(fn=cmd_serve)
 

@@ -71,8 +71,15 @@ def replay_batch(storage: Storage, run_id: str, stage: Stage, reason: str, inges
             raise ReplayError(f"found {batch.height} of {rows.height} quarantined lines in their source files; "
                               "the inputs changed since the run, so they cannot be replayed faithfully")
         return batch, manifest
-    drop = {"reason", "evidence", *stage.adds}
-    return rows.drop([c for c in rows.columns if c in drop]), manifest
+    # the stage's own input schema: quarantine rows also carry the signals the stage computed on them
+    first_input = next((obj for obj in manifest["inputs"] if "uri" in obj), None)
+    if first_input is None:
+        raise ReplayError(f"run {run_id}, stage {stage.name}: its manifest names no input parts")
+    schema = pl.read_parquet_schema(storage.read_bytes(storage.rel_of(first_input["uri"])))
+    missing = [c for c in schema if c not in rows.columns]
+    if missing:
+        raise ReplayError(f"quarantined rows of stage {stage.name} lack input column(s) {', '.join(missing)}")
+    return rows.select([pl.col(c).cast(t) for c, t in schema.items()]), manifest
 
 
 def carried_receipt(manifest: dict) -> dict:

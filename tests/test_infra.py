@@ -18,6 +18,20 @@ def test_deployments_point_at_real_flows_with_valid_parameters(monkeypatch):
     for dep in spec["deployments"]:
         flow = load_flow_from_entrypoint(dep["entrypoint"])
         accepted = set(inspect.signature(flow.fn).parameters)
-        assert set(dep.get("parameters", {})) <= accepted, dep["name"]
+        given = set(dep.get("parameters", {}))
+        for trigger in dep.get("triggers", []):
+            assert set(trigger["parameters"]) <= accepted, dep["name"]
+            given |= set(trigger["parameters"])
+        assert given <= accepted, dep["name"]
         required = {n for n, p in inspect.signature(flow.fn).parameters.items() if p.default is p.empty}
-        assert required <= set(dep.get("parameters", {})), dep["name"]
+        assert required <= given, dep["name"]
+
+
+def test_scheduled_and_triggered_deployments_are_declared():
+    from tasks.publish import EVENT
+
+    spec = {d["name"]: d for d in yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"]}
+    assert spec["nightly"]["entrypoint"] == "flows/curate.py:curate" and spec["nightly"]["schedules"][0]["cron"]
+    assert spec["new-data"]["entrypoint"] == "flows/watch.py:watch" and spec["new-data"]["schedules"][0]["interval"]
+    [trigger] = spec["on-publish"]["triggers"]
+    assert trigger["expect"] == [EVENT] and trigger["match"] == {"sluice.retrain": "true"}
