@@ -195,16 +195,33 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     return run
 
 
+def _api_url_for_workers() -> str:
+    """The API that Dask worker processes report task runs to. Without PREFECT_API_URL this process runs Prefect's
+    embedded server; it is started here so that workers share it instead of each starting its own (~30 s each)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start(timeout=90)
+        url = server.api_url
+    return url
+
+
 def task_runner(kind: str, workers: int, dask_address: str | None = None):
     """Threads in this process, or a Dask cluster through prefect-dask (a LocalCluster of `workers` processes when
-    no scheduler address is given). Shard outputs do not depend on where a shard ran."""
+    no scheduler address is given). Shard outputs do not depend on where a shard ran. Workers of an existing cluster
+    must reach the same Prefect API as this process (set PREFECT_API_URL on them)."""
     if kind == "dask":
         from prefect_dask import DaskTaskRunner
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None,
+                                              "env": {"PREFECT_API_URL": _api_url_for_workers()}})
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
@@ -217,6 +234,13 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     run_id = run_id or new_run_id()
     kind = runner or cfg.runner.kind
     address = dask_address or cfg.runner.dask_address
-    return curate.with_options(task_runner=task_runner(kind, n, address))(
+    runner_ = task_runner(kind, n, address)
+    if kind == "dask" and not address:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: runner_.cluster_kwargs["env"]["PREFECT_API_URL"]}):
+            return curate.with_options(task_runner=runner_)(inputs=inputs, output=output, config_path=config_path,
+                                                            run_id=run_id, stages=stages, replay=replay)
+    return curate.with_options(task_runner=runner_)(
         inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages, replay=replay
     )

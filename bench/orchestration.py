@@ -1,0 +1,179 @@
+"""Orchestration overhead: what Prefect (flow, task runs, mapping, state tracking) adds to a run, per runner and
+shard size.
+
+    .venv/bin/python bench/orchestration.py [--docs 100000] [--shard-rows 2000,5000,25000]
+        [--stages ingest,dedup,publish] [--runners local,dask]
+
+For each shard size the same corpus is curated three ways, each into a fresh output root (nothing resumed):
+  direct  the runner's functions (tasks/runner.py) called from a plain ThreadPoolExecutor, no Prefect at all;
+  local   `run_curate` with the ThreadPoolTaskRunner (what `sluice run` does), on Prefect's embedded server;
+  dask    `run_curate` with prefect-dask's DaskTaskRunner on a running 2-process LocalCluster (as in production,
+          where the cluster outlives runs; its cold start is measured and reported separately).
+Overhead = (T_runner - T_direct) / T_runner. The direct path does the same data work, contracts and report, so the
+difference is orchestration. One-off costs are excluded: every path first runs once on a 500-doc warm-up corpus
+(imports, the Prefect server's start, Dask workers' imports).
+Corpus: documents of 6 random KJV verses, in 4 JSONL files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+RESULTS = HERE / "results"
+FILES = 4
+
+
+def build(folder: Path, n_docs: int, seed: int = 5) -> None:
+    from tasks.demo_corpus import kjv_records
+
+    verses = [r["text"] for r in kjv_records()]
+    rng = random.Random(seed)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    per = -(-n_docs // FILES)
+    for f in range(FILES):
+        with open(folder / f"docs-{f:02d}.jsonl", "w") as fh:
+            for i in range(f * per, min(n_docs, (f + 1) * per)):
+                fh.write(json.dumps({"id": f"d{i}", "text": " ".join(rng.sample(verses, 6))}) + "\n")
+
+
+def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stages: list[str], workers: int) -> None:
+    """The flow's data work without Prefect: same runner functions, same order, same thread count."""
+    from schemas.config import load_config
+    from tasks import registry
+    from tasks.contracts import close_contracts, contracts_for
+    from tasks.io.readers import resolve_inputs
+    from tasks.io.storage import Storage
+    from tasks.publish import publish
+    from tasks.report import write_report
+    from tasks.runner import (
+        RunContext,
+        commit_stage,
+        global_decide,
+        global_features,
+        ingest_file,
+        map_shard,
+        map_shards,
+        params_of,
+    )
+
+    cfg = load_config(config_path)
+    ctx = RunContext(Storage(out), run_id, cfg, {})
+    contracts = contracts_for(run_id)
+    manifests: list[dict] = []
+    previous = None
+    with ThreadPoolExecutor(workers) as pool:
+        for name in stages:
+            started = time.perf_counter()
+            if name == registry.SINK:
+                manifests.append(publish(ctx, previous, manifests, contracts))
+                continue
+            stage = registry.STAGES[name]
+            params = params_of(stage.params(cfg))
+            if stage.kind == "source":
+                files = resolve_inputs(inputs)
+                stage_inputs = [f.as_dict() for f in files]
+                receipts = [r for rs in pool.map(lambda a, st=stage: ingest_file(ctx, st, *a), enumerate(files))
+                            for r in rs]
+            else:
+                stage_inputs, shards = previous["outputs"], map_shards(previous)
+                decisions = None
+                if stage.kind == "global":
+                    feats = list(pool.map(lambda s, st=stage: global_features(ctx, st, *s), shards))
+                    decisions = global_decide(ctx, stage, feats)
+                receipts = list(pool.map(lambda s, st=stage, d=decisions: map_shard(ctx, st, s[0], s[1], d), shards))
+            previous = commit_stage(ctx, name, stage.suite_for(stage.params(cfg)), receipts, stage_inputs, params,
+                                    contracts, started)
+            manifests.append(previous)
+    run = {"run_id": run_id, "status": "succeeded", "inputs": inputs, "stages": stages, "timings": {},
+           "manifests": [{k: m[k] for k in ("stage", "rows_in", "rows_out", "rows_rejected")} for m in manifests]}
+    write_report(ctx, run, manifests, contracts)
+    close_contracts(run_id)
+    contracts.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--shard-rows", default="2000,5000,25000")
+    parser.add_argument("--stages", default="ingest,dedup,publish")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runners", default="local,dask")
+    parser.add_argument("--work", default=str(RESULTS / "orchestration-work"))
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from flows.curate import _api_url_for_workers, run_curate
+
+    os.environ["PREFECT_API_URL"] = _api_url_for_workers()  # one server for this process and the Dask workers
+    work = Path(args.work)
+    corpus, warm = work / "corpus", work / "warm-up"
+    build(corpus, args.docs)
+    build(warm, 500)
+    stages = args.stages.split(",")
+    runners = args.runners.split(",")
+    cluster, cold_start = None, None
+    if "dask" in runners:
+        from distributed import LocalCluster
+
+        t = time.perf_counter()
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               env={"PREFECT_API_URL": os.environ["PREFECT_API_URL"]})
+        cluster_start = time.perf_counter() - t
+    address = cluster.scheduler_address if cluster else None
+
+    def run(runner: str, inputs: Path, out: Path, cfg: Path) -> float:
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        if runner == "direct":
+            run_direct([str(inputs)], str(out), str(cfg), "bench", stages, args.workers)
+        else:
+            run_curate([str(inputs)], str(out), str(cfg), "bench", stages, args.workers, runner, address)
+        return time.perf_counter() - t
+
+    rows = []
+    for shard_rows in (int(s) for s in args.shard_rows.split(",")):
+        cfg = work / f"shard-{shard_rows}.toml"
+        cfg.write_text(f'[ingest]\nshard_rows = {shard_rows}\n[publish]\ndataset = "bench"\n')
+        for runner in ["direct", *runners]:
+            seconds = run(runner, warm, work / f"warm-{runner}", cfg)
+            if runner == "dask" and cold_start is None:
+                cold_start = cluster_start + seconds
+                print(f"Dask LocalCluster start {cluster_start:.1f} s + first (warm-up) run {seconds:.1f} s")
+        timings = {}
+        for runner in ["direct", *runners]:
+            timings[runner] = run(runner, corpus, work / f"out-{shard_rows}-{runner}", cfg)
+            print(f"shard_rows {shard_rows:>6}  {runner:<6} {timings[runner]:8.2f} s", flush=True)
+        shards = json.loads((work / f"out-{shard_rows}-direct" / "runs" / "bench" / stages[0] / "_manifest.json")
+                            .read_text())["shards"]
+        for runner in runners:
+            rows.append({"shard_rows": shard_rows, "shards": shards, "runner": runner,
+                         "direct_s": round(timings["direct"], 2), "runner_s": round(timings[runner], 2),
+                         "overhead": round((timings[runner] - timings["direct"]) / timings[runner], 4)})
+    if cluster is not None:
+        cluster.close()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "orchestration.json").write_text(json.dumps({"docs": args.docs, "stages": stages, "rows": rows,
+                                                            "dask_cold_start_s": cold_start}, indent=2))
+    print(f"\n{args.docs:,} docs, stages {','.join(stages)}, {args.workers} workers")
+    print("| shard rows | shards per stage | runner | no Prefect (s) | with Prefect (s) | overhead |")
+    print("|---:|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['shard_rows']:,} | {r['shards']} | {r['runner']} | {r['direct_s']} | {r['runner_s']} | "
+              f"{r['overhead']:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
