@@ -137,6 +137,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmarks(args: argparse.Namespace) -> int:
+    from schemas.config import load_config
+    from tasks.contamination import benchmark_listing
+
+    cfg = load_config(args.config)
+    rows = benchmark_listing(cfg.decontaminate)
+    d = cfg.decontaminate
+    print(f"decontaminate: {d.ngram}-grams, hit at coverage >= {d.coverage} or a {d.span_words}-word span; "
+          f"warn above {d.warn_rate:.2%} of docs per benchmark, fail above {d.max_rate:.2%}")
+    print(f"{'benchmark':<16} {'items':>7}  {'policy':<7} {'released':<11} fields / file")
+    for r in rows:
+        kind = "built-in" if r["builtin"] else r["path"]
+        print(f"{r['name']:<16} {r['items']:>7,}  {r['policy']:<7} {r['released_at'] or '-':<11} "
+              f"{', '.join(r['fields'])}  ({kind})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tasks.status import prefect_status, print_status, storage_status
 
@@ -358,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
     p.set_defaults(fn=cmd_serve)
 
+    p = add("benchmarks", "list the benchmarks the decontaminate stage checks, with item counts",
+            "Load every benchmark the config names (built-ins: GSM8K test, HumanEval; plus [[decontaminate."
+            "benchmarks]] files, local or S3) exactly as the decontaminate stage would, and list them with item "
+            "counts, indexed fields, policy and release date. A broken benchmark file fails here with the file, "
+            "line and field, before any run.")
+    p.add_argument("action", choices=["list"], help="what to do (list)")
+    p.add_argument("--config", metavar="FILE", help="TOML config with [decontaminate]")
+    p.set_defaults(fn=cmd_benchmarks)
+
     p = add("status", "deployments, recent runs, next scheduled run, last publish per dataset",
             "Ask the Prefect server (PREFECT_API_URL) for deployments, their schedules and next runs, and the most "
             "recent flow runs; with --output also list the last published version of each dataset and its retrain "
@@ -386,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
-    except (ConfigError, InputError, StageSelectionError, ValueError) as exc:
+    except (ConfigError, InputError, StageSelectionError, ValueError) as exc:  # BenchmarkError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

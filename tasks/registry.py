@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tasks import dedup, ingest, quality
+from tasks import contamination, dedup, ingest, quality
 from tasks.stage import Stage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, quality.STAGE, dedup.STAGE)}
+STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, contamination.STAGE, quality.STAGE, dedup.STAGE)}
 SINK = "publish"
 ORDER = [*STAGES, SINK]
 

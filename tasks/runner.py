@@ -284,10 +284,11 @@ def _validate_global(ctx: RunContext, contracts: Contracts, stage_name: str, sui
 
 
 def validate_stage(ctx: RunContext, contracts: Contracts, stage_name: str, suite_name: str, outputs: list[dict],
-                   shard_contracts: list[tuple[str, dict]] | None, rows_in: int, rows_rejected: int
-                   ) -> ContractResult:
+                   shard_contracts: list[tuple[str, dict]] | None, rows_in: int, rows_rejected: int,
+                   rate_checks: list[dict] | None = None) -> ContractResult:
     """The stage's contract: shard results (or, when not yet validated, each part now), the 'global'
-    expectations on just the columns they name, and the configured reject-rate ceiling."""
+    expectations on just the columns they name, the configured reject-rate ceiling, and the stage's own rate
+    checks (e.g. the share of documents one benchmark hit)."""
     import pandas as pd
 
     suite = load_suite(suite_name)
@@ -316,6 +317,19 @@ def validate_stage(ctx: RunContext, contracts: Contracts, stage_name: str, suite
         result.results += [{**r, "scope": "stage"} for r in stats.results]
         result.failures += [f"{f} (reject rate {rate:.4f} > ceiling {ceiling})" for f in stats.failures]
         result.success = result.success and stats.success
+    if rate_checks:
+        suite = {"expectations": [{"type": "expect_column_values_to_be_between",
+                                   "kwargs": {"column": c["name"], "min_value": 0, "max_value": c["max"]}}
+                                  for c in rate_checks]}
+        frame = pd.DataFrame({c["name"]: [c["rate"]] for c in rate_checks})
+        checked = contracts.validate(f"{ctx.run_id}.{stage_name}.stage-rates", suite, frame)
+        over = {c["name"]: c for c in rate_checks if c["rate"] > c["max"]}
+        result.results += [{**r, "scope": "stage"} for r in checked.results]
+        result.failures += [
+            f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > ceiling {c['max']:.2%}; a "
+            "mass hit usually means a broken benchmark file or normalizer, not a contaminated corpus"
+            for c in over.values()]
+        result.success = result.success and checked.success
     return result
 
 
@@ -336,7 +350,17 @@ def commit_stage(ctx: RunContext, stage_name: str, suite_name: str, receipts: li
     outputs = [o for r in receipts for o in r["outputs"]]
     rejected = [o for r in receipts for o in r["rejected"]]
     shard_contracts = [(r["shard"], r["contract"]) for r in receipts]
-    result = validate_stage(ctx, contracts, stage_name, suite_name, outputs, shard_contracts, rows_in, rows_rejected)
+    from tasks.registry import STAGES  # the registry imports stage modules, which must not import the runner
+
+    stage = STAGES.get(stage_name)
+    stage_params = stage.params(ctx.config) if stage else None
+    checks = stage.rate_checks(dict(stats), rows_in, stage_params) if stage and stage.rate_checks else []
+    warnings = [f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > warning level "
+                f"{c['warn']:.2%}" for c in checks if c["warn"] < c["rate"] <= c["max"]]
+    for w in warnings:
+        log.warning(f"{stage_name}: {w}")
+    result = validate_stage(ctx, contracts, stage_name, suite_name, outputs, shard_contracts, rows_in, rows_rejected,
+                            checks)
     manifest = {
         "stage": stage_name,
         "run_id": ctx.run_id,
@@ -355,6 +379,9 @@ def commit_stage(ctx: RunContext, stage_name: str, suite_name: str, receipts: li
         "shards_resumed": sum(1 for r in receipts if r.get("skipped")),
         "stats": dict(stats),
         "contract": result.as_dict(),
+        "warnings": warnings,
+        "rates": checks,
+        **({"summary": stage.summarize(dict(stats), stage_params)} if stage and stage.summarize else {}),
         "params": params,
         "code_version": ctx.code_version,
         "seconds": round(time.perf_counter() - started, 3),

@@ -52,6 +52,9 @@ class Stage:
     kind: Literal["source", "map", "global", "sink"] = "map"
     description: str = ""
     steps: GlobalSteps | None = None  # kind == "global" only
+    # stage-wide checks on summed stats: [{name, count, rate, warn, max}]; above `max` fails the contract
+    rate_checks: Callable[[dict, int, Any], list[dict]] | None = None
+    summarize: Callable[[dict, Any], dict] | None = None  # a stage-specific section of the manifest
 
     def suite_for(self, params: Any) -> str:
         """The suite that states this stage's contract under these params (some guarantees depend on them)."""
