@@ -84,3 +84,19 @@ def test_contract_failure_exits_nonzero_naming_the_expectation(prefect_server, t
     assert proc.returncode == 3
     assert "contract of stage 'ingest' failed" in proc.stderr
     assert "expect_column_values_to_be_unique(column='id')" in proc.stderr
+
+
+def test_readme_config_reference_is_a_valid_config(tmp_path):
+    """The documented config is loaded as users would copy it: every key must exist and every value validate."""
+    from conftest import REPO
+
+    from schemas.config import load_config
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Config reference"):]
+    block = section[section.index("```toml") + len("```toml"):section.index("```", section.index("```toml") + 7)]
+    path = tmp_path / "readme.toml"
+    path.write_text(block)
+    cfg = load_config(path)
+    assert cfg.stages[1] == "decontaminate" and cfg.decontaminate.benchmarks[1].name == "internal-eval"
+    assert cfg.storage.secret == "prefect-secret:curated-s3-secret" and cfg.retrain.min_changed_fraction == 0.01
