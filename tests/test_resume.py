@@ -63,10 +63,13 @@ def test_kill_9_then_resume_is_byte_identical(prefect_server, demo_corpus, tmp_p
     finished_before_kill = len(list(shards.glob("0*.json")))
     assert finished_before_kill >= 12
     assert not (crashed / "runs" / "resume-me" / "ingest" / "_manifest.json").exists(), "killed too late"
-    assert not (crashed / "datasets").exists()
+    dataset = next((crashed / "datasets").iterdir())
+    assert not list(dataset.glob("v*"))
+    assert json.loads((dataset / "_lock.json").read_text())["run_id"] == "resume-me"  # left by the killed run
 
-    resumed = _run([*common, "--output", str(crashed)], env)
+    resumed = _run([*common, "--output", str(crashed)], env)  # the same run id takes its own lock back at once
     assert resumed.returncode == 0, resumed.stderr
+    assert not (dataset / "_lock.json").exists()
     manifest = json.loads((crashed / "runs" / "resume-me" / "ingest" / "_manifest.json").read_text())
     assert manifest["shards_resumed"] >= finished_before_kill
     assert manifest["shards_resumed"] < manifest["shards"]
