@@ -30,6 +30,9 @@ def markdown_summary(run: dict, manifests: list[dict]) -> str:
                      f"{r['contract']} | {r['seconds']:.2f} |")
     if run.get("error"):
         lines += ["", f"**Error:** {run['error']}"]
+    warnings = [f"- {m['stage']}: {w}" for m in manifests for w in m.get("warnings", [])]
+    if warnings:
+        lines += ["", "**Warnings:**", *warnings]
     if run.get("published"):
         p = run["published"]
         lines += ["", f"Published `{p['dataset']}` v{p['version']} at `{p['uri']}`"]
@@ -59,6 +62,17 @@ def render_html(run: dict, manifests: list[dict]) -> str:
          for m in manifests for r in m["contract"]["results"]],
     )
     error = f"<p class=err>{html.escape(run['error'])}</p>" if run.get("error") else ""
+    warned = [(m["stage"], w) for m in manifests for w in m.get("warnings", [])]
+    if warned:
+        error += "<h2>Warnings</h2><ul>" + "".join(
+            f"<li class=err>{html.escape(stage)}: {html.escape(w)}</li>" for stage, w in warned) + "</ul>"
+    summaries = [(m["stage"], m["summary"]) for m in manifests if m.get("summary")]
+    contamination = ""
+    for stage, summary in summaries:
+        contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
+            ["benchmark", "policy", "items found", "docs hit", "dropped", "redacted", "flagged"],
+            [[name, b.get("policy", ""), b.get("items_found", ""), b.get("docs_hit", ""), b.get("docs_dropped", ""),
+              b.get("docs_redacted", ""), b.get("docs_flagged", "")] for name, b in summary.items()])
     published = ""
     if run.get("published"):
         p = run["published"]
@@ -68,7 +82,7 @@ def render_html(run: dict, manifests: list[dict]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.err{{color:#b00}}</style></head><body>
 <h1>Sluice run {html.escape(run['run_id'])} — {html.escape(run['status'])}</h1>{error}{published}
 <p>code version {html.escape(run.get('code_version', ''))}; inputs: {html.escape(', '.join(run.get('inputs', [])))}</p>
-<h2>Stages</h2>{stages}<h2>Quarantine</h2>{reasons}
+<h2>Stages</h2>{stages}{contamination}<h2>Quarantine</h2>{reasons}
 <p>Browse: <code>sluice quarantine {html.escape(run['run_id'])} --output ROOT</code></p>
 <h2>Contracts</h2>{contracts}<p><a href="contracts/index.html">Great Expectations Data Docs</a></p>
 </body></html>"""

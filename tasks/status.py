@@ -70,7 +70,7 @@ def storage_status(storage: Storage) -> dict:
         if not versions:
             continue
         m = version_manifest(storage, name, versions[-1])
-        root = Storage(storage.uri(f"datasets/{name}/v{versions[-1]}"), storage._s3_options)
+        root = storage.child(f"datasets/{name}/v{versions[-1]}")
         diff = root.read_json_if_exists("_diff.json") or {}
         retrains = outcomes(root)
         lock = storage.read_json_if_exists(f"datasets/{name}/_lock.json")

@@ -209,6 +209,9 @@ def test_default_pipeline_runs_decontaminate(prefect_server, tmp_path, capsys):
     assert m["summary"]["humaneval"]["docs_hit"] == 0
     assert m["warnings"] and "contamination.gsm8k: 3 of 303 documents (0.99%) > warning level 0.10%" in m["warnings"][0]
     assert m["contract"]["success"]
+    report = (out / "runs" / "dc" / "report" / "index.html").read_text()
+    assert "Warnings" in report and "contamination.gsm8k: 3 of 303 documents" in report
+    assert "items found" in report
     capsys.readouterr()
     assert main(["quarantine", "dc", "--output", str(out), "--stage", "decontaminate", "--format", "jsonl"]) == 0
     quarantined = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -56,6 +56,10 @@ class Storage:
         self.fs = filesystem(root, s3_options)
         self._s3_options = s3_options
 
+    def child(self, rel: str) -> Storage:
+        """A storage rooted at `rel` under this one, with the same connection settings."""
+        return Storage(self.uri(rel), self._s3_options)
+
     def uri(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
