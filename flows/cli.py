@@ -41,6 +41,19 @@ def _storage(output: str, config: str | None):
     return Storage(output, cfg.storage.s3_options())
 
 
+def _load_run(args: argparse.Namespace):
+    """(storage, run.json) of RUN_ID under --output; None after printing the error when there is no such run."""
+    from schemas.config import check_safe_name
+
+    check_safe_name(args.run_id, "run id")
+    storage = _storage(args.output, args.config)
+    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
+    if run is None:
+        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+        return None
+    return storage, run
+
+
 def _print_run(run: dict) -> None:
     print(f"run id:  {run['run_id']}")
     print(f"status:  {run['status']}")
@@ -66,15 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
-    from schemas.config import check_safe_name
     from tasks import registry
 
-    check_safe_name(args.run_id, "run id")
-    storage = _storage(args.output, args.config)
-    original = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
-    if original is None:
-        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+    loaded = _load_run(args)
+    if loaded is None:
         return 2
+    original = loaded[1]
     if args.stage not in original["stages"] or args.stage == registry.SINK:
         print(f"error: run {args.run_id} has no replayable stage {args.stage} (its stages: "
               f"{', '.join(original['stages'])})", file=sys.stderr)
@@ -192,14 +202,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from schemas.config import check_safe_name
-
-    check_safe_name(args.run_id, "run id")
-    storage = _storage(args.output, args.config)
-    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
-    if run is None:
-        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+    loaded = _load_run(args)
+    if loaded is None:
         return 2
+    storage, run = loaded
     print(f"run {run['run_id']}: {run['status']}  (code {run.get('code_version')})")
     print(f"inputs: {', '.join(run.get('inputs', []))}")
     if run.get("error"):
@@ -230,14 +236,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from schemas.config import check_safe_name
-
-    check_safe_name(args.run_id, "run id")
-    storage = _storage(args.output, args.config)
-    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
-    if run is None:
-        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+    loaded = _load_run(args)
+    if loaded is None:
         return 2
+    storage, run = loaded
     stages = [args.stage] if args.stage else run.get("stages", [])
     frames = []
     for stage in stages:

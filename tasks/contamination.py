@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 import polars as pl
 
-from schemas.config import BUILTIN_BENCHMARKS, BenchmarkConfig, DecontaminateConfig
+from schemas.config import BenchmarkConfig, DecontaminateConfig
 from schemas.record import CANONICAL
 from tasks.stage import Stage, StageResult
 
@@ -519,8 +519,7 @@ def benchmark_listing(cfg: DecontaminateConfig) -> list[dict]:
     counts = index.counts()
     return [{"name": b.name, "items": counts.get(b.name, 0), "fields": b.fields, "policy": b.policy,
              "released_at": b.released_at.isoformat() if b.released_at else None, "path": b.path,
-             "builtin": b.name in BUILTIN_BENCHMARKS and b.path == (builtin_path(b.name) if b.name in BUILTINS
-                                                                   else None)}
+             "builtin": b.name in BUILTINS and b.path == builtin_path(b.name)}
             for b in index.benchmarks]
 
 
