@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, unmapped
@@ -235,12 +236,12 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     kind = runner or cfg.runner.kind
     address = dask_address or cfg.runner.dask_address
     runner_ = task_runner(kind, n, address)
-    if kind == "dask" and not address:
+    api = nullcontext()
+    if kind == "dask" and not address:  # this process reports to the API its LocalCluster workers were given
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: runner_.cluster_kwargs["env"]["PREFECT_API_URL"]}):
-            return curate.with_options(task_runner=runner_)(inputs=inputs, output=output, config_path=config_path,
-                                                            run_id=run_id, stages=stages, replay=replay)
-    return curate.with_options(task_runner=runner_)(
-        inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages, replay=replay
-    )
+        api = temporary_settings({PREFECT_API_URL: runner_.cluster_kwargs["env"]["PREFECT_API_URL"]})
+    with api:
+        return curate.with_options(task_runner=runner_)(
+            inputs=inputs, output=output, config_path=config_path, run_id=run_id, stages=stages, replay=replay
+        )

@@ -39,11 +39,10 @@ def watch(inputs: list[str], output: str, config_path: str | None = None) -> dic
     ledger = load_ledger(storage)
     found = scan(files, ledger, s3)
     summary = {"listed": len(files), "new": [f.uri for f in found.new], "changed": found.changed,
-               "retagged": found.retagged, "unchanged": found.unchanged, "run": None}
-    for uri in found.retagged:
-        logger.info(f"{uri}: new etag/mtime but the same bytes as when curated; ledger updated")
-        f = next(f for f in files if f.uri == uri)
-        ledger[uri] = {**ledger[uri], "etag": f.version, "size": f.size}
+               "retagged": [f.uri for f in found.retagged], "unchanged": found.unchanged, "run": None}
+    for f in found.retagged:
+        logger.info(f"{f.uri}: new etag/mtime but the same bytes as when curated; ledger updated")
+        ledger[f.uri] = {**ledger[f.uri], "etag": f.version, "size": f.size}
     if found.changed:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         storage.write_json(f"{ALERTS}/{stamp}.json", {"detected_at": datetime.now(UTC).isoformat(),

@@ -14,16 +14,20 @@ import polars as pl
 from tasks.io.storage import Storage
 
 SCORE_PREFIXES = ("q_", "contam_", "dup_")
-_VERSION = re.compile(r"^v(\d+)$")
+_VERSION = re.compile(r"^v(\d+)(?:\.json)?$")  # a version folder `v3`, or its claim `v3.json`
 
 
 class VersionNotFound(ValueError):
     pass
 
 
+def version_numbers(names: list[str]) -> list[int]:
+    return sorted(int(m.group(1)) for n in names if (m := _VERSION.match(n)))
+
+
 def published_versions(storage: Storage, dataset: str) -> list[int]:
     """Versions whose manifest exists (a claimed but uncommitted number is not a version)."""
-    found = sorted(int(m.group(1)) for n in storage.listdir(f"datasets/{dataset}") if (m := _VERSION.match(n)))
+    found = version_numbers(storage.listdir(f"datasets/{dataset}"))
     return [v for v in found if storage.exists(f"datasets/{dataset}/v{v}/_manifest.json")]
 
 

@@ -9,35 +9,29 @@ committed: the number is skipped, not reused, so a version number always means o
 from __future__ import annotations
 
 import logging
-import re
 import time
 from datetime import UTC, datetime
 
 import orjson
 
 from tasks.contracts import ContractError, Contracts
-from tasks.diff import diff_vs_previous
+from tasks.diff import diff_vs_previous, version_numbers
 from tasks.io.storage import sha256_bytes
 from tasks.runner import RunContext, validate_stage
 
 log = logging.getLogger("sluice")
 SUITE = "publish"
 EVENT = "sluice.dataset.published"
-_VERSION = re.compile(r"^v(\d+)(?:\.json)?$")
-
-
-def _versions(names: list[str]) -> list[int]:
-    return sorted(int(m.group(1)) for n in names if (m := _VERSION.match(n)))
 
 
 def claim_version(ctx: RunContext, dataset: str) -> int:
     base = f"datasets/{dataset}"
     claims_dir = f"{base}/_claims"
-    for n in _versions(ctx.storage.listdir(claims_dir)):
+    for n in version_numbers(ctx.storage.listdir(claims_dir)):
         claim = ctx.storage.read_json_if_exists(f"{claims_dir}/v{n}.json")
         if claim and claim.get("run_id") == ctx.run_id:
             return n
-    taken = _versions(ctx.storage.listdir(claims_dir)) + _versions(ctx.storage.listdir(base))
+    taken = version_numbers(ctx.storage.listdir(claims_dir)) + version_numbers(ctx.storage.listdir(base))
     n = (max(taken) if taken else 0) + 1
     body = orjson.dumps({"run_id": ctx.run_id, "claimed_at": datetime.now(UTC).isoformat()})
     while not ctx.storage.create_exclusive(f"{claims_dir}/v{n}.json", body):

@@ -32,7 +32,7 @@ def content_sha256(file: InputFile, s3_options: dict | None, block: int = 8 << 2
 class Scan:
     new: list[InputFile] = field(default_factory=list)
     changed: list[dict] = field(default_factory=list)
-    retagged: list[str] = field(default_factory=list)  # same bytes, new etag/size metadata
+    retagged: list[InputFile] = field(default_factory=list)  # same bytes, new etag/size metadata
     unchanged: int = 0
 
 
@@ -56,7 +56,7 @@ def scan(files: list[InputFile], ledger: dict[str, dict], s3_options: dict | Non
         else:
             sha = content_sha256(f, s3_options)
             if entry.get("sha256") == sha:
-                result.retagged.append(f.uri)
+                result.retagged.append(f)
             else:
                 result.changed.append({
                     "uri": f.uri, "curated_by_run": entry.get("run_id"), "curated_at": entry.get("curated_at"),
