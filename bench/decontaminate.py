@@ -68,7 +68,7 @@ print("SECONDS", time.perf_counter() - t, "INDEX", index_s)
 
 
 def load_items() -> tuple[list[dict], list[dict]]:
-    from tasks.contamination import builtin_path
+    from tasks.stages.decontaminate import builtin_path
 
     gsm = [json.loads(line) for line in Path(builtin_path("gsm8k")).read_text().splitlines() if line.strip()]
     he = [json.loads(line) for line in gzip.decompress(Path(builtin_path("humaneval")).read_bytes()).splitlines()
@@ -78,7 +78,7 @@ def load_items() -> tuple[list[dict], list[dict]]:
 
 def build(folder: Path, n_docs: int, seed: int = 17) -> dict[str, str]:
     """Writes the corpus; returns planted doc id -> form."""
-    from tasks.demo_corpus import kjv_records
+    from tasks.ops.demo_corpus import kjv_records
 
     verses = [r["text"] for r in kjv_records()]
     gsm, he = load_items()
@@ -147,18 +147,17 @@ def run_sluice(corpus: Path) -> tuple[float, float, set[str]]:
     import polars as pl
 
     from schemas.config import DecontaminateConfig
-    from tasks.contamination import _cached_index, decontaminate, index_for
+    from tasks.stages.decontaminate import decontaminate, load_index
 
     cfg = DecontaminateConfig()
-    _cached_index.cache_clear()
     t = time.perf_counter()
-    index_for(cfg)
+    index = load_index(cfg)  # the stage's setup, once per process
     index_s = time.perf_counter() - t
 
     def one(path: Path) -> set[str]:
         df = pl.read_ndjson(path, schema={"id": pl.String, "text": pl.String}).with_columns(
             timestamp=pl.lit(None, pl.Datetime("us", "UTC")))
-        return set(decontaminate(df, cfg).rejected["id"])
+        return set(decontaminate(df, cfg, index).rejected["id"])
 
     with ThreadPoolExecutor(2) as pool:
         flagged = set().union(*pool.map(one, sorted(corpus.glob("*.jsonl"))))

@@ -82,7 +82,7 @@ print("REMOVED", json.dumps(removed))
 def build(folder: Path, n_docs: int, seed: int = 11) -> dict[str, tuple[str, float]]:
     """Writes the corpus; returns planted copy id -> (source id, edit rate)."""
     sys.path.insert(0, str(HERE.parent))
-    from tasks.demo_corpus import kjv_records
+    from tasks.ops.demo_corpus import kjv_records
 
     verses = [r["text"] for r in kjv_records()]
     rng = random.Random(seed)
@@ -115,7 +115,7 @@ def run_sluice(folder: Path, verify: bool = False) -> tuple[float, set[str], dic
     import polars as pl
 
     from schemas.config import DedupConfig, NearDupConfig, SpanDedupConfig
-    from tasks.dedup import apply, decide, features
+    from tasks.stages.dedup import apply, decide, features
 
     cfg = DedupConfig(exact=False, spans=SpanDedupConfig(enabled=False),  # near-dup only, like the peers
                       near=NearDupConfig(verify_jaccard=verify))

@@ -27,7 +27,7 @@ SLUICE_PY = [sys.executable, "-c", "import sys; from flows.cli import main; sys.
 
 
 def build_corpora(work: Path, scale: int) -> Path:
-    from tasks.demo_corpus import build
+    from tasks.ops.demo_corpus import build
 
     one = work / "corpus-1x"
     if not one.exists():

@@ -34,7 +34,7 @@ FILES = 4
 
 
 def build(folder: Path, n_docs: int, seed: int = 5) -> None:
-    from tasks.demo_corpus import kjv_records
+    from tasks.ops.demo_corpus import kjv_records
 
     verses = [r["text"] for r in kjv_records()]
     rng = random.Random(seed)
@@ -50,53 +50,45 @@ def build(folder: Path, n_docs: int, seed: int = 5) -> None:
 def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stages: list[str], workers: int) -> None:
     """The flow's data work without Prefect: same runner functions, same order, same thread count."""
     from schemas.config import load_config
-    from tasks import registry
-    from tasks.contracts import close_contracts, contracts_for
     from tasks.io.readers import resolve_inputs
     from tasks.io.storage import Storage
-    from tasks.publish import publish
-    from tasks.report import write_report
-    from tasks.runner import (
-        RunContext,
-        commit_stage,
-        global_decide,
-        global_features,
-        ingest_file,
-        map_shard,
-        map_shards,
-        params_of,
-    )
+    from tasks.ops.report import write_report
+    from tasks.runtime import lifecycle, registry, runner
+    from tasks.runtime.context import RunContext
+    from tasks.runtime.contracts import close_contracts, contracts_for
 
     cfg = load_config(config_path)
     ctx = RunContext(Storage(out), run_id, cfg, {})
     contracts = contracts_for(run_id)
-    manifests: list[dict] = []
+    manifests: list = []
     previous = None
     with ThreadPoolExecutor(workers) as pool:
         for name in stages:
             started = time.perf_counter()
-            if name == registry.SINK:
-                manifests.append(publish(ctx, previous, manifests, contracts))
-                continue
             stage = registry.STAGES[name]
-            params = params_of(stage.params(cfg))
+            target = None
             if stage.kind == "source":
                 files = resolve_inputs(inputs)
                 stage_inputs = [f.as_dict() for f in files]
-                receipts = [r for rs in pool.map(lambda a, st=stage: ingest_file(ctx, st, *a), enumerate(files))
-                            for r in rs]
+                receipts = [r for rs in pool.map(lambda a, st=stage: runner.source_file(ctx, st, *a),
+                                                 enumerate(files)) for r in rs]
             else:
-                stage_inputs, shards = previous["outputs"], map_shards(previous)
-                decisions = None
-                if stage.kind == "global":
-                    feats = list(pool.map(lambda s, st=stage: global_features(ctx, st, *s), shards))
-                    decisions = global_decide(ctx, stage, feats)
-                receipts = list(pool.map(lambda s, st=stage, d=decisions: map_shard(ctx, st, s[0], s[1], d), shards))
-            previous = commit_stage(ctx, name, stage.suite_for(stage.params(cfg)), receipts, stage_inputs, params,
-                                    contracts, started)
+                stage_inputs, shards = [o.as_json() for o in previous.outputs], runner.shards_of(previous)
+                if stage.kind == "sink":
+                    target = stage.sink.open(ctx)
+                    receipts = list(pool.map(lambda a, st=stage, t=target: runner.sink_shard(ctx, st, a[0], a[1][1], t),
+                                             enumerate(shards)))
+                else:
+                    decisions = None
+                    if stage.kind == "global":
+                        feats = list(pool.map(lambda s, st=stage: runner.global_features(ctx, st, *s), shards))
+                        decisions = runner.global_decide(ctx, stage, feats)
+                    receipts = list(pool.map(lambda s, st=stage, d=decisions: runner.map_shard(ctx, st, s[0], s[1], d),
+                                             shards))
+            previous = runner.commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target)
+            lifecycle.release(name)
             manifests.append(previous)
-    run = {"run_id": run_id, "status": "succeeded", "inputs": inputs, "stages": stages, "timings": {},
-           "manifests": [{k: m[k] for k in ("stage", "rows_in", "rows_out", "rows_rejected")} for m in manifests]}
+    run = {"run_id": run_id, "status": "succeeded", "inputs": inputs, "stages": stages, "timings": {}}
     write_report(ctx, run, manifests, contracts)
     close_contracts(run_id)
     contracts.close()

@@ -80,7 +80,7 @@ JUNK = [
 
 def build_corpus(path: Path, n_docs: int, seed: int = 7) -> int:
     sys.path.insert(0, str(HERE.parent))
-    from tasks.demo_corpus import kjv_records, quote_records
+    from tasks.ops.demo_corpus import kjv_records, quote_records
 
     rng = random.Random(seed)
     verses = [r["text"] for r in kjv_records()]
@@ -144,7 +144,7 @@ def run_sluice(corpus: Path) -> tuple[float, dict[str, str], int]:
     import polars as pl
 
     from schemas.config import LanguageConfig, PIIConfig, QualityConfig
-    from tasks.quality import quality
+    from tasks.stages.quality import quality
 
     df = pl.concat([pl.read_ndjson(f) for f in sorted(corpus.parent.glob("docs-*.jsonl"))])
     cfg = QualityConfig(language=LanguageConfig(enabled=False), pii=PIIConfig(enabled=False))

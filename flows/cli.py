@@ -44,12 +44,13 @@ def _storage(output: str, config: str | None):
 def _load_run(args: argparse.Namespace):
     """(storage, run.json) of RUN_ID under --output; None after printing the error when there is no such run."""
     from schemas.config import check_safe_name
+    from tasks.io import layout
 
     check_safe_name(args.run_id, "run id")
     storage = _storage(args.output, args.config)
-    run = storage.read_json_if_exists(f"runs/{args.run_id}/run.json")
+    run = storage.read_json_if_exists(layout.run_json(args.run_id))
     if run is None:
-        print(f"error: no run {args.run_id} under {storage.uri('runs')}", file=sys.stderr)
+        print(f"error: no run {args.run_id} under {storage.uri(layout.RUNS)}", file=sys.stderr)
         return None
     return storage, run
 
@@ -79,13 +80,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
-    from tasks import registry
+    from tasks.runtime import registry
 
     loaded = _load_run(args)
     if loaded is None:
         return 2
     original = loaded[1]
-    if args.stage not in original["stages"] or args.stage == registry.SINK:
+    if args.stage not in original["stages"] or args.stage in registry.SINKS:
         print(f"error: run {args.run_id} has no replayable stage {args.stage} (its stages: "
               f"{', '.join(original['stages'])})", file=sys.stderr)
         return 2
@@ -101,7 +102,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
     from schemas.config import check_safe_name
-    from tasks.diff import version_diff
+    from tasks.ops.diff import version_diff
 
     check_safe_name(args.dataset, "dataset name")
     storage = _storage(args.output, args.config)
@@ -149,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_benchmarks(args: argparse.Namespace) -> int:
     from schemas.config import load_config
-    from tasks.contamination import benchmark_listing
+    from tasks.stages.decontaminate import benchmark_listing
 
     cfg = load_config(args.config)
     rows = benchmark_listing(cfg.decontaminate)
@@ -165,7 +166,7 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tasks.status import prefect_status, print_status, storage_status
+    from tasks.ops.status import prefect_status, print_status, storage_status
 
     storage = _storage(args.output, args.config) if args.output else None
     print_status(prefect_status(args.limit), storage_status(storage) if storage else None)
@@ -174,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
-    from tasks.demo_corpus import build
+    from tasks.ops.demo_corpus import build
 
     corpus = Path(args.corpus)
     if not any(corpus.glob("*.jsonl.gz")):
@@ -188,17 +189,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.io import layout
+
     storage = _storage(args.output, args.config)
-    runs = storage.listdir("runs")
+    runs = storage.listdir(layout.RUNS)
     if not runs:
-        print(f"no runs under {storage.uri('runs')}")
+        print(f"no runs under {storage.uri(layout.RUNS)}")
         return 0
     print(f"{'run id':<28} {'status':<10} {'stages':<24} started")
     for run_id in runs:
-        run = storage.read_json_if_exists(f"runs/{run_id}/run.json") or {}
+        run = storage.read_json_if_exists(layout.run_json(run_id)) or {}
         print(f"{run_id:<28} {run.get('status', '?'):<10} {','.join(run.get('stages', [])):<24} "
               f"{run.get('started_at', '')}")
     return 0
+
+
+def _stage_record(storage, run_id: str, stage: str):
+    """(manifest, committed): the stage's manifest, or what its failed contract left; (None, False) if neither."""
+    from tasks.io import layout
+    from tasks.io.manifests import StageManifest
+
+    m = storage.read_record_if_exists(StageManifest, layout.stage_manifest(run_id, stage))
+    if m is not None:
+        return m, True
+    return storage.read_record_if_exists(StageManifest, layout.contract_failure(run_id, stage)), False
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -211,21 +225,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run.get("error"):
         print(f"error: {run['error']}")
     for stage in run.get("stages", []):
-        m = storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_manifest.json")
-        failed = storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_contract_failure.json")
-        if m is None and failed is None:
+        m, committed = _stage_record(storage, args.run_id, stage)
+        if m is None:
             print(f"\n{stage}: not committed")
             continue
-        m = m or failed
-        state = "committed" if failed is None or m is not failed else "CONTRACT FAILED (not committed)"
-        print(f"\n{stage}: {state}  {m.get('seconds', 0):.2f}s  shards {m.get('shards', '-')}"
-              f" (resumed {m.get('shards_resumed', 0)})")
-        print(f"  rows in {m['rows_in']:,}  out {m['rows_out']:,}  quarantined {m['rows_rejected']:,}")
-        for code, n in m["rejected_by_reason"].items():
+        state = "committed" if committed else "CONTRACT FAILED (not committed)"
+        print(f"\n{stage}: {state}  {m.seconds:.2f}s  shards {m.shards or '-'} (resumed {m.shards_resumed})")
+        synthetic = f"  synthetic {m.rows_synthetic:,}" if m.rows_synthetic else ""
+        print(f"  rows in {m.rows_in:,}  out {m.rows_out:,}  quarantined {m.rows_rejected:,}{synthetic}")
+        for code, n in m.rejected_by_reason.items():
             print(f"    {code:<32} {n:>8,}")
-        contract = m["contract"]
-        print(f"  contract: {'passed' if contract['success'] else 'FAILED'}")
-        for r in contract["results"]:
+        print(f"  contract: {'passed' if m.contract_passed else 'FAILED'}")
+        for r in m.contract.get("results", []):
             mark = "ok " if r["success"] else "FAIL"
             print(f"    [{mark}] {r['expectation']} {r['kwargs']} {r['result'] if not r['success'] else ''}")
     if run.get("report"):
@@ -243,10 +254,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     stages = [args.stage] if args.stage else run.get("stages", [])
     frames = []
     for stage in stages:
-        m = (storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_manifest.json")
-             or storage.read_json_if_exists(f"runs/{args.run_id}/{stage}/_contract_failure.json"))
-        for obj in (m or {}).get("rejected", []):
-            df = storage.read_parquet(storage.rel_of(obj["uri"]))
+        m, _ = _stage_record(storage, args.run_id, stage)
+        for obj in m.rejected if m is not None else []:
+            df = storage.read_parquet(obj.path)
             frames.append(df.with_columns(pl.lit(stage).alias("stage")))
     if not frames:
         print("no quarantined rows")
@@ -401,10 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from schemas.config import ConfigError
-    from tasks.contracts import ContractError
+    from tasks.io.locks import DatasetLocked
     from tasks.io.readers import InputError
-    from tasks.locks import DatasetLocked
-    from tasks.registry import StageSelectionError
+    from tasks.runtime.contracts import ContractError
+    from tasks.runtime.registry import StageSelectionError
 
     try:
         return args.fn(args)

@@ -6,9 +6,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from schemas.config import load_config
+from tasks.io import layout
 from tasks.io.storage import Storage
-from tasks.publish import retrain_worthy
-from tasks.retrain import outcomes, record_outcome, run_hook
+from tasks.ops.retrain_hook import outcomes, record_outcome, run_hook, worth_retraining
 
 
 @flow(name="retrain", flow_run_name="retrain-{dataset}-v{version}", validate_parameters=True)
@@ -19,11 +19,11 @@ def retrain(dataset: str, version: int, uri: str, config_path: str | None = None
     logger = get_run_logger()
     cfg = load_config(config_path)
     root = Storage(uri, cfg.storage.s3_options())
-    if root.read_json_if_exists("_manifest.json") is None:
-        raise ValueError(f"{uri} is not a published version of {dataset} (no _manifest.json)")
-    diff = root.read_json_if_exists("_diff.json")
+    if root.read_json_if_exists(layout.MANIFEST) is None:
+        raise ValueError(f"{uri} is not a published version of {dataset} (no {layout.MANIFEST})")
+    diff = root.read_json_if_exists(layout.DIFF)
     base = {"dataset": dataset, "version": version, "uri": uri}
-    if not force and diff is not None and not retrain_worthy(diff, cfg.retrain.min_changed_fraction):
+    if not force and diff is not None and not worth_retraining(diff, cfg.retrain):
         logger.info(f"{dataset} v{version}: {diff['changed_fraction']:.2%} of rows changed, below "
                     f"{cfg.retrain.min_changed_fraction:.2%}; not retraining")
         return {**base, "status": "skipped", "reason": "below threshold"}

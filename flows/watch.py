@@ -9,10 +9,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.curate import curate, task_runner
 from schemas.config import load_config
+from tasks.io import layout
 from tasks.io.readers import InputError, resolve_inputs
 from tasks.io.storage import Storage
-from tasks.runner import new_run_id
-from tasks.watch import ALERTS, content_sha256, ledger_entry, load_ledger, save_ledger, scan
+from tasks.ops.watch_ledger import content_sha256, ledger_entry, load_ledger, save_ledger, scan
+from tasks.runtime.fingerprints import new_run_id
 
 CHANGED_EVENT = "sluice.watch.object-changed"
 
@@ -45,7 +46,7 @@ def watch(inputs: list[str], output: str, config_path: str | None = None) -> dic
         ledger[f.uri] = {**ledger[f.uri], "etag": f.version, "size": f.size}
     if found.changed:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        storage.write_json(f"{ALERTS}/{stamp}.json", {"detected_at": datetime.now(UTC).isoformat(),
+        storage.write_json(layout.watch_alert(stamp), {"detected_at": datetime.now(UTC).isoformat(),
                                                       "objects": found.changed})
         for change in found.changed:
             logger.warning(

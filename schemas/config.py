@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from schemas.benchmarks import BUILTINS
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SECRET_REF = re.compile(r"^(env|prefect-secret):([A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 
@@ -229,7 +231,7 @@ class DedupConfig(Strict):
     min_paragraph_chars: int = Field(40, ge=1, description="shorter paragraphs are never treated as boilerplate")
 
 
-BUILTIN_BENCHMARKS = ("gsm8k", "humaneval")
+BUILTIN_BENCHMARKS = tuple(BUILTINS)
 Policy = Literal["drop", "redact", "flag"]
 
 
@@ -252,7 +254,8 @@ class BenchmarkConfig(Strict):
 class DecontaminateConfig(Strict):
     """Benchmark decontamination by normalized word n-grams (GPT-3 appendix C; Lee et al. 2022)."""
 
-    builtins: list[Literal["gsm8k", "humaneval"]] = Field(default_factory=lambda: list(BUILTIN_BENCHMARKS))
+    builtins: list[str] = Field(default_factory=lambda: list(BUILTIN_BENCHMARKS),
+                                description="built-in benchmarks to check (schemas/benchmarks.py)")
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     ngram: int = Field(13, ge=8, le=13, description="words per n-gram (GPT-3 used 13)")
     coverage: float = Field(0.5, gt=0, le=1, description="fraction of an item's (or field's) n-grams in a doc")
@@ -266,6 +269,15 @@ class DecontaminateConfig(Strict):
     redact_max_cuts: int = Field(10, ge=1, description="a doc cut more often than this is dropped")
     warn_rate: float = Field(0.001, ge=0, le=1, description="per benchmark: hit rate that is logged as a warning")
     max_rate: float = Field(0.05, ge=0, le=1, description="per benchmark: hit rate that fails the contract")
+
+    @field_validator("builtins")
+    @classmethod
+    def _builtins(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in BUILTINS]
+        if unknown:
+            raise ValueError(f"unknown built-in benchmark(s) {', '.join(unknown)}; built-ins: "
+                             f"{', '.join(BUILTIN_BENCHMARKS)}")
+        return v
 
     @field_validator("benchmarks")
     @classmethod
@@ -355,7 +367,8 @@ class RetrainConfig(Strict):
 
 
 class SluiceConfig(Strict):
-    stages: list[str] = Field(default_factory=lambda: ["ingest", "decontaminate", "quality", "dedup", "publish"])
+    stages: list[str] | None = Field(
+        None, description="the pipeline to run; none = the default pipeline (tasks/runtime/registry.py)")
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()

@@ -131,7 +131,7 @@ def s3_env(s3_server, monkeypatch):
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    from tasks.demo_corpus import build
+    from tasks.ops.demo_corpus import build
 
     dest = tmp_path_factory.mktemp("demo-corpus")
     build(dest, shards=6)

@@ -12,11 +12,14 @@ import orjson
 import polars as pl
 import pytest
 from conftest import REPO
+from judge import judge
 
 from flows.cli import main
 from schemas.config import BenchmarkConfig, DecontaminateConfig, SluiceConfig
-from tasks.contamination import BenchmarkError, build_index, builtin_path, decontaminate, normalized, word_offsets
-from tasks.demo_corpus import kjv_records
+from tasks.ops.demo_corpus import kjv_records
+from tasks.stages.decontaminate import BenchmarkError, build_index, builtin_path, decontaminate
+from tasks.stages.decontaminate.index import normalized
+from tasks.stages.decontaminate.matches import word_offsets
 
 VERSES = [r["text"] for r in kjv_records()]
 GSM8K = [orjson.loads(line) for line in Path(builtin_path("gsm8k")).read_text().splitlines()]
@@ -193,7 +196,10 @@ def test_word_offsets_follow_the_normalizer():
 
 
 def test_default_pipeline_runs_decontaminate(prefect_server, tmp_path, capsys):
-    assert SluiceConfig().stages == ["ingest", "decontaminate", "quality", "dedup", "publish"]
+    from tasks.runtime.registry import DEFAULT_PIPELINE
+
+    assert SluiceConfig().stages is None  # none configured: the registry's default pipeline
+    assert DEFAULT_PIPELINE == ["ingest", "decontaminate", "quality", "dedup", "publish"]
     data = tmp_path / "in.jsonl"
     rows = [{"id": f"v{i}", "text": filler(i * 5, 300)} for i in range(300)]
     rows += [{"id": f"leak{i}", "text": filler(9000 + i, 400) + " " + GSM8K[100 + i]["question"] + " "
@@ -253,3 +259,9 @@ def test_benchmarks_list_and_s3_benchmark(s3_env, tmp_path, capsys):
 
 def test_demo_config_lists_decontaminate():
     assert "decontaminate" in (REPO / "infra" / "demo.toml").read_text()
+
+
+def test_judge_decontaminate_alone():
+    g = GSM8K[3]
+    leaked = f"{filler(0, 400)} {g['question']} {g['answer']} {filler(50, 400)}"
+    assert judge("decontaminate", filler(100, 600), leaked) == [None, "contamination.gsm8k"]

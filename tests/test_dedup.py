@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from judge import judge
 
 from schemas.config import DedupConfig, NearDupConfig, SpanDedupConfig
-from tasks.dedup import apply, decide, dedup_one_shard, features
-from tasks.demo_corpus import kjv_records
+from tasks.ops.demo_corpus import kjv_records
+from tasks.stages.dedup import apply, decide, dedup_one_shard, features
 
 VERSES = [r["text"] for r in kjv_records()]
 PASSAGES = [" ".join(VERSES[i:i + 8]) for i in range(0, 8 * 400, 8)]
@@ -100,7 +101,7 @@ def test_repeated_paragraphs_are_cut_from_all_but_the_first_document():
     for i in range(1, 6):
         assert kept[f"doc-{i:05d}"] == PASSAGES[i]
     assert res.rejected.filter(pl.col("id") == "doc-00006")["reason"].to_list() == ["dedup.spans.empty"]
-    assert res.stats["dedup.paragraphs_removed"] == 6
+    assert res.stats.counts["dedup.paragraphs_removed"] == 6
     untouched = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=10)))
     assert untouched.kept.filter(pl.col("id") == "doc-00003")["text"][0].endswith(boiler)
 
@@ -131,7 +132,7 @@ def test_features_carry_no_text():
 
 def test_contract_identity_survives_paragraph_cuts_and_suite_follows_params():
     from schemas.expectations import load_suite
-    from tasks.dedup import STAGE
+    from tasks.stages.dedup import STAGE
 
     boiler = "Subscribe to our newsletter for the latest updates from the valley and beyond."
     texts = [f"{PASSAGES[i]}\n\n{boiler}" for i in range(5)] + [PASSAGES[3]]
@@ -151,3 +152,9 @@ def test_empty_shard_goes_through_every_step():
     assert res.kept.height == 0 and res.rejected.height == 0
     feats = features(empty, DedupConfig())
     assert feats.height == 0 and feats["sig"].dtype == pl.Array(pl.UInt64, 112)
+
+
+def test_judge_dedup_alone():
+    verse = kjv_records()[7]["text"] + " " + kjv_records()[8]["text"]
+    other = kjv_records()[900]["text"] + " " + kjv_records()[901]["text"]
+    assert judge("dedup", verse, verse.upper(), other) == [None, "dedup.exact", None]

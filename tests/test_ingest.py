@@ -12,10 +12,11 @@ import orjson
 import polars as pl
 import pytest
 import zstandard
+from judge import judge
 
 from schemas.config import IngestConfig
-from tasks.ingest import ingest
 from tasks.io.readers import InputError, detect_format, read_batches, resolve_inputs
+from tasks.stages.ingest import ingest
 
 
 def _run_file(path: Path, cfg: IngestConfig | None = None):
@@ -207,3 +208,9 @@ def test_chunks_bound_memory(tmp_path):
     (file,) = resolve_inputs([str(path)])
     sizes = [b.height for b in read_batches(file, "jsonl", None, 3000, 4096)]
     assert sizes == [3000, 3000, 3000, 1000]
+
+
+def test_judge_ingest_alone():
+    lines = ['{"text": "a fine record"}', '{"text": 5}', '{"text": "cut', '{"text": "  "}', '{"body": "x"}']
+    assert judge("ingest", *lines) == [None, "ingest.text.not_string", "ingest.json.invalid", "ingest.text.empty",
+                                       "ingest.text.missing"]

@@ -16,7 +16,7 @@ from conftest import REPO, SLUICE, subprocess_env
 
 from flows.cli import build_parser, main
 from schemas.config import ConfigError, RetrainConfig, load_config
-from tasks.demo_corpus import kjv_records
+from tasks.ops.demo_corpus import kjv_records
 
 VERSES = kjv_records()
 DEMO = (REPO / "infra" / "demo.toml").read_text()
@@ -89,7 +89,7 @@ def test_replay_quality_rejections_matches_a_fresh_run_with_the_fix(prefect_serv
     assert main(["run", "--input", str(data), "--output", str(out), "--config", str(fixed), "--run-id", "fresh"]) == 0
 
     def kept_ids(run_id: str, stage: str) -> set[str]:
-        return set(pl.concat([pl.read_parquet(o["uri"]) for o in manifest(out, run_id, stage)["outputs"]])["id"])
+        return set(pl.concat([pl.read_parquet(out / o["path"]) for o in manifest(out, run_id, stage)["outputs"]])["id"])
 
     assert kept_ids("replayed", "quality") == kept_ids("fresh", "quality")
     assert kept_ids("replayed", "dedup") == kept_ids("fresh", "dedup")
@@ -201,7 +201,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 def test_retrain_webhook_sends_token_and_records_no_secret(tmp_path, monkeypatch):
     from tasks.io.storage import Storage
-    from tasks.retrain import outcomes, record_outcome, run_hook
+    from tasks.ops.retrain_hook import outcomes, record_outcome, run_hook
 
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()

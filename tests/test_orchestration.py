@@ -17,7 +17,7 @@ import s3fs
 from conftest import REPO, SLUICE, subprocess_env
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.demo_corpus import kjv_records
+from tasks.ops.demo_corpus import kjv_records
 
 VERSES = kjv_records()
 
@@ -253,8 +253,8 @@ def test_two_concurrent_runs_on_one_dataset_publish_once(prefect_server, tmp_pat
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_dataset_lock_stale_takeover_and_resume(backend, tmp_path, request):
+    from tasks.io.locks import DatasetLock, DatasetLocked
     from tasks.io.storage import Storage
-    from tasks.locks import DatasetLock, DatasetLocked
 
     if backend == "s3":
         endpoint = request.getfixturevalue("s3_env")

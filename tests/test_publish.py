@@ -5,11 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from judge import judge
 
 from schemas.config import SluiceConfig
 from tasks.io.storage import Storage
-from tasks.publish import claim_version
-from tasks.runner import RunContext
+from tasks.runtime.context import RunContext
+from tasks.stages.publish import claim_version
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
@@ -40,3 +41,8 @@ def test_exclusive_create_never_overwrites(tmp_path):
     assert storage.create_exclusive("a/b.json", b"first")
     assert not storage.create_exclusive("a/b.json", b"second")
     assert storage.read_bytes("a/b.json") == b"first"
+
+
+def test_judge_publish_alone():
+    """Publishing removes nothing: every row of the last stage is published as it is."""
+    assert judge("publish", "one document", "another document") == [None, None]

@@ -6,10 +6,12 @@ import json
 
 import polars as pl
 import pytest
+from judge import judge as stage_judge
 
 from schemas.config import LanguageConfig, PIIConfig, QualityConfig
-from tasks.pii import find_and_redact
-from tasks.quality import quality, words_expr
+from tasks.stages.quality import quality
+from tasks.text import tokens
+from tasks.text.pii import find_and_redact
 
 GOOD = (
     "The history of the river valley is long and well recorded. Farmers settled on the banks of the river more "
@@ -21,9 +23,7 @@ GOOD = (
 
 
 def judge(text: str, cfg: QualityConfig | None = None) -> str | None:
-    cfg = cfg or QualityConfig(pii=PIIConfig(enabled=False))
-    res = quality(pl.DataFrame({"id": ["x"], "text": [text]}), cfg)
-    return None if res.kept.height else res.rejected["reason"][0]
+    return stage_judge("quality", text, params=cfg or QualityConfig(pii=PIIConfig(enabled=False)))[0]
 
 
 def test_good_document_passes_every_rule():
@@ -69,7 +69,7 @@ def test_c4_drops_javascript_and_policy_lines_and_rewrites_text():
     assert res.kept.height == 1
     assert res.kept["text"][0] == GOOD
     assert res.kept["q_c4_lines_removed"][0] == 2
-    assert res.stats["c4.lines_removed"] == 2
+    assert res.stats.counts["c4.lines_removed"] == 2
 
 
 def test_c4_min_sentences():
@@ -102,10 +102,10 @@ def test_disable_and_thresholds_are_configurable():
 
 def test_tokenizer_matches_spacy_on_contractions_abbreviations_numbers():
     # expected lists are what datatrove's split_into_words (spaCy blank "en") returns for the same strings
-    words = pl.select(words_expr(pl.lit("Don't stop... It’s 3.14 in the U.S. e-mail (test) x--y z."))).item()
+    words = pl.select(tokens.words(pl.lit("Don't stop... It’s 3.14 in the U.S. e-mail (test) x--y z."))).item()
     assert words.to_list() == ["Do", "n't", "stop", "...", "It", "’s", "3.14", "in", "the", "U.S.", "e", "-",
                                "mail", "(", "test", ")", "x", "--", "y", "z."]
-    words = pl.select(words_expr(pl.lit("Mr. Smith met Dr. Who, etc. and what I do I. [them]:]"))).item()
+    words = pl.select(tokens.words(pl.lit("Mr. Smith met Dr. Who, etc. and what I do I. [them]:]"))).item()
     assert words.to_list() == ["Mr.", "Smith", "met", "Dr.", "Who", ",", "etc", ".", "and", "what", "I", "do",
                                "I.", "[", "them", "]", ":]"]
 
@@ -162,7 +162,7 @@ def test_pii_flag_mode_keeps_text_and_counts():
     res = quality(pl.DataFrame({"id": ["x"], "text": [text]}), QualityConfig(pii=PIIConfig(mode="flag")))
     assert res.kept["text"][0] == text and res.kept["q_pii_email"][0] == 1
     res = quality(pl.DataFrame({"id": ["x"], "text": [text]}), QualityConfig())
-    assert "[EMAIL]" in res.kept["text"][0] and res.stats["pii.email"] == 1
+    assert "[EMAIL]" in res.kept["text"][0] and res.stats.counts["pii.email"] == 1
 
 
 def test_deterministic_and_batch_independent():

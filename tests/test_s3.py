@@ -31,7 +31,7 @@ def test_s3_run_matches_local_run(s3_env, demo_corpus, demo_run):
     local = json.loads((local_out / "runs" / "demo-run" / "ingest" / "_manifest.json").read_text())
     for key in ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason"):
         assert remote[key] == local[key], key
-    assert all(o["uri"].startswith("s3://curated/sluice/runs/s3-run/ingest/") for o in remote["outputs"])
+    assert all(o["path"].startswith("runs/s3-run/ingest/") for o in remote["outputs"])  # relative to the root
     assert remote["inputs"][0]["uri"].startswith("s3://raw/crawl/2026-11/")
 
     remote_q = json.loads(fs.cat("curated/sluice/runs/s3-run/quality/_manifest.json"))

@@ -11,12 +11,14 @@ import hashlib
 import io
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import orjson
 import polars as pl
+
+from tasks.io import layout
+from tasks.io.manifests import DataObject, Record, parse, render
 
 
 def is_s3(uri: str) -> bool:
@@ -31,17 +33,6 @@ def filesystem(uri: str, s3_options: dict | None = None) -> fsspec.AbstractFileS
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class WrittenObject:
-    uri: str
-    rows: int
-    sha256: str
-    bytes: int
-
-    def as_dict(self) -> dict:
-        return {"uri": self.uri, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
 
 
 class Storage:
@@ -130,13 +121,26 @@ class Storage:
             os.unlink(tmp)
         return True
 
-    def write_parquet(self, rel: str, df: pl.DataFrame) -> WrittenObject:
+    def read_record(self, model: type[Record], rel: str) -> Record:
+        """A manifest or receipt (tasks/io/manifests.py), in either format."""
+        return parse(model, self.read_bytes(rel), self.root)
+
+    def read_record_if_exists(self, model: type[Record], rel: str) -> Record | None:
+        try:
+            return self.read_record(model, rel)
+        except FileNotFoundError:
+            return None
+
+    def write_record(self, rel: str, record: Record) -> None:
+        self.write_bytes(rel, render(record))
+
+    def write_parquet(self, rel: str, df: pl.DataFrame) -> DataObject:
         """Serialize in memory so the sha256 is of exactly the bytes stored (and the write stays atomic)."""
         buf = io.BytesIO()
         df.write_parquet(buf, compression="zstd", statistics=True)
         data = buf.getvalue()
         self.write_bytes(rel, data)
-        return WrittenObject(self.uri(rel), df.height, sha256_bytes(data), len(data))
+        return DataObject(path=rel, rows=df.height, sha256=sha256_bytes(data), bytes=len(data))
 
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(self.read_bytes(rel)), columns=columns)
@@ -156,7 +160,5 @@ class Storage:
             self.fs.rm(path, recursive=True)
 
     def rel_of(self, uri: str) -> str:
-        prefix = self.root + "/"
-        if not uri.startswith(prefix):
-            raise ValueError(f"{uri} is not under the storage root {self.root}")
-        return uri[len(prefix) :]
+        """The path under the root of a URI (format-1 records held absolute URIs; see layout.relative_to_root)."""
+        return layout.relative_to_root(uri, self.root)

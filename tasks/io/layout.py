@@ -1,0 +1,172 @@
+"""Every path under an output root, in one place (DESIGN.md, "commit protocol").
+
+Paths are relative to the root, so a root can be copied or moved (local -> S3, one bucket to another) and every
+manifest in it still resolves. Nothing else in the code spells out a path under `runs/` or `datasets/`.
+
+    runs/<run>/run.json                              config, stages, status, timings
+    runs/<run>/<stage>/part-<shard>.parquet          kept rows
+    runs/<run>/<stage>/rejected/part-<shard>.parquet quarantined rows
+    runs/<run>/<stage>/_shards/<shard>.json          shard receipt (the shard's commit marker)
+    runs/<run>/<stage>/_features|_decisions*         a global stage's map and reduce outputs
+    runs/<run>/<stage>/_manifest.json                the stage's commit marker, written last
+    runs/<run>/<stage>/_contract_failure.json        what would have been the manifest, when the contract failed
+    runs/<run>/report/                               index.html, card.md, contracts/ (GE Data Docs)
+    datasets/<name>/v<N>/                            a published version: parts, _manifest.json, card, diff
+    datasets/<name>/_claims/v<N>.json                who took version N
+    datasets/<name>/_lock.json                       the run that holds the dataset
+"""
+
+from __future__ import annotations
+
+import re
+
+RUNS = "runs"
+DATASETS = "datasets"
+MANIFEST = "_manifest.json"
+CONTRACT_FAILURE = "_contract_failure.json"
+DIFF = "_diff.json"
+CARD = "card.md"
+_VERSION = re.compile(r"^v(\d+)(?:\.json)?$")  # a version folder `v3`, or its claim `v3.json`
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+# ------------------------------------------------------------------------------------------------------------ runs
+
+def run_dir(run_id: str) -> str:
+    return _join(RUNS, run_id)
+
+
+def run_json(run_id: str) -> str:
+    return _join(RUNS, run_id, "run.json")
+
+
+def stage_dir(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, stage)
+
+
+def stage_manifest(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, stage, MANIFEST)
+
+
+def contract_failure(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, stage, CONTRACT_FAILURE)
+
+
+def kept_part(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, f"part-{shard}.parquet")
+
+
+def rejected_part(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, "rejected", f"part-{shard}.parquet")
+
+
+def shard_receipt(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, "_shards", f"{shard}.json")
+
+
+def file_receipt(run_id: str, stage: str, file_index: int) -> str:
+    """A source stage's record of one input file done (all its chunks' receipts)."""
+    return _join(RUNS, run_id, stage, "_shards", f"file-{file_index:05d}.json")
+
+
+def features(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, "_features", f"{shard}.parquet")
+
+
+def features_receipt(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, "_features", f"{shard}.json")
+
+
+def decisions(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, stage, "_decisions.parquet")
+
+
+def decisions_receipt(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, stage, "_decisions.json")
+
+
+def replay_input(run_id: str, stage: str) -> str:
+    return _join(RUNS, run_id, "_replay", f"{stage}.parquet")
+
+
+def report(run_id: str, name: str = "") -> str:
+    return _join(RUNS, run_id, "report", name)
+
+
+def shard_of_part(path: str) -> str:
+    """`.../part-00003-00000.parquet` -> `00003-00000`: a map stage names its shards after its input's parts."""
+    return path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
+
+
+# -------------------------------------------------------------------------------------------------------- datasets
+
+def dataset_dir(dataset: str) -> str:
+    return _join(DATASETS, dataset)
+
+
+def version_dir(dataset: str, version: int) -> str:
+    return _join(DATASETS, dataset, f"v{version}")
+
+
+def version_part(dataset: str, version: int, index: int) -> str:
+    return _join(DATASETS, dataset, f"v{version}", f"part-{index:05d}.parquet")
+
+
+def version_manifest(dataset: str, version: int) -> str:
+    return _join(DATASETS, dataset, f"v{version}", MANIFEST)
+
+
+def version_card(dataset: str, version: int) -> str:
+    return _join(DATASETS, dataset, f"v{version}", CARD)
+
+
+def version_diff(dataset: str, version: int) -> str:
+    return _join(DATASETS, dataset, f"v{version}", DIFF)
+
+
+def claims_dir(dataset: str) -> str:
+    return _join(DATASETS, dataset, "_claims")
+
+
+def claim(dataset: str, version: int) -> str:
+    return _join(DATASETS, dataset, "_claims", f"v{version}.json")
+
+
+def dataset_lock(dataset: str) -> str:
+    return _join(DATASETS, dataset, "_lock.json")
+
+
+def version_numbers(names: list[str]) -> list[int]:
+    """Version numbers among folder or claim names (`v3`, `v3.json`), sorted."""
+    return sorted(int(m.group(1)) for n in names if (m := _VERSION.match(n)))
+
+
+# Under a published version's own folder (a Storage rooted there, as the retrain flow has): MANIFEST, DIFF and
+# the retrain outcomes.
+RETRAIN_OUTCOMES = "_retrain"
+
+# ----------------------------------------------------------------------------------------------------------- watch
+
+WATCH_LEDGER = "watch/ledger.json"
+WATCH_ALERTS = "watch/changed"
+
+
+def watch_alert(stamp: str) -> str:
+    return _join(WATCH_ALERTS, f"{stamp}.json")
+
+
+# -------------------------------------------------------------------------------------------- relocating old paths
+
+def relative_to_root(uri: str, root: str) -> str:
+    """The path under `root` of `uri`. Format-1 manifests recorded absolute URIs of the root they were written
+    under; if that root has since been copied elsewhere, the part after its `runs/` or `datasets/` is the path."""
+    prefix = root.rstrip("/") + "/"
+    if uri.startswith(prefix):
+        return uri[len(prefix):]
+    at = max(uri.rfind(f"/{RUNS}/"), uri.rfind(f"/{DATASETS}/"))
+    if at >= 0:
+        return uri[at + 1:]
+    raise ValueError(f"{uri} is not under the storage root {root}, and is not a path under runs/ or datasets/")

@@ -1,0 +1,126 @@
+"""What changed between two published versions of a dataset: rows, sources, quarantine reasons, score shifts.
+
+A row is identified by `content_sha256` (the hash ingest takes of the text as it arrived), so the same document
+curated again by a later run counts as unchanged even though its run-scoped id differs. Only the key and score
+columns are read, never the text.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from tasks.io import layout
+from tasks.io.manifests import StageManifest
+from tasks.io.storage import Storage
+
+SCORE_PREFIXES = ("q_", "contam_", "dup_", "score_")
+
+
+class VersionNotFound(ValueError):
+    pass
+
+
+def published_versions(storage: Storage, dataset: str) -> list[int]:
+    """Versions whose manifest exists (a claimed but uncommitted number is not a version)."""
+    found = layout.version_numbers(storage.listdir(layout.dataset_dir(dataset)))
+    return [v for v in found if storage.exists(layout.version_manifest(dataset, v))]
+
+
+def version_manifest(storage: Storage, dataset: str, version: int) -> StageManifest:
+    manifest = storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
+    if manifest is None:
+        known = ", ".join(f"v{v}" for v in published_versions(storage, dataset)) or "none"
+        raise VersionNotFound(f"dataset {dataset} has no published v{version} under "
+                              f"{storage.uri(layout.DATASETS)} (published: {known})")
+    return manifest
+
+
+def _frame(storage: Storage, manifest: StageManifest) -> pl.DataFrame:
+    frames = []
+    for obj in manifest.outputs:
+        data = storage.read_bytes(obj.path)
+        schema = pl.read_parquet_schema(data)
+        cols = ["content_sha256", "source"] + [
+            c for c, t in schema.items() if c.startswith(SCORE_PREFIXES) and t.is_numeric()
+        ]
+        frames.append(pl.read_parquet(data, columns=[c for c in cols if c in schema]))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(
+        schema={"content_sha256": pl.String, "source": pl.String})
+
+
+def _run_reasons(storage: Storage, manifest: StageManifest) -> dict[str, int]:
+    """Quarantine counts of the run that produced a version, summed over its stages."""
+    run = storage.read_json_if_exists(layout.run_json(manifest.run_id)) or {}
+    counts: dict[str, int] = {}
+    for stage in run.get("stages", []):
+        m = storage.read_record_if_exists(StageManifest, layout.stage_manifest(manifest.run_id, stage))
+        for code, n in (m.rejected_by_reason if m else {}).items():
+            counts[code] = counts.get(code, 0) + n
+    return counts
+
+
+def _delta(a: dict[str, int], b: dict[str, int]) -> dict[str, dict[str, int]]:
+    return {k: {"a": a.get(k, 0), "b": b.get(k, 0), "change": b.get(k, 0) - a.get(k, 0)}
+            for k in sorted(set(a) | set(b)) if a.get(k, 0) != b.get(k, 0)}
+
+
+def _scores(df: pl.DataFrame) -> dict[str, dict[str, float | None]]:
+    cols = [c for c in df.columns if c.startswith(SCORE_PREFIXES)]
+    if not cols or df.height == 0:
+        return {}
+    stats = df.select(
+        [pl.col(c).cast(pl.Float64).mean().alias(f"{c}|mean") for c in cols]
+        + [pl.col(c).cast(pl.Float64).quantile(q).alias(f"{c}|p{int(q * 100)}") for c in cols for q in (0.1, 0.5, 0.9)]
+    ).row(0, named=True)
+    out: dict[str, dict[str, float | None]] = {}
+    for key, value in stats.items():
+        col, stat = key.split("|")
+        out.setdefault(col, {})[stat] = None if value is None else round(value, 6)
+    return out
+
+
+def score_shifts(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, dict]:
+    """Mean and deciles of every numeric score column per version, and the shift of the mean."""
+    sa, sb = _scores(a), _scores(b)
+    shifts = {}
+    for col in sorted(set(sa) | set(sb)):
+        ma, mb = sa.get(col, {}).get("mean"), sb.get(col, {}).get("mean")
+        shifts[col] = {"a": sa.get(col), "b": sb.get(col),
+                       "mean_shift": None if ma is None or mb is None else round(mb - ma, 6)}
+    return shifts
+
+
+def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
+    """Rows added/removed by content hash, with multiplicity (two copies of a row in B and one in A = one added)."""
+    ca = a.group_by("content_sha256").agg(pl.len().cast(pl.Int64).alias("a"))
+    cb = b.group_by("content_sha256").agg(pl.len().cast(pl.Int64).alias("b"))
+    joined = ca.join(cb, on="content_sha256", how="full", coalesce=True).fill_null(0)
+    added = int(joined.select((pl.col("b") - pl.col("a")).clip(lower_bound=0).sum()).item() or 0)
+    removed = int(joined.select((pl.col("a") - pl.col("b")).clip(lower_bound=0).sum()).item() or 0)
+    base = max(a.height, b.height, 1)
+
+    def by_source(df: pl.DataFrame) -> dict[str, int]:
+        return dict(df.group_by("source").agg(pl.len()).sort("source").iter_rows()) if df.height else {}
+
+    return {"rows_a": a.height, "rows_b": b.height, "rows_added": added, "rows_removed": removed,
+            "rows_unchanged": b.height - added, "changed_fraction": round((added + removed) / base, 6),
+            "by_source": _delta(by_source(a), by_source(b)), "scores": score_shifts(a, b)}
+
+
+def version_diff(storage: Storage, dataset: str, version_a: int, version_b: int) -> dict:
+    ma, mb = version_manifest(storage, dataset, version_a), version_manifest(storage, dataset, version_b)
+    result = diff_frames(_frame(storage, ma), _frame(storage, mb))
+    return {"dataset": dataset, "a": version_a, "b": version_b, **result,
+            "by_reason": _delta(_run_reasons(storage, ma), _run_reasons(storage, mb))}
+
+
+def diff_vs_previous(storage: Storage, dataset: str, version: int) -> dict:
+    """Diff of a just-published version against the newest earlier one; the first version changes everything."""
+    earlier = [v for v in published_versions(storage, dataset) if v < version]
+    if not earlier:
+        rows = version_manifest(storage, dataset, version).rows_out
+        return {"dataset": dataset, "a": None, "b": version, "rows_a": 0, "rows_b": rows,
+                "rows_added": rows, "rows_removed": 0, "rows_unchanged": 0, "changed_fraction": 1.0}
+    full = version_diff(storage, dataset, earlier[-1], version)
+    return {k: full[k] for k in ("dataset", "a", "b", "rows_a", "rows_b", "rows_added", "rows_removed",
+                                 "rows_unchanged", "changed_fraction")}

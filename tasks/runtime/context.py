@@ -1,0 +1,21 @@
+"""What every step of a run is handed: where outputs go, which run, the config, the S3 options, the code version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.config import SluiceConfig, check_safe_name
+from tasks.io.storage import Storage
+from tasks.runtime.fingerprints import CODE_VERSION
+
+
+@dataclass
+class RunContext:
+    storage: Storage
+    run_id: str
+    config: SluiceConfig
+    s3_options: dict = field(default_factory=dict, repr=False)
+    code_version: str = CODE_VERSION
+
+    def __post_init__(self) -> None:
+        check_safe_name(self.run_id, "run id")

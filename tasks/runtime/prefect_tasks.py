@@ -1,0 +1,152 @@
+"""The Prefect side of the runtime: the runner's steps as tasks (retries with backoff, no result caching), and
+`run_stage`, which maps a stage's shard tasks by its kind and commits it.
+
+Resume is done by the storage commit protocol (receipts and manifests fingerprinted by inputs + params + code
+version), not by Prefect's result cache: it survives a kill -9, works the same on S3, and never pickles frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+
+from prefect import task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from tasks.io import layout
+from tasks.io.manifests import StageManifest
+from tasks.io.readers import InputError, resolve_inputs
+from tasks.runtime import lifecycle, registry, runner
+from tasks.runtime.context import RunContext
+from tasks.runtime.contracts import ContractError, Contracts
+from tasks.runtime.stage import Stage, StageContractError
+
+log = logging.getLogger("sluice")
+NOT_RETRIED = (ContractError, StageContractError, InputError, ValueError)
+
+
+def _retry_unless_permanent(task, task_run, state) -> bool:
+    """Retry I/O trouble; a broken contract or bad input fails the same way every time."""
+    try:
+        state.result()
+    except NOT_RETRIED:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _io_task(name: str, fn, retries: int = 3):
+    return task(fn, name=name, retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=1),
+                retry_condition_fn=_retry_unless_permanent, cache_policy=NO_CACHE, persist_result=False)
+
+
+list_inputs = _io_task("list-inputs", resolve_inputs)
+source_file = _io_task("source-file", runner.source_file)
+map_shard = _io_task("map-shard", runner.map_shard)
+sink_shard = _io_task("sink-shard", runner.sink_shard)
+global_features = _io_task("global-features", runner.global_features)
+global_decide = _io_task("global-decide", runner.global_decide, retries=1)
+commit_stage = _io_task("commit-stage", runner.commit_stage, retries=1)
+
+
+def previous_manifest(ctx: RunContext, stage: Stage) -> StageManifest:
+    """Input of a stage run on its own (--stages): the latest committed stage before it in pipeline order."""
+    for name in registry.previous_stages(stage.name):
+        manifest = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, name))
+        if manifest is not None:
+            return manifest
+    raise ValueError(f"stage {stage.name} needs the output of an earlier stage, and run {ctx.run_id} has none "
+                     "committed")
+
+
+def _resources(stage: Stage):
+    """A gpu stage's tasks ask a Dask scheduler for one `GPU` each (workers declare how many they have)."""
+    if stage.resources != "gpu":
+        return nullcontext()
+    from prefect.context import FlowRunContext
+
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is None or type(flow_ctx.task_runner).__name__ != "DaskTaskRunner":
+        return nullcontext()
+    import dask
+
+    return dask.annotate(resources={"GPU": 1})
+
+
+def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tuple[list, dict | None]:
+    """Map the stage's shard tasks by kind; returns the receipts (and a sink's claimed destination)."""
+    retries = ctx.config.runner.retries
+    shards = runner.shards_of(source)
+    names, objs = [s for s, _ in shards], [o for _, o in shards]
+    with _resources(stage):
+        if stage.kind == "global":
+            features = global_features.with_options(retries=retries).map(ctx, stage, names, objs)
+            decisions = global_decide(ctx, stage, [f.result() for f in features])
+            futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs, unmapped(decisions))
+            return [f.result() for f in futures], None
+        if stage.kind == "sink":
+            target = stage.sink.open(ctx)
+            futures = sink_shard.with_options(retries=retries).map(ctx, stage, list(range(len(objs))), objs,
+                                                                   unmapped(target))
+            return [f.result() for f in futures], target
+        futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs)
+        return [f.result() for f in futures], None
+
+
+def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageManifest | None,
+              contracts: Contracts) -> StageManifest:
+    """One stage of a run: skipped when already committed for these inputs and params, otherwise its shard tasks
+    mapped by kind, then the commit task. What the stage's setup loaded is freed once it is committed."""
+    started = time.perf_counter()
+    if stage.kind == "source":
+        files = list_inputs(inputs, ctx.s3_options)
+        log.info(f"{stage.name}: {len(files)} input file(s)")
+        stage_inputs = [f.as_dict() for f in files]
+        source = None
+    else:
+        source = previous or previous_manifest(ctx, stage)
+        stage_inputs = [o.as_json() for o in source.outputs]
+    manifest = runner.committed_manifest(ctx, stage, stage_inputs)
+    if manifest is not None:
+        log.info(f"{stage.name}: already committed for these inputs and params, skipped")
+        return manifest
+    try:
+        if stage.kind == "source":
+            futures = source_file.with_options(retries=ctx.config.runner.retries).map(
+                ctx, stage, list(range(len(files))), files)
+            receipts, target = [r for fut in futures for r in fut.result()], None
+        else:
+            receipts, target = _shard_receipts(ctx, stage, source)
+        return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target)
+    finally:
+        lifecycle.release(stage.name)
+
+
+def run_replayed_stage(ctx: RunContext, stage: Stage, replay: dict, contracts: Contracts) -> StageManifest:
+    """The first stage of a replay run: the original kept rows (carried) plus the replayed rows, run again."""
+    from tasks.ops.replay import replay_batch
+
+    started = time.perf_counter()
+    rel = layout.replay_input(ctx.run_id, stage.name)
+    original = ctx.storage.read_record(StageManifest, layout.stage_manifest(replay["run_id"], stage.name))
+    if ctx.storage.exists(rel):  # resumed: the replay input was fixed when the run started
+        batch = ctx.storage.read_parquet(rel)
+    else:
+        batch = replay_batch(ctx.storage, replay["run_id"], stage, replay["reason"], ctx.config.ingest,
+                             ctx.s3_options)
+    obj = ctx.storage.write_parquet(rel, batch).as_json()
+    log.info(f"{stage.name}: replaying {batch.height} row(s) of run {replay['run_id']} with reason "
+             f"{replay['reason']!r}, on top of its {original.rows_out} kept row(s)")
+    stage_inputs = [*(o.as_json() for o in original.outputs), obj]
+    manifest = runner.committed_manifest(ctx, stage, stage_inputs)
+    if manifest is not None:
+        return manifest
+    try:
+        future = map_shard.with_options(retries=ctx.config.runner.retries).submit(ctx, stage, "replay-00000", obj)
+        receipts = [runner.carried_receipt(original), future.result()]
+        return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, replay_of=replay)
+    finally:
+        lifecycle.release(stage.name)

@@ -1,0 +1,281 @@
+"""The runner: everything a stage does not do — shard I/O, resume, the contract, the manifest (commit marker).
+
+Every step here is idempotent: it first looks for its own commit marker (a shard receipt, a features or decisions
+receipt, the stage manifest) and reuses it when the fingerprint (inputs + params + code version) matches. Paths come
+from tasks/io/layout.py, records from tasks/io/manifests.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import polars as pl
+
+from tasks.io import layout
+from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
+from tasks.io.readers import InputFile, detect_format, read_batches
+from tasks.io.storage import sha256_bytes
+from tasks.runtime import lifecycle
+from tasks.runtime.context import RunContext
+from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
+from tasks.runtime.fingerprints import fingerprint, reuse_or_redo
+from tasks.runtime.stage import Stage, StageResult, check_declaration
+
+log = logging.getLogger("sluice")
+
+
+def params_json(stage: Stage, ctx: RunContext) -> dict:
+    return stage.params(ctx.config).model_dump(mode="json")
+
+
+def stage_fingerprint(ctx: RunContext, stage: Stage, inputs: list[dict]) -> str:
+    return fingerprint(stage.name, inputs, params_json(stage, ctx), ctx.code_version)
+
+
+def _reason_examples(rejected: pl.DataFrame, limit: int = 3) -> list[str]:
+    """One line per reason (first rows), for the log: where the bad record is and what is wrong with it."""
+    if rejected.height == 0:
+        return []
+    firsts = rejected.group_by("reason", maintain_order=True).head(1).head(limit)
+    lines = []
+    for row in firsts.iter_rows(named=True):
+        ev = orjson.loads(row["evidence"]) if row.get("evidence") else {}
+        where = f"{ev.get('file', row.get('src_file', '?'))}:{ev.get('line', row.get('src_line', '?'))}"
+        lines.append(f"{row['reason']} at {where}: {ev.get('detail', '')}")
+    return lines
+
+
+def _read_receipt(ctx: RunContext, rel: str) -> Receipt | None:
+    receipt = ctx.storage.read_record_if_exists(Receipt, rel)
+    return receipt.model_copy(update={"resumed": True}) if receipt is not None else None
+
+
+def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], pl.DataFrame], inputs: list[dict],
+                  write: Callable[[pl.DataFrame, StageResult], DataObject] | None = None) -> Receipt:
+    """One shard through the stage: load, call, check the declaration and the shard contract, write kept and
+    rejected rows, then the receipt (the shard's commit marker). `write` overrides where kept rows go (a sink)."""
+    params = stage.params(ctx.config)
+    fp = fingerprint(stage.name, inputs, params.model_dump(mode="json"), ctx.code_version)
+    receipt_rel = layout.shard_receipt(ctx.run_id, stage.name, shard)
+
+    def redo() -> Receipt:
+        started = time.perf_counter()
+        batch = load()
+        with lifecycle.device_slot(stage):
+            result = stage.call(batch, params, lifecycle.loaded_for(stage, params))
+        check_declaration(stage, batch, result)
+        output = result.output()
+        contract = validate_shard(ctx, stage.name, stage.suite_for(params), shard, output)
+        if write is not None:
+            kept = write(batch, result)
+        else:
+            kept = ctx.storage.write_parquet(layout.kept_part(ctx.run_id, stage.name, shard), output)
+        rejected = []
+        if result.rejected.height:
+            rejected.append(ctx.storage.write_parquet(layout.rejected_part(ctx.run_id, stage.name, shard),
+                                                      result.rejected))
+        by_reason = Counter(result.rejected["reason"].to_list()) if result.rejected.height else Counter()
+        receipt = Receipt(
+            shard=shard, fingerprint=fp, inputs=inputs, rows_in=batch.height, rows_out=output.height,
+            rows_rejected=result.rejected.height, rows_synthetic=result.rows_synthetic,
+            rejected_by_reason=dict(sorted(by_reason.items())), outputs=[kept], rejected=rejected,
+            stats=result.stats, contract=contract.as_dict(), seconds=round(time.perf_counter() - started, 4))
+        ctx.storage.write_record(receipt_rel, receipt)
+        synthetic = f", {result.rows_synthetic} synthetic" if result.rows_synthetic else ""
+        log.info(f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept{synthetic}, "
+                 f"{result.rejected.height} quarantined")
+        for line in _reason_examples(result.rejected):
+            log.warning(f"{stage.name} shard {shard}: {line}")
+        return receipt
+
+    receipt, _ = reuse_or_redo(lambda: _read_receipt(ctx, receipt_rel), fp, lambda r: r.fingerprint, redo)
+    return receipt
+
+
+def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile) -> list[Receipt]:
+    """Map step of a source stage: one input file, streamed in `shard_rows` chunks, one receipt per chunk."""
+    params = ctx.config.ingest
+    fmt, compression = detect_format(file.uri, params.format)
+    file_fp = fingerprint(stage.name, file.as_dict(), params.model_dump(mode="json"), ctx.code_version)
+    done_rel = layout.file_receipt(ctx.run_id, stage.name, file_index)
+    done = ctx.storage.read_json_if_exists(done_rel)
+    if done and done.get("fingerprint") == file_fp:
+        return [Receipt.model_validate(r, context={"root": ctx.storage.root}).model_copy(update={"resumed": True})
+                for r in done["receipts"]]
+    receipts = []
+    batches = read_batches(file, fmt, compression, params.shard_rows, params.read_block_bytes, params.csv_delimiter,
+                           ctx.s3_options)
+    for chunk, batch in enumerate(batches):
+        shard = f"{file_index:05d}-{chunk:05d}"
+        inputs = [{**file.as_dict(), "chunk": chunk, "format": fmt}]
+        receipts.append(process_shard(ctx, stage, shard, lambda b=batch: b, inputs))
+    ctx.storage.write_json(done_rel, {"fingerprint": file_fp, "file": file.as_dict(),
+                                      "receipts": [r.as_json() for r in receipts]})
+    return receipts
+
+
+def shards_of(manifest: StageManifest) -> list[tuple[str, dict]]:
+    """(shard name, input object) for a stage over the previous stage's committed parts."""
+    return [(layout.shard_of_part(obj.path), obj.as_json()) for obj in manifest.outputs]
+
+
+def map_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict, decisions: dict | None = None) -> Receipt:
+    """Map step of a map stage, or the apply step of a global stage (with the reduce step's decisions)."""
+    def load() -> pl.DataFrame:
+        return ctx.storage.read_parquet(input_obj["path"])
+
+    if decisions is None:
+        return process_shard(ctx, stage, shard, load, [input_obj])
+    table = ctx.storage.read_parquet(decisions["path"])
+    apply = stage.steps.apply
+    applied = replace(stage, fn=lambda batch, params: apply(batch, table, params), setup=None)
+    return process_shard(ctx, applied, shard, load, [input_obj, {"decisions": decisions["sha256"]}])
+
+
+def sink_shard(ctx: RunContext, stage: Stage, index: int, input_obj: dict, target: dict) -> Receipt:
+    """A sink's shard: its input part checked against the sha256 its stage recorded, then written to the sink's
+    destination. Rows the sink passes through unchanged are copied byte for byte."""
+    data = ctx.storage.read_bytes(input_obj["path"])
+    if sha256_bytes(data) != input_obj["sha256"]:
+        raise RuntimeError(f"{input_obj['path']} does not match the sha256 in its stage manifest: refusing to "
+                           f"{stage.name}")
+    batch = pl.read_parquet(data)
+    dest = stage.sink.part(target, index)
+
+    def write(loaded: pl.DataFrame, result: StageResult) -> DataObject:
+        if result.kept is loaded and not result.rows_synthetic:
+            ctx.storage.write_bytes(dest, data)
+            return DataObject(path=dest, rows=loaded.height, sha256=input_obj["sha256"], bytes=len(data))
+        return ctx.storage.write_parquet(dest, result.output())
+
+    return process_shard(ctx, stage, f"{index:05d}", lambda: batch, [input_obj, {"target": target}], write)
+
+
+def global_features(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) -> dict:
+    """Map step of a global stage: per-shard features (no text), committed like a shard, resumable."""
+    params = stage.params(ctx.config)
+    fp = fingerprint(stage.name, "features", input_obj, params.model_dump(mode="json"), ctx.code_version)
+    receipt_rel = layout.features_receipt(ctx.run_id, stage.name, shard)
+
+    def redo() -> dict:
+        batch = ctx.storage.read_parquet(input_obj["path"])
+        written = ctx.storage.write_parquet(layout.features(ctx.run_id, stage.name, shard),
+                                            stage.steps.features(batch, params))
+        receipt = {"fingerprint": fp, "shard": shard, **written.as_json()}
+        ctx.storage.write_json(receipt_rel, receipt)
+        return receipt
+
+    receipt, _ = reuse_or_redo(lambda: ctx.storage.read_json_if_exists(receipt_rel), fp,
+                               lambda r: r.get("fingerprint"), redo)
+    return receipt
+
+
+def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -> dict:
+    """Reduce step of a global stage: all shards' features -> one decisions table (resumable by fingerprint)."""
+    params = stage.params(ctx.config)
+    receipts = sorted(feature_receipts, key=lambda r: r["shard"])
+    fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params.model_dump(mode="json"),
+                     ctx.code_version)
+    receipt_rel = layout.decisions_receipt(ctx.run_id, stage.name)
+
+    def redo() -> dict:
+        features = pl.concat([ctx.storage.read_parquet(r["path"]) for r in receipts], how="vertical")
+        started = time.perf_counter()
+        decisions = stage.steps.decide(features, params)
+        written = ctx.storage.write_parquet(layout.decisions(ctx.run_id, stage.name), decisions)
+        receipt = {"fingerprint": fp, **written.as_json(), "seconds": round(time.perf_counter() - started, 3)}
+        ctx.storage.write_json(receipt_rel, receipt)
+        log.info(f"{stage.name}: decided over {features.height} rows in {receipt['seconds']} s")
+        return receipt
+
+    receipt, _ = reuse_or_redo(lambda: ctx.storage.read_json_if_exists(receipt_rel), fp,
+                               lambda r: r.get("fingerprint"), redo)
+    return receipt
+
+
+def committed_manifest(ctx: RunContext, stage: Stage, inputs: list[dict]) -> StageManifest | None:
+    """The stage's manifest if it commits exactly this work; a stale one (other inputs/params) is removed, so a
+    crash while redoing the stage can never leave an old manifest pointing at half-rewritten parts."""
+    rel = layout.stage_manifest(ctx.run_id, stage.name)
+    fp = stage_fingerprint(ctx, stage, inputs)
+    manifest, reused = reuse_or_redo(lambda: ctx.storage.read_record_if_exists(StageManifest, rel), fp,
+                                     lambda m: m.fingerprint, lambda: None, lambda: ctx.storage.delete(rel))
+    return manifest if reused else None
+
+
+def _warnings(stage_name: str, checks: list[dict], rows_in: int) -> list[str]:
+    warnings = [f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > warning level "
+                f"{c['warn']:.2%}" for c in checks if c["warn"] < c["rate"] <= c["max"]]
+    for w in warnings:
+        log.warning(f"{stage_name}: {w}")
+    return warnings
+
+
+def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], started: float,
+                   contracts: Contracts, replay_of: dict | None = None) -> StageManifest:
+    """Reconcile the receipts, run the stage-wide contract, and build the manifest (not yet written)."""
+    receipts = sorted(receipts, key=lambda r: r.shard)
+    rows_in = sum(r.rows_in for r in receipts)
+    rows_out = sum(r.rows_out for r in receipts)
+    rows_rejected = sum(r.rows_rejected for r in receipts)
+    rows_synthetic = sum(r.rows_synthetic for r in receipts)
+    if rows_in + rows_synthetic != rows_out + rows_rejected:
+        raise RuntimeError(f"{stage.name}: rows_in {rows_in} + rows_synthetic {rows_synthetic} != rows_out "
+                           f"{rows_out} + rows_rejected {rows_rejected}")
+    by_reason: Counter = Counter()
+    for r in receipts:
+        by_reason.update(r.rejected_by_reason)
+    stats = Stats.merge(r.stats for r in receipts)
+    params = stage.params(ctx.config)
+    checks = stage.rate_checks(stats, rows_in, params) if stage.rate_checks else []
+    outputs = [o for r in receipts for o in r.outputs]
+    result = validate_stage(ctx, contracts, stage.name, stage.suite_for(params), outputs,
+                            [(r.shard, r.contract) for r in receipts], rows_in, rows_rejected, checks)
+    return StageManifest(
+        format=FORMAT, stage=stage.name, run_id=ctx.run_id, fingerprint=stage_fingerprint(ctx, stage, inputs),
+        rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected, rows_synthetic=rows_synthetic,
+        invariant_holds=True, rejected_by_reason=dict(sorted(by_reason.items())), inputs=inputs, outputs=outputs,
+        rejected=[o for r in receipts for o in r.rejected], shards=len(receipts),
+        shards_resumed=sum(1 for r in receipts if r.resumed), stats=stats, contract=result.as_dict(),
+        warnings=_warnings(stage.name, checks, rows_in), rates=checks,
+        summary=stage.summarize(stats, params) if stage.summarize else None,
+        params=params.model_dump(mode="json"), code_version=ctx.code_version,
+        seconds=round(time.perf_counter() - started, 3), replay_of=replay_of)
+
+
+def commit_stage(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], contracts: Contracts,
+                 started: float, replay_of: dict | None = None, sink_target: dict | None = None) -> StageManifest:
+    """Reduce step: the manifest is written last — the commit marker — and only when the contract passed; a
+    failed contract writes `_contract_failure.json` instead. A sink commits its destination first."""
+    manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of)
+    if not manifest.contract_passed:
+        ctx.storage.write_record(layout.contract_failure(ctx.run_id, stage.name), manifest)
+        raise ContractError(stage.name, manifest.contract)
+    ctx.storage.delete(layout.contract_failure(ctx.run_id, stage.name))
+    if stage.kind == "sink":
+        manifest = manifest.model_copy(update={"published": stage.sink.close(ctx, manifest, sink_target)})
+    ctx.storage.write_record(layout.stage_manifest(ctx.run_id, stage.name), manifest)
+    synthetic = f", {manifest.rows_synthetic} synthetic" if manifest.rows_synthetic else ""
+    log.info(f"{stage.name} committed: {manifest.rows_in} in, {manifest.rows_out} out{synthetic}, "
+             f"{manifest.rows_rejected} quarantined")
+    return manifest
+
+
+def carried_receipt(manifest: StageManifest) -> Receipt:
+    """A receipt standing for a committed stage's kept rows, carried into another run by reference: counted in and
+    out, already validated."""
+    shard_results = [r for r in manifest.contract.get("results", []) if r.get("scope", "shard") == "shard"]
+    return Receipt(shard="carried", inputs=[o.as_json() for o in manifest.outputs], rows_in=manifest.rows_out,
+                   rows_out=manifest.rows_out, rows_rejected=0, outputs=manifest.outputs,
+                   contract={"results": shard_results, "failures": []}, resumed=True)
+
+
+def setup_check(stage: Stage, params: Any) -> None:
+    """Fail early (before any shard) when the stage's model cannot be loaded."""
+    lifecycle.loaded_for(stage, params)

