@@ -283,32 +283,28 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sluice",
-        description="Curate ML training data: each stage commits kept rows, quarantined rows (with reasons) and a "
-        "manifest under OUTPUT/runs/RUN_ID/, and a run can be resumed by its id after a crash.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _adder(sub):
     def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add
 
-    def out(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--output", required=True, metavar="ROOT",
-                       help="output root: a local folder or s3://bucket/prefix")
-        p.add_argument("--config", metavar="FILE", help="TOML config (see README, 'Config reference')")
 
+def _output_and_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", required=True, metavar="ROOT", help="output root: a local folder or s3://bucket/prefix")
+    p.add_argument("--config", metavar="FILE", help="TOML config (see README, 'Config reference')")
+
+
+def _run_commands(sub) -> None:
+    """run and demo: curate inputs."""
+    add = _adder(sub)
     p = add("run", "run the curate flow on inputs",
             "Run the curate flow. Exits non-zero, naming the stage and the expectation, when a data contract fails "
             "(nothing downstream is written or published). Rerun with the same --run-id to resume after a crash: "
             "finished shards and stages are skipped and outputs are byte-identical.")
     p.add_argument("--input", action="append", required=True, metavar="URI",
                    help="a file, folder or glob; local or s3://bucket/prefix/*.jsonl.gz (repeatable)")
-    out(p)
+    _output_and_config(p)
     p.add_argument("--stages", metavar="A,B", help="comma-separated stages in pipeline order (default: config)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume (default: new, time-based)")
     p.add_argument("--workers", type=int, metavar="N", help="concurrent shard tasks (default: config runner.workers)")
@@ -327,36 +323,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
     p.set_defaults(fn=cmd_demo)
 
+
+def _inspect_commands(sub) -> None:
+    """runs, show, quarantine: read what runs wrote."""
+    add = _adder(sub)
     p = add("runs", "list runs under an output root",
             "List the runs under an output root (oldest first) with status (running, succeeded, failed), the stages "
             "they ran and when they started. A run left 'running' after a crash resumes with "
             "`sluice run --run-id ID`; `sluice show ID` gives the details.")
-    out(p)
+    _output_and_config(p)
     p.set_defaults(fn=cmd_runs)
 
     p = add("show", "stages, counts, contract results and timings of a run",
             "Show one run: per stage the counts, quarantine reasons, contract results and timings.")
     p.add_argument("run_id", metavar="RUN_ID")
-    out(p)
+    _output_and_config(p)
     p.set_defaults(fn=cmd_show)
 
     p = add("quarantine", "browse quarantined rows of a run",
             "Browse rejected rows: counts by stage and reason, then rows with file, line, evidence and raw input.")
     p.add_argument("run_id", metavar="RUN_ID")
-    out(p)
+    _output_and_config(p)
     p.add_argument("--stage", help="only this stage")
     p.add_argument("--reason", help="only reasons starting with this code, e.g. ingest.json")
     p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every row")
     p.set_defaults(fn=cmd_quarantine)
 
+
+def _ops_commands(sub) -> None:
+    """replay and diff."""
+    add = _adder(sub)
     p = add("replay", "re-run quarantined rows of a run after a fix, into a new run",
             "Take the rows that stage STAGE of RUN_ID quarantined with a reason starting with REASON, run them "
             "through STAGE again with the current --config (e.g. a raised limit), and continue through the run's "
             "remaining stages in a new run, together with the rows STAGE kept the first time. The original run is "
             "not touched; the new run publishes a new version if the original run's stages included publish.")
     p.add_argument("run_id", metavar="RUN_ID")
-    out(p)
+    _output_and_config(p)
     p.add_argument("--stage", required=True, help="the stage whose quarantine to replay (ingest, quality, ...)")
     p.add_argument("--reason", required=True, help="reason code or prefix, e.g. ingest.record.oversize")
     p.add_argument("--new-run-id", metavar="ID", help="id of the new run (default: new, time-based)")
@@ -368,10 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset")
     p.add_argument("version_a", metavar="vA", help="e.g. 1 or v1")
     p.add_argument("version_b", metavar="vB")
-    out(p)
+    _output_and_config(p)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(fn=cmd_diff)
 
+
+def _deploy_commands(sub) -> None:
+    """deploy, serve, benchmarks, status."""
+    add = _adder(sub)
     p = add("deploy", "register the nightly, watch and retrain deployments with the Prefect server",
             "Register curate/nightly (cron from [deploy]), watch/new-data (polls [deploy].inputs) and "
             "retrain/on-publish (on the event sluice.dataset.published) with the server at PREFECT_API_URL. "
@@ -404,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML config (for S3 settings)")
     p.add_argument("--limit", type=int, default=10, help="recent flow runs to show (default 10)")
     p.set_defaults(fn=cmd_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description="Curate ML training data: each stage commits kept rows, quarantined rows (with reasons) and a "
+        "manifest under OUTPUT/runs/RUN_ID/, and a run can be resumed by its id after a crash.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for commands in (_run_commands, _inspect_commands, _ops_commands, _deploy_commands):
+        commands(sub)
     return parser
 
 

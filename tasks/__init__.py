@@ -1,1 +1,1 @@
-"""Stage logic: pure functions on polars frames, the runner that owns their I/O, and thin Prefect task wrappers."""
+"""Everything below the flows: stages, text primitives, the runtime that runs stages, storage I/O, and ops."""

@@ -60,7 +60,7 @@ def test_every_malformed_line_is_quarantined_with_reason_file_and_line(tmp_path)
         row = got[reason]
         evidence = json.loads(row["evidence"])
         assert row["src_line"] == line_no == evidence["line"]
-        assert evidence["file"] == str(path)
+        assert evidence["file"] == "mixed.jsonl"  # relative to the input root, never an absolute local path
         assert row["raw"] == raw.decode("utf-8", "replace")
     assert json.loads(got["ingest.text.not_string"]["evidence"])["field"] == "text"
     assert "JSON number" in json.loads(got["ingest.text.not_string"]["evidence"])["detail"]
@@ -136,8 +136,8 @@ def test_canonical_record_nfc_hash_ids_meta_and_timestamps(tmp_path):
     assert str(first["timestamp"]) == "2024-03-01 10:00:00+00:00"
     assert str(kept["timestamp"][1]) == "2023-11-14 22:13:20+00:00"
     assert kept["url"].to_list() == [None, "https://a.test", None]
-    assert kept["source"].unique().to_list() == [str(path)]
-    expected_id = hashlib.sha256(f"{path}\n1".encode()).hexdigest()[:32]
+    assert kept["source"].unique().to_list() == [path.name]
+    expected_id = hashlib.sha256(f"{path.name}\n1".encode()).hexdigest()[:32]
     assert first["id"] == expected_id
     assert kept["id"].n_unique() == 3
 
@@ -197,6 +197,11 @@ def test_resolve_inputs_sorted_and_missing_is_an_error(tmp_path):
         (tmp_path / name).write_bytes(b"")
     files = resolve_inputs([str(tmp_path)])
     assert [Path(f.uri).name for f in files] == ["a.jsonl.gz", "b.jsonl"]
+    assert [f.name for f in files] == ["a.jsonl.gz", "b.jsonl"]  # what records call their file
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.jsonl").write_bytes(b"")
+    nested = resolve_inputs([str(tmp_path / "sub" / "c.jsonl"), str(tmp_path / "*.jsonl")])
+    assert [f.name for f in nested] == ["b.jsonl", "sub/c.jsonl"]
     assert len(resolve_inputs([str(tmp_path / "*.jsonl*"), str(tmp_path / "b.jsonl")])) == 2
     with pytest.raises(InputError, match="nothing-here"):
         resolve_inputs([str(tmp_path / "nothing-here/*.jsonl")])

@@ -36,17 +36,38 @@ class InputFile:
     uri: str
     size: int
     version: str  # etag or mtime: changes when the object changes, so resume never reuses stale shards
+    name: str = ""  # what records call their file (`src_file`): relative to the input root for local files
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.uri)
 
     def as_dict(self) -> dict:
-        return {"uri": self.uri, "size": self.size, "version": self.version}
+        return {"uri": self.uri, "size": self.size, "version": self.version, "name": self.name}
 
 
 def _s3_uri(path: str) -> str:
     return path if path.startswith("s3://") else f"s3://{path}"
 
 
+def _local_base(uri: str) -> str:
+    """The folder an --input names: itself, a glob's folder before the first wildcard, or a file's folder."""
+    local = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+    if any(ch in local for ch in "*?["):
+        return os.path.dirname(local[: min(local.index(ch) for ch in "*?[" if ch in local)])
+    return local if os.path.isdir(local) else os.path.dirname(local)
+
+
+def input_root(uris: list[str]) -> str | None:
+    """The local folder all --inputs sit under: records name their file relative to it, so published data never
+    holds an absolute local path and a corpus moved elsewhere keeps its record ids."""
+    bases = [_local_base(u) for u in uris if not is_s3(u)]
+    return os.path.commonpath(bases) if bases else None
+
+
 def resolve_inputs(uris: list[str], s3_options: dict | None = None) -> list[InputFile]:
     """Expand globs and directories into a sorted, de-duplicated file list (sorted = deterministic shard ids)."""
+    root = input_root(uris)
     found: dict[str, InputFile] = {}
     for uri in uris:
         matched = 0
@@ -82,7 +103,7 @@ def resolve_inputs(uris: list[str], s3_options: dict | None = None) -> list[Inpu
                     continue
                 st = os.stat(p)
                 ap = os.path.abspath(p)
-                found[ap] = InputFile(ap, st.st_size, f"{st.st_mtime_ns}")
+                found[ap] = InputFile(ap, st.st_size, f"{st.st_mtime_ns}", os.path.relpath(ap, root))
                 matched += 1
         if matched == 0:
             raise InputError(f"input {uri!r} matched no files")
@@ -174,7 +195,7 @@ def read_jsonl(file: InputFile, compression: str | None, shard_rows: int, block_
                s3_options: dict | None = None) -> Iterator[pl.DataFrame]:
     """Yield frames of at most `shard_rows` raw lines; a broken stream ends with one error row."""
     if file.size == 0:
-        yield _error_frame(file.uri, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
+        yield _error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
         return
     pending: list[bytes] = []
     first_line = 1
@@ -188,7 +209,7 @@ def read_jsonl(file: InputFile, compression: str | None, shard_rows: int, block_
                 pending.extend(parts)
                 while len(pending) >= shard_rows:
                     chunk, pending = pending[:shard_rows], pending[shard_rows:]
-                    yield _lines_frame(file.uri, chunk, first_line)
+                    yield _lines_frame(file.name, chunk, first_line)
                     first_line += len(chunk)
     except EOFError as exc:
         error = ("ingest.read.truncated", f"compressed stream ended early: {exc}")
@@ -200,12 +221,12 @@ def read_jsonl(file: InputFile, compression: str | None, shard_rows: int, block_
     total_lines = first_line - 1 + len(pending)
     frames = []
     if pending:
-        frames.append(_lines_frame(file.uri, pending, first_line))
+        frames.append(_lines_frame(file.name, pending, first_line))
     if error is not None:
         # the partial last line of a broken stream is not a record; it is evidence
-        frames.append(_error_frame(file.uri, total_lines + 1, *error, raw=tail or None))
+        frames.append(_error_frame(file.name, total_lines + 1, *error, raw=tail or None))
     elif total_lines == 0:
-        frames.append(_error_frame(file.uri, 0, "ingest.read.empty_file", "file has no content after decompression"))
+        frames.append(_error_frame(file.name, 0, "ingest.read.empty_file", "file has no content after decompression"))
     if frames:
         yield pl.concat(frames, how="vertical")
 
@@ -232,21 +253,21 @@ def _tabular_batches(batches: Iterator[pa.RecordBatch], uri: str, shard_rows: in
 
 def read_parquet(file: InputFile, shard_rows: int, s3_options: dict | None = None) -> Iterator[pl.DataFrame]:
     if file.size == 0:
-        yield _error_frame(file.uri, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
+        yield _error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
         return
     try:
         with open_input(file, None, s3_options) as fh:
             pf = pq.ParquetFile(fh)
-            yield from _tabular_batches(pf.iter_batches(batch_size=min(shard_rows, 65_536)), file.uri, shard_rows)
+            yield from _tabular_batches(pf.iter_batches(batch_size=min(shard_rows, 65_536)), file.name, shard_rows)
     except Exception as exc:
-        yield _error_frame(file.uri, 0, "ingest.read.unreadable", f"{type(exc).__name__}: {exc}")
+        yield _error_frame(file.name, 0, "ingest.read.unreadable", f"{type(exc).__name__}: {exc}")
 
 
 def read_csv(file: InputFile, compression: str | None, shard_rows: int, delimiter: str,
              s3_options: dict | None = None) -> Iterator[pl.DataFrame]:
     """All CSV columns are read as strings (types are the mapping's business, not the reader's)."""
     if file.size == 0:
-        yield _error_frame(file.uri, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
+        yield _error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
         return
     bad_rows: list[tuple[int, str]] = []
 
@@ -269,17 +290,17 @@ def read_csv(file: InputFile, compression: str | None, shard_rows: int, delimite
                 convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in header},
                                                      strings_can_be_null=False),
             )
-            for frame in _tabular_batches(iter(reader), file.uri, shard_rows):
+            for frame in _tabular_batches(iter(reader), file.name, shard_rows):
                 produced = True
                 # CSV line numbers: data row k sits on line k+1 (header first), assuming no multi-line values
                 yield frame.with_columns(pl.col("src_line") + 1)
     except Exception as exc:
-        yield _error_frame(file.uri, 0, "ingest.read.unreadable", f"{type(exc).__name__}: {exc}")
+        yield _error_frame(file.name, 0, "ingest.read.unreadable", f"{type(exc).__name__}: {exc}")
         return
     if bad_rows:
         yield pl.DataFrame(
             {
-                "src_file": [file.uri] * len(bad_rows),
+                "src_file": [file.name] * len(bad_rows),
                 "src_line": [n for n, _ in bad_rows],
                 "raw": [t.encode() for _, t in bad_rows],
                 "read_error_code": ["ingest.csv.invalid_row"] * len(bad_rows),
@@ -289,7 +310,7 @@ def read_csv(file: InputFile, compression: str | None, shard_rows: int, delimite
                     "read_error_code": pl.String, "read_error": pl.String},
         )
     elif not produced:
-        yield _error_frame(file.uri, 0, "ingest.read.empty_file", "CSV has a header but no rows")
+        yield _error_frame(file.name, 0, "ingest.read.empty_file", "CSV has a header but no rows")
 
 
 def read_batches(file: InputFile, fmt: str, compression: str | None, shard_rows: int, block_bytes: int,

@@ -8,6 +8,8 @@ publish makes a version of the whole. The original run is never modified.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
 from schemas.config import IngestConfig
@@ -38,16 +40,20 @@ def quarantined(storage: Storage, manifest: StageManifest, reason: str) -> pl.Da
     return df.filter(pl.col("reason").str.starts_with(reason))
 
 
-def _reread_source_lines(rows: pl.DataFrame, ingest: IngestConfig, s3_options: dict) -> pl.DataFrame:
-    """Ingest quarantine keeps raw lines cut to `evidence_chars`, so the lines are read again from their files."""
+def _reread_source_lines(rows: pl.DataFrame, manifest: StageManifest, ingest: IngestConfig, s3_options: dict
+                         ) -> pl.DataFrame:
+    """Ingest quarantine keeps raw lines cut to `evidence_chars`, so the lines are read again from their files.
+    Records name their file relative to the input root; the ingest manifest's inputs say where each one is."""
+    where = {i["name"]: i["uri"] for i in manifest.inputs if "name" in i and "uri" in i}
     frames = []
     for (src_file,), lines in rows.group_by("src_file", maintain_order=True):
         wanted = lines["src_line"].unique()
-        fmt, compression = detect_format(src_file, ingest.format)
-        found = resolve_inputs([src_file], s3_options)
+        uri = where.get(src_file, src_file)  # format 1 recorded the absolute path itself
+        fmt, compression = detect_format(uri, ingest.format)
+        found = resolve_inputs([uri], s3_options)
         if not found:
-            raise ReplayError(f"source file {src_file} of the quarantined lines no longer exists")
-        file = found[0]
+            raise ReplayError(f"source file {uri} of the quarantined lines no longer exists")
+        file = replace(found[0], name=src_file)  # the same record ids as in the original run
         for batch in read_batches(file, fmt, compression, ingest.shard_rows, ingest.read_block_bytes,
                                   ingest.csv_delimiter, s3_options):
             frames.append(batch.filter(pl.col("src_line").is_in(wanted.implode())))
@@ -68,7 +74,7 @@ def replay_batch(storage: Storage, run_id: str, stage: Stage, reason: str, inges
         raise ReplayError(f"run {run_id}, stage {stage.name}: no quarantined rows with reason {reason!r} "
                           f"(reasons there: {known})")
     if stage.kind == "source":
-        batch = _reread_source_lines(rows, ingest, s3_options)
+        batch = _reread_source_lines(rows, manifest, ingest, s3_options)
         if batch.height != rows.height:
             raise ReplayError(f"found {batch.height} of {rows.height} quarantined lines in their source files; "
                               "the inputs changed since the run, so they cannot be replayed faithfully")

@@ -1,1 +1,1 @@
-"""stages"""
+"""One module or package per stage, named after it; each exports STAGE (listed in tasks/runtime/registry.py)."""

@@ -68,20 +68,20 @@ def minhash(sh: pl.DataFrame, rows: int, num_perm: int) -> np.ndarray:
     return sig
 
 
-def features(batch: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
+def features(batch: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
     df = batch.select("id", "text", "timestamp").with_row_index(ROW)
     out = df.select(
         "id", "timestamp",
         norm_hash=normalized(pl.col("text")).hash(seed=17),
         para=pl.col("text").str.split("\n\n").list.eval(
-            pl.element().str.strip_chars().filter(pl.element().str.len_chars() >= p.min_paragraph_chars)
+            pl.element().str.strip_chars().filter(pl.element().str.len_chars() >= params.min_paragraph_chars)
             .hash(seed=19)).list.unique(),
     )
-    if p.near.enabled:
-        sh = shingles(df, p.near.ngram)
-        sig = minhash(sh, df.height, p.near.bands * p.near.rows)
+    if params.near.enabled:
+        sh = shingles(df, params.near.ngram)
+        sig = minhash(sh, df.height, params.near.bands * params.near.rows)
         out = out.with_columns(pl.Series("sig", sig))
-        if p.near.verify_jaccard:
+        if params.near.verify_jaccard:
             sets = sh.group_by(ROW, maintain_order=True).agg(pl.col("sh").unique())
             out = out.with_columns(shingles=df.select(ROW).join(sets, on=ROW, how="left")["sh"])
     return out
@@ -107,7 +107,7 @@ def _survivor_order(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort(["timestamp", "id"], nulls_last=True).with_row_index("rank")
 
 
-def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
+def decide(feats: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
     df = _survivor_order(feats)
     n = df.height
     decisions = df.select("rank", "id").with_columns(
@@ -117,19 +117,19 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
     survivor = np.full(n, -1)
     similarity = np.full(n, np.nan)
     ids = df["id"].to_numpy()
-    if p.exact:
+    if params.exact:
         first = df.group_by("norm_hash").agg(pl.col("rank").min().alias("first"))
         joined = df.select("rank", "norm_hash").join(first, on="norm_hash")
         r, f = joined["rank"].to_numpy(), joined["first"].to_numpy()
         dup = r != f
         action[r[dup]], survivor[r[dup]], similarity[r[dup]] = "exact", f[dup], 1.0
     alive = action == "keep"
-    if p.near.enabled:
-        sig = np.asarray(df["sig"].to_numpy(), dtype=np.uint64).reshape(n, p.near.bands * p.near.rows)
+    if params.near.enabled:
+        sig = np.asarray(df["sig"].to_numpy(), dtype=np.uint64).reshape(n, params.near.bands * params.near.rows)
         live = np.flatnonzero(alive)
         bands = []
-        for band in range(p.near.bands):
-            cols = sig[live, band * p.near.rows:(band + 1) * p.near.rows]
+        for band in range(params.near.bands):
+            cols = sig[live, band * params.near.rows:(band + 1) * params.near.rows]
             key = pl.DataFrame({"rank": live, **{f"c{j}": cols[:, j] for j in range(cols.shape[1])}}).select(
                 "rank", bucket=pl.struct(pl.exclude("rank")).hash(seed=band))
             bands.append(key.with_columns(band=pl.lit(band, pl.Int32)))
@@ -137,8 +137,8 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
         heads = buckets.group_by("band", "bucket").agg(pl.col("rank").min().alias("head"), pl.len().alias("size"))
         pairs = (buckets.join(heads.filter(pl.col("size") > 1), on=["band", "bucket"])
                  .filter(pl.col("rank") != pl.col("head")).select("rank", "head").unique())
-        if p.near.verify_jaccard and pairs.height:
-            pairs = _verified(pairs, df, p.near.threshold)
+        if params.near.verify_jaccard and pairs.height:
+            pairs = _verified(pairs, df, params.near.threshold)
         labels = _components(n, pairs["rank"].to_numpy(), pairs["head"].to_numpy())
         near = alive & (labels != np.arange(n))
         action[near], survivor[near] = "near", labels[near]
@@ -150,8 +150,8 @@ def decide(feats: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
         survivor=pl.when(pl.Series(survivor >= 0)).then(pl.Series(ids[np.maximum(survivor, 0)], dtype=pl.String)),
         similarity=pl.Series(similarity),
     ).with_columns(cluster=pl.when(pl.col("action") != "keep").then(pl.col("survivor")))
-    if p.spans.enabled:
-        decisions = decisions.join(_repeated_paragraphs(df, action == "keep", p), on="rank", how="left")
+    if params.spans.enabled:
+        decisions = decisions.join(_repeated_paragraphs(df, action == "keep", params), on="rank", how="left")
     else:
         decisions = decisions.with_columns(drop_paragraphs=pl.lit(None, pl.List(pl.UInt64)))
     return decisions.drop("rank").with_columns(pl.col("drop_paragraphs").fill_null([]))
@@ -174,26 +174,26 @@ def _verified(pairs: pl.DataFrame, df: pl.DataFrame, threshold: float) -> pl.Dat
     return scored.filter(pl.col("j") >= threshold).select("rank", "head")
 
 
-def _repeated_paragraphs(df: pl.DataFrame, alive: np.ndarray, p: DedupConfig) -> pl.DataFrame:
+def _repeated_paragraphs(df: pl.DataFrame, alive: np.ndarray, params: DedupConfig) -> pl.DataFrame:
     """Paragraphs found in more than `max_docs` surviving documents are boilerplate: every document but the
     first (by survivor order) loses them."""
     paras = (df.select("rank", "para").filter(pl.Series(alive)).explode("para").drop_nulls("para")
              .unique(["rank", "para"]))
     freq = paras.group_by("para").agg(pl.len().alias("docs"), pl.col("rank").min().alias("first"))
-    boiler = freq.filter(pl.col("docs") > p.spans.max_docs)
+    boiler = freq.filter(pl.col("docs") > params.spans.max_docs)
     cut = (paras.join(boiler, on="para").filter(pl.col("rank") != pl.col("first"))
            .group_by("rank").agg(pl.col("para").alias("drop_paragraphs")))
     return cut
 
 
-def apply(batch: pl.DataFrame, decisions: pl.DataFrame, p: DedupConfig) -> StageResult:
+def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: DedupConfig) -> StageResult:
     d = batch.join(decisions, on="id", how="left", maintain_order="left")
     d = d.with_columns(norm=normalized(pl.col("text")))
     drop = d.filter(pl.col("action").is_in(["exact", "near"]))
     keep = d.filter(~pl.col("action").is_in(["exact", "near"]) | pl.col("action").is_null())
     removed = pl.lit(0, pl.Int32)
-    if p.spans.enabled and keep.height:
-        keep = _cut_paragraphs(keep, p)
+    if params.spans.enabled and keep.height:
+        keep = _cut_paragraphs(keep, params)
         removed = pl.col("dup_paragraphs_removed")
     keep = keep.with_columns(
         # the identity exact dedup judged (before any paragraph cut): unique among survivors by construction
@@ -221,7 +221,7 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, p: DedupConfig) -> Stage
                        stats=Stats(counts={"dedup.paragraphs_removed": removed_paragraphs}))
 
 
-def _cut_paragraphs(keep: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
+def _cut_paragraphs(keep: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
     """Remove the decided boilerplate paragraphs (by hash) and rejoin what is left; others stay byte-identical."""
     touched = keep.filter(pl.col("drop_paragraphs").list.len() > 0)
     untouched = keep.filter(pl.col("drop_paragraphs").list.len() == 0).with_columns(
@@ -232,7 +232,7 @@ def _cut_paragraphs(keep: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
              .with_row_index("_r").explode("para")
              .with_columns(h=pl.col("para").str.strip_chars().hash(seed=19)))
     parts = parts.with_columns(cut=pl.col("h").is_in(pl.col("drop_paragraphs").first()).over("_r")
-                               & (pl.col("para").str.strip_chars().str.len_chars() >= p.min_paragraph_chars))
+                               & (pl.col("para").str.strip_chars().str.len_chars() >= params.min_paragraph_chars))
     rebuilt = parts.group_by("_r", maintain_order=True).agg(
         pl.col("id").first(),
         text=pl.col("para").filter(~pl.col("cut")).str.join("\n\n"),
@@ -244,9 +244,9 @@ def _cut_paragraphs(keep: pl.DataFrame, p: DedupConfig) -> pl.DataFrame:
     return merged.join(order, on="id").sort("_o").drop("_o")
 
 
-def dedup_one_shard(batch: pl.DataFrame, p: DedupConfig) -> StageResult:
+def dedup_one_shard(batch: pl.DataFrame, params: DedupConfig) -> StageResult:
     """The whole stage on one frame (map, reduce and apply in one go): what `stage.fn(df)` means for dedup."""
-    return apply(batch, decide(features(batch, p), p), p)
+    return apply(batch, decide(features(batch, params), params), params)
 
 
 ADDS = {"dup_norm_hash": pl.UInt64(), "dup_cluster": pl.String(), "dup_paragraphs_removed": pl.Int32()}
@@ -257,7 +257,7 @@ STAGE = Stage(
     params=lambda cfg: cfg.dedup,
     requires={"id": CANONICAL["id"], "text": CANONICAL["text"], "timestamp": CANONICAL["timestamp"]},
     adds=ADDS,
-    suite=lambda p: "dedup" if p.exact else "dedup-without-exact",
+    suite=lambda params: "dedup" if params.exact else "dedup-without-exact",
     kind="global",
     steps=GlobalSteps(features=features, decide=decide, apply=apply),
     description="exact, repeated-paragraph and MinHash LSH near-duplicate removal",

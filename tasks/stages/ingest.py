@@ -51,20 +51,20 @@ def _as_text(values: list) -> list:
     return [v if v is None or type(v) is str else orjson.dumps(v).decode() for v in values]
 
 
-def _from_jsonl(lines: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+def _from_jsonl(lines: pl.DataFrame, params: IngestConfig) -> pl.DataFrame:
     """Candidate rows from raw JSON lines: parsed fields plus `code`/`detail` for lines that failed to parse.
 
     Per-row Python here is limited to C calls and one-attribute comprehensions (~50 ns a row each); the
     judgement of the values happens in polars."""
-    mapping = p.mapped_fields()
-    mapped = frozenset((p.text_field, *mapping.values()))
-    oversize = lines["raw"].bin.size() > p.max_record_bytes
+    mapping = params.mapped_fields()
+    mapped = frozenset((params.text_field, *mapping.values()))
+    oversize = lines["raw"].bin.size() > params.max_record_bytes
     parse_rows = lines.filter(~oversize)
     objs = _parse_lines(parse_rows["raw"].to_list())
     is_obj = [type(o) is dict for o in objs]
     docs = [o if ok else {} for o, ok in zip(objs, is_obj, strict=True)]
     missing = object()
-    text = [d.get(p.text_field, missing) for d in docs]
+    text = [d.get(params.text_field, missing) for d in docs]
     meta = [orjson.dumps({k: v for k, v in d.items() if k not in mapped}, option=orjson.OPT_SORT_KEYS).decode()
             if len(d) else "{}" for d in docs]
     parse_code = [None if ok else (o.code if type(o) is _Bad else "ingest.json.not_object")
@@ -72,7 +72,7 @@ def _from_jsonl(lines: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
     parse_detail = [None if ok else (o.detail if type(o) is _Bad else f"a JSON {_json_type(o)} where an object "
                                      "was expected") for o, ok in zip(objs, is_obj, strict=True)]
     text_kind = [None if t is missing else _json_type(t) if type(t) is not str else "string" for t in text]
-    tf = repr(p.text_field)
+    tf = repr(params.text_field)
     out = parse_rows.select("src_file", "src_line", "raw").with_columns(
         pl.Series("parse_code", parse_code, dtype=pl.String),
         pl.Series("parse_detail", parse_detail, dtype=pl.String),
@@ -95,16 +95,16 @@ def _from_jsonl(lines: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
     big = lines.filter(oversize).select("src_file", "src_line", "raw").with_columns(
         code=pl.lit("ingest.record.oversize"),
         detail=pl.format("record is {} bytes, over max_record_bytes={}", pl.col("raw").bin.size(),
-                         pl.lit(p.max_record_bytes)),
+                         pl.lit(params.max_record_bytes)),
     )
     return pl.concat([out, big], how="diagonal_relaxed")
 
 
-def _from_tabular(rows: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+def _from_tabular(rows: pl.DataFrame, params: IngestConfig) -> pl.DataFrame:
     """Candidate rows from Parquet/CSV columns: the same shape `_from_jsonl` produces."""
-    mapping = {k: v for k, v in p.mapped_fields().items() if v in rows.columns}
+    mapping = {k: v for k, v in params.mapped_fields().items() if v in rows.columns}
     source_cols = [c for c in rows.columns if c not in ("src_file", "src_line")]
-    unmapped = [c for c in source_cols if c not in (p.text_field, *mapping.values())]
+    unmapped = [c for c in source_cols if c not in (params.text_field, *mapping.values())]
 
     def as_string(col: str) -> pl.Expr:
         dtype = rows.schema[col]
@@ -117,7 +117,7 @@ def _from_tabular(rows: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
 
     raw = pl.struct(source_cols).struct.json_encode() if source_cols else pl.lit("{}")
     meta = pl.struct(unmapped).struct.json_encode() if unmapped else pl.lit("{}")
-    tf = p.text_field
+    tf = params.text_field
     if tf not in rows.columns:
         code, detail, text = pl.lit("ingest.text.missing"), pl.lit(f"column {tf!r} is missing"), pl.lit(None)
     elif rows.schema[tf] != pl.String:
@@ -127,12 +127,12 @@ def _from_tabular(rows: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
         text = pl.lit(None)
     else:
         text = pl.col(tf)
-        too_big = pl.col(tf).str.len_bytes() > p.max_record_bytes
+        too_big = pl.col(tf).str.len_bytes() > params.max_record_bytes
         code = (pl.when(pl.col(tf).is_null()).then(pl.lit("ingest.text.missing"))
                 .when(too_big).then(pl.lit("ingest.record.oversize")))
         detail = (pl.when(pl.col(tf).is_null()).then(pl.lit(f"field {tf!r} is null"))
                   .when(too_big).then(pl.format("text is {} bytes, over max_record_bytes={}",
-                                                pl.col(tf).str.len_bytes(), pl.lit(p.max_record_bytes))))
+                                                pl.col(tf).str.len_bytes(), pl.lit(params.max_record_bytes))))
     return rows.select(
         "src_file",
         "src_line",
@@ -161,9 +161,9 @@ def _parse_timestamp(col: str) -> pl.Expr:
     )
 
 
-def _rejections(frame: pl.DataFrame, p: IngestConfig) -> pl.DataFrame:
+def _rejections(frame: pl.DataFrame, params: IngestConfig) -> pl.DataFrame:
     return frame.with_columns(
-        raw=pl.col("raw").str.slice(0, p.evidence_chars),
+        raw=pl.col("raw").str.slice(0, params.evidence_chars),
         reason=pl.col("code"),
         evidence=pl.struct(
             file=pl.col("src_file"), line=pl.col("src_line"), field=pl.col("field"), detail=pl.col("detail")
@@ -188,15 +188,15 @@ FIELD_OF_CODE = {
 }
 
 
-def ingest(batch: pl.DataFrame, p: IngestConfig) -> StageResult:
+def ingest(batch: pl.DataFrame, params: IngestConfig) -> StageResult:
     """Raw batch (from tasks/io/readers.py) -> canonical records + quarantined rows."""
     is_raw = "read_error_code" in batch.columns
     broken = batch.filter(pl.col("read_error_code").is_not_null()) if is_raw else batch.clear()
     if is_raw:
         lines = batch.filter(pl.col("read_error_code").is_null())
-        candidates = _from_jsonl(lines, p) if "raw" in lines.columns and lines.height else pl.DataFrame()
+        candidates = _from_jsonl(lines, params) if "raw" in lines.columns and lines.height else pl.DataFrame()
     else:
-        candidates = _from_tabular(batch, p)
+        candidates = _from_tabular(batch, params)
     if candidates.height == 0:
         candidates = pl.DataFrame(schema={"src_file": pl.String, "src_line": pl.Int64, "raw": pl.Binary,
                                           "code": pl.String, "detail": pl.String, "text": pl.String,
@@ -214,20 +214,20 @@ def ingest(batch: pl.DataFrame, p: IngestConfig) -> StageResult:
     detail = (
         pl.when(pl.col("code").is_not_null()).then(pl.col("detail"))
         .when(pl.col("text").str.strip_chars().str.len_bytes() == 0)
-        .then(pl.lit(f"field {p.text_field!r} is empty or whitespace"))
+        .then(pl.lit(f"field {params.text_field!r} is empty or whitespace"))
         .when(pl.col("timestamp").is_not_null() & ts.is_null())
-        .then(pl.format("field {} = {} is not a recognised date/time", pl.lit(repr(p.timestamp_field)),
+        .then(pl.format("field {} = {} is not a recognised date/time", pl.lit(repr(params.timestamp_field)),
                         pl.col("timestamp")))
     )
-    if p.id_from == "field":
+    if params.id_from == "field":
         code = code.when(pl.col("source_id").is_null()).then(pl.lit("ingest.id.missing"))
-        detail = detail.when(pl.col("source_id").is_null()).then(pl.lit(f"id field {p.id_field!r} is missing"))
+        detail = detail.when(pl.col("source_id").is_null()).then(pl.lit(f"id field {params.id_field!r} is missing"))
     judged = candidates.with_columns(code.alias("code"), detail.alias("detail"), ts.alias("timestamp_parsed"))
 
     good = judged.filter(pl.col("code").is_null())
     position_id = plh.concat_str(pl.col("src_file"), pl.lit("\n"), pl.col("src_line").cast(pl.String)).chash.sha2_256()
     kept = good.with_columns(
-        id=(pl.col("source_id") if p.id_from == "field" else position_id.str.slice(0, 32)),
+        id=(pl.col("source_id") if params.id_from == "field" else position_id.str.slice(0, 32)),
         content_sha256=plh.col("text").chash.sha2_256(),
         text=pl.col("text").str.normalize("NFC"),
         source=pl.coalesce(pl.col("source"), pl.col("src_file")),
@@ -245,7 +245,7 @@ def ingest(batch: pl.DataFrame, p: IngestConfig) -> StageResult:
         )
         bad = pl.concat([bad, broken], how="diagonal_relaxed")
     bad = _decode_lossy(bad.with_columns(pl.col("raw").cast(pl.Binary)))
-    rejected = conform(_rejections(bad, p), INGEST_REJECTED)
+    rejected = conform(_rejections(bad, params), INGEST_REJECTED)
     return StageResult(kept=kept, rejected=rejected)
 
 

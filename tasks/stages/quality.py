@@ -284,49 +284,49 @@ ADDS = {
 }
 
 
-def quality(batch: pl.DataFrame, p: QualityConfig, language_model=None) -> StageResult:
+def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> StageResult:
     """Judge a batch. `language_model` is what `load_language_model` returns (loaded here when not given)."""
     df = batch.with_row_index(ROW)
     frames = [df]
     rules: list[tuple[str, str, pl.Expr]] = []
-    if p.gopher_repetition.enabled:
-        frames.append(gopher_repetition(df, p.gopher_repetition))
-        rules += [("gopher_repetition", n, e) for n, e in gopher_repetition_rules(p.gopher_repetition)]
-    if p.gopher_quality.enabled:
-        frames.append(gopher_quality(df, p.gopher_quality))
-        rules += [("gopher", n, e) for n, e in gopher_quality_rules(p.gopher_quality)]
-    c4_on = p.c4.enabled
+    if params.gopher_repetition.enabled:
+        frames.append(gopher_repetition(df, params.gopher_repetition))
+        rules += [("gopher_repetition", n, e) for n, e in gopher_repetition_rules(params.gopher_repetition)]
+    if params.gopher_quality.enabled:
+        frames.append(gopher_quality(df, params.gopher_quality))
+        rules += [("gopher", n, e) for n, e in gopher_quality_rules(params.gopher_quality)]
+    c4_on = params.c4.enabled
     if c4_on:
-        frames.append(c4(df, p.c4))
-        rules += [("c4", n, e) for n, e in c4_rules(p.c4)]
+        frames.append(c4(df, params.c4))
+        rules += [("c4", n, e) for n, e in c4_rules(params.c4)]
     joined = frames[0]
     for f in frames[1:]:
         joined = joined.join(f, on=ROW, how="left")
     text_after_c4 = "c4_text" if c4_on else "text"
-    if p.fineweb.enabled:
-        joined = joined.join(fineweb(joined, text_after_c4, p.fineweb), on=ROW, how="left")
-        rules += [("fineweb", n, e) for n, e in fineweb_rules(p.fineweb)]
-    if p.language.enabled and language_model is None:
-        language_model = load_language_model(p)
-    lang = language(joined["text"], language_model) if p.language.enabled else pl.DataFrame(
+    if params.fineweb.enabled:
+        joined = joined.join(fineweb(joined, text_after_c4, params.fineweb), on=ROW, how="left")
+        rules += [("fineweb", n, e) for n, e in fineweb_rules(params.fineweb)]
+    if params.language.enabled and language_model is None:
+        language_model = load_language_model(params)
+    lang = language(joined["text"], language_model) if params.language.enabled else pl.DataFrame(
         {"q_lang": [None] * joined.height, "q_lang_score": [None] * joined.height},
         schema={"q_lang": pl.String, "q_lang_score": pl.Float64})
     joined = pl.concat([joined, lang], how="horizontal")
-    if p.language.enabled:
-        rules.append(("language", "not_allowed", ~pl.col("q_lang").is_in(p.language.allowed)))
-        rules.append(("language", "low_score", pl.col("q_lang_score") < p.language.min_score))
+    if params.language.enabled:
+        rules.append(("language", "not_allowed", ~pl.col("q_lang").is_in(params.language.allowed)))
+        rules.append(("language", "low_score", pl.col("q_lang_score") < params.language.min_score))
 
-    rules = [(fam, name, e) for fam, name, e in rules if f"{fam}.{name}" not in p.disable]
+    rules = [(fam, name, e) for fam, name, e in rules if f"{fam}.{name}" not in params.disable]
     reason = pl.lit(None, pl.String)
     for fam, name, expr in reversed(rules):
         reason = pl.when(expr.fill_null(False)).then(pl.lit(f"quality.{fam}.{name}")).otherwise(reason)
     judged = joined.with_columns(reason=reason)
-    if c4_on and p.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
+    if c4_on and params.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
         judged = judged.with_columns(
             text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text")).otherwise(pl.col("text")))
-    if p.pii.enabled:
+    if params.pii.enabled:
         # after judging (placeholders must not change word counts), on kept and quarantined rows alike
-        judged = find_and_redact(judged, list(p.pii.kinds), p.pii.mode == "redact")
+        judged = find_and_redact(judged, list(params.pii.kinds), params.pii.mode == "redact")
     for col, dtype in ADDS.items():
         if col not in judged.columns:
             judged = judged.with_columns(pl.lit(None, dtype).alias(col))
@@ -336,7 +336,7 @@ def quality(batch: pl.DataFrame, p: QualityConfig, language_model=None) -> Stage
     rejected = judged.filter(pl.col("reason").is_not_null())
     rejected = rejected.with_columns(evidence=pl.struct(signal_cols).struct.json_encode()).select(
         *out_cols, "reason", "evidence")
-    counts = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in p.pii.kinds} if p.pii.enabled else {}
+    counts = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in params.pii.kinds} if params.pii.enabled else {}
     counts["c4.lines_removed"] = int(judged["q_c4_lines_removed"].sum() or 0) if c4_on else 0
     return StageResult(kept=kept, rejected=rejected, stats=Stats(counts=counts))
 

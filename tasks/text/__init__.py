@@ -1,1 +1,1 @@
-"""text"""
+"""Text primitives the stages share: tokens, the normalizer, PII."""

@@ -43,69 +43,57 @@ ADDS = {
 }
 
 
-
 def load_index(params: DecontaminateConfig) -> Index:
     """The stage's setup: the benchmark index, built once per worker process (benchmarks on S3 use the AWS env)."""
     return build_index(params)
 
 
-def decontaminate(batch: pl.DataFrame, p: DecontaminateConfig, index: Index | None = None) -> StageResult:
-    """Match, then drop / redact / flag. `index` is what `load_index` returns (built here when not given)."""
-    index = index if index is not None else load_index(p)
-    df = batch.with_row_index(ROW)
-    matches = find_matches(df, index, p)
-    if matches.height == 0:
-        kept = batch.with_columns([pl.lit(None, dtype).alias(c) for c, dtype in ADDS.items()])
-        return StageResult(kept=kept, rejected=batch.clear().with_columns(
-            reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String)))
+_POLICY_RANK = {"drop": 0, "redact": 1, "flag": 2}  # the strictest policy among a document's hits decides
+
+
+def _labelled_matches(df: pl.DataFrame, matches: pl.DataFrame, index: Index) -> pl.DataFrame:
+    """Matches with their benchmark, item, field name, policy and the temporal evidence, best first per document."""
     policies = {b.name: b.policy for b in index.benchmarks}
     released = {b.name: b.released_at for b in index.benchmarks}
-    m = (matches.join(index.items.select("item", "benchmark", "item_id"), on="item")
-         .with_columns(field=pl.col("best_field").replace_strict(list(range(len(index.field_names))),
-                                                                 index.field_names, return_dtype=pl.String))
-         .join(df.select(ROW, "timestamp"), on=ROW)
-         .with_columns(policy=pl.col("benchmark").replace_strict(policies, return_dtype=pl.String),
-                       released=pl.col("benchmark").replace_strict(released, default=None, return_dtype=pl.Date))
-         .with_columns(predates=pl.col("timestamp").dt.date() < pl.col("released"))
-         .sort(ROW, "coverage", "item", descending=[False, True, False]))
-    rank = {"drop": 0, "redact": 1, "flag": 2}
-    matched_docs = df.filter(pl.col(ROW).is_in(m[ROW].unique().implode()))
-    texts = dict(matched_docs.select(ROW, "text").iter_rows())
-    ids = dict(matched_docs.select(ROW, "id").iter_rows())
-    hits: list[dict] = []  # one per (document, item)
-    docs: list[dict] = []  # one per matched document: the benchmark that decided it and what was done
-    decisions: dict[int, dict] = {}
-    for row, matched in m.group_by(ROW, maintain_order=True):  # matched docs only: a small fraction of a batch
-        row = row[0]
-        records = matched.to_dicts()
-        text = texts[row]
-        offsets = word_offsets(text)
-        evidence = []
-        for h in records:
-            ok = h["word_end"] < len(offsets)
-            evidence.append({
-                "benchmark": h["benchmark"], "item_id": h["item_id"], "policy": h["policy"],
-                "coverage": round(h["coverage"], 4), "coverage_item": round(h["coverage_item"], 4),
-                "best_field": h["field"], "span_words": h["span_words"],
-                "char_start": offsets[h["word_start"]][0] if ok else None,
-                "char_end": offsets[h["word_end"]][1] if ok else None,
-                "predates_release": h["predates"],
-                "released_at": h["released"].isoformat() if h["released"] else None,
-            })
-        top = min(records, key=lambda h: (rank[h["policy"]], -h["coverage"]))
-        hits += [{"id": ids[row], "benchmark": h["benchmark"], "item_id": h["item_id"]} for h in records]
-        decision = {"top": top, "evidence": evidence, "text": None}
-        if top["policy"] == "redact":
-            ranges = [(sp["word_start"], sp["word_end"]) for h in records if h["policy"] == "redact"
-                      for sp in h["spans"]]
-            spans = spans_for_redaction(offsets, ranges)
-            new_text, cuts = redact(text, spans, p) if spans is not None else (None, 0)
-            decision.update(text=new_text, cuts=cuts, action="redacted" if new_text else "redact_dropped")
-        else:
-            decision["action"] = "dropped" if top["policy"] == "drop" else "flagged"
-        docs.append({"id": ids[row], "benchmark": top["benchmark"], "action": decision["action"]})
-        decisions[row] = decision
-    dec = pl.DataFrame(
+    return (matches.join(index.items.select("item", "benchmark", "item_id"), on="item")
+            .with_columns(field=pl.col("best_field").replace_strict(list(range(len(index.field_names))),
+                                                                    index.field_names, return_dtype=pl.String))
+            .join(df.select(ROW, "timestamp"), on=ROW)
+            .with_columns(policy=pl.col("benchmark").replace_strict(policies, return_dtype=pl.String),
+                          released=pl.col("benchmark").replace_strict(released, default=None,
+                                                                      return_dtype=pl.Date))
+            .with_columns(predates=pl.col("timestamp").dt.date() < pl.col("released"))
+            .sort(ROW, "coverage", "item", descending=[False, True, False]))
+
+
+def _evidence(hit: dict, offsets: list[tuple[int, int]]) -> dict:
+    ok = hit["word_end"] < len(offsets)
+    return {"benchmark": hit["benchmark"], "item_id": hit["item_id"], "policy": hit["policy"],
+            "coverage": round(hit["coverage"], 4), "coverage_item": round(hit["coverage_item"], 4),
+            "best_field": hit["field"], "span_words": hit["span_words"],
+            "char_start": offsets[hit["word_start"]][0] if ok else None,
+            "char_end": offsets[hit["word_end"]][1] if ok else None,
+            "predates_release": hit["predates"],
+            "released_at": hit["released"].isoformat() if hit["released"] else None}
+
+
+def _decide_document(text: str, hits: list[dict], params: DecontaminateConfig) -> dict:
+    """What happens to one matched document: dropped, redacted (new text), redact_dropped or flagged."""
+    offsets = word_offsets(text)
+    top = min(hits, key=lambda h: (_POLICY_RANK[h["policy"]], -h["coverage"]))
+    decision = {"top": top, "evidence": [_evidence(h, offsets) for h in hits], "text": None}
+    if top["policy"] == "redact":
+        ranges = [(sp["word_start"], sp["word_end"]) for h in hits if h["policy"] == "redact" for sp in h["spans"]]
+        spans = spans_for_redaction(offsets, ranges)
+        new_text, cuts = redact(text, spans, params) if spans is not None else (None, 0)
+        decision.update(text=new_text, cuts=cuts, action="redacted" if new_text else "redact_dropped")
+    else:
+        decision["action"] = "dropped" if top["policy"] == "drop" else "flagged"
+    return decision
+
+
+def _decisions_frame(decisions: dict[int, dict]) -> pl.DataFrame:
+    return pl.DataFrame(
         [{ROW: r, "contam_benchmark": ",".join(sorted({e["benchmark"] for e in d["evidence"]})),
           "contam_item": d["top"]["item_id"], "contam_coverage": d["top"]["coverage"],
           "contam_span_words": d["top"]["span_words"], "contam_predates_release": d["top"]["predates"],
@@ -115,7 +103,29 @@ def decontaminate(batch: pl.DataFrame, p: DecontaminateConfig, index: Index | No
           "evidence": orjson.dumps({"action": d["action"], "cuts": d.get("cuts"), "matches": d["evidence"]}).decode()}
          for r, d in decisions.items()],
         schema={ROW: pl.UInt32, **ADDS, "new_text": pl.String, "reason": pl.String, "evidence": pl.String})
-    joined = df.join(dec, on=ROW, how="left")
+
+
+def decontaminate(batch: pl.DataFrame, params: DecontaminateConfig, index: Index | None = None) -> StageResult:
+    """Match, then drop / redact / flag. `index` is what `load_index` returns (built here when not given).
+
+    Python runs per matched document only (offsets, redaction): a small fraction of a batch."""
+    index = index if index is not None else load_index(params)
+    df = batch.with_row_index(ROW)
+    matches = find_matches(df, index, params)
+    if matches.height == 0:
+        kept = batch.with_columns([pl.lit(None, dtype).alias(c) for c, dtype in ADDS.items()])
+        return StageResult(kept=kept, rejected=batch.clear().with_columns(
+            reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String)))
+    m = _labelled_matches(df, matches, index)
+    matched_docs = df.filter(pl.col(ROW).is_in(m[ROW].unique().implode()))
+    texts = dict(matched_docs.select(ROW, "text").iter_rows())
+    ids = dict(matched_docs.select(ROW, "id").iter_rows())
+    decisions = {row: _decide_document(texts[row], matched.to_dicts(), params)
+                 for (row,), matched in m.group_by(ROW, maintain_order=True)}
+    hits = [{"id": ids[row], "benchmark": h["benchmark"], "item_id": h["item_id"]}  # one per (document, item)
+            for (row,), matched in m.group_by(ROW, maintain_order=True) for h in matched.to_dicts()]
+    docs = [{"id": ids[row], "benchmark": d["top"]["benchmark"], "action": d["action"]} for row, d in decisions.items()]
+    joined = df.join(_decisions_frame(decisions), on=ROW, how="left")
     rejected = (joined.filter(pl.col("reason").is_not_null())
                 .select(*batch.columns, *ADDS, "reason", "evidence"))
     kept = (joined.filter(pl.col("reason").is_null())
@@ -136,19 +146,19 @@ def _docs_hit(stats: Stats) -> dict[str, int]:
     return out
 
 
-def rate_checks(stats: Stats, rows_in: int, p: DecontaminateConfig) -> list[dict]:
+def rate_checks(stats: Stats, rows_in: int, params: DecontaminateConfig) -> list[dict]:
     """Per benchmark: the share of documents it hit, with the warning level and the ceiling."""
     hit = _docs_hit(stats)
     return [{"name": f"contamination.{b.name}", "count": hit.get(b.name, 0),
              "rate": (hit.get(b.name, 0) / rows_in) if rows_in else 0.0,
-             "warn": p.warn_rate, "max": p.max_rate} for b in resolved_benchmarks(p)]
+             "warn": params.warn_rate, "max": params.max_rate} for b in resolved_benchmarks(params)]
 
 
-def summarize(stats: Stats, p: DecontaminateConfig) -> dict:
+def summarize(stats: Stats, params: DecontaminateConfig) -> dict:
     """Per benchmark for the manifest: distinct items found, docs hit, dropped / redacted / flagged."""
     hit = _docs_hit(stats)
     out = {}
-    for b in resolved_benchmarks(p):
+    for b in resolved_benchmarks(params):
         items = sorted({h["item_id"] for h in stats.records.get("hits", []) if h["benchmark"] == b.name})
         actions = [d["action"] for d in stats.records.get("docs", []) if d["benchmark"] == b.name]
         out[b.name] = {"policy": b.policy, "items_found": len(items), "items": items[:100],
