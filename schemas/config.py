@@ -118,7 +118,12 @@ class IngestConfig(Strict):
     response_field: str | None = "response"
     max_record_bytes: int = Field(1_000_000, gt=0)
     shard_rows: int = Field(50_000, gt=0, description="rows per output shard; bounds memory")
-    read_block_bytes: int = Field(8 << 20, gt=0)
+    read_block_bytes: int = Field(8 << 20, gt=0, description="unused since readers decode in 1 MiB blocks; kept so "
+                                  "older configs still load")
+    max_file_bytes: int = Field(256 << 30, gt=0, description="a file decompressing past this is cut there and "
+                                "quarantined as ingest.read.too_large (lines before it are kept)")
+    max_compression_ratio: float = Field(200.0, gt=1, description="decompressed/compressed bytes above this, after "
+                                         "the first 64 MiB, is a decompression bomb: ingest.read.too_large")
     evidence_chars: int = Field(2_000, gt=0, description="raw lines are cut to this length in quarantine")
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
 

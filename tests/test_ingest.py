@@ -24,7 +24,7 @@ def _run_file(path: Path, cfg: IngestConfig | None = None):
     (file,) = resolve_inputs([str(path)])
     fmt, comp = detect_format(file.uri, cfg.format)
     kept, rejected, rows_in = [], [], 0
-    for batch in read_batches(file, fmt, comp, cfg.shard_rows, cfg.read_block_bytes, cfg.csv_delimiter):
+    for batch in read_batches(file, fmt, comp, cfg):
         res = ingest(batch, cfg)
         assert batch.height == res.kept.height + res.rejected.height
         rows_in += batch.height
@@ -187,8 +187,9 @@ def test_csv_input_with_a_broken_row(tmp_path):
     kept, rejected, rows_in = _run_file(path)
     assert rows_in == 3
     assert kept["text"].to_list() == ["hello, world", "bye"]
-    assert kept["src_line"].to_list() == [2, 3]
+    assert kept["src_line"].to_list() == [2, 4]  # physical lines: the broken row is line 3
     assert rejected["reason"].to_list() == ["ingest.csv.invalid_row"]
+    assert json.loads(rejected["evidence"][0])["line"] == 3
     assert rejected["raw"][0] == "2,too,many,columns"
 
 
@@ -196,8 +197,10 @@ def test_resolve_inputs_sorted_and_missing_is_an_error(tmp_path):
     for name in ("b.jsonl", "a.jsonl.gz", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     files = resolve_inputs([str(tmp_path)])
-    assert [Path(f.uri).name for f in files] == ["a.jsonl.gz", "b.jsonl"]
-    assert [f.name for f in files] == ["a.jsonl.gz", "b.jsonl"]  # what records call their file
+    # every file a folder holds is listed; notes.txt gets an ingest.read.unsupported row from its reader
+    assert [Path(f.uri).name for f in files] == ["a.jsonl.gz", "b.jsonl", "notes.txt"]
+    assert [f.name for f in files] == ["a.jsonl.gz", "b.jsonl", "notes.txt"]  # what records call their file
+    (tmp_path / "notes.txt").unlink()
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.jsonl").write_bytes(b"")
     nested = resolve_inputs([str(tmp_path / "sub" / "c.jsonl"), str(tmp_path / "*.jsonl")])
@@ -211,7 +214,7 @@ def test_chunks_bound_memory(tmp_path):
     path = tmp_path / "many.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"text": f"row {i}"}) + b"\n" for i in range(10_000)))
     (file,) = resolve_inputs([str(path)])
-    sizes = [b.height for b in read_batches(file, "jsonl", None, 3000, 4096)]
+    sizes = [b.height for b in read_batches(file, "jsonl", None, IngestConfig(shard_rows=3000))]
     assert sizes == [3000, 3000, 3000, 1000]
 
 

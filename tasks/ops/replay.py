@@ -54,8 +54,7 @@ def _reread_source_lines(rows: pl.DataFrame, manifest: StageManifest, ingest: In
         if not found:
             raise ReplayError(f"source file {uri} of the quarantined lines no longer exists")
         file = replace(found[0], name=src_file)  # the same record ids as in the original run
-        for batch in read_batches(file, fmt, compression, ingest.shard_rows, ingest.read_block_bytes,
-                                  ingest.csv_delimiter, s3_options):
+        for batch in read_batches(file, fmt, compression, ingest, s3_options):
             frames.append(batch.filter(pl.col("src_line").is_in(wanted.implode())))
     if not frames:
         return pl.DataFrame()

@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
-from tasks.io.readers import InputError, resolve_inputs
+from tasks.io.readers import InputError, Skipped, resolve_inputs
 from tasks.runtime import lifecycle, registry, runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts
@@ -43,7 +43,16 @@ def _io_task(name: str, fn, retries: int = 3):
                 retry_condition_fn=_retry_unless_permanent, cache_policy=NO_CACHE, persist_result=False)
 
 
-list_inputs = _io_task("list-inputs", resolve_inputs)
+def _list_inputs(inputs: list[str], s3_options: dict) -> list:
+    """The input files, logging every file a folder or glob held that is not read, and why."""
+    skipped = Skipped()
+    files = resolve_inputs(inputs, s3_options, skipped)
+    log.info(f"{len(files)} input file(s)" + (f"; skipped {len(skipped.files)}: " + ", ".join(
+        f"{path} ({why})" for path, why in skipped.files[:20]) if skipped.files else ""))
+    return files
+
+
+list_inputs = _io_task("list-inputs", _list_inputs)
 source_file = _io_task("source-file", runner.source_file)
 map_shard = _io_task("map-shard", runner.map_shard)
 sink_shard = _io_task("sink-shard", runner.sink_shard)
@@ -103,7 +112,6 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
     started = time.perf_counter()
     if stage.kind == "source":
         files = list_inputs(inputs, ctx.s3_options)
-        log.info(f"{stage.name}: {len(files)} input file(s)")
         stage_inputs = [f.as_dict() for f in files]
         source = None
     else:

@@ -109,8 +109,7 @@ def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile)
         return [Receipt.model_validate(r, context={"root": ctx.storage.root}).model_copy(update={"resumed": True})
                 for r in done["receipts"]]
     receipts = []
-    batches = read_batches(file, fmt, compression, params.shard_rows, params.read_block_bytes, params.csv_delimiter,
-                           ctx.s3_options)
+    batches = read_batches(file, fmt, compression, params, ctx.s3_options)
     for chunk, batch in enumerate(batches):
         shard = f"{file_index:05d}-{chunk:05d}"
         inputs = [{**file.as_dict(), "chunk": chunk, "format": fmt}]

@@ -190,13 +190,15 @@ FIELD_OF_CODE = {
 
 def ingest(batch: pl.DataFrame, params: IngestConfig) -> StageResult:
     """Raw batch (from tasks/io/readers.py) -> canonical records + quarantined rows."""
-    is_raw = "read_error_code" in batch.columns
-    broken = batch.filter(pl.col("read_error_code").is_not_null()) if is_raw else batch.clear()
-    if is_raw:
-        lines = batch.filter(pl.col("read_error_code").is_null())
-        candidates = _from_jsonl(lines, params) if "raw" in lines.columns and lines.height else pl.DataFrame()
-    else:
-        candidates = _from_tabular(batch, params)
+    reader_cols = ("raw", "read_error_code", "read_error")
+    has_errors = "read_error_code" in batch.columns
+    broken = batch.filter(pl.col("read_error_code").is_not_null()) if has_errors else batch.clear()
+    rows = batch.filter(pl.col("read_error_code").is_null()) if has_errors else batch
+    tabular = [c for c in rows.columns if c not in (*reader_cols, "src_file", "src_line")]
+    if tabular:  # Parquet/CSV columns (CSV frames may also hold the reader's error rows)
+        candidates = _from_tabular(rows.drop([c for c in reader_cols if c in rows.columns]), params)
+    else:  # raw JSONL lines
+        candidates = _from_jsonl(rows, params) if "raw" in rows.columns and rows.height else pl.DataFrame()
     if candidates.height == 0:
         candidates = pl.DataFrame(schema={"src_file": pl.String, "src_line": pl.Int64, "raw": pl.Binary,
                                           "code": pl.String, "detail": pl.String, "text": pl.String,
