@@ -14,7 +14,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.config import load_config
 from tasks.io import layout
-from tasks.io.locks import DatasetLock
+from tasks.io.interrupt import Interrupted
+from tasks.io.locks import FencedLock, dataset_lock, run_lock
 from tasks.io.storage import Storage
 from tasks.ops.report import markdown_summary, write_report
 from tasks.runtime import registry
@@ -55,14 +56,24 @@ def _sluice_logs_to_prefect():
         sluice_log.propagate = propagate
 
 
-def _dataset_lock(ctx: RunContext, names: list[str]) -> DatasetLock | None:
-    """A run that publishes holds its dataset for its whole length (tasks/io/locks.py)."""
-    if not set(names) & set(registry.SINKS):
-        return None
+def _leases(ctx: RunContext, names: list[str]) -> list[FencedLock]:
+    """Every run holds its run id (one process per run id); a run that publishes also holds its dataset, and the
+    sink may commit only under that lease's generation (tasks/io/locks.py)."""
     from prefect.runtime import flow_run
 
-    return DatasetLock(ctx.storage, ctx.config.publish.dataset, ctx.run_id, ctx.config.runner.lock_ttl_seconds,
-                       flow_run.name or None)
+    ttl, name = ctx.config.runner.lock_ttl_seconds, flow_run.name or None
+    leases = [run_lock(ctx.storage, ctx.run_id, ttl, name)]
+    if set(names) & set(registry.SINKS):
+        leases.append(dataset_lock(ctx.storage, ctx.config.publish.dataset, ctx.run_id, ttl, name))
+    return leases
+
+
+def _quietly(what: str, fn, *args) -> None:
+    """Cleanup after a failure must never hide the failure: its own errors are logged, not raised."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        logging.getLogger("sluice").warning(f"{what} failed during cleanup: {type(exc).__name__}: {exc}")
 
 
 def _finish(ctx: RunContext, run: dict, manifests: list) -> None:
@@ -101,17 +112,22 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
            **({"replay_of": replay} if replay else {}), "config": config.model_dump(mode="json"),
            "code_version": CODE_VERSION, "started_at": datetime.now(UTC).isoformat(), "timings": {}}
     with _sluice_logs_to_prefect():
-        ctx.storage.write_json(layout.run_json(run_id), run)
-        get_run_logger().info(f"run {run_id}: stages {', '.join(names)} -> {ctx.storage.uri(layout.run_dir(run_id))}")
-        contracts = contracts_for(run_id)
+        leases = _leases(ctx, names)
+        leases[0].acquire()  # before run.json: a second process with this run id must not touch it
         manifests: list = []
-        lock = _dataset_lock(ctx, names)
         try:
-            if lock is not None:
-                lock.acquire()
+            ctx.storage.write_json(layout.run_json(run_id), run)
+            get_run_logger().info(f"run {run_id}: stages {', '.join(names)} -> "
+                                  f"{ctx.storage.uri(layout.run_dir(run_id))}")
+            contracts = contracts_for(run_id)
+            for lease in leases[1:]:
+                lease.acquire()
+                ctx.fence = {"folder": lease.folder, "generation": lease.generation, "what": lease.what}
             previous = None
             for name in names:
                 started = time.perf_counter()
+                for lease in leases:
+                    lease.check()
                 stage = registry.STAGES[name]
                 if replay and name == replay["stage"]:
                     previous = run_replayed_stage(ctx, stage, replay, contracts)
@@ -123,6 +139,9 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                 manifests.append(previous)
                 run["timings"][name] = round(time.perf_counter() - started, 3)
             run["status"] = "succeeded"
+        except (Interrupted, KeyboardInterrupt) as exc:
+            run["status"], run["error"] = "interrupted", str(exc) or "interrupted (SIGINT)"
+            raise
         except ContractError as exc:
             run["status"], run["error"] = "failed", str(exc)
             raise
@@ -130,9 +149,10 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
             run["status"], run["error"] = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            if lock is not None:
-                lock.release()
-            _finish(ctx, run, manifests)
+            for lease in reversed(leases[1:]):
+                _quietly(f"releasing the lease on {lease.what}", lease.release)
+            _quietly("writing run.json and the report", _finish, ctx, run, manifests)
+            _quietly(f"releasing the lease on {leases[0].what}", leases[0].release)
     return run
 
 

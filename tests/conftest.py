@@ -153,3 +153,12 @@ def demo_run(prefect_server, demo_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     run = run_curate([str(demo_corpus)], str(out), str(REPO / "infra" / "demo.toml"), run_id="demo-run")
     return out, run
+
+
+def lease(root: Path, dataset: str) -> dict | None:
+    """The newest lease record of a dataset under a local output root (tasks/io/locks.py)."""
+    from tasks.io import layout
+    from tasks.io.locks import current
+    from tasks.io.storage import Storage
+
+    return current(Storage(str(root)), layout.dataset_lock_dir(dataset))

@@ -9,6 +9,7 @@ import duckdb
 import orjson
 import polars as pl
 import pytest
+from conftest import lease
 
 from flows.curate import run_curate
 from tasks.ops.demo_corpus import kjv_records, quote_records
@@ -129,7 +130,7 @@ def test_contract_violation_stops_the_run_before_publish(prefect_server, tmp_pat
     assert not (out / "runs" / "dup-run" / "ingest" / "_manifest.json").exists()
     assert (out / "runs" / "dup-run" / "ingest" / "_contract_failure.json").exists()
     assert not list((out / "datasets" / "dups").glob("v*")) and not (out / "datasets" / "dups" / "_claims").exists()
-    assert not (out / "datasets" / "dups" / "_lock.json").exists()  # released on failure
+    assert lease(out, "dups")["released"]  # released on failure
     run = json.loads((out / "runs" / "dup-run" / "run.json").read_text())
     assert run["status"] == "failed" and "expect_column_values_to_be_unique" in run["error"]
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import SLUICE, subprocess_env
+from conftest import SLUICE, lease, subprocess_env
 
 CONFIG = """
 stages = ["ingest", "quality", "dedup", "publish"]
@@ -65,11 +65,12 @@ def test_kill_9_then_resume_is_byte_identical(prefect_server, demo_corpus, tmp_p
     assert not (crashed / "runs" / "resume-me" / "ingest" / "_manifest.json").exists(), "killed too late"
     dataset = next((crashed / "datasets").iterdir())
     assert not list(dataset.glob("v*"))
-    assert json.loads((dataset / "_lock.json").read_text())["run_id"] == "resume-me"  # left by the killed run
+    left = lease(crashed, dataset.name)  # left by the killed run
+    assert left["run_id"] == "resume-me" and not left["released"]
 
-    resumed = _run([*common, "--output", str(crashed)], env)  # the same run id takes its own lock back at once
+    resumed = _run([*common, "--output", str(crashed)], env)  # its holder is a dead process: taken over at once
     assert resumed.returncode == 0, resumed.stderr
-    assert not (dataset / "_lock.json").exists()
+    assert lease(crashed, dataset.name)["released"] and lease(crashed, dataset.name)["generation"] == 2
     manifest = json.loads((crashed / "runs" / "resume-me" / "ingest" / "_manifest.json").read_text())
     assert manifest["shards_resumed"] >= finished_before_kill
     assert manifest["shards_resumed"] < manifest["shards"]

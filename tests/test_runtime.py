@@ -12,6 +12,7 @@ import orjson
 import polars as pl
 import pytest
 from conftest import REPO
+from handmade import committed, publish_by_hand
 
 from flows.cli import main
 from schemas.config import SluiceConfig
@@ -23,7 +24,6 @@ from tasks.runtime import lifecycle, registry, runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, close_contracts, contracts_for
 from tasks.runtime.stage import PROVENANCE, Stage, StageContractError, StageResult, check_declaration
-from tasks.stages import publish
 
 
 def _records(n: int, prefix: str = "r") -> pl.DataFrame:
@@ -157,25 +157,6 @@ def test_a_missing_package_is_named_when_the_stage_is_selected(monkeypatch):
         registry.select(["ingest", "needs-test"])
 
 
-def _committed(ctx: RunContext, stage: str, frame: pl.DataFrame) -> StageManifest:
-    """A stage of `ctx`'s run committed by hand with these rows (what publish reads)."""
-    obj = ctx.storage.write_parquet(layout.kept_part(ctx.run_id, stage, "00000-00000"), frame)
-    manifest = StageManifest(format=2, stage=stage, run_id=ctx.run_id, fingerprint="x", rows_in=frame.height,
-                             rows_out=frame.height, rows_rejected=0, outputs=[obj], contract={"success": True})
-    ctx.storage.write_record(layout.stage_manifest(ctx.run_id, stage), manifest)
-    ctx.storage.write_json(layout.run_json(ctx.run_id), {"run_id": ctx.run_id, "stages": [stage, "publish"],
-                                                         "status": "failed"})
-    return manifest
-
-
-def _publish(ctx: RunContext, source: StageManifest) -> StageManifest:
-    stage = publish.STAGE
-    target = stage.sink.open(ctx)
-    receipts = [runner.sink_shard(ctx, stage, i, obj.as_json(), target) for i, obj in enumerate(source.outputs)]
-    return runner.commit_stage(ctx, stage, receipts, [o.as_json() for o in source.outputs], contracts_for(ctx.run_id),
-                               time.time(), sink_target=target)
-
-
 def test_publish_is_a_sink_committed_by_the_runner(tmp_path):
     ctx = _ctx(tmp_path, "pub-ok")
     frame = pl.DataFrame({c: pl.Series([], dtype=t) for c, t in CANONICAL.items()}).vstack(
@@ -183,8 +164,8 @@ def test_publish_is_a_sink_committed_by_the_runner(tmp_path):
             [pl.lit(None, t).alias(c) for c, t in CANONICAL.items() if c not in ("id", "text", "source",
                                                                                    "content_sha256")])
         .select(list(CANONICAL)).cast(CANONICAL))
-    source = _committed(ctx, "dedup", frame)
-    manifest = _publish(ctx, source)
+    source = committed(ctx, "dedup", frame)
+    manifest = publish_by_hand(ctx, source)
     assert manifest.published["dataset"] == "curated" and manifest.published["version"] == 1
     assert manifest.published["rows_by_source"] == {"test": 7}
     part = ctx.storage.read_bytes(layout.version_part("curated", 1, 0))
@@ -199,9 +180,9 @@ def test_publish_is_a_sink_committed_by_the_runner(tmp_path):
 def test_a_failed_publish_contract_is_recorded_and_commits_no_version(tmp_path, capsys):
     ctx = _ctx(tmp_path, "pub-bad")
     twice = pl.concat([_records(3), _records(3)]).select("id", "text", "source", "content_sha256")
-    source = _committed(ctx, "dedup", twice)
+    source = committed(ctx, "dedup", twice)
     with pytest.raises(ContractError, match="contract of stage 'publish' failed: expect_column_values_to_be_unique"):
-        _publish(ctx, source)
+        publish_by_hand(ctx, source)
     assert ctx.storage.exists(layout.contract_failure("pub-bad", "publish"))
     assert not ctx.storage.exists(layout.stage_manifest("pub-bad", "publish"))
     assert not ctx.storage.exists(layout.version_manifest("curated", 1))

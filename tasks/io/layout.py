@@ -13,7 +13,8 @@ manifest in it still resolves. Nothing else in the code spells out a path under 
     runs/<run>/report/                               index.html, card.md, contracts/ (GE Data Docs)
     datasets/<name>/v<N>/                            a published version: parts, _manifest.json, card, diff
     datasets/<name>/_claims/v<N>.json                who took version N
-    datasets/<name>/_lock.json                       the run that holds the dataset
+    datasets/<name>/_lock/gen-<N>.json               the lease on the dataset, generation N (the fencing token)
+    runs/<run>/_lock/gen-<N>.json                    the lease on the run id
 """
 
 from __future__ import annotations
@@ -135,8 +136,18 @@ def claim(dataset: str, version: int) -> str:
     return _join(DATASETS, dataset, "_claims", f"v{version}.json")
 
 
-def dataset_lock(dataset: str) -> str:
-    return _join(DATASETS, dataset, "_lock.json")
+def dataset_lock_dir(dataset: str) -> str:
+    """The dataset's lease (tasks/io/locks.py): one file per generation."""
+    return _join(DATASETS, dataset, "_lock")
+
+
+def run_lock_dir(run_id: str) -> str:
+    """The run's lease: one process per run id."""
+    return _join(RUNS, run_id, "_lock")
+
+
+def lock_generation(folder: str, generation: int) -> str:
+    return _join(folder, f"gen-{generation:08d}.json")
 
 
 def version_numbers(names: list[str]) -> list[int]:

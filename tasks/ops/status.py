@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tasks.io import layout
+from tasks.io.locks import current, is_live
 from tasks.io.storage import Storage
 from tasks.ops.diff import published_versions, version_manifest
 from tasks.ops.retrain_hook import outcomes
@@ -63,22 +64,33 @@ def prefect_status(limit: int = 10) -> dict:
     return {"api": PREFECT_API_URL.value() or "(embedded)", "deployments": deployments, "runs": runs}
 
 
+def _lease(storage: Storage, dataset: str) -> dict | None:
+    """The dataset's lease, when one is held or was left behind: who, generation, and whether it still binds."""
+    holder = current(storage, layout.dataset_lock_dir(dataset))
+    if holder is None or holder.get("released"):
+        return None
+    return {"run_id": holder["run_id"], "generation": holder["generation"], "expires_at": holder["expires_at"],
+            "state": "held" if is_live(holder) else "stale (its holder died; the next run takes it over)"}
+
+
 def storage_status(storage: Storage) -> dict:
-    """Last published version of each dataset, with its size, diff and latest retrain outcome."""
+    """Last published version of each dataset, with its size, diff and latest retrain outcome, and any lease held
+    or left behind (also on a dataset with no published version yet)."""
     datasets = {}
     for name in storage.listdir(layout.DATASETS):
         versions = published_versions(storage, name)
+        lease = _lease(storage, name)
         if not versions:
+            if lease:
+                datasets[name] = {"version": None, "lease": lease}
             continue
         m = version_manifest(storage, name, versions[-1])
         diff = storage.read_json_if_exists(layout.version_diff(name, versions[-1])) or {}
         retrains = outcomes(storage.child(layout.version_dir(name, versions[-1])))
-        lock = storage.read_json_if_exists(layout.dataset_lock(name))
         datasets[name] = {"version": versions[-1], "rows": m.rows_out,
                           "published_at": (m.published or {}).get("published_at"), "run_id": m.run_id,
                           "changed_fraction": diff.get("changed_fraction"),
-                          "retrain": retrains[-1]["status"] if retrains else None,
-                          "locked_by": lock["run_id"] if lock else None}
+                          "retrain": retrains[-1]["status"] if retrains else None, "lease": lease}
     return {"root": storage.root, "datasets": datasets}
 
 
@@ -99,7 +111,11 @@ def print_status(api: dict, store: dict | None) -> None:
         print(f"\ndatasets under {store['root']}:" if store["datasets"] else f"\nno published datasets under "
               f"{store['root']}")
         for name, d in store["datasets"].items():
+            lease = d["lease"]
+            lock = f"  LOCKED by run {lease['run_id']} ({lease['state']})" if lease else ""
+            if d["version"] is None:
+                print(f"  {name:<20} no published version{lock}")
+                continue
             changed = "-" if d["changed_fraction"] is None else f"{d['changed_fraction']:.2%}"
-            lock = f"  LOCKED by run {d['locked_by']}" if d["locked_by"] else ""
             print(f"  {name:<20} v{d['version']:<4} {d['rows']:>10,} rows  published {d['published_at']}  "
                   f"changed {changed}  retrain {d['retrain'] or '-'}{lock}")

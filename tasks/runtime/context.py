@@ -16,6 +16,7 @@ class RunContext:
     config: SluiceConfig
     s3_options: dict = field(default_factory=dict, repr=False)
     code_version: str = CODE_VERSION
+    fence: dict | None = None  # {folder, generation, what} of the dataset lease a sink must still hold to commit
 
     def __post_init__(self) -> None:
         check_safe_name(self.run_id, "run id")

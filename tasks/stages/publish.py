@@ -22,6 +22,7 @@ import polars as pl
 from schemas.config import PublishConfig
 from schemas.record import CANONICAL
 from tasks.io import layout
+from tasks.io.locks import assert_current
 from tasks.io.manifests import StageManifest, Stats, render
 from tasks.runtime.stage import SinkSteps, Stage, StageResult
 
@@ -35,13 +36,26 @@ def publish_rows(batch: pl.DataFrame, params: PublishConfig) -> StageResult:
     return StageResult(kept=batch, rejected=batch.clear(), stats=Stats(tallies={"rows_by_source": by_source}))
 
 
+def _newest_committed(ctx, dataset: str) -> int:
+    found = layout.version_numbers(ctx.storage.listdir(layout.dataset_dir(dataset)))
+    return max([v for v in found if ctx.storage.exists(layout.version_manifest(dataset, v))], default=0)
+
+
 def claim_version(ctx, dataset: str) -> int:
-    """The next free version number, taken by exclusive create; on resume, the number this run already took."""
+    """The next free version number, taken by exclusive create. On resume, the number this run already took, unless
+    another run has committed a newer version since: versions never go back in time, so the old claim is abandoned
+    (its number is skipped) and a new one is taken."""
     claims = layout.claims_dir(dataset)
     for n in layout.version_numbers(ctx.storage.listdir(claims)):
         claim = ctx.storage.read_json_if_exists(layout.claim(dataset, n))
         if claim and claim.get("run_id") == ctx.run_id:
-            return n
+            committed = ctx.storage.exists(layout.version_manifest(dataset, n))
+            newest = _newest_committed(ctx, dataset)
+            if committed or newest < n:
+                return n
+            log.warning(f"dataset {dataset}: this run claimed v{n} before a crash, but v{newest} was published "
+                        f"since; publishing as a newer version instead (v{n} stays unused)")
+            break
     taken = (layout.version_numbers(ctx.storage.listdir(claims))
              + layout.version_numbers(ctx.storage.listdir(layout.dataset_dir(dataset))))
     n = (max(taken) if taken else 0) + 1
@@ -80,6 +94,12 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
     dataset, version = target["dataset"], target["version"]
     existing = ctx.storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
     if existing is None:
+        fence(ctx)
+        newest = _newest_committed(ctx, dataset)
+        if newest > version:
+            raise RuntimeError(f"dataset {dataset}: v{newest} was published while this run was publishing v{version}; "
+                               "an older version is never published after a newer one. Rerun to publish as "
+                               f"v{newest + 1}.")
         published = {"dataset": dataset, "version": version, "published_at": datetime.now(UTC).isoformat(),
                      "rows_by_source": manifest.stats.tallies.get("rows_by_source", {})}
         committed = manifest.model_copy(update={"published": published})
@@ -95,9 +115,20 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
         diff = diff_vs_previous(ctx.storage, dataset, version)
         ctx.storage.write_json(layout.version_diff(dataset, version), diff)
     uri = ctx.storage.uri(layout.version_dir(dataset, version))
-    emit_published(published, manifest.rows_out, ctx.run_id, uri, diff,
-                   worth_retraining(diff, ctx.config.retrain))
+    newest = _newest_committed(ctx, dataset)
+    if newest > version:  # resumed after a newer version appeared: no event, so nothing retrains on older data
+        log.warning(f"dataset {dataset}: v{version} is not the newest (v{newest} is); no published event")
+    else:
+        fence(ctx)
+        emit_published(published, manifest.rows_out, ctx.run_id, uri, diff,
+                       worth_retraining(diff, ctx.config.retrain))
     return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
+
+
+def fence(ctx) -> None:
+    """Only the holder of the dataset's current lease may make a version visible or announce it."""
+    if ctx.fence:
+        assert_current(ctx.storage, ctx.fence["folder"], ctx.fence["generation"], ctx.fence["what"])
 
 
 def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict, retrain: bool) -> None:
