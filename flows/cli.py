@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -18,7 +21,9 @@ EXAMPLES = """examples:
   sluice deploy --config sluice.toml && sluice serve --config sluice.toml
   sluice status --output ./sluice-data
 
-exit codes: 0 ok, 2 bad input/config, 3 a data contract failed, 4 the dataset is locked by another run
+exit codes: 0 ok, 1 unexpected error, 2 bad input/config, 3 a data contract failed, 4 the dataset (or run id) is
+held by another live run, or this run lost its lease, 5 storage failed (unwritable output, unreachable endpoint,
+missing bucket), 130 interrupted (SIGTERM/SIGINT; resume with the same --run-id)
 """
 
 
@@ -98,6 +103,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_number(text: str) -> int:
+    digits = text.removeprefix("v")
+    if not digits.isdigit():
+        raise ValueError(f"version {text!r} is not a version number (write 3 or v3)")
+    return int(digits)
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
@@ -106,7 +118,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     check_safe_name(args.dataset, "dataset name")
     storage = _storage(args.output, args.config)
-    va, vb = (int(v.lstrip("v")) for v in (args.version_a, args.version_b))
+    va, vb = (_version_number(v) for v in (args.version_a, args.version_b))
     d = version_diff(storage, args.dataset, va, vb)
     if args.format == "json":
         print(json.dumps(d, indent=2, sort_keys=True))
@@ -283,9 +295,16 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
+                        help="console detail (default info); debug adds tracebacks to errors")
+    return common
+
+
 def _adder(sub):
     def add(name: str, help_: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=description,
+        return sub.add_parser(name, help=help_, description=description, parents=[_common()],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     return add
 
@@ -428,26 +447,104 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT = {"ok": 0, "unexpected": 1, "bad input or config": 2, "contract": 3, "locked": 4, "storage": 5,
+        "interrupted": 130}
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks out (they still reach Prefect's API and UI in full)."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _console_logging(level: str) -> None:
+    """--log-level for Sluice's and Prefect's console output; below debug, a failure is one line, not a traceback."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect's handlers exist from here on (a later setup is incremental: it keeps them)
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)
+                                      if n.startswith(("prefect", "sluice")))]
+    console = [h for logger in loggers for h in getattr(logger, "handlers", [])
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for handler in console:
+        if level != "debug" and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+    logging.getLogger("sluice").setLevel(level.upper())
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT stop a run cleanly: the readers and shard loops see the stop flag, the flow marks run.json
+    `interrupted` and releases its leases, and this process exits normally (so the embedded Prefect server it
+    started is stopped too). A second signal is not caught."""
+    from tasks.io import interrupt
+
+    def stop(signum, frame):
+        interrupt.request_stop()
+        signal.signal(signum, signal.SIG_DFL)
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+
+
+def _interrupted(exc: BaseException) -> int:
+    print(f"interrupted: {exc or 'SIGINT'}; the run is marked `interrupted` (sluice runs), and rerunning it with "
+          "the same --run-id resumes", file=sys.stderr)
+    return EXIT["interrupted"]
+
+
+def _fail(code: str, exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT[code]
+
+
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from schemas.config import ConfigError
+    from tasks.io.interrupt import Interrupted
     from tasks.io.locks import DatasetLocked
     from tasks.io.readers import InputError
+    from tasks.io.storage import StorageError
     from tasks.runtime.contracts import ContractError
     from tasks.runtime.registry import StageSelectionError
 
+    debug = args.log_level == "debug"
+    _console_logging(args.log_level)
+    _stop_on_signals()
     try:
         return args.fn(args)
     except ContractError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return _fail("contract", exc, debug)
     except DatasetLocked as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
+        return _fail("locked", exc, debug)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        return _interrupted(exc)
     except (ConfigError, InputError, StageSelectionError, ValueError) as exc:  # BenchmarkError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail("bad input or config", exc, debug)
+    except (StorageError, OSError) as exc:
+        return _fail("storage", exc, debug)
+    except Exception as exc:
+        if not debug:
+            print("(run with --log-level debug for the traceback)", file=sys.stderr)
+        return _fail("unexpected", RuntimeError(f"{type(exc).__name__}: {exc}"), debug)
+    except BaseException as exc:  # Prefect's TerminationSignal when it caught the SIGTERM first
+        if type(exc).__name__ == "TerminationSignal":
+            return _interrupted(exc)
+        raise
 
 
 if __name__ == "__main__":

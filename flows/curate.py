@@ -12,9 +12,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from schemas.config import load_config
+from schemas.config import load_config, redact_url
 from tasks.io import layout
-from tasks.io.interrupt import Interrupted
+from tasks.io.interrupt import Interrupted, request_stop, shielded
 from tasks.io.locks import FencedLock, dataset_lock, run_lock
 from tasks.io.storage import Storage
 from tasks.ops.report import markdown_summary, write_report
@@ -108,7 +108,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     run_id = run_id or new_run_id()
     s3 = config.storage.s3_options()
     ctx = RunContext(Storage(output, s3), run_id, config, s3)
-    run = {"run_id": run_id, "status": "running", "inputs": inputs, "stages": names,
+    run = {"run_id": run_id, "status": "running", "inputs": [redact_url(u) for u in inputs], "stages": names,
            **({"replay_of": replay} if replay else {}), "config": config.model_dump(mode="json"),
            "code_version": CODE_VERSION, "started_at": datetime.now(UTC).isoformat(), "timings": {}}
     with _sluice_logs_to_prefect():
@@ -139,8 +139,9 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                 manifests.append(previous)
                 run["timings"][name] = round(time.perf_counter() - started, 3)
             run["status"] = "succeeded"
-        except (Interrupted, KeyboardInterrupt) as exc:
-            run["status"], run["error"] = "interrupted", str(exc) or "interrupted (SIGINT)"
+        except Interrupted as exc:
+            request_stop()
+            run["status"], run["error"] = "interrupted", str(exc)
             raise
         except ContractError as exc:
             run["status"], run["error"] = "failed", str(exc)
@@ -148,11 +149,16 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
         except Exception as exc:
             run["status"], run["error"] = "failed", f"{type(exc).__name__}: {exc}"
             raise
+        except BaseException as exc:  # KeyboardInterrupt, or Prefect's TerminationSignal on SIGTERM
+            request_stop()  # shard tasks in worker threads stop at their next block
+            run["status"], run["error"] = "interrupted", f"{type(exc).__name__}: {exc or 'a signal'}"
+            raise
         finally:
-            for lease in reversed(leases[1:]):
-                _quietly(f"releasing the lease on {lease.what}", lease.release)
-            _quietly("writing run.json and the report", _finish, ctx, run, manifests)
-            _quietly(f"releasing the lease on {leases[0].what}", leases[0].release)
+            with shielded():
+                for lease in reversed(leases[1:]):
+                    _quietly(f"releasing the lease on {lease.what}", lease.release)
+                _quietly("writing run.json and the report", _finish, ctx, run, manifests)
+                _quietly(f"releasing the lease on {leases[0].what}", leases[0].release)
     return run
 
 

@@ -12,6 +12,7 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,7 +24,7 @@ SECRET_REF = re.compile(r"^(env|prefect-secret):([A-Za-z0-9][A-Za-z0-9._-]{0,127
 
 def check_safe_name(value: str, what: str) -> str:
     """Names that become path components: no separators, no '..', no leading dot."""
-    if not SAFE_NAME.match(value) or ".." in value:
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' "
             "(at most 128 characters, starting with a letter or digit, no '..')"
@@ -39,7 +40,7 @@ def check_secret_ref(value: str | None, what: str) -> str | None:
     """A secret in a config file is a reference, never the value: `env:VAR` or `prefect-secret:BLOCK`.
 
     Config files get committed, copied into run manifests and shown in reports; a reference is safe in all three."""
-    if value is None or SECRET_REF.match(value):
+    if value is None or SECRET_REF.fullmatch(value):
         return value
     raise ValueError(
         f"{what} must be a reference, not a plain-text secret: write 'env:VAR_NAME' (an environment variable) or "
@@ -53,7 +54,7 @@ class SecretNotFound(ValueError):
 
 def resolve_secret(ref: str, what: str) -> str:
     """The value behind a reference; raises naming the reference (never the value) when it is missing."""
-    kind, name = SECRET_REF.match(ref).groups()
+    kind, name = SECRET_REF.fullmatch(ref).groups()
     if kind == "env":
         value = os.environ.get(name)
         if not value:
@@ -65,6 +66,25 @@ def resolve_secret(ref: str, what: str) -> str:
         return str(Secret.load(name).get())
     except ValueError as exc:
         raise SecretNotFound(f"{what}: Prefect Secret block {name!r} cannot be loaded ({exc})") from None
+
+
+def check_no_userinfo(value: str | None, what: str) -> str | None:
+    """A URL with `user:password@` carries a secret in plain text: refused like any other (the value is not shown)."""
+    parts = urlsplit(value) if value else None
+    if parts is not None and (parts.username is not None or parts.password is not None):
+        raise ValueError(f"{what} must not hold credentials (user:password@host); give them as storage.key/secret "
+                         "references (env:VAR or prefect-secret:BLOCK)")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be recorded: any user:password@ replaced by ***@."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class StorageConfig(Strict):
@@ -79,11 +99,18 @@ class StorageConfig(Strict):
     key: str | None = None
     secret: str | None = None
     anon: bool = False
+    retries: int = Field(5, ge=0, le=20, description="s3fs retries of a failed request (with backoff) before the "
+                         "operation fails")
 
     @field_validator("key", "secret")
     @classmethod
     def _refs(cls, v: str | None, info) -> str | None:
         return check_secret_ref(v, f"storage.{info.field_name}")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return check_no_userinfo(v, "storage.endpoint_url")
 
     def s3_options(self) -> dict:
         key = resolve_secret(self.key, "storage.key") if self.key else os.environ.get("AWS_ACCESS_KEY_ID")
@@ -91,7 +118,7 @@ class StorageConfig(Strict):
                   else os.environ.get("AWS_SECRET_ACCESS_KEY"))
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         region = self.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-        opts: dict = {"anon": self.anon, "client_kwargs": {"region_name": region}}
+        opts: dict = {"anon": self.anon, "client_kwargs": {"region_name": region}, "retries": self.retries}
         if endpoint:
             opts["client_kwargs"]["endpoint_url"] = endpoint
         if key and secret:
@@ -367,8 +394,8 @@ class RetrainConfig(Strict):
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"retrain.url {v!r} must be an http(s) URL")
-        return v
+            raise ValueError("retrain.url must be an http(s) URL")
+        return check_no_userinfo(v, "retrain.url")
 
 
 class SluiceConfig(Strict):

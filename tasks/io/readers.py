@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from tasks.io import interrupt
-from tasks.io.storage import filesystem, is_s3
+from tasks.io.storage import _io, filesystem, is_s3
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 CSV_EXT = (".csv",)
@@ -165,7 +165,8 @@ def resolve_inputs(uris: list[str], s3_options: dict | None = None, skipped: Ski
     skipped = skipped if skipped is not None else Skipped()
     found: dict[str, InputFile] = {}
     for uri in uris:
-        files = _resolve_s3(uri, s3_options, skipped) if is_s3(uri) else _resolve_local(uri, root, skipped)
+        with _io("list", uri):
+            files = _resolve_s3(uri, s3_options, skipped) if is_s3(uri) else _resolve_local(uri, root, skipped)
         if not files:
             raise InputError(f"input {uri!r} matched no files")
         found.update((f.uri, f) for f in files)

@@ -11,6 +11,8 @@ import hashlib
 import io
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
@@ -27,8 +29,42 @@ def is_s3(uri: str) -> bool:
 
 def filesystem(uri: str, s3_options: dict | None = None) -> fsspec.AbstractFileSystem:
     if is_s3(uri):
-        return fsspec.filesystem("s3", **(s3_options or {}))
+        options = dict(s3_options or {})
+        retries = options.pop("retries", None)
+        if retries is not None:  # botocore's own attempts, and s3fs's retry loop around each call
+            options["config_kwargs"] = {**options.get("config_kwargs", {}),
+                                        "retries": {"max_attempts": retries + 1, "mode": "standard"}}
+        fs = fsspec.filesystem("s3", **options)
+        if retries is not None:
+            fs.retries = max(1, retries)
+        return fs
     return fsspec.filesystem("file")
+
+
+class StorageError(RuntimeError):
+    """Storage failed (unwritable output, an unreachable endpoint, a missing bucket); the message names the
+    operation, the URI and the cause in one line. The CLI exits with code 5."""
+
+    def __init__(self, verb: str, uri: str, cause: BaseException):
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        self.uri, self.cause = uri, cause
+        super().__init__(f"cannot {verb} {uri}: {type(cause).__name__}{': ' + detail if detail else ''}")
+
+
+@contextmanager
+def _io(verb: str, uri: str, missing_ok: bool = False) -> Iterator[None]:
+    """Turn any failure of a storage call into a StorageError naming what and where (a missing object stays
+    FileNotFoundError where the caller asks about existence)."""
+    try:
+        yield
+    except FileNotFoundError:
+        if missing_ok:
+            raise
+        raise StorageError(verb, uri, FileNotFoundError("no such file, folder or bucket")) from None
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(verb, uri, exc) from exc
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -59,10 +95,12 @@ class Storage:
         return uri.split("://", 1)[1] if self.remote else uri
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self._path(rel))
+        with _io("check", self.uri(rel)):
+            return self.fs.exists(self._path(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self._path(rel))
+        with _io("read", self.uri(rel), missing_ok=True):
+            return self.fs.cat_file(self._path(rel))
 
     def read_json(self, rel: str) -> dict:
         return orjson.loads(self.read_bytes(rel))
@@ -75,6 +113,10 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic replace: readers see the old object or the new one, never a prefix."""
+        with _io("write", self.uri(rel)):
+            self._write_bytes(rel, data)
+
+    def _write_bytes(self, rel: str, data: bytes) -> None:
         path = self._path(rel)
         if self.remote:
             self.fs.pipe_file(path, data)
@@ -92,6 +134,10 @@ class Storage:
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Create `rel` only if it does not exist yet; returns False when someone else already has."""
+        with _io("create", self.uri(rel)):
+            return self._create_exclusive(rel, data)
+
+    def _create_exclusive(self, rel: str, data: bytes) -> bool:
         path = self._path(rel)
         if self.remote:
             bucket, key = path.split("/", 1)
@@ -149,15 +195,18 @@ class Storage:
         """Names (not paths) directly under `rel`; empty when it does not exist."""
         path = self._path(rel)
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True) if self.remote else self.fs.ls(path, detail=False)
+            with _io("list", self.uri(rel), missing_ok=True):
+                entries = (self.fs.ls(path, detail=False, refresh=True) if self.remote
+                           else self.fs.ls(path, detail=False))
         except FileNotFoundError:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def delete(self, rel: str) -> None:
         path = self._path(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        with _io("delete", self.uri(rel)):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
 
     def rel_of(self, uri: str) -> str:
         """The path under the root of a URI (format-1 records held absolute URIs; see layout.relative_to_root)."""

@@ -16,6 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from tasks.io import layout
+from tasks.io.interrupt import Interrupted
+from tasks.io.locks import DatasetLocked
 from tasks.io.manifests import StageManifest
 from tasks.io.readers import InputError, Skipped, resolve_inputs
 from tasks.runtime import lifecycle, registry, runner
@@ -24,7 +26,7 @@ from tasks.runtime.contracts import ContractError, Contracts
 from tasks.runtime.stage import Stage, StageContractError
 
 log = logging.getLogger("sluice")
-NOT_RETRIED = (ContractError, StageContractError, InputError, ValueError)
+NOT_RETRIED = (ContractError, StageContractError, InputError, ValueError, Interrupted, DatasetLocked)
 
 
 def _retry_unless_permanent(task, task_run, state) -> bool:

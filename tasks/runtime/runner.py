@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from tasks.io import layout
+from tasks.io import interrupt, layout
 from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.storage import sha256_bytes
@@ -65,6 +65,7 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
     receipt_rel = layout.shard_receipt(ctx.run_id, stage.name, shard)
 
     def redo() -> Receipt:
+        interrupt.check()  # a stopped run starts no new shard
         started = time.perf_counter()
         batch = load()
         with lifecycle.device_slot(stage):

@@ -13,6 +13,7 @@ import polars as pl
 
 from schemas.benchmarks import BUILTINS
 from schemas.config import BenchmarkConfig, DecontaminateConfig
+from tasks.io.storage import filesystem
 
 
 class BenchmarkError(ValueError):
@@ -58,8 +59,11 @@ def _read_items(b: BenchmarkConfig, s3_options: dict | None) -> list[tuple[int, 
 
     path = b.path
     try:
-        with fsspec.open(path, "rb", **(s3_options or {}) if path.startswith("s3://") else {}) as fh:
-            data = fh.read()
+        if path.startswith("s3://"):
+            data = filesystem(path, s3_options).cat_file(path.split("://", 1)[1])
+        else:
+            with fsspec.open(path, "rb") as fh:
+                data = fh.read()
     except FileNotFoundError:
         raise BenchmarkError(f"benchmark {b.name}: file {path} does not exist") from None
     if path.endswith(".parquet"):
