@@ -47,7 +47,9 @@ def shingles(df: pl.DataFrame, n: int) -> pl.DataFrame:
     g = pl.col("h")
     for k in range(1, n):
         g = pl.struct(g.alias("a"), pl.col("h").shift(-k).alias("b")).hash(seed=k)
-    full = words.filter(pl.col("pos") + (n - 1) < pl.col("n_words")).select(ROW, sh=g)
+    # hash every window first, then keep those inside their document (filtering first would let a window near a
+    # document's end borrow the next document's words)
+    full = words.with_columns(sh=g).filter(pl.col("pos") + (n - 1) < pl.col("n_words")).select(ROW, "sh")
     short = df.join(full.select(ROW).unique(), on=ROW, how="anti").select(
         ROW, sh=normalized(pl.col("text")).hash(seed=13))
     return pl.concat([full.select(ROW, "sh"), short]).sort(ROW, maintain_order=True)
@@ -83,7 +85,7 @@ def features(batch: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
         out = out.with_columns(pl.Series("sig", sig))
         if params.near.verify_jaccard:
             sets = sh.group_by(ROW, maintain_order=True).agg(pl.col("sh").unique())
-            out = out.with_columns(shingles=df.select(ROW).join(sets, on=ROW, how="left")["sh"])
+            out = out.with_columns(shingles=df.select(ROW).join(sets, on=ROW, how="left", maintain_order="left")["sh"])
     return out
 
 
@@ -133,10 +135,7 @@ def decide(feats: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
             key = pl.DataFrame({"rank": live, **{f"c{j}": cols[:, j] for j in range(cols.shape[1])}}).select(
                 "rank", bucket=pl.struct(pl.exclude("rank")).hash(seed=band))
             bands.append(key.with_columns(band=pl.lit(band, pl.Int32)))
-        buckets = pl.concat(bands)
-        heads = buckets.group_by("band", "bucket").agg(pl.col("rank").min().alias("head"), pl.len().alias("size"))
-        pairs = (buckets.join(heads.filter(pl.col("size") > 1), on=["band", "bucket"])
-                 .filter(pl.col("rank") != pl.col("head")).select("rank", "head").unique())
+        pairs = _candidate_pairs(pl.concat(bands), params.near.verify_jaccard)
         if params.near.verify_jaccard and pairs.height:
             pairs = _verified(pairs, df, params.near.threshold)
         labels = _components(n, pairs["rank"].to_numpy(), pairs["head"].to_numpy())
@@ -151,7 +150,8 @@ def decide(feats: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
         similarity=pl.Series(similarity),
     ).with_columns(cluster=pl.when(pl.col("action") != "keep").then(pl.col("survivor")))
     if params.spans.enabled:
-        decisions = decisions.join(_repeated_paragraphs(df, action == "keep", params), on="rank", how="left")
+        decisions = decisions.join(_repeated_paragraphs(df, action == "keep", params), on="rank", how="left",
+                                   maintain_order="left")
     else:
         decisions = decisions.with_columns(drop_paragraphs=pl.lit(None, pl.List(pl.UInt64)))
     return decisions.drop("rank").with_columns(pl.col("drop_paragraphs").fill_null([]))
@@ -162,13 +162,34 @@ def _estimated_similarity(sig: np.ndarray, rows: np.ndarray, heads: np.ndarray) 
     return (sig[rows] == sig[heads]).mean(axis=1)
 
 
+SMALL_BUCKET = 8  # with verification, a bucket this small yields all its pairs, not only (member, smallest)
+
+
+def _candidate_pairs(buckets: pl.DataFrame, verify: bool) -> pl.DataFrame:
+    """(rank, head) pairs that share a band bucket. Unverified, each member pairs with the bucket's smallest rank
+    (union-find makes the cluster). Verified, a pair that fails its check is not merged, so a true pair must not
+    hide behind a stranger that collided with both: small buckets yield every pair inside them."""
+    heads = buckets.group_by("band", "bucket").agg(pl.col("rank").min().alias("head"), pl.len().alias("size"))
+    shared = buckets.join(heads.filter(pl.col("size") > 1), on=["band", "bucket"])
+    to_head = shared.filter(pl.col("rank") != pl.col("head")).select("rank", "head")
+    if not verify:
+        return to_head.unique()
+    small = shared.filter(pl.col("size") <= SMALL_BUCKET).select("band", "bucket", "rank")
+    within = (small.join(small.rename({"rank": "head"}), on=["band", "bucket"])
+              .filter(pl.col("rank") > pl.col("head")).select("rank", "head"))
+    return pl.concat([to_head, within]).unique()
+
+
 def _verified(pairs: pl.DataFrame, df: pl.DataFrame, threshold: float) -> pl.DataFrame:
-    """Exact Jaccard of each candidate pair's shingle sets; pairs under the threshold are not merged."""
+    """Exact Jaccard of each candidate pair's shingle sets; pairs under the threshold are not merged. Only the
+    documents of candidate pairs are expanded into their shingles."""
+    involved = pl.concat([pairs["rank"], pairs["head"]]).unique().implode()
+    df = df.filter(pl.col("rank").is_in(involved))
     sets = df.select("rank", "shingles").explode("shingles")
     a = pairs.join(sets, on="rank").rename({"shingles": "s"})
     inter = a.join(sets.rename({"rank": "head", "shingles": "s"}), on=["head", "s"]).group_by("rank", "head").len()
     sizes = df.select("rank", n=pl.col("shingles").list.len())
-    scored = (pairs.join(inter, on=["rank", "head"], how="left").fill_null(0)
+    scored = (pairs.join(inter, on=["rank", "head"], how="left", maintain_order="left").fill_null(0)
               .join(sizes, on="rank").join(sizes.rename({"rank": "head", "n": "m"}), on="head")
               .with_columns(j=pl.col("len") / (pl.col("n") + pl.col("m") - pl.col("len"))))
     return scored.filter(pl.col("j") >= threshold).select("rank", "head")

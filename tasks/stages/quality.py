@@ -70,7 +70,7 @@ def _ngram_stats(words: pl.DataFrame, cfg) -> pl.DataFrame:
             rank = pl.col("c") * (1 << 32) - pl.col("first")
             top = counted.group_by(ROW).agg(
                 (pl.col("c").get(rank.arg_max()) * (pl.col("chars").get(rank.arg_max()) + n - 1)).alias(f"top_{n}"))
-            out = out.join(top, on=ROW, how="left")
+            out = out.join(top, on=ROW, how="left", maintain_order="left")
         if n in dup_ns:
             # datatrove jumps n words after each repeated window: within a run of consecutive repeated-window
             # starts, only every n-th start is visited, and the tail shorter than a window stays uncovered
@@ -81,7 +81,7 @@ def _ngram_stats(words: pl.DataFrame, cfg) -> pl.DataFrame:
             dup = keyed.with_columns(dup=is_dup).with_columns(
                 cov=jump.cast(pl.Int8).rolling_max(n, min_samples=1)).group_by(ROW).agg(
                 (pl.col("length") * pl.col("cov")).sum().alias(f"dup_{n}"))
-            out = out.join(dup, on=ROW, how="left")
+            out = out.join(dup, on=ROW, how="left", maintain_order="left")
     return out
 
 
@@ -95,9 +95,10 @@ def gopher_repetition(df: pl.DataFrame, cfg) -> pl.DataFrame:
         word=tokens.words(text),
     )
     stats = base.select(ROW, "n_chars", n_para=pl.col("para").list.len(), n_line=pl.col("line").list.len())
-    stats = stats.join(_dup_stats(base, "para"), on=ROW, how="left").join(_dup_stats(base, "line"), on=ROW, how="left")
+    left = {"on": ROW, "how": "left", "maintain_order": "left"}
+    stats = stats.join(_dup_stats(base, "para"), **left).join(_dup_stats(base, "line"), **left)
     words = base.select(ROW, "word").explode("word").drop_nulls("word")
-    stats = stats.join(_ngram_stats(words, cfg), on=ROW, how="left").fill_null(0)
+    stats = stats.join(_ngram_stats(words, cfg), on=ROW, how="left", maintain_order="left").fill_null(0)
     chars = pl.col("n_chars")
     signals = {
         "q_dup_para_frac": pl.col("para_dup") / pl.col("n_para"),
@@ -201,7 +202,7 @@ def c4(df: pl.DataFrame, cfg) -> pl.DataFrame:
         first_curly=pl.col("li").filter(pl.col("curly_hit")).min(),
         c4_text=pl.col("cleaned").filter(pl.col("keep")).str.join("\n").str.strip_chars(),
     )
-    return df.select(ROW).join(per_doc, on=ROW, how="left").with_columns(
+    return df.select(ROW).join(per_doc, on=ROW, how="left", maintain_order="left").with_columns(
         q_c4_lorem_ipsum=pl.col("first_lorem").is_not_null()
         & (pl.col("first_curly").is_null() | (pl.col("first_lorem") < pl.col("first_curly"))),
         q_c4_curly_bracket=pl.col("first_curly").is_not_null()
@@ -234,7 +235,8 @@ def fineweb(df: pl.DataFrame, text_col: str, cfg) -> pl.DataFrame:
     dups = _dup_stats(lines.group_by(ROW, maintain_order=True).agg(pl.col("line")), "line")
     base = df.select(ROW, chars=text.str.replace_all("\n", "", literal=True).str.len_chars(),
                      newlines=text.str.count_matches("\n", literal=True), words=tokens.words(text).list.len())
-    out = base.join(per_doc, on=ROW, how="left").join(dups, on=ROW, how="left")
+    left = {"on": ROW, "how": "left", "maintain_order": "left"}
+    out = base.join(per_doc, **left).join(dups, **left)
     return out.select(
         ROW,
         q_fw_empty=pl.col("n").fill_null(0) == 0,
@@ -301,10 +303,10 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
         rules += [("c4", n, e) for n, e in c4_rules(params.c4)]
     joined = frames[0]
     for f in frames[1:]:
-        joined = joined.join(f, on=ROW, how="left")
+        joined = joined.join(f, on=ROW, how="left", maintain_order="left")
     text_after_c4 = "c4_text" if c4_on else "text"
     if params.fineweb.enabled:
-        joined = joined.join(fineweb(joined, text_after_c4, params.fineweb), on=ROW, how="left")
+        joined = joined.join(fineweb(joined, text_after_c4, params.fineweb), on=ROW, how="left", maintain_order="left")
         rules += [("fineweb", n, e) for n, e in fineweb_rules(params.fineweb)]
     if params.language.enabled and language_model is None:
         language_model = load_language_model(params)

@@ -59,8 +59,8 @@ def _cards(df: pl.DataFrame, redact: bool, text: str) -> pl.DataFrame:
              .with_columns(number=pl.col("m").str.extract(PATTERNS["card"], 2)))
     valid = found.filter(_luhn_valid(pl.col("number")))
     counts = valid.group_by(row).agg(pl.len().cast(pl.Int32).alias("q_pii_card"), pl.col("number"))
-    out = df.with_columns(pl.int_range(pl.len()).alias(row)).join(counts, on=row, how="left").with_columns(
-        pl.col("q_pii_card").fill_null(0))
+    out = df.with_columns(pl.int_range(pl.len()).alias(row)).join(
+        counts, on=row, how="left", maintain_order="left").with_columns(pl.col("q_pii_card").fill_null(0))
     if redact and valid.height:
         # only documents holding a Luhn-valid number (rare) are rewritten, each by its own findings
         hit = out.filter(pl.col("number").is_not_null())
@@ -70,6 +70,6 @@ def _cards(df: pl.DataFrame, redact: bool, text: str) -> pl.DataFrame:
                 body = body.replace(number, PLACEHOLDER["card"])
             fixed.append(body)
         patch = hit.select(row).with_columns(pl.Series("_fixed", fixed, dtype=pl.String))
-        out = out.join(patch, on=row, how="left").with_columns(
+        out = out.join(patch, on=row, how="left", maintain_order="left").with_columns(
             pl.coalesce("_fixed", text).alias(text)).drop("_fixed")
     return out.drop(row, "number")

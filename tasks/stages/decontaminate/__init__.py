@@ -125,7 +125,7 @@ def decontaminate(batch: pl.DataFrame, params: DecontaminateConfig, index: Index
     hits = [{"id": ids[row], "benchmark": h["benchmark"], "item_id": h["item_id"]}  # one per (document, item)
             for (row,), matched in m.group_by(ROW, maintain_order=True) for h in matched.to_dicts()]
     docs = [{"id": ids[row], "benchmark": d["top"]["benchmark"], "action": d["action"]} for row, d in decisions.items()]
-    joined = df.join(_decisions_frame(decisions), on=ROW, how="left")
+    joined = df.join(_decisions_frame(decisions), on=ROW, how="left", maintain_order="left")
     rejected = (joined.filter(pl.col("reason").is_not_null())
                 .select(*batch.columns, *ADDS, "reason", "evidence"))
     kept = (joined.filter(pl.col("reason").is_null())

@@ -82,7 +82,8 @@ def build_index(cfg: DecontaminateConfig, s3_options: dict | None = None) -> Ind
              .with_row_index(ROW))
     words = word_hashes(frame, "text")
     n_words = words.group_by(ROW).agg(pl.len().alias("words"))
-    frame = frame.join(n_words, on=ROW, how="left").with_columns(pl.col("words").fill_null(0).cast(pl.Int64))
+    frame = frame.join(n_words, on=ROW, how="left", maintain_order="left").with_columns(
+        pl.col("words").fill_null(0).cast(pl.Int64))
     items = frame.group_by("item", "benchmark", "item_id", "line").agg(pl.col("words").sum()).sort("item")
     too_short = items.filter(pl.col("words") < cfg.min_item_words)
     if too_short.height:
