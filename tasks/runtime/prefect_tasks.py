@@ -87,24 +87,28 @@ def _resources(stage: Stage):
     return dask.annotate(resources={"GPU": 1})
 
 
-def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tuple[list, dict | None]:
-    """Map the stage's shard tasks by kind; returns the receipts (and a sink's claimed destination)."""
+def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tuple[list, dict | None, dict]:
+    """Map the stage's shard tasks by kind; returns the receipts, a sink's claimed destination, and side outputs
+    (a global stage's features when they are public, like the score stage's embeddings)."""
     retries = ctx.config.runner.retries
     shards = runner.shards_of(source)
     names, objs = [s for s, _ in shards], [o for _, o in shards]
     with _resources(stage):
         if stage.kind == "global":
-            features = global_features.with_options(retries=retries).map(ctx, stage, names, objs)
-            decisions = global_decide(ctx, stage, [f.result() for f in features])
+            features = [f.result() for f in global_features.with_options(retries=retries).map(ctx, stage, names,
+                                                                                             objs)]
+            decisions = global_decide(ctx, stage, features)
             futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs, unmapped(decisions))
-            return [f.result() for f in futures], None
+            side = {} if stage.steps.folder.startswith("_") else {
+                stage.steps.folder: [{k: f[k] for k in ("path", "rows", "sha256", "bytes")} for f in features]}
+            return [f.result() for f in futures], None, side
         if stage.kind == "sink":
             target = stage.sink.open(ctx)
             futures = sink_shard.with_options(retries=retries).map(ctx, stage, list(range(len(objs))), objs,
                                                                    unmapped(target))
-            return [f.result() for f in futures], target
+            return [f.result() for f in futures], target, {}
         futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs)
-        return [f.result() for f in futures], None
+        return [f.result() for f in futures], None, {}
 
 
 def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageManifest | None,
@@ -127,10 +131,11 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         if stage.kind == "source":
             futures = source_file.with_options(retries=ctx.config.runner.retries).map(
                 ctx, stage, list(range(len(files))), files)
-            receipts, target = [r for fut in futures for r in fut.result()], None
+            receipts, target, side = [r for fut in futures for r in fut.result()], None, {}
         else:
-            receipts, target = _shard_receipts(ctx, stage, source)
-        return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target)
+            receipts, target, side = _shard_receipts(ctx, stage, source)
+        return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
+                            side_outputs=side)
     finally:
         lifecycle.release(stage.name)
 

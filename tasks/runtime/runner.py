@@ -161,12 +161,18 @@ def global_features(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) 
     """Map step of a global stage: per-shard features (no text), committed like a shard, resumable."""
     params = stage.params(ctx.config)
     fp = fingerprint(stage.name, "features", input_obj, params.model_dump(mode="json"), ctx.code_version)
-    receipt_rel = layout.features_receipt(ctx.run_id, stage.name, shard)
+    receipt_rel = layout.features_receipt(ctx.run_id, stage.name, shard, stage.steps.folder)
 
     def redo() -> dict:
+        interrupt.check()
         batch = ctx.storage.read_parquet(input_obj["path"])
-        written = ctx.storage.write_parquet(layout.features(ctx.run_id, stage.name, shard),
-                                            stage.steps.features(batch, params))
+        if stage.setup is not None:  # the features are model outputs (the score stage's embeddings)
+            with lifecycle.device_slot(stage):
+                feats = stage.steps.features(batch, params, lifecycle.loaded_for(stage, params))
+        else:
+            feats = stage.steps.features(batch, params)
+        written = ctx.storage.write_parquet(layout.features(ctx.run_id, stage.name, shard, stage.steps.folder),
+                                            feats)
         receipt = {"fingerprint": fp, "shard": shard, **written.as_json()}
         ctx.storage.write_json(receipt_rel, receipt)
         return receipt
@@ -250,10 +256,14 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
 
 
 def commit_stage(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], contracts: Contracts,
-                 started: float, replay_of: dict | None = None, sink_target: dict | None = None) -> StageManifest:
+                 started: float, replay_of: dict | None = None, sink_target: dict | None = None,
+                 side_outputs: dict[str, list[dict]] | None = None) -> StageManifest:
     """Reduce step: the manifest is written last — the commit marker — and only when the contract passed; a
     failed contract writes `_contract_failure.json` instead. A sink commits its destination first."""
     manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of)
+    if side_outputs:
+        manifest = manifest.model_copy(update={"side_outputs": {
+            name: [DataObject.model_validate(o) for o in objs] for name, objs in side_outputs.items()}})
     if not manifest.contract_passed:
         ctx.storage.write_record(layout.contract_failure(ctx.run_id, stage.name), manifest)
         raise ContractError(stage.name, manifest.contract)

@@ -60,9 +60,10 @@ class GlobalSteps:
     `apply(batch, decisions, params)` runs per shard again and returns kept/rejected like a map stage.
     """
 
-    features: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    features: Callable[..., pl.DataFrame]  # (batch, params), or (batch, params, loaded) for a stage with setup
     decide: Callable[[pl.DataFrame, Any], pl.DataFrame]
     apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
+    folder: str = "_features"  # where the features go under the stage (a public name makes them an output)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,194 @@
+"""Score: model scores on torch, as columns the select stage decides on, and what embeddings catch that n-grams miss.
+
+A global stage (tasks/runtime/stage.py GlobalSteps), `resources="gpu"`, models loaded once per worker by `setup`:
+  features  per shard, on the device: L2-normalized embeddings (all-MiniLM-L6-v2, written as float16 side shards
+            `runs/<id>/score/embeddings/part-*.parquet`), perplexity under SmolLM2-135M (token-mean NLL of the first
+            `lm.max_tokens` tokens), and each document's nearest benchmark item by embedding cosine (documents cut
+            into windows, so a long page holding one item is still caught);
+  decide    once, in numpy/faiss: spherical k-means (fit on a sample), `score_prototypicality` (cosine distance to
+            the nearest centroid), SemDeDup duplicates inside each cluster (cosine >= 1 - eps), survivor by rule;
+  apply     per shard: the score_* columns; `dedup.semantic` and (policy drop) `contamination.semantic` rejected
+            with evidence (survivor or item, cosine, cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from schemas.config import ScoreParams
+from schemas.record import CANONICAL
+from tasks.io.manifests import Stats
+from tasks.runtime.stage import GlobalSteps, Stage, StageResult
+from tasks.stages.score import embeddings, models, perplexity, semantic
+
+ADDS = {
+    "score_perplexity": pl.Float64(),
+    "score_nll": pl.Float64(),
+    "score_bits_per_char": pl.Float64(),
+    "score_prototypicality": pl.Float64(),
+    "score_semantic_cluster": pl.Int64(),
+    "score_contam_item": pl.String(),
+    "score_contam_cosine": pl.Float64(),
+}
+
+
+@dataclass
+class Loaded:
+    """What `setup` loads once per worker process."""
+
+    device: object
+    embedder: object
+    lm: object | None
+    tokenizer: object | None
+    item_ids: list[str]  # "benchmark:item_id" per row of item_vectors
+    item_vectors: np.ndarray
+
+
+def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
+    """One text per benchmark item and field (a GSM8K question and its answer are embedded apart, so a leaked
+    question alone is as close as it can be), from the decontaminate stage's registry."""
+    from tasks.stages.decontaminate.benchmarks import load_benchmark, resolved_benchmarks
+
+    frames = [load_benchmark(b) for b in resolved_benchmarks(params.decontaminate)]
+    if not frames:
+        return pl.DataFrame(schema={"key": pl.String, "text": pl.String})
+    return pl.concat(frames).select(key=pl.col("benchmark") + ":" + pl.col("item_id"), text="text")
+
+
+def load_models(params: ScoreParams) -> Loaded:
+    cfg = params.score
+    dev = models.device(cfg.device)
+    embedder = models.load_embedder(cfg.embedder, dev)
+    lm, tokenizer = models.load_lm(cfg.lm, dev) if cfg.perplexity else (None, None)
+    ids, vectors = [], np.zeros((0, embedder.get_embedding_dimension()), dtype=np.float32)
+    if cfg.contamination.enabled:
+        items = _benchmark_items(params)
+        ids = items["key"].to_list()
+        vectors = embeddings.embed(items["text"].to_list(), embedder, cfg.embedder, dev)
+    return Loaded(dev, embedder, lm, tokenizer, ids, vectors)
+
+
+def release_models(loaded: Loaded) -> None:
+    import torch
+
+    loaded.embedder = loaded.lm = None
+    if getattr(loaded.device, "type", "cpu") == "cuda":
+        torch.cuda.empty_cache()
+
+
+def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> pl.DataFrame:
+    """Per shard, on the device: embedding, perplexity and nearest benchmark item of every document."""
+    loaded = loaded if loaded is not None else load_models(params)
+    cfg = params.score
+    texts = batch["text"].to_list()
+    emb = embeddings.embed(texts, loaded.embedder, cfg.embedder, loaded.device)
+    out = batch.select("id", "timestamp", length=pl.col("text").str.len_chars()).with_columns(
+        pl.Series("embedding", emb.astype(np.float16), dtype=pl.Array(pl.Float16, emb.shape[1])))
+    if cfg.perplexity and loaded.lm is not None:
+        nll, bpc = perplexity.nll(texts, loaded.lm, loaded.tokenizer, cfg.lm, loaded.device)
+        out = out.with_columns(score_nll=pl.Series(nll, dtype=pl.Float64),
+                               score_bits_per_char=pl.Series(bpc, dtype=pl.Float64))
+    else:
+        out = out.with_columns(score_nll=pl.lit(None, pl.Float64), score_bits_per_char=pl.lit(None, pl.Float64))
+    if cfg.contamination.enabled and loaded.item_ids:
+        windows, owner = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
+        window_emb = embeddings.embed(windows, loaded.embedder, cfg.embedder, loaded.device)
+        item, cosine = semantic.nearest_items(window_emb, owner, len(texts), loaded.item_vectors)
+        keys = [loaded.item_ids[i] if i >= 0 else None for i in item]
+        out = out.with_columns(score_contam_item=pl.Series(keys, dtype=pl.String),
+                               score_contam_cosine=pl.Series(np.where(item >= 0, cosine, np.nan)).fill_nan(None))
+    else:
+        out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
+                               score_contam_cosine=pl.lit(None, pl.Float64))
+    return out
+
+
+def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
+    """Rank of every row under the survivor rule (0 = survives first); ties always broken by id."""
+    keys = {"earliest": (["timestamp", "id"], [False, False]), "longest": (["length", "id"], [True, False]),
+            "id": (["id"], [False])}[rule]
+    ranked = feats.with_row_index("_r").sort(keys[0], descending=keys[1], nulls_last=True).with_row_index("_rank")
+    return ranked.sort("_r")["_rank"].to_numpy()
+
+
+def decide(feats: pl.DataFrame, params: ScoreParams) -> pl.DataFrame:
+    """Once over every shard's features: clusters, prototypicality and semantic duplicates."""
+    cfg = params.score
+    emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
+           if feats.height else np.zeros((0, 1), dtype=np.float32))
+    k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
+    centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample)
+    proto = semantic.prototypicality(emb, centroids, nearest)
+    survivor = np.full(feats.height, -1)
+    cosine = np.full(feats.height, np.nan)
+    if cfg.semdedup.enabled and feats.height:
+        survivor, cosine = semantic.duplicates(emb, nearest, _priority(feats, cfg.semdedup.survivor),
+                                               cfg.semdedup.eps)
+    ids = feats["id"].to_numpy()
+    contam = cfg.contamination
+    hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
+    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item",
+                        "score_contam_cosine").with_columns(
+        score_prototypicality=pl.Series(proto, dtype=pl.Float64),
+        score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
+        dup_survivor=pl.Series([ids[s] if s >= 0 else None for s in survivor], dtype=pl.String),
+        dup_cosine=pl.Series(cosine).fill_nan(None),
+        contaminated=pl.Series(hit, dtype=pl.Boolean),
+    )
+
+
+def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
+    joined = batch.join(decisions, on="id", how="left", maintain_order="left").with_columns(
+        score_perplexity=pl.col("score_nll").exp())
+    policy = params.score.contamination.policy
+    reason = (pl.when(pl.col("dup_survivor").is_not_null()).then(pl.lit("dedup.semantic"))
+              .when(pl.col("contaminated") & pl.lit(policy == "drop")).then(pl.lit("contamination.semantic")))
+    judged = joined.with_columns(reason=reason)
+    out_cols = [*batch.columns, *ADDS]
+    evidence = (pl.when(pl.col("reason") == "dedup.semantic")
+                .then(pl.struct(survivor_id=pl.col("dup_survivor"), cosine=pl.col("dup_cosine").round(4),
+                                cluster=pl.col("score_semantic_cluster")).struct.json_encode())
+                .otherwise(pl.struct(item=pl.col("score_contam_item"), cosine=pl.col("score_contam_cosine").round(4),
+                                     threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
+    rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
+    kept = judged.filter(pl.col("reason").is_null())
+    stats = Stats(counts={"score.contaminated": int(joined["contaminated"].sum() or 0),
+                          "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum())},
+                  records={"contaminated": [{"id": r[0], "item": r[1], "cosine": round(r[2], 4)} for r in
+                                            joined.filter("contaminated").select("id", "score_contam_item",
+                                                                                 "score_contam_cosine").iter_rows()]})
+    return StageResult(kept=kept.select(out_cols).cast(ADDS),
+                       rejected=rejected.select(*out_cols, "reason", "evidence").cast(ADDS), stats=stats)
+
+
+def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> StageResult:
+    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for score."""
+    return apply(batch, decide(features(batch, params, loaded), params), params)
+
+
+def summarize(stats: Stats, params: ScoreParams) -> dict:
+    return {"semantic_duplicates": stats.counts.get("score.semantic_duplicates", 0),
+            "contaminated": stats.counts.get("score.contaminated", 0),
+            "contamination_policy": params.score.contamination.policy,
+            "contaminated_examples": stats.records.get("contaminated", [])[:20]}
+
+
+STAGE = Stage(
+    name="score",
+    fn=score_one_shard,
+    params=lambda cfg: ScoreParams(score=cfg.score, decontaminate=cfg.decontaminate),
+    requires={"id": CANONICAL["id"], "text": CANONICAL["text"], "timestamp": CANONICAL["timestamp"]},
+    adds=ADDS,
+    suite="score",
+    resources="gpu",
+    kind="global",
+    steps=GlobalSteps(features=features, decide=decide, apply=apply, folder="embeddings"),
+    setup=load_models,
+    teardown=release_models,
+    needs=("torch", "transformers", "sentence_transformers", "faiss"),
+    summarize=summarize,
+    description="perplexity, embeddings, semantic dedup, semantic contamination and prototypicality on torch",
+)

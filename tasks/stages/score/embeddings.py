@@ -1,0 +1,42 @@
+"""Sentence embeddings, L2-normalized: the sentence-transformers model's own transformer and mean pooling, run on
+Sluice's token-budget batches (tokenized once in Rust, collated in a background thread, bf16 autocast on CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.config import EmbedderConfig
+from tasks.stages.score import batching
+
+
+def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
+    """(n, dim) float32 unit vectors, in the order of `texts`."""
+    import torch
+
+    transformer = model[0]
+    tokenizer, encoder = transformer.tokenizer, transformer.auto_model
+    limit = min(cfg.max_tokens, getattr(transformer, "max_seq_length", cfg.max_tokens) or cfg.max_tokens)
+    ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"] if texts else []
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    cuda = dev.type == "cuda"
+    pad_id = tokenizer.pad_token_id or 0
+
+    def collate(idx: np.ndarray):
+        tokens, mask = batching.pad([ids[i] for i in idx], pad_id)
+        tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
+        if cuda:
+            tokens, mask = tokens.pin_memory(), mask.pin_memory()
+        return tokens, mask
+
+    def compute(item) -> np.ndarray:
+        tokens, mask = (t.to(dev, non_blocking=True) for t in item)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            hidden = encoder(input_ids=tokens, attention_mask=mask).last_hidden_state.float()
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+    dim = encoder.config.hidden_size
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    return batching.run(batching.token_budget_batches(lengths, cfg.batch_tokens), collate, compute, len(texts), dim)

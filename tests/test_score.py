@@ -1,0 +1,220 @@
+"""The score stage on CPU with the real packaged models: perplexity, embeddings, semantic dedup, semantic
+contamination, batching invariance, model integrity, and the stage run through the flow."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import string
+
+import numpy as np
+import polars as pl
+import pytest
+from judge import judge, records
+
+from schemas.config import DecontaminateConfig, ScoreConfig, ScoreParams, SemanticContaminationConfig, SluiceConfig
+from tasks.ops.demo_corpus import kjv_records
+from tasks.stages import score
+from tasks.stages.score import batching, embeddings, models, perplexity
+from tasks.stages.score import semantic as sem
+
+VERSES = [r["text"] for r in kjv_records()]
+PARAMS = ScoreParams(score=ScoreConfig(device="cpu"), decontaminate=DecontaminateConfig(builtins=["gsm8k"]))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return score.load_models(PARAMS)
+
+
+def test_token_budget_batches_cover_every_document_within_the_budget():
+    lengths = np.array([5, 300, 40, 41, 7, 300, 1, 128])
+    batches = batching.token_budget_batches(lengths, budget=600)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(8))
+    for b in batches:
+        assert len(b) * lengths[b].max() <= 600 or len(b) == 1
+    assert lengths[batches[0]].max() == 300  # longest first: an out-of-memory shows up at once
+
+
+def test_an_out_of_memory_batch_is_halved_and_retried():
+    lengths = np.full(8, 10)
+    seen = []
+
+    def compute(idx):
+        seen.append(len(idx))
+        if len(idx) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.asarray(idx, dtype=np.float64) * 2
+
+    out = batching.run(batching.token_budget_batches(lengths, 80), lambda idx: idx, compute, 8)
+    assert out.tolist() == [float(2 * i) for i in range(8)] and max(seen) == 8 and seen.count(2) == 4
+
+
+def test_perplexity_orders_fluent_shuffled_random(loaded):
+    rng = random.Random(1)
+    fluent = [" ".join(VERSES[i:i + 2]) for i in range(0, 16, 2)]
+    shuffled = [" ".join(rng.sample(t.split(), len(t.split()))) for t in fluent]
+    noise = ["".join(rng.choice(string.ascii_letters + string.digits + string.punctuation) for _ in t) for t in fluent]
+    lm, cfg = loaded.lm, PARAMS.score.lm
+    (nf, bf), (ns, bs), (nr, br) = (perplexity.nll(t, lm, loaded.tokenizer, cfg, loaded.device)
+                                    for t in (fluent, shuffled, noise))
+    assert (nf < ns).all()  # per token: fluent < shuffled, document by document
+    assert (bf < bs).all() and (bs < br).all()  # per character: fluent < shuffled < random characters
+
+
+def test_scores_do_not_depend_on_batch_order_or_size(loaded):
+    texts = [" ".join(VERSES[i:i + 1 + i % 5]) for i in range(40)]
+    order = list(range(40))
+    random.Random(3).shuffle(order)
+    small = PARAMS.score.lm.model_copy(update={"batch_tokens": 256})
+    a, _ = perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device)
+    b, _ = perplexity.nll([texts[i] for i in order], loaded.lm, loaded.tokenizer, small, loaded.device)
+    assert np.allclose(a[order], b, atol=1e-4)
+    tiny = PARAMS.score.embedder.model_copy(update={"batch_tokens": 256})
+    e1 = embeddings.embed(texts, loaded.embedder, PARAMS.score.embedder, loaded.device)
+    e2 = embeddings.embed([texts[i] for i in order], loaded.embedder, tiny, loaded.device)
+    assert np.allclose(e1[order], e2, atol=1e-5)
+    reference = loaded.embedder.encode(texts, normalize_embeddings=True)  # sentence-transformers itself
+    assert (e1 * reference).sum(1).min() >= 0.999
+
+
+PARAPHRASES = [
+    ("The meeting has been moved to Thursday afternoon because the manager is travelling.",
+     "Because the manager is travelling, the meeting was moved to Thursday afternoon."),
+    ("Water the tomato plants every morning and keep them out of the midday sun.",
+     "Every morning, water the tomato plants, and keep them out of the sun at midday."),
+    ("The library will be closed for renovations until the end of March.",
+     "Until the end of March the library is closed for renovations."),
+]
+
+
+def test_semantic_dedup_merges_paraphrases_and_keeps_unrelated_text(loaded):
+    texts = [t for pair in PARAPHRASES for t in pair] + VERSES[100:130:3]
+    result = score.score_one_shard(records(*texts), PARAMS, loaded)
+    dropped = dict(zip(result.rejected["id"], result.rejected["reason"], strict=True))
+    assert dropped == {"d1": "dedup.semantic", "d3": "dedup.semantic", "d5": "dedup.semantic"}
+    evidence = {r["id"]: json.loads(r["evidence"]) for r in result.rejected.iter_rows(named=True)}
+    assert evidence["d1"]["survivor_id"] == "d0" and evidence["d1"]["cosine"] >= 0.95
+    assert result.kept.height == len(texts) - 3
+
+
+def _gsm8k():
+    from tasks.stages.decontaminate.benchmarks import builtin_path
+
+    return [json.loads(line) for line in open(builtin_path("gsm8k"))]
+
+
+REWRITES = {  # other names, other numbers, sentences reordered
+    1: "How many bolts does a robe take in total, if it needs 3 bolts of blue fiber and half as much white fiber?",
+    0: "Every day Kim's ducks lay 22 eggs. She sells what remains at the farmers' market for $3 per fresh duck egg, "
+       "after eating four for breakfast each morning and baking muffins for her friends with five. How much does she "
+       "make daily at the farmers' market, in dollars?",
+    2: "Mark buys a house for $90,000 and puts in $40,000 in repairs, having decided to try flipping a house. The "
+       "value of the house went up by 120%. How much profit did Mark make?",
+}
+HARD_NEGATIVES = [  # same topics, different problems
+    "Janet's ducks are noisy every morning, and she wonders how many feathers they lose in a week if each duck loses "
+    "3 feathers a day.",
+    "A farmer sells apples at the market for $2 each. If he brings 50 apples and sells 80% of them, how much does he "
+    "earn?",
+    "Josh paints houses for a living. He charges $500 per room and painted 6 rooms last month. How much did he make?",
+]
+
+
+def test_rewritten_gsm8k_items_are_caught_and_hard_negatives_are_not(loaded):
+    from tasks.stages.decontaminate import decontaminate
+
+    before = " ".join(VERSES[200:215]).rstrip(",;:") + "."
+    page = before + " " + REWRITES[2] + " " + " ".join(VERSES[215:230])  # one item inside a long page
+    texts = [REWRITES[1], REWRITES[0], page, *HARD_NEGATIVES, *VERSES[300:305]]
+    params = PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={
+        "contamination": SemanticContaminationConfig(policy="drop")})})
+    result = score.score_one_shard(records(*texts), params, loaded)
+    dropped = set(result.rejected.filter(pl.col("reason") == "contamination.semantic")["id"])
+    assert dropped == {"d0", "d1", "d2"}
+    items = {r["id"]: json.loads(r["evidence"])["item"] for r in result.rejected.iter_rows(named=True)}
+    gsm = _gsm8k()
+    assert items == {"d0": "gsm8k:gsm8k-2", "d1": "gsm8k:gsm8k-1", "d2": "gsm8k:gsm8k-3"}  # ids are line numbers
+    assert [gsm[i]["question"][:12] for i in (1, 0, 2)] == ["A robe takes", "Janet’s duck", "Josh decides"]
+    # the n-gram stage misses every rewrite: that is what the semantic check is for
+    frame = records(REWRITES[1], REWRITES[0], REWRITES[2]).select("id", "text", "timestamp")
+    assert decontaminate(frame, DecontaminateConfig(builtins=["gsm8k"])).rejected.height == 0
+
+
+def test_judge_score_alone(loaded):
+    a, b = PARAPHRASES[0]
+    assert judge("score", a, VERSES[5], b, params=PARAMS.model_copy(update={"score": PARAMS.score.model_copy(
+        update={"perplexity": False, "contamination": SemanticContaminationConfig(enabled=False)})})) == \
+        [None, None, "dedup.semantic"]
+
+
+def test_a_tampered_model_file_fails_its_sha256(tmp_path):
+    folder = tmp_path / "minilm"
+    shutil.copytree(models.embedder_folder(ScoreConfig().embedder), folder)
+    with open(folder / "model.safetensors", "r+b") as fh:
+        fh.seek(4096)
+        fh.write(b"\x00\x01")
+    cfg = ScoreConfig().embedder.model_copy(update={"path": str(folder)})
+    with pytest.raises(models.ModelError, match="model.safetensors has sha256 .* not the pinned 53aa5117"):
+        models.load_embedder(cfg, models.device("cpu"))
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(models.ModelError, match="pickle weights"):
+        models.verify(folder, {})
+
+
+def test_cuda_is_never_faked():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: bench/gpu_check.py measures it")
+    with pytest.raises(models.ModelError, match="no CUDA device is visible"):
+        models.device("cuda")
+    assert models.device("auto").type == "cpu"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_scores_match_cpu():
+    cpu = score.load_models(PARAMS)
+    gpu = score.load_models(PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={"device": "cuda"})}))
+    texts = VERSES[:64]
+    a = embeddings.embed(texts, cpu.embedder, PARAMS.score.embedder, cpu.device)
+    b = embeddings.embed(texts, gpu.embedder, PARAMS.score.embedder, gpu.device)
+    assert (a * b).sum(1).min() >= 0.99
+
+
+def test_prototypicality_and_clusters():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    emb = np.concatenate([c + 0.05 * rng.normal(size=(40, 16)) for c in centers]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    centroids, nearest = sem.kmeans(emb, 3, 10_000)
+    assert len(set(nearest[:40])) == len(set(nearest[40:80])) == len(set(nearest[80:])) == 1
+    proto = sem.prototypicality(emb, centroids, nearest)
+    outlier = emb[:1] * 0 + centers[1] * 0.5 + centers[2] * 0.5
+    outlier /= np.linalg.norm(outlier)
+    c2, n2 = sem.kmeans(np.concatenate([emb, outlier.astype(np.float32)]), 3, 10_000)
+    assert sem.prototypicality(np.concatenate([emb, outlier.astype(np.float32)]), c2, n2)[-1] > proto.max()
+
+
+def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect_server, tmp_path):
+    from flows.curate import run_curate
+    from tasks.io.manifests import StageManifest
+    from tasks.io.storage import Storage
+
+    data = tmp_path / "in.jsonl"
+    rows = [{"text": t} for pair in PARAPHRASES for t in pair] + [{"text": v} for v in VERSES[400:420]]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tmp_path / "score.toml"
+    cfg.write_text('[score]\ndevice = "cpu"\n[score.contamination]\nenabled = false\n')
+    run = run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="scored", stages=["ingest", "score"])
+    assert run["status"] == "succeeded"
+    m = Storage(str(tmp_path / "out")).read_record(StageManifest, "runs/scored/score/_manifest.json")
+    assert (m.rows_in, m.rows_out, m.rejected_by_reason) == (26, 23, {"dedup.semantic": 3})
+    [side] = m.side_outputs["embeddings"]
+    assert side.path == "runs/scored/score/embeddings/part-00000-00000.parquet" and side.rows == 26
+    emb = pl.read_parquet(tmp_path / "out" / side.path)
+    assert emb.schema["embedding"] == pl.Array(pl.Float16, 384)
+    kept = pl.read_parquet(tmp_path / "out" / m.outputs[0].path)
+    assert kept["score_perplexity"].is_finite().all() and (kept["score_perplexity"] >= 1).all()
+    assert m.contract["success"] and SluiceConfig().score.device == "auto"
