@@ -147,6 +147,28 @@ class _Proxy:
         self.open.set()
 
 
+@pytest.fixture()
+def private_moto():
+    """A moto S3 server of the test's own (threaded), so cutting or killing it never wedges the session's server."""
+    port = _free_port()
+    serve = ("import sys\nfrom werkzeug.serving import run_simple\n"
+             "from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\n"
+             "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), "
+             "threaded=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", serve, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield proc, f"http://127.0.0.1:{port}"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def _s3_run(env: dict, data: str, out: str, run_id: str, cfg: Path) -> subprocess.Popen:
     return subprocess.Popen([SLUICE, "run", "--input", data, "--output", out, "--run-id", run_id, "--config",
                              str(cfg), "--stages", "ingest,dedup,publish"], env=env, stdout=subprocess.PIPE,
@@ -158,14 +180,14 @@ def _s3_hashes(fs, prefix: str) -> dict[str, str]:
             if p.endswith(".parquet")}
 
 
-def test_connections_cut_during_publish_leave_no_version_and_resume_byte_identical(prefect_server, s3_server,
+def test_connections_cut_during_publish_leave_no_version_and_resume_byte_identical(prefect_server, private_moto,
                                                                                 tmp_path):
     import boto3
     import s3fs
 
     data = _corpus(tmp_path / "in", files=4, docs=3000)
-    port = int(s3_server.rsplit(":", 1)[1])
-    proxy = _Proxy(port)
+    _, s3_server = private_moto
+    proxy = _Proxy(int(s3_server.rsplit(":", 1)[1]))
     env = subprocess_env(prefect_server, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
                          AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{proxy.port}", AWS_DEFAULT_REGION="us-east-1")
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="k",
@@ -200,47 +222,28 @@ def test_connections_cut_during_publish_leave_no_version_and_resume_byte_identic
     assert _s3_hashes(fs, "cut/faulty/") == _s3_hashes(fs, "cut/clean/")
 
 
-def test_an_s3_endpoint_that_dies_mid_run_is_a_clean_failure(prefect_server, tmp_path):
-    """A moto server of its own, stopped during ingest: exit 5 with a one-line error naming the output."""
+def test_an_s3_endpoint_that_dies_mid_run_is_a_clean_failure(prefect_server, private_moto, tmp_path):
+    """The S3 server is killed during ingest: exit 5 with a one-line error naming the output."""
     import boto3
 
+    moto, endpoint = private_moto
     data = _corpus(tmp_path / "in", files=8, docs=4000)
-    port = _free_port()
-    serve = ("import sys\nfrom werkzeug.serving import run_simple\n"
-             "from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\n"
-             "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), "
-             "threaded=True)\n")
-    moto = subprocess.Popen([sys.executable, "-c", serve, str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
-                     aws_secret_access_key="s").create_bucket(Bucket="dies")
-        env = subprocess_env(prefect_server, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
-                             AWS_ENDPOINT_URL_S3=endpoint, AWS_DEFAULT_REGION="us-east-1")
-        cfg = tmp_path / "c.toml"
-        cfg.write_text('[runner]\nretries = 0\n[ingest]\nshard_rows = 2000\n[storage]\nretries = 1\n')
-        proc = subprocess.Popen([SLUICE, "run", "--input", str(data), "--output", "s3://dies/out", "--config",
-                                 str(cfg), "--stages", "ingest"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        time.sleep(1)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
-                          aws_secret_access_key="s")
-        deadline = time.time() + 180
-        while time.time() < deadline and s3.list_objects_v2(Bucket="dies").get("KeyCount", 0) < 3:
-            time.sleep(0.1)
-        moto.kill()
-        moto.wait(10)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if moto.poll() is None:
-            moto.kill()
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                      aws_secret_access_key="s")
+    s3.create_bucket(Bucket="dies")
+    env = subprocess_env(prefect_server, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+                         AWS_ENDPOINT_URL_S3=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[runner]\nretries = 0\n[ingest]\nshard_rows = 2000\n[storage]\nretries = 1\n')
+    proc = subprocess.Popen([SLUICE, "run", "--input", str(data), "--output", "s3://dies/out", "--config",
+                             str(cfg), "--stages", "ingest"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and s3.list_objects_v2(Bucket="dies").get("KeyCount", 0) < 3:
+        time.sleep(0.1)
+    moto.kill()
+    moto.wait(10)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 5, stderr[-2000:]
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "s3://dies/out" in errors[0], stderr[-2000:]
