@@ -387,6 +387,13 @@ class ScoreConfig(Strict):
     contamination: SemanticContaminationConfig = SemanticContaminationConfig()
     prototype_clusters: int = Field(0, ge=0, description="k-means clusters for score_prototypicality; 0 = as "
                                     "semdedup's")
+    reference: str | None = Field("builtin:python-docs", description="good documents for the quality head and "
+                                  "novelty: builtin:python-docs (ships with CPython) or a JSONL/Parquet path with "
+                                  "`text`; none turns both off")
+    quality_head: bool = True
+    head_path: str | None = Field(None, description="reuse a head a run saved (quality_head.safetensors)")
+    negatives: int = Field(5000, ge=10, description="input documents sampled as the head's negatives")
+    novelty_k: int = Field(10, ge=1, description="score_novelty: mean cosine distance to the k nearest references")
 
 
 class ScoreParams(Strict):

@@ -218,3 +218,37 @@ def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect
     kept = pl.read_parquet(tmp_path / "out" / m.outputs[0].path)
     assert kept["score_perplexity"].is_finite().all() and (kept["score_perplexity"] >= 1).all()
     assert m.contract["success"] and SluiceConfig().score.device == "auto"
+
+
+def test_the_quality_head_ranks_held_out_reference_documents_above_junk(loaded, tmp_path):
+    from tasks.stages.score import classifier
+
+    paragraphs = classifier.reference_texts(classifier.BUILTIN_REFERENCE)
+    rng = random.Random(5)
+    rng.shuffle(paragraphs)
+    held_out, train = paragraphs[:40], paragraphs[40:]
+    reference = tmp_path / "good.jsonl"
+    reference.write_text("\n".join(json.dumps({"text": t}) for t in train) + "\n")
+    params = PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={
+        "reference": str(reference), "perplexity": False,
+        "contamination": SemanticContaminationConfig(enabled=False)})})
+    junk = ["click here buy now best price " * 8, "lorem ipsum dolor sit amet " * 10,
+            *("".join(rng.choice(string.ascii_letters + " ") for _ in range(300)) for _ in range(8)),
+            *(" ".join(rng.choice(["win", "free", "casino", "bonus", "crypto", "$$$", "!!!"]) for _ in range(60))
+              for _ in range(10))]
+    texts = held_out + junk + VERSES[600:700]  # the input sample is the head's negatives
+    batch = records(*texts)
+    ld = score.load_models(params)
+    decisions, artifacts = score.decide(score.features(batch, params, ld), params, ld)
+    q = dict(zip(decisions["id"], decisions["score_quality"], strict=True))
+    good = [q[f"d{i}"] for i in range(len(held_out))]
+    bad = [q[f"d{i}"] for i in range(len(held_out), len(held_out) + len(junk))]
+    auc = sum(g > b for g in good for b in bad) / (len(good) * len(bad))
+    assert auc >= 0.95, auc
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(artifacts["quality_head.safetensors"])
+    reused = params.model_copy(update={"score": params.score.model_copy(update={"head_path": str(head)})})
+    again, made = score.decide(score.features(batch, reused, ld), reused, score.load_models(reused))
+    assert made == {} and np.allclose(again["score_quality"].to_numpy(), decisions["score_quality"].to_numpy())
+    novelty = dict(zip(decisions["id"], decisions["score_novelty"], strict=True))
+    assert np.mean([novelty[f"d{i}"] for i in range(40)]) < np.mean([novelty[f"d{i}"] for i in range(40, 60)])

@@ -91,6 +91,11 @@ def decisions_receipt(run_id: str, stage: str) -> str:
     return _join(RUNS, run_id, stage, "_decisions.json")
 
 
+def stage_artifact(run_id: str, stage: str, name: str) -> str:
+    """A file a global stage's reduce step made besides its decisions (the score stage's quality head)."""
+    return _join(RUNS, run_id, stage, name)
+
+
 def replay_input(run_id: str, stage: str) -> str:
     return _join(RUNS, run_id, "_replay", f"{stage}.parquet")
 

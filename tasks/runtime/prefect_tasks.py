@@ -101,6 +101,8 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tup
             futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs, unmapped(decisions))
             side = {} if stage.steps.folder.startswith("_") else {
                 stage.steps.folder: [{k: f[k] for k in ("path", "rows", "sha256", "bytes")} for f in features]}
+            if decisions.get("artifacts"):
+                side["artifacts"] = decisions["artifacts"]
             return [f.result() for f in futures], None, side
         if stage.kind == "sink":
             target = stage.sink.open(ctx)

@@ -193,9 +193,19 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
     def redo() -> dict:
         features = pl.concat([ctx.storage.read_parquet(r["path"]) for r in receipts], how="vertical")
         started = time.perf_counter()
-        decisions = stage.steps.decide(features, params)
+        if stage.setup is not None:
+            decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params))
+        else:
+            decided = stage.steps.decide(features, params)
+        decisions, artifacts = decided if isinstance(decided, tuple) else (decided, {})
         written = ctx.storage.write_parquet(layout.decisions(ctx.run_id, stage.name), decisions)
-        receipt = {"fingerprint": fp, **written.as_json(), "seconds": round(time.perf_counter() - started, 3)}
+        made = []
+        for name, data in sorted(artifacts.items()):  # e.g. a trained head, kept with the run
+            rel = layout.stage_artifact(ctx.run_id, stage.name, name)
+            ctx.storage.write_bytes(rel, data)
+            made.append({"path": rel, "rows": 0, "sha256": sha256_bytes(data), "bytes": len(data)})
+        receipt = {"fingerprint": fp, **written.as_json(), "artifacts": made,
+                   "seconds": round(time.perf_counter() - started, 3)}
         ctx.storage.write_json(receipt_rel, receipt)
         log.info(f"{stage.name}: decided over {features.height} rows in {receipt['seconds']} s")
         return receipt

@@ -61,7 +61,7 @@ class GlobalSteps:
     """
 
     features: Callable[..., pl.DataFrame]  # (batch, params), or (batch, params, loaded) for a stage with setup
-    decide: Callable[[pl.DataFrame, Any], pl.DataFrame]
+    decide: Callable[..., Any]  # -> decisions, or (decisions, {file name: bytes}) to keep artifacts with the run
     apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
     folder: str = "_features"  # where the features go under the stage (a public name makes them an output)
 

@@ -61,7 +61,10 @@ def test_sigterm_mid_run_stops_cleanly_and_resumes(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
     assert time.time() - sent < 30
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "interrupted: stopped by SIGTERM" in stderr
+    # no traceback from Sluice's own code (the temporary Prefect server may log its shutdown to the same stderr)
+    repo = str(Path(__file__).resolve().parents[2])
+    assert f'File "{repo}/tasks' not in stderr and f'File "{repo}/flows' not in stderr
     run = json.loads((out / "runs" / "term" / "run.json").read_text())
     assert run["status"] == "interrupted"
     assert lease(out, "demo")["released"]

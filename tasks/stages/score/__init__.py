@@ -22,7 +22,7 @@ from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
 from tasks.runtime.stage import GlobalSteps, Stage, StageResult
-from tasks.stages.score import embeddings, models, perplexity, semantic
+from tasks.stages.score import classifier, embeddings, models, perplexity, semantic
 
 ADDS = {
     "score_perplexity": pl.Float64(),
@@ -32,7 +32,10 @@ ADDS = {
     "score_semantic_cluster": pl.Int64(),
     "score_contam_item": pl.String(),
     "score_contam_cosine": pl.Float64(),
+    "score_quality": pl.Float64(),
+    "score_novelty": pl.Float64(),
 }
+HEAD_FILE = "quality_head.safetensors"
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Loaded:
     tokenizer: object | None
     item_ids: list[str]  # "benchmark:item_id" per row of item_vectors
     item_vectors: np.ndarray
+    reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
+    head: tuple[np.ndarray, float] | None  # a head reused by path
 
 
 def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
@@ -68,7 +73,11 @@ def load_models(params: ScoreParams) -> Loaded:
         items = _benchmark_items(params)
         ids = items["key"].to_list()
         vectors = embeddings.embed(items["text"].to_list(), embedder, cfg.embedder, dev)
-    return Loaded(dev, embedder, lm, tokenizer, ids, vectors)
+    reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    if cfg.reference:
+        reference = embeddings.embed(classifier.reference_texts(cfg.reference), embedder, cfg.embedder, dev)
+    head = classifier.load_head(cfg.head_path) if cfg.head_path else None
+    return Loaded(dev, embedder, lm, tokenizer, ids, vectors, reference, head)
 
 
 def release_models(loaded: Loaded) -> None:
@@ -103,7 +112,8 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     else:
         out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
                                score_contam_cosine=pl.lit(None, pl.Float64))
-    return out
+    novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
+    return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
 
 
 def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
@@ -114,8 +124,22 @@ def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
     return ranked.sort("_r")["_rank"].to_numpy()
 
 
-def decide(feats: pl.DataFrame, params: ScoreParams) -> pl.DataFrame:
-    """Once over every shard's features: clusters, prototypicality and semantic duplicates."""
+def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, dict[str, bytes]]:
+    """score_quality from a reused head, or from one trained now (good reference vs a seeded input sample), which
+    is then kept with the run."""
+    if loaded is None or not cfg.quality_head or (loaded.head is None and loaded.reference_vectors.shape[0] == 0):
+        return np.full(emb.shape[0], np.nan), {}
+    if loaded.head is not None:
+        return classifier.quality(emb, *loaded.head), {}
+    rng = np.random.default_rng(7)
+    sample = emb[rng.choice(emb.shape[0], min(cfg.negatives, emb.shape[0]), replace=False)] if emb.shape[0] else emb
+    w, b = classifier.train_head(loaded.reference_vectors, sample)
+    return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
+
+
+def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
+           ) -> tuple[pl.DataFrame, dict[str, bytes]]:
+    """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head."""
     cfg = params.score
     emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
            if feats.height else np.zeros((0, 1), dtype=np.float32))
@@ -130,14 +154,16 @@ def decide(feats: pl.DataFrame, params: ScoreParams) -> pl.DataFrame:
     ids = feats["id"].to_numpy()
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
-    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item",
-                        "score_contam_cosine").with_columns(
+    quality, artifacts = _quality(emb, cfg, loaded)
+    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
+                        "score_novelty").with_columns(
+        score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
         dup_survivor=pl.Series([ids[s] if s >= 0 else None for s in survivor], dtype=pl.String),
         dup_cosine=pl.Series(cosine).fill_nan(None),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
-    )
+    ), artifacts
 
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
@@ -166,7 +192,9 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
 
 def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> StageResult:
     """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for score."""
-    return apply(batch, decide(features(batch, params, loaded), params), params)
+    loaded = loaded if loaded is not None else load_models(params)
+    decisions, _ = decide(features(batch, params, loaded), params, loaded)
+    return apply(batch, decisions, params)
 
 
 def summarize(stats: Stats, params: ScoreParams) -> dict:
