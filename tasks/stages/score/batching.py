@@ -38,6 +38,18 @@ def pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+def collator(ids: list[list[int]], pad_id: int, pin: bool) -> Callable[[np.ndarray], tuple]:
+    """Batch indices -> padded (token ids, attention mask) tensors, pinned for a fast copy to a CUDA device."""
+    import torch
+
+    def collate(idx: np.ndarray) -> tuple:
+        tokens, mask = pad([ids[i] for i in idx], pad_id)
+        tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
+        return (tokens.pin_memory(), mask.pin_memory()) if pin else (tokens, mask)
+
+    return collate
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 

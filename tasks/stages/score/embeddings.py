@@ -21,12 +21,7 @@ def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
     cuda = dev.type == "cuda"
     pad_id = tokenizer.pad_token_id or 0
 
-    def collate(idx: np.ndarray):
-        tokens, mask = batching.pad([ids[i] for i in idx], pad_id)
-        tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
-        if cuda:
-            tokens, mask = tokens.pin_memory(), mask.pin_memory()
-        return tokens, mask
+    collate = batching.collator(ids, pad_id, cuda)
 
     def compute(item) -> np.ndarray:
         tokens, mask = (t.to(dev, non_blocking=True) for t in item)

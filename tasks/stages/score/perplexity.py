@@ -32,12 +32,7 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev) -> tu
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     decoder, head = model.get_decoder(), model.get_output_embeddings()
 
-    def collate(idx: np.ndarray):
-        tokens, mask = batching.pad([ids[i] for i in idx], pad_id)
-        tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
-        if cuda:
-            tokens, mask = tokens.pin_memory(), mask.pin_memory()
-        return tokens, mask
+    collate = batching.collator(ids, pad_id, cuda)
 
     def compute(item) -> np.ndarray:
         tokens, mask = (t.to(dev, non_blocking=True) for t in item)
