@@ -380,6 +380,12 @@ class ScoreConfig(Strict):
     """The score stage (tasks/stages/score/): models on torch, scores as score_* columns."""
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present")
+    cpu_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="weights on a CPU: auto = bfloat16 where the CPU has bf16 instructions (AVX512-BF16 or "
+        "AMX) and the models agree with float32 on calibration texts (embedding cosine >= 0.99, NLL within 1%), "
+        "else float32. CUDA always runs float32 weights under bf16 autocast")
+    sample: float = Field(1.0, gt=0, le=1, description="fraction of rows scored (chosen by a hash of the id, the "
+                          "same rows every run); the others pass through with null scores and are counted")
     perplexity: bool = True
     embedder: EmbedderConfig = EmbedderConfig()
     lm: LanguageModelConfig = LanguageModelConfig()

