@@ -51,7 +51,11 @@ class Loaded:
     item_vectors: np.ndarray
     reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
     head: tuple[np.ndarray, float] | None  # a head reused by path
-    precision: dict[str, str]  # model -> the dtype its weights run in
+    precision: dict[str, str]  # model -> float32, or bfloat16 (CPU: embedder weights, LM autocast)
+
+    @property
+    def lm_bf16(self) -> bool:
+        return self.precision["lm"] == "bfloat16"
 
 
 def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
@@ -73,12 +77,15 @@ def load_models(params: ScoreParams) -> Loaded:
     chosen = {"embedder": "float32", "lm": "float32"}
     if models.precision(cfg.cpu_precision, dev) == "bfloat16":
         forced = cfg.cpu_precision == "bfloat16"
+        fast = models.bfloat16_copy(embedder)  # bf16 weights: faster than autocast for MiniLM
         chosen["embedder"], _ = models.checked_bfloat16(
-            embedder, lambda t: embeddings.embed(t, embedder, cfg.embedder, dev), models.embeddings_agree,
-            "the embedder", forced)
-        if lm is not None:
+            lambda t, bf16: embeddings.embed(t, fast if bf16 else embedder, cfg.embedder, dev),
+            models.embeddings_agree, "the embedder", forced)
+        embedder = fast if chosen["embedder"] == "bfloat16" else embedder
+        if lm is not None:  # autocast: float32 weights and residual stream, half bf16 weights' NLL error
             chosen["lm"], _ = models.checked_bfloat16(
-                lm, lambda t: perplexity.nll(t, lm, tokenizer, cfg.lm, dev), models.nll_agrees, "the LM", forced)
+                lambda t, bf16: perplexity.nll(t, lm, tokenizer, cfg.lm, dev, bf16), models.nll_agrees, "the LM",
+                forced)
     ids, vectors = [], np.zeros((0, embedder.get_embedding_dimension()), dtype=np.float32)
     if cfg.contamination.enabled:
         items = _benchmark_items(params)
@@ -132,7 +139,7 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     out = scored.select("id", "timestamp", length=pl.col("text").str.len_chars()).with_columns(
         pl.Series("embedding", emb.astype(np.float16), dtype=pl.Array(pl.Float16, emb.shape[1])))
     if cfg.perplexity and loaded.lm is not None:
-        nll, bpc = perplexity.nll(texts, loaded.lm, loaded.tokenizer, cfg.lm, loaded.device)
+        nll, bpc = perplexity.nll(texts, loaded.lm, loaded.tokenizer, cfg.lm, loaded.device, loaded.lm_bf16)
         out = out.with_columns(score_nll=pl.Series(nll, dtype=pl.Float64),
                                score_bits_per_char=pl.Series(bpc, dtype=pl.Float64))
     else:

@@ -10,7 +10,8 @@ from tasks.stages.score import batching
 
 
 def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
-    """(n, dim) float32 unit vectors, in the order of `texts`."""
+    """(n, dim) float32 unit vectors, in the order of `texts`. Under bf16 autocast on CUDA; on a CPU, in the
+    model's own dtype (the stage gives it bfloat16 weights where its check passed)."""
     import torch
 
     transformer = model[0]

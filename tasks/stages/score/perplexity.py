@@ -17,9 +17,11 @@ from tasks.stages.score import batching
 HEAD_CHUNK = 2048  # positions per LM-head chunk
 
 
-def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev) -> tuple[np.ndarray, np.ndarray]:
+def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16: bool = False
+        ) -> tuple[np.ndarray, np.ndarray]:
     """(token-mean NLL in nats, bits per character) per text, in input order, over its first `max_tokens` tokens.
-    A beginning-of-text token is prepended, so even a one-token text is scored."""
+    A beginning-of-text token is prepended, so even a one-token text is scored. Under bf16 autocast on CUDA, and on
+    a CPU when `bf16` (the stage's checked choice)."""
     import torch
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -29,6 +31,7 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev) -> tu
     chars = np.array([offsets[-1][1] if offsets else 0 for offsets in enc["offset_mapping"]], dtype=np.float64)
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     cuda = dev.type == "cuda"
+    autocast = cuda or bf16
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
     decoder, head = model.get_decoder(), model.get_output_embeddings()
 
@@ -36,7 +39,7 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev) -> tu
 
     def compute(item) -> np.ndarray:
         tokens, mask = (t.to(dev, non_blocking=True) for t in item)
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             hidden = decoder(input_ids=tokens, attention_mask=mask).last_hidden_state
             valid = mask[:, 1:].bool()  # position t predicts token t+1
             states = hidden[:, :-1][valid]
