@@ -66,6 +66,8 @@ def _print_run(run: dict) -> None:
     for m in run.get("manifests", []):
         print(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  "
               f"quarantined {m['rows_rejected']:>7,}")
+        if m.get("note"):
+            print(f"  {'':<14} {m['note']}")
     if run.get("published"):
         p = run["published"]
         print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")

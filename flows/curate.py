@@ -80,7 +80,8 @@ def _finish(ctx: RunContext, run: dict, manifests: list) -> None:
     """Record the outcome (run.json, report, artifact) whether the run succeeded or not."""
     run["finished_at"] = datetime.now(UTC).isoformat()
     run["manifests"] = [{"stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out,
-                         "rows_rejected": m.rows_rejected, "rows_synthetic": m.rows_synthetic} for m in manifests]
+                         "rows_rejected": m.rows_rejected, "rows_synthetic": m.rows_synthetic,
+                         "note": (m.summary or {}).get("note")} for m in manifests]
     ctx.storage.write_json(layout.run_json(ctx.run_id), run)
     contracts = close_contracts(ctx.run_id)
     run["report"] = write_report(ctx, run, manifests, contracts)

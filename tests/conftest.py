@@ -28,6 +28,9 @@ for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "A
 
 REPO = Path(__file__).resolve().parent.parent
 SLUICE = str(Path(sys.executable).parent / "sluice")
+# The demo config's stages less score: for tests of other things that run the demo config (the models cost a
+# minute per run on 2 cores; the demo run itself and tests/test_score.py cover them).
+WITHOUT_SCORE = ["ingest", "decontaminate", "quality", "dedup", "publish"]
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from tasks.ops.demo_corpus import kjv_records
 
 VERSES = kjv_records()
 DEMO = (REPO / "infra" / "demo.toml").read_text()
-DEMO_STAGES = '["ingest", "decontaminate", "quality", "dedup", "publish"]'
+DEMO_STAGES = '["ingest", "decontaminate", "quality", "dedup", "score", "publish"]'
 
 
 

@@ -198,6 +198,20 @@ def test_prototypicality_and_clusters():
     assert sem.prototypicality(np.concatenate([emb, outlier.astype(np.float32)]), c2, n2)[-1] > proto.max()
 
 
+def test_kmeans_in_torch_for_the_gpu_finds_the_clusters_faiss_finds():
+    import torch
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(5, 32))
+    emb = np.concatenate([c + 0.1 * rng.normal(size=(60, 32)) for c in centers]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    c1, n1 = sem.kmeans(emb, 5, 10_000)
+    c2, n2 = sem.kmeans_torch(emb, 5, 10_000, torch.device("cpu"))
+    assert len(set(zip(n1.tolist(), n2.tolist(), strict=True))) == 5  # the same partition, labels aside
+    assert np.allclose(np.linalg.norm(c2, axis=1), 1.0, atol=1e-5)
+    assert sem.kmeans_torch(emb, 5, 100, torch.device("cpu"))[1].shape == (300,)  # fit on a sample, assign all
+
+
 def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect_server, tmp_path):
     from flows.curate import run_curate
     from tasks.io.manifests import StageManifest
@@ -303,3 +317,27 @@ def test_a_sample_scores_the_same_rows_every_time_and_passes_the_rest_through(lo
     assert again.kept.filter("score_scored")["id"].to_list() == scored["id"].to_list()
     assert first.stats.counts["score.scored"] == scored.height
     assert score.sampled(batch["id"], 1.0).all()
+
+
+def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_redone(tmp_path):
+    calls = []
+
+    def compute(texts):
+        calls.append(len(texts))
+        return np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
+
+    identity = {"embedder": "minilm", "precision": "float32"}
+    first = models.cached_vectors(tmp_path, identity, ["a", "b"], compute)
+    again = models.cached_vectors(tmp_path, identity, ["a", "b"], compute)
+    assert calls == [2] and np.array_equal(first, again)
+    models.cached_vectors(tmp_path, {**identity, "precision": "bfloat16"}, ["a", "b"], compute)
+    models.cached_vectors(tmp_path, identity, ["a", "c"], compute)
+    assert calls == [2, 2, 2]  # another precision or other texts: another entry
+    [damaged, *_] = sorted((tmp_path / "vectors").glob("*.npy"))
+    damaged.write_bytes(b"\x93NUMPY garbage")
+    assert len(list((tmp_path / "vectors").glob("*.npy"))) == 3
+    for _ in range(2):  # whichever entry was damaged is recomputed once, then read again
+        for ident, texts in ((identity, ["a", "b"]), ({**identity, "precision": "bfloat16"}, ["a", "b"]),
+                             (identity, ["a", "c"])):
+            assert models.cached_vectors(tmp_path, ident, texts, compute).shape == (2, 3)
+    assert calls == [2, 2, 2, 2]

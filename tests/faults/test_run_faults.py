@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
-from conftest import SLUICE, _free_port, lease, subprocess_env
+from conftest import SLUICE, WITHOUT_SCORE, _free_port, lease, subprocess_env
 
 from tasks.ops.demo_corpus import kjv_records
 
@@ -47,7 +47,8 @@ def test_sigterm_mid_run_stops_cleanly_and_resumes(tmp_path):
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = tmp_path / "out"
     args = [SLUICE, "run", "--input", str(data), "--output", str(out), "--run-id", "term", "--config",
-            str(Path(__file__).resolve().parents[2] / "infra" / "demo.toml"), "--workers", "1"]
+            str(Path(__file__).resolve().parents[2] / "infra" / "demo.toml"), "--workers", "1",
+            "--stages", ",".join(WITHOUT_SCORE)]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shards = out / "runs" / "term" / "ingest" / "_shards"
     deadline = time.time() + 180

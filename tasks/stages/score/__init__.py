@@ -87,13 +87,21 @@ def load_models(params: ScoreParams) -> Loaded:
                 lambda t, bf16: perplexity.nll(t, lm, tokenizer, cfg.lm, dev, bf16), models.nll_agrees, "the LM",
                 forced)
     ids, vectors = [], np.zeros((0, embedder.get_embedding_dimension()), dtype=np.float32)
+    identity = {"embedder": cfg.embedder.model_dump(), "precision": chosen["embedder"], "device": dev.type}
+
+    def embed_cached(texts: list[str]) -> np.ndarray:
+        if not cfg.embedder.sha256:  # an unpinned model folder may change under the same path: never cached
+            return embeddings.embed(texts, embedder, cfg.embedder, dev)
+        return models.cached_vectors(models.cache_root(cfg.lm), identity, texts,
+                                     lambda t: embeddings.embed(t, embedder, cfg.embedder, dev))
+
     if cfg.contamination.enabled:
         items = _benchmark_items(params)
         ids = items["key"].to_list()
-        vectors = embeddings.embed(items["text"].to_list(), embedder, cfg.embedder, dev)
+        vectors = embed_cached(items["text"].to_list())
     reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
     if cfg.reference:
-        reference = embeddings.embed(classifier.reference_texts(cfg.reference), embedder, cfg.embedder, dev)
+        reference = embed_cached(classifier.reference_texts(cfg.reference))
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
     return Loaded(dev, embedder, lm, tokenizer, ids, vectors, reference, head, chosen)
 
@@ -194,7 +202,8 @@ def decide(every: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
            if feats.height else np.zeros((0, 1), dtype=np.float32))
     k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
-    centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample)
+    centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample,
+                                         device=loaded.device if loaded is not None else None)
     proto = semantic.prototypicality(emb, centroids, nearest)
     survivor = np.full(feats.height, -1)
     cosine = np.full(feats.height, np.nan)
@@ -234,7 +243,7 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                                      threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
     kept = judged.filter(pl.col("reason").is_null())
-    stats = Stats(counts={"score.scored": int(joined["score_scored"].sum() or 0),
+    stats = Stats(counts={"score.rows": joined.height, "score.scored": int(joined["score_scored"].sum() or 0),
                           "score.contaminated": int(joined["contaminated"].sum() or 0),
                           "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum())},
                   records={"contaminated": [{"id": r[0], "item": r[1], "cosine": round(r[2], 4)} for r in
@@ -252,7 +261,11 @@ def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | N
 
 
 def summarize(stats: Stats, params: ScoreParams) -> dict:
-    return {"scored": stats.counts.get("score.scored", 0), "sample": params.score.sample,
+    scored, sample = stats.counts.get("score.scored", 0), params.score.sample
+    rows = stats.counts.get("score.rows", 0)
+    note = (f"scored a sample: {scored:,} of {rows:,} rows (score.sample = {sample}); the others pass with null "
+            "scores and score_scored = false" if sample < 1 else None)
+    return {"scored": scored, "sample": sample, "note": note,
             "semantic_duplicates": stats.counts.get("score.semantic_duplicates", 0),
             "contaminated": stats.counts.get("score.contaminated", 0),
             "contamination_policy": params.score.contamination.policy,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -211,3 +212,30 @@ def load_lm(cfg: LanguageModelConfig, dev):
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     model.to(dev).eval()
     return model, tokenizer
+
+
+def cached_vectors(cache: Path, identity: dict, texts: list[str], compute):
+    """`compute(texts)`, kept as .npy under the cache folder by a digest of the model's identity and every text:
+    the reference set and the benchmark items are embedded once per machine, not at every setup. Read back with
+    allow_pickle=False; a damaged file is recomputed."""
+    import numpy as np
+
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    path = cache / "vectors" / f"{digest.hexdigest()}.npy"
+    if path.exists():
+        try:
+            vectors = np.load(path, allow_pickle=False)
+            if vectors.shape[0] == len(texts):
+                return vectors
+        except (OSError, ValueError):
+            pass
+    vectors = compute(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        np.save(fh, vectors, allow_pickle=False)
+    os.replace(tmp, path)
+    return vectors

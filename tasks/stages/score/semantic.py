@@ -14,13 +14,16 @@ def cluster_count(n: int, configured: int) -> int:
     return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
 
 
-def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
-    """(unit centroids, nearest centroid of every row): spherical k-means (faiss) fit on a seeded sample."""
-    import faiss
-
+def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centroids, nearest centroid of every row): spherical k-means fit on a seeded sample; faiss on the
+    CPU, torch on a CUDA device."""
     n, d = emb.shape
     if n == 0:
         return np.zeros((0, d), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        return kmeans_torch(emb, k, sample, device, seed)
+    import faiss
+
     rng = np.random.default_rng(seed)
     fit = emb if n <= sample else emb[np.sort(rng.choice(n, sample, replace=False))]
     km = faiss.Kmeans(d, k, niter=20, nredo=5, seed=seed, spherical=True, verbose=False,
@@ -31,6 +34,32 @@ def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234) -> tuple[np.n
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     sims, nearest = index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
     return centroids.astype(np.float32), nearest[:, 0].astype(np.int64)
+
+
+def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234, iterations: int = 20,
+                 restarts: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (Lloyd's, best of `restarts` by total cosine) in torch, for a GPU: faiss-gpu is not a
+    pip package. Same contract as `kmeans`; runs on any torch device (tested on the CPU)."""
+    import torch
+
+    n = emb.shape[0]
+    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    fit = x if n <= sample else x[torch.randperm(n, generator=gen)[:sample].sort().values.to(device)]
+    k = min(k, fit.shape[0])
+    best_score, best = -np.inf, None
+    for _ in range(restarts):
+        centroids = fit[torch.randperm(fit.shape[0], generator=gen)[:k].to(device)].clone()
+        for _ in range(iterations):
+            assign = (fit @ centroids.T).argmax(1)
+            sums = torch.zeros_like(centroids).index_add_(0, assign, fit)
+            empty = torch.bincount(assign, minlength=k) == 0
+            centroids = torch.nn.functional.normalize(torch.where(empty[:, None], centroids, sums), dim=1)
+        score = float((fit @ centroids.T).max(1).values.sum())
+        if score > best_score:
+            best_score, best = score, centroids
+    nearest = torch.cat([(x[i:i + 65536] @ best.T).argmax(1) for i in range(0, n, 65536)])
+    return best.cpu().numpy(), nearest.cpu().numpy().astype(np.int64)
 
 
 def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
@@ -48,8 +77,9 @@ def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps:
     n = emb.shape[0]
     survivor = np.full(n, -1, dtype=np.int64)
     cosine = np.full(n, np.nan)
-    for c in np.unique(clusters):
-        members = np.flatnonzero(clusters == c)
+    order = np.argsort(clusters, kind="stable")
+    _, starts = np.unique(clusters[order], return_index=True)
+    for members in np.split(order, starts[1:]):
         if members.size < 2:
             continue
         members = members[np.argsort(priority[members], kind="stable")]
