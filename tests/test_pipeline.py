@@ -170,4 +170,24 @@ def test_dedup_stage_in_the_demo_run(demo_run):
     assert kept["dup_norm_hash"].n_unique() == kept.height
     assert (out / "runs" / "demo-run" / "dedup" / "_decisions.parquet").exists()
     published = json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())
-    assert published["rows_out"] == d["rows_out"]
+    sc = _manifest(out, "demo-run", "score")
+    assert published["rows_out"] == sc["rows_out"] == d["rows_out"] - sc["rows_rejected"]
+
+
+def test_score_stage_in_the_demo_run(demo_run):
+    """The demo scores a hashed sample of rows and says so; the rest pass through, unscored but counted."""
+    out, run = demo_run
+    d, sc = _manifest(out, "demo-run", "dedup"), _manifest(out, "demo-run", "score")
+    assert sc["rows_in"] == d["rows_out"] == sc["rows_out"] + sc["rows_rejected"] and sc["contract"]["success"]
+    summary = sc["summary"]
+    assert summary["sample"] == 0.005 and 0.002 * sc["rows_in"] < summary["scored"] < 0.01 * sc["rows_in"]
+    assert f"scored a sample: {summary['scored']:,} of {sc['rows_in']:,} rows" in summary["note"]
+    assert next(m for m in run["manifests"] if m["stage"] == "score")["note"] == summary["note"]
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in sc["outputs"]])
+    scored = kept.filter("score_scored")
+    assert scored.height == summary["scored"] - sc["rows_rejected"]
+    assert (scored["score_perplexity"] >= 1).all() and scored["score_quality"].is_between(0, 1).all()
+    assert kept.filter(~pl.col("score_scored"))["score_perplexity"].is_null().all()
+    embedded = pl.concat([pl.read_parquet(out / o["path"]) for o in sc["side_outputs"]["embeddings"]])
+    assert embedded.height == summary["scored"]
+    assert (out / "runs" / "demo-run" / "score" / "quality_head.safetensors").exists()

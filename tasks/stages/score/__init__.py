@@ -136,8 +136,8 @@ def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: Loaded) -
 
 
 def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> pl.DataFrame:
-    """Per shard, on the device: embedding, perplexity and nearest benchmark item of every sampled document
-    (the rows `score.sample` leaves out get nulls)."""
+    """Per shard, on the device: embedding, perplexity and nearest benchmark item of every sampled document (the
+    rows `score.sample` leaves out have no features, and no embedding in the side shards)."""
     loaded = loaded if loaded is not None else load_models(params)
     cfg = params.score
     chosen = sampled(batch["id"], cfg.sample)
@@ -162,13 +162,7 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
         out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
                                score_contam_cosine=pl.lit(None, pl.Float64))
     novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
-    out = out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
-    if scored.height == batch.height:
-        return out
-    rows = pl.DataFrame({"_row": np.flatnonzero(chosen)}, schema={"_row": pl.UInt32})
-    return (batch.select("id").with_row_index("_row")
-            .join(pl.concat([rows, out.drop("id")], how="horizontal"), on="_row", how="left", maintain_order="left")
-            .drop("_row"))
+    return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
 
 
 def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
@@ -192,13 +186,11 @@ def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, d
     return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
 
 
-def decide(every: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
+def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
            ) -> tuple[pl.DataFrame, dict[str, bytes]]:
     """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head, on
     the scored rows (all of them unless `score.sample` < 1)."""
     cfg = params.score
-    every = every.with_row_index("_row")
-    feats = every.filter(pl.col("embedding").is_not_null())
     emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
            if feats.height else np.zeros((0, 1), dtype=np.float32))
     k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
@@ -214,8 +206,8 @@ def decide(every: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
     quality, artifacts = _quality(emb, cfg, loaded)
-    decided = feats.select("_row", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
-                           "score_novelty").with_columns(
+    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
+                        "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
@@ -223,13 +215,12 @@ def decide(every: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
         dup_cosine=pl.Series(cosine).fill_nan(None),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
         score_scored=pl.lit(True),
-    )
-    decided = every.select("_row", "id").join(decided, on="_row", how="left", maintain_order="left")
-    return decided.drop("_row").with_columns(pl.col("contaminated", "score_scored").fill_null(False)), artifacts
+    ), artifacts
 
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
     joined = batch.join(decisions, on="id", how="left", maintain_order="left").with_columns(
+        pl.col("score_scored", "contaminated").fill_null(False),  # rows score.sample left out
         score_perplexity=pl.col("score_nll").exp())
     policy = params.score.contamination.policy
     reason = (pl.when(pl.col("dup_survivor").is_not_null()).then(pl.lit("dedup.semantic"))

@@ -38,8 +38,8 @@ def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234, device=None) 
 
 def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234, iterations: int = 20,
                  restarts: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (Lloyd's, best of `restarts` by total cosine) in torch, for a GPU: faiss-gpu is not a
-    pip package. Same contract as `kmeans`; runs on any torch device (tested on the CPU)."""
+    """Spherical k-means (Lloyd's from k-means++ seeds, best of `restarts` by total cosine) in torch, for a GPU:
+    faiss-gpu is not a pip package. Same contract as `kmeans`; runs on any torch device (tested on the CPU)."""
     import torch
 
     n = emb.shape[0]
@@ -49,7 +49,7 @@ def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234,
     k = min(k, fit.shape[0])
     best_score, best = -np.inf, None
     for _ in range(restarts):
-        centroids = fit[torch.randperm(fit.shape[0], generator=gen)[:k].to(device)].clone()
+        centroids = _kmeans_plus_plus(fit, k, gen)
         for _ in range(iterations):
             assign = (fit @ centroids.T).argmax(1)
             sums = torch.zeros_like(centroids).index_add_(0, assign, fit)
@@ -60,6 +60,24 @@ def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234,
             best_score, best = score, centroids
     nearest = torch.cat([(x[i:i + 65536] @ best.T).argmax(1) for i in range(0, n, 65536)])
     return best.cpu().numpy(), nearest.cpu().numpy().astype(np.int64)
+
+
+def _kmeans_plus_plus(fit, k: int, gen):
+    """k-means++ seeding (Arthur and Vassilvitskii 2007) under cosine distance: each next seed drawn with
+    probability proportional to its squared distance to the nearest seed so far. Random seeds merge clusters."""
+    import torch
+
+    n = fit.shape[0]
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    nearest = 1.0 - fit @ fit[chosen[0]]
+    for _ in range(1, k):
+        weights = nearest.clamp(min=0).double() ** 2
+        total = float(weights.sum())
+        pick = (int(torch.multinomial((weights / total).cpu(), 1, generator=gen)) if total > 0
+                else int(torch.randint(n, (1,), generator=gen)))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, 1.0 - fit @ fit[pick])
+    return fit[torch.tensor(chosen, device=fit.device)].clone()
 
 
 def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
