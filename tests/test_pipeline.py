@@ -191,3 +191,9 @@ def test_score_stage_in_the_demo_run(demo_run):
     embedded = pl.concat([pl.read_parquet(out / o["path"]) for o in sc["side_outputs"]["embeddings"]])
     assert embedded.height == summary["scored"]
     assert (out / "runs" / "demo-run" / "score" / "quality_head.safetensors").exists()
+    from tasks.io.manifests import StageManifest
+    from tasks.ops.report import render_html
+
+    manifests = [StageManifest.model_validate(_manifest(out, "demo-run", s)) for s in ("decontaminate", "score")]
+    report = render_html(run, manifests)  # the fixture's own report may be rewritten by a rerun of its run id
+    assert "<h2>score</h2>" in report and "<td>scored</td>" in report and "<h2>decontaminate</h2>" in report

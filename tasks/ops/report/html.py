@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 from tasks.io.manifests import StageManifest
 
@@ -37,10 +38,16 @@ def render_html(run: dict, manifests: list[StageManifest]) -> str:
     summaries = [(m.stage, m.summary) for m in manifests if m.summary]
     contamination = ""
     for stage, summary in summaries:
-        contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
-            ["benchmark", "policy", "items found", "docs hit", "dropped", "redacted", "flagged"],
-            [[name, b.get("policy", ""), b.get("items_found", ""), b.get("docs_hit", ""), b.get("docs_dropped", ""),
-              b.get("docs_redacted", ""), b.get("docs_flagged", "")] for name, b in summary.items()])
+        if all(isinstance(b, dict) for b in summary.values()):  # per benchmark (decontaminate)
+            contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
+                ["benchmark", "policy", "items found", "docs hit", "dropped", "redacted", "flagged"],
+                [[name, b.get("policy", ""), b.get("items_found", ""), b.get("docs_hit", ""),
+                  b.get("docs_dropped", ""), b.get("docs_redacted", ""), b.get("docs_flagged", "")]
+                 for name, b in summary.items()])
+        else:  # a stage's own figures (score: rows scored, the sample, semantic duplicates, ...)
+            contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
+                ["what", "value"], [[key, value if isinstance(value, int | float | str) or value is None
+                                     else json.dumps(value)[:500]] for key, value in summary.items()])
     published = ""
     if run.get("published"):
         p = run["published"]
