@@ -272,7 +272,8 @@ def _stage_rates(ctx: RunContext, contracts: Contracts, stage_name: str, rate_ch
                               for c in rate_checks]}
     frame = pd.DataFrame({c["name"]: [c["rate"]] for c in rate_checks})
     checked = contracts.validate(f"{ctx.run_id}.{stage_name}.stage-rates", suite, frame)
-    failures = [f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > ceiling {c['max']:.2%}; "
+    failures = [c.get("message") or
+                f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > ceiling {c['max']:.2%}; "
                 "a mass hit usually means a broken benchmark file or normalizer, not a contaminated corpus"
                 for c in rate_checks if c["rate"] > c["max"]]
     return checked, failures

@@ -103,7 +103,7 @@ class Stage:
     setup: Callable[[Any], Any] | None = None
     teardown: Callable[[Any], None] | None = None
     needs: tuple[str, ...] = ()
-    # stage-wide checks on the merged stats: [{name, count, rate, warn, max}]; above `max` fails the contract
+    # stage-wide checks on the merged stats: [{name, count, rate, warn, max, message?}]; above `max` fails the contract
     rate_checks: Callable[[Stats, int, Any], list[dict]] | None = None
     summarize: Callable[[Stats, Any], dict] | None = None  # a stage-specific section of the manifest
 
