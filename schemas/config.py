@@ -376,6 +376,21 @@ class SemanticContaminationConfig(Strict):
     chunk_words: int = Field(96, ge=8, description="documents are embedded in chunks of this many words")
 
 
+class DynamicsConfig(Strict):
+    """Training dynamics of a proxy classifier on the embeddings, for labeled rows (tasks/stages/score/dynamics.py),
+    and label noise by confident learning (cleanlab). Runs when the scored rows carry at least two labels."""
+
+    enabled: bool = True
+    epochs: int = Field(10, ge=1, le=200)
+    seeds: int = Field(3, ge=1, le=20)
+    folds: int = Field(2, ge=2, le=10, description="cross-fitting: out-of-fold probabilities for cleanlab")
+    early_epoch: int = Field(2, ge=1, description="the epoch EL2N and GraNd are read at")
+    hidden: int = Field(128, ge=0, description="hidden units of the proxy MLP; 0 = a linear head")
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(256, ge=8)
+
+
 class ScoreConfig(Strict):
     """The score stage (tasks/stages/score/): models on torch, scores as score_* columns."""
 
@@ -400,6 +415,7 @@ class ScoreConfig(Strict):
     head_path: str | None = Field(None, description="reuse a head a run saved (quality_head.safetensors)")
     negatives: int = Field(5000, ge=10, description="input documents sampled as the head's negatives")
     novelty_k: int = Field(10, ge=1, description="score_novelty: mean cosine distance to the k nearest references")
+    dynamics: DynamicsConfig = DynamicsConfig()
 
 
 class SelectPolicy(Strict):
@@ -411,9 +427,10 @@ class SelectPolicy(Strict):
     or lowest), longest (top by the character length of `column`, default text; k default 1000: "Long Is More for
     Alignment"), random (a seeded subset of k or fraction, by a hash of the id: the baseline every other rule must
     beat), quota (at most `max_per_group` rows per value of `by`, or `balance` every group down to the smallest;
-    within a group, highest `column` first, else a seeded random order)."""
+    within a group, highest `column` first, else a seeded random order), label_noise (drop the rows the score
+    stage flagged as `label_issue`; flagging alone needs no rule)."""
 
-    kind: Literal["threshold", "top", "keep_hard", "keep_easy", "longest", "random", "quota"]
+    kind: Literal["threshold", "top", "keep_hard", "keep_easy", "longest", "random", "quota", "label_noise"]
     name: str | None = Field(None, description="reason suffix: select.<name>; default the kind")
     column: str | None = None
     min: float | None = None

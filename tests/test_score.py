@@ -13,7 +13,15 @@ import polars as pl
 import pytest
 from judge import judge, records
 
-from schemas.config import DecontaminateConfig, ScoreConfig, ScoreParams, SemanticContaminationConfig, SluiceConfig
+from schemas.config import (
+    DecontaminateConfig,
+    ScoreConfig,
+    ScoreParams,
+    SelectConfig,
+    SelectPolicy,
+    SemanticContaminationConfig,
+    SluiceConfig,
+)
 from tasks.ops.demo_corpus import kjv_records
 from tasks.stages import score
 from tasks.stages.score import batching, embeddings, models, perplexity
@@ -341,3 +349,53 @@ def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_
                              (identity, ["a", "c"])):
             assert models.cached_vectors(tmp_path, ident, texts, compute).shape == (2, 3)
     assert calls == [2, 2, 2, 2]
+
+
+def test_training_dynamics_on_a_tiny_separable_set_learn_clean_rows_first_and_flipped_ones_late():
+    from tasks.stages.score import dynamics
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16)) * 2
+    y = rng.integers(0, 3, 300)
+    x = centers[y] + rng.normal(size=(300, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    flipped = np.zeros(300, dtype=bool)
+    flipped[rng.choice(300, 30, replace=False)] = True
+    noisy = np.where(flipped, (y + 1) % 3, y)
+    cfg = ScoreConfig().dynamics.model_copy(update={"hidden": 0, "lr": 0.05, "batch_size": 32})
+    dyn = dynamics.training_dynamics(x, noisy, 3, cfg, models.device("cpu"))
+    assert np.median(dyn.epochs_to_learn[~flipped]) == 1  # clean rows are learned in the first epoch
+    assert np.median(dyn.epochs_to_learn[flipped]) > cfg.epochs  # flipped ones never are
+    assert dyn.el2n[flipped].min() > np.percentile(dyn.el2n[~flipped], 90)
+    assert dyn.aum[flipped].max() < 0 < np.percentile(dyn.aum[~flipped], 5)
+    assert (dyn.grand >= dyn.el2n).all() and dyn.oof.shape == (300, 3)
+    issue, quality, pred = dynamics.label_issues(noisy, dyn)
+    assert (issue & flipped).sum() >= 24 and (issue & ~flipped).sum() <= 2  # measured: 26 and 0
+    assert (pred[flipped] == y[flipped]).mean() > 0.9  # the predicted label is the true one
+    assert quality[flipped].max() < quality[~flipped].min() + 0.2
+
+
+def test_the_stage_flags_label_issues_that_select_can_drop_with_evidence(loaded):
+    from tasks.stages import select
+
+    rng = random.Random(8)
+    law = [" ".join(VERSES[i:i + 2]) for i in range(1500, 1700, 2)]  # Exodus-Leviticus
+    gospel = [" ".join(VERSES[i:i + 2]) for i in range(23300, 23500, 2)]  # Matthew
+    texts, labels = law + gospel, ["law"] * 100 + ["gospel"] * 100
+    flipped = set(rng.sample(range(200), 16))
+    given = [("gospel" if lab == "law" else "law") if i in flipped else lab for i, lab in enumerate(labels)]
+    batch = records(*texts).with_columns(label=pl.Series(given))
+    params = PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={
+        "perplexity": False, "contamination": SemanticContaminationConfig(enabled=False)})})
+    scored = score.score_one_shard(batch, params, loaded)
+    out = pl.concat([scored.kept, scored.rejected.drop("reason", "evidence")]).sort(
+        pl.col("id").str.slice(1).cast(pl.Int64))
+    worst = set(out.with_row_index("i").sort("score_label_quality").head(16)["i"].to_list())
+    assert len(worst & flipped) >= 12  # precision@16 on real text, chance is 8%
+    assert out["score_el2n"].is_not_null().all() and out["score_label_pred"].is_in(["law", "gospel"]).all()
+    rule = SelectConfig(policies=[SelectPolicy(kind="label_noise")])
+    chosen = select.select_one_shard(out, rule)
+    assert chosen.rejected.height == int(out["label_issue"].sum()) > 0
+    evidence = json.loads(chosen.rejected["evidence"][0])
+    assert set(evidence) >= {"policy", "label", "predicted", "label_quality", "el2n", "aum"}
+    assert evidence["policy"] == "select.label_noise" and evidence["label"] != evidence["predicted"]

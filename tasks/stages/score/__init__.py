@@ -22,7 +22,7 @@ from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
 from tasks.runtime.stage import GlobalSteps, Stage, StageResult
-from tasks.stages.score import classifier, embeddings, models, perplexity, semantic
+from tasks.stages.score import classifier, dynamics, embeddings, models, perplexity, semantic
 
 ADDS = {
     "score_perplexity": pl.Float64(),
@@ -35,7 +35,17 @@ ADDS = {
     "score_quality": pl.Float64(),
     "score_novelty": pl.Float64(),
     "score_scored": pl.Boolean(),
+    "score_el2n": pl.Float64(),
+    "score_grand": pl.Float64(),
+    "score_forgetting": pl.Float64(),
+    "score_aum": pl.Float64(),
+    "score_epochs_to_learn": pl.Float64(),
+    "score_label_quality": pl.Float64(),
+    "score_label_pred": pl.String(),
+    "label_issue": pl.Boolean(),
 }
+DYNAMICS = ["score_el2n", "score_grand", "score_forgetting", "score_aum", "score_epochs_to_learn",
+            "score_label_quality", "score_label_pred", "label_issue"]
 HEAD_FILE = "quality_head.safetensors"
 
 
@@ -144,7 +154,8 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     scored = batch.filter(pl.Series(chosen)) if not chosen.all() else batch
     texts = scored["text"].to_list()
     emb = embeddings.embed(texts, loaded.embedder, cfg.embedder, loaded.device)
-    out = scored.select("id", "timestamp", length=pl.col("text").str.len_chars()).with_columns(
+    out = scored.select("id", "timestamp", length=pl.col("text").str.len_chars(),
+                        label=pl.col("label") if "label" in scored.columns else pl.lit(None, pl.String)).with_columns(
         pl.Series("embedding", emb.astype(np.float16), dtype=pl.Array(pl.Float16, emb.shape[1])))
     if cfg.perplexity and loaded.lm is not None:
         nll, bpc = perplexity.nll(texts, loaded.lm, loaded.tokenizer, cfg.lm, loaded.device, loaded.lm_bf16)
@@ -163,6 +174,31 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
                                score_contam_cosine=pl.lit(None, pl.Float64))
     novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
     return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
+
+
+def _dynamics(feats: pl.DataFrame, emb: np.ndarray, cfg, loaded: Loaded | None) -> pl.DataFrame:
+    """Training dynamics and label noise for the labeled rows (null elsewhere, and where fewer than 2 labels)."""
+    labeled = feats["label"].is_not_null().to_numpy() if feats.height else np.zeros(0, dtype=bool)
+    names = sorted(feats["label"].drop_nulls().unique().to_list()) if feats.height else []
+    nulls = pl.DataFrame({c: pl.Series([None] * feats.height, dtype=ADDS[c]) for c in DYNAMICS})
+    if not cfg.dynamics.enabled or len(names) < 2:
+        return nulls
+    y = feats["label"].filter(pl.Series(labeled)).cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
+    device = loaded.device if loaded is not None else models.device("cpu")
+    dyn = dynamics.training_dynamics(emb[labeled], y, len(names), cfg.dynamics, device)
+    issue, quality, pred = dynamics.label_issues(y, dyn)
+    rows = np.flatnonzero(labeled)
+
+    def spread(values, dtype) -> pl.Series:  # the labeled rows' values, null elsewhere
+        return pl.repeat(None, feats.height, dtype=dtype, eager=True).scatter(rows, pl.Series(values, dtype=dtype))
+
+    return pl.DataFrame({
+        "score_el2n": spread(dyn.el2n, pl.Float64), "score_grand": spread(dyn.grand, pl.Float64),
+        "score_forgetting": spread(dyn.forgetting, pl.Float64), "score_aum": spread(dyn.aum, pl.Float64),
+        "score_epochs_to_learn": spread(dyn.epochs_to_learn, pl.Float64),
+        "score_label_quality": spread(quality, pl.Float64),
+        "score_label_pred": spread(np.array(names, dtype=object)[pred], pl.String),
+        "label_issue": spread(issue, pl.Boolean)})
 
 
 def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
@@ -206,7 +242,8 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
     quality, artifacts = _quality(emb, cfg, loaded)
-    return feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
+    dyn = _dynamics(feats, emb, cfg, loaded)
+    return pl.concat([feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
                         "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
@@ -215,7 +252,7 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
         dup_cosine=pl.Series(cosine).fill_nan(None),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
         score_scored=pl.lit(True),
-    ), artifacts
+    ), dyn], how="horizontal"), artifacts
 
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
@@ -235,6 +272,7 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
     kept = judged.filter(pl.col("reason").is_null())
     stats = Stats(counts={"score.rows": joined.height, "score.scored": int(joined["score_scored"].sum() or 0),
+                          "score.label_issues": int(joined["label_issue"].sum() or 0),
                           "score.contaminated": int(joined["contaminated"].sum() or 0),
                           "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum())},
                   records={"contaminated": [{"id": r[0], "item": r[1], "cosine": round(r[2], 4)} for r in
@@ -257,6 +295,7 @@ def summarize(stats: Stats, params: ScoreParams) -> dict:
     note = (f"scored a sample: {scored:,} of {rows:,} rows (score.sample = {sample}); the others pass with null "
             "scores and score_scored = false" if sample < 1 else None)
     return {"scored": scored, "sample": sample, "note": note,
+            "label_issues": stats.counts.get("score.label_issues", 0),
             "semantic_duplicates": stats.counts.get("score.semantic_duplicates", 0),
             "contaminated": stats.counts.get("score.contaminated", 0),
             "contamination_policy": params.score.contamination.policy,

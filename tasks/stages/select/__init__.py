@@ -25,8 +25,10 @@ def _read_columns(params: SelectConfig, available: list[str]) -> list[str]:
     cols = []
     for p in params.policies:
         col = p.column or {"keep_hard": "score_prototypicality", "keep_easy": "score_prototypicality",
-                           "longest": "text"}.get(p.kind)
+                           "longest": "text", "label_noise": "label"}.get(p.kind)
         cols += [c for c in (col, *p.by) if c is not None]
+        if p.kind == "label_noise":
+            cols += list(policies.LABEL_NOISE_COLUMNS)
     if params.label in available:
         cols.append(params.label)
     return list(dict.fromkeys(c for c in cols if c != "id"))

@@ -9,6 +9,7 @@ import polars as pl
 from schemas.config import SelectPolicy
 
 ALIVE = "_alive"
+LABEL_NOISE_COLUMNS = ("label_issue", "score_label_pred", "score_label_quality", "score_el2n", "score_aum")
 
 
 def reason(policy: SelectPolicy) -> str:
@@ -48,7 +49,17 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy) -> tuple[pl.Series, pl.Seri
     null = pl.col(col).is_null() if col is not None else pl.lit(False)
     null_removed = null & pl.lit(policy.nulls == "reject")
 
-    if kind == "threshold":
+    if kind == "label_noise":
+        label = col or "label"
+        for needed in (label, *LABEL_NOISE_COLUMNS):
+            if needed not in frame.columns:
+                raise ValueError(f"select policy {reason(policy)}: column {needed!r} is not in the data; label noise "
+                                 "comes from the score stage on labeled rows (put score before select)")
+        removed = pl.col("label_issue").fill_null(False)
+        evidence = pl.struct(policy=pl.lit(reason(policy)), label=pl.col(label), predicted=pl.col("score_label_pred"),
+                             label_quality=pl.col("score_label_quality").round(4),
+                             el2n=pl.col("score_el2n").round(4), aum=pl.col("score_aum").round(4))
+    elif kind == "threshold":
         inside = pl.lit(True)
         if policy.min is not None:
             inside = inside & (pl.col(col) >= policy.min)

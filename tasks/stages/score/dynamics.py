@@ -1,0 +1,147 @@
+"""Training dynamics of a proxy classifier on the embeddings, and label noise by confident learning.
+
+For labeled data (a `label` column), a small MLP (or a linear head) is trained on the score stage's embeddings for
+`epochs` epochs, over `seeds` seeds, each seed cross-fitted over `folds` stratified folds. Per example:
+
+- score_el2n: ||softmax - onehot(label)||_2 at epoch `early_epoch`, on the model training on it (Paul et al., "Deep
+  Learning on a Data Diet"), mean over seeds;
+- score_grand: the norm of the loss gradient with respect to the last layer at that epoch, ||p - y|| *
+  sqrt(||h||^2 + 1) (h: the last hidden layer; exact for the last layer, the usual approximation of GraNd);
+- score_forgetting: learned -> forgotten transitions between epochs (Toneva et al.), mean over seeds;
+- score_aum: the mean over epochs of the margin (logit of the label minus the largest other logit; Pleiss et al.);
+- score_epochs_to_learn: the epoch from which the example stays correctly classified (epochs + 1: never);
+- out-of-fold probabilities: from the fold's model that did not train on the example, averaged over seeds. These
+  go to cleanlab (confident learning): how many labels are wrong comes from its confident joint
+  (`find_label_issues`), which ones from `score_label_quality`, the mean of cleanlab's self-confidence and the
+  in-training probability of the label (the dynamics: a wrong label is learned late and forgotten often).
+Cost is linear in rows: per epoch, one pass of minibatch steps and one chunked forward pass for the statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK = 65536
+
+
+@dataclass
+class Dynamics:
+    el2n: np.ndarray
+    grand: np.ndarray
+    forgetting: np.ndarray
+    aum: np.ndarray
+    epochs_to_learn: np.ndarray
+    train_prob: np.ndarray  # mean over epochs and seeds of p(label) on the model training on the example
+    oof: np.ndarray  # (n, classes) out-of-fold probabilities, mean over seeds
+
+
+def _folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified: each class's rows shuffled and dealt round-robin, so every fold sees every class."""
+    out = np.empty(y.size, dtype=np.int64)
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        out[rng.permutation(rows)] = np.arange(rows.size) % folds
+    return out
+
+
+def _model(dim: int, classes: int, hidden: int, seed: int, device):
+    import torch
+
+    torch.manual_seed(seed)
+    if hidden:
+        body = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU())
+        head = torch.nn.Linear(hidden, classes)
+    else:
+        body, head = torch.nn.Identity(), torch.nn.Linear(dim, classes)
+    return body.to(device), head.to(device)
+
+
+def _forward(body, head, x):
+    import torch
+
+    with torch.inference_mode():
+        outs = [(h := body(x[i:i + CHUNK]), head(h)) for i in range(0, x.shape[0], CHUNK)]
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device) -> Dynamics:
+    """`emb` (n, d) float, `y` (n,) class indices in [0, classes)."""
+    import torch
+
+    n, dim = emb.shape
+    x_all = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device)
+    y_all = torch.from_numpy(y.astype(np.int64)).to(device)
+    sums = {k: np.zeros(n) for k in ("el2n", "grand", "forgetting", "aum", "learn", "prob", "runs")}
+    oof = np.zeros((n, classes))
+    oof_runs = np.zeros(n)
+    for seed in range(cfg.seeds):
+        rng = np.random.default_rng(seed)
+        fold = _folds(y, cfg.folds, rng)
+        for f in range(cfg.folds):
+            train = np.flatnonzero(fold != f) if cfg.folds > 1 else np.arange(n)
+            held = np.flatnonzero(fold == f) if cfg.folds > 1 else np.zeros(0, dtype=np.int64)
+            body, head = _model(dim, classes, cfg.hidden, seed * 1000 + f, device)
+            opt = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+            xt, yt = x_all[train], y_all[train]
+            onehot = torch.nn.functional.one_hot(yt, classes).float()
+            correct_before = torch.zeros(train.size, dtype=torch.bool, device=device)
+            forgets = torch.zeros(train.size, device=device)
+            margins = torch.zeros(train.size, device=device)
+            probs = torch.zeros(train.size, device=device)
+            last_wrong = torch.full((train.size,), -1, dtype=torch.int64, device=device)
+            gen = torch.Generator().manual_seed(seed * 1000 + f)
+            for epoch in range(cfg.epochs):
+                order = torch.randperm(train.size, generator=gen).to(device)
+                for i in range(0, train.size, cfg.batch_size):
+                    idx = order[i:i + cfg.batch_size]
+                    loss = torch.nn.functional.cross_entropy(head(body(xt[idx])), yt[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                hidden, logits = _forward(body, head, xt)
+                p = logits.softmax(1)
+                correct = logits.argmax(1) == yt
+                forgets += (correct_before & ~correct).float()
+                correct_before = correct
+                given = logits.gather(1, yt[:, None])[:, 0]
+                other = logits.scatter(1, yt[:, None], float("-inf")).max(1).values
+                margins += given - other
+                probs += p.gather(1, yt[:, None])[:, 0]
+                last_wrong = torch.where(correct, last_wrong, torch.full_like(last_wrong, epoch))
+                if epoch + 1 == min(cfg.early_epoch, cfg.epochs):
+                    err = (p - onehot).norm(dim=1)
+                    sums["el2n"][train] += err.cpu().numpy()
+                    sums["grand"][train] += (err * (hidden.pow(2).sum(1) + 1).sqrt()).cpu().numpy()
+            sums["forgetting"][train] += forgets.cpu().numpy()
+            sums["aum"][train] += (margins / cfg.epochs).cpu().numpy()
+            sums["prob"][train] += (probs / cfg.epochs).cpu().numpy()
+            sums["learn"][train] += (last_wrong + 2).cpu().numpy()
+            sums["runs"][train] += 1
+            if held.size:
+                _, logits = _forward(body, head, x_all[held])
+                oof[held] += logits.softmax(1).cpu().numpy()
+                oof_runs[held] += 1
+    runs = np.maximum(sums["runs"], 1)
+    oof = oof / np.maximum(oof_runs, 1)[:, None] if cfg.folds > 1 else oof
+    return Dynamics(el2n=sums["el2n"] / runs, grand=sums["grand"] / runs, forgetting=sums["forgetting"] / runs,
+                    aum=sums["aum"] / runs, epochs_to_learn=sums["learn"] / runs, train_prob=sums["prob"] / runs,
+                    oof=oof)
+
+
+def label_issues(y: np.ndarray, dyn: Dynamics) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label_issue, score_label_quality, predicted class): cleanlab's confident joint says how many labels are
+    wrong; the combined quality (cleanlab's self-confidence and the in-training probability) says which."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = dyn.oof / dyn.oof.sum(1, keepdims=True).clip(min=1e-12)
+    flagged = find_label_issues(labels=y, pred_probs=probs)
+    quality = 0.5 * get_label_quality_scores(y, probs) + 0.5 * dyn.train_prob
+    issue = np.zeros(y.size, dtype=bool)
+    count = int(flagged.sum())
+    if count:
+        issue[np.argsort(quality, kind="stable")[:count]] = True
+    return issue, quality, probs.argmax(1)
