@@ -149,3 +149,18 @@ def test_the_stage_runs_through_the_flow_and_its_contract_names_the_emptied_clas
     bad.write_text('[[select.policies]]\nkind = "longest"\nk = 20\n')  # the rare rows are the shortest
     with pytest.raises(ContractError, match="select would remove every row of class label = rare"):
         run_curate([str(data)], str(tmp_path / "out"), str(bad), run_id="sel-bad", stages=["ingest", "select"])
+
+
+def test_k_center_greedy_covers_every_cluster_before_repeating_one():
+    import numpy as np
+
+    from tasks.stages.select.coreset import k_center_greedy
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(6, 24))
+    emb = np.concatenate([c + 0.05 * rng.normal(size=(50, 24)) for c in centers]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    picked = k_center_greedy(emb, 6, seed=1)
+    assert sorted(set((picked // 50).tolist())) == list(range(6))  # one per cluster, the far ones first
+    assert len(set(k_center_greedy(emb, 300).tolist())) == 300 and k_center_greedy(emb, 0).size == 0
+    assert np.array_equal(k_center_greedy(emb, 20, seed=4), k_center_greedy(emb, 20, seed=4))
