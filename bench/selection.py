@@ -1,7 +1,7 @@
 """Label noise and selection, measured: Sluice's dynamics + cleanlab vs cleanlab alone vs each dynamics score alone,
 and selections vs random subsets of the same size, on real labeled text with the same embeddings throughout.
 
-    .venv/bin/python bench/select.py [--docs 8000] [--speed-rows 1000000]
+    .venv/bin/python bench/selection.py [--docs 8000] [--speed-rows 1000000]
 
 Data: KJV passages of 2 verses labeled by the genre of their book (law, history, wisdom, prophets, gospels,
 letters, apocalyptic), embedded once by the score stage's embedder (cached per machine). 20% is a clean held-out
@@ -16,7 +16,8 @@ genres (law <-> history, wisdom <-> prophets, gospels <-> letters).
   (e) k-center greedy at 70%, (f) random subsets of the same sizes (5 seeds, mean +- sd); accuracy on the clean
   test set.
 - Speed: the dynamics and label noise on `--speed-rows` random 384-dim embeddings, 7 classes, 2 cores.
-Writes bench/results/select.md.
+Writes bench/results/select.md. (Named selection.py: a script named select.py would shadow the standard library's
+`select` module, which subprocess and torch import.)
 """
 
 from __future__ import annotations
