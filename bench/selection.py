@@ -154,7 +154,7 @@ def main() -> int:
         truth = noisy != y
         t = time.perf_counter()
         dyn = dynamics.training_dynamics(x, noisy, len(GENRES), cfg, dev)
-        issue, quality, _ = dynamics.label_issues(noisy, dyn)
+        issue, quality, _ = dynamics.label_issues(noisy, dyn, cfg.filter_by)
         t_dyn = time.perf_counter() - t
         alone = cleanlab_alone(x, noisy)
         budget = int(issue.sum())
@@ -221,7 +221,7 @@ def main() -> int:
         dyn = dynamics.training_dynamics(big, yb, len(GENRES), cfg, dev)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
-        dynamics.label_issues(yb, dyn)
+        dynamics.label_issues(yb, dyn, cfg.filter_by)
         t_cl = time.perf_counter() - t
         lines += ["", f"Speed, {args.speed_rows:,} rows x 384 (random), {len(GENRES)} classes, 2 cores: training "
                   f"dynamics {t_train:.0f} s ({cfg.seeds} seeds x {cfg.folds} folds x {cfg.epochs} epochs: "

@@ -389,6 +389,8 @@ class DynamicsConfig(Strict):
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(256, ge=8)
+    filter_by: Literal["both", "prune_by_noise_rate", "prune_by_class", "confident_learning"] = Field(
+        "both", description="cleanlab find_label_issues' rule for how many labels are wrong")
 
 
 class ScoreConfig(Strict):

@@ -186,7 +186,7 @@ def _dynamics(feats: pl.DataFrame, emb: np.ndarray, cfg, loaded: Loaded | None) 
     y = feats["label"].filter(pl.Series(labeled)).cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
     device = loaded.device if loaded is not None else models.device("cpu")
     dyn = dynamics.training_dynamics(emb[labeled], y, len(names), cfg.dynamics, device)
-    issue, quality, pred = dynamics.label_issues(y, dyn)
+    issue, quality, pred = dynamics.label_issues(y, dyn, cfg.dynamics.filter_by)
     rows = np.flatnonzero(labeled)
 
     def spread(values, dtype) -> pl.Series:  # the labeled rows' values, null elsewhere
