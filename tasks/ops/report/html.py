@@ -36,16 +36,16 @@ def render_html(run: dict, manifests: list[StageManifest]) -> str:
         error += "<h2>Warnings</h2><ul>" + "".join(
             f"<li class=err>{html.escape(stage)}: {html.escape(w)}</li>" for stage, w in warned) + "</ul>"
     summaries = [(m.stage, m.summary) for m in manifests if m.summary]
-    contamination = ""
+    stage_sections = ""
     for stage, summary in summaries:
         if all(isinstance(b, dict) for b in summary.values()):  # per benchmark (decontaminate)
-            contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
+            stage_sections += f"<h2>{html.escape(stage)}</h2>" + _table(
                 ["benchmark", "policy", "items found", "docs hit", "dropped", "redacted", "flagged"],
                 [[name, b.get("policy", ""), b.get("items_found", ""), b.get("docs_hit", ""),
                   b.get("docs_dropped", ""), b.get("docs_redacted", ""), b.get("docs_flagged", "")]
                  for name, b in summary.items()])
         else:  # a stage's own figures (score: rows scored, the sample, semantic duplicates, ...)
-            contamination += f"<h2>{html.escape(stage)}</h2>" + _table(
+            stage_sections += f"<h2>{html.escape(stage)}</h2>" + _table(
                 ["what", "value"], [[key, value if isinstance(value, int | float | str) or value is None
                                      else json.dumps(value)[:500]] for key, value in summary.items()])
     published = ""
@@ -57,7 +57,7 @@ def render_html(run: dict, manifests: list[StageManifest]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.err{{color:#b00}}</style></head><body>
 <h1>Sluice run {html.escape(run['run_id'])} — {html.escape(run['status'])}</h1>{error}{published}
 <p>code version {html.escape(run.get('code_version', ''))}; inputs: {html.escape(', '.join(run.get('inputs', [])))}</p>
-<h2>Stages</h2>{stages}{contamination}<h2>Quarantine</h2>{reasons}
+<h2>Stages</h2>{stages}{stage_sections}<h2>Quarantine</h2>{reasons}
 <p>Browse: <code>sluice quarantine {html.escape(run['run_id'])} --output ROOT</code></p>
 <h2>Contracts</h2>{contracts}<p><a href="contracts/index.html">Great Expectations Data Docs</a></p>
 </body></html>"""

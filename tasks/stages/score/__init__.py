@@ -133,6 +133,13 @@ def sampled(ids: pl.Series, fraction: float) -> np.ndarray:
     return buckets < np.uint64(round(fraction * 1_000_000))
 
 
+def _lookup(values: pl.Series, index: np.ndarray) -> pl.Series:
+    """values[index] for every index >= 0, null where the index is -1 (no item, no survivor)."""
+    found = values.gather(np.where(index >= 0, index, 0)) if values.len() else pl.repeat(
+        None, index.size, dtype=values.dtype, eager=True)
+    return found.scatter(np.flatnonzero(index < 0), None) if (index < 0).any() else found
+
+
 def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: Loaded) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every contamination window, and the document each belongs to; a short document's one window
     is the document, whose embedding is reused."""
@@ -166,8 +173,7 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     if cfg.contamination.enabled and loaded.item_ids:
         window_emb, owner = _window_embeddings(texts, emb, cfg, loaded)
         item, cosine = semantic.nearest_items(window_emb, owner, len(texts), loaded.item_vectors)
-        keys = [loaded.item_ids[i] if i >= 0 else None for i in item]
-        out = out.with_columns(score_contam_item=pl.Series(keys, dtype=pl.String),
+        out = out.with_columns(score_contam_item=_lookup(pl.Series(loaded.item_ids, dtype=pl.String), item),
                                score_contam_cosine=pl.Series(np.where(item >= 0, cosine, np.nan)).fill_nan(None))
     else:
         out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
@@ -238,7 +244,6 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     if cfg.semdedup.enabled and feats.height:
         survivor, cosine = semantic.duplicates(emb, nearest, _priority(feats, cfg.semdedup.survivor),
                                                cfg.semdedup.eps)
-    ids = feats["id"].to_numpy()
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
     quality, artifacts = _quality(emb, cfg, loaded)
@@ -248,7 +253,7 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
-        dup_survivor=pl.Series([ids[s] if s >= 0 else None for s in survivor], dtype=pl.String),
+        dup_survivor=_lookup(feats["id"], survivor),
         dup_cosine=pl.Series(cosine).fill_nan(None),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
         score_scored=pl.lit(True),

@@ -24,9 +24,7 @@ from tasks.stages.select.policies import ALIVE
 def _read_columns(params: SelectConfig, available: list[str]) -> list[str]:
     cols = []
     for p in params.policies:
-        col = p.column or {"keep_hard": "score_prototypicality", "keep_easy": "score_prototypicality",
-                           "longest": "text", "label_noise": "label"}.get(p.kind)
-        cols += [c for c in (col, *p.by) if c is not None]
+        cols += [c for c in (policies.column_of(p), *p.by) if c is not None]
         if p.kind == "label_noise":
             cols += list(policies.LABEL_NOISE_COLUMNS)
     if params.label in available:
@@ -40,7 +38,7 @@ def features(batch: pl.DataFrame, params: SelectConfig) -> pl.DataFrame:
     if missing:
         raise ValueError(f"select: the rules read column(s) {', '.join(missing)}, which the data does not have "
                          f"(columns: {', '.join(batch.columns)}); is the stage that adds them in `stages`?")
-    lengths = {p.column or "text" for p in params.policies if p.kind == "longest"}
+    lengths = {policies.column_of(p) for p in params.policies if p.kind == "longest"}
     return batch.select("id", *[pl.col(c).str.len_chars().alias(c) if c in lengths and batch.schema[c] == pl.String
                                 else pl.col(c) for c in cols])
 

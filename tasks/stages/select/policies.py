@@ -12,6 +12,15 @@ ALIVE = "_alive"
 LABEL_NOISE_COLUMNS = ("label_issue", "score_label_pred", "score_label_quality", "score_el2n", "score_aum")
 
 
+DEFAULT_COLUMN = {"keep_hard": "score_prototypicality", "keep_easy": "score_prototypicality", "longest": "text",
+                  "label_noise": "label"}
+
+
+def column_of(policy: SelectPolicy) -> str | None:
+    """The column a rule reads: the configured one, else its kind's default (None for random and a plain quota)."""
+    return policy.column or DEFAULT_COLUMN.get(policy.kind)
+
+
 def reason(policy: SelectPolicy) -> str:
     return f"select.{policy.name or policy.kind}"
 
@@ -37,11 +46,7 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy) -> tuple[pl.Series, pl.Seri
     """(removed, evidence JSON) for the rows of `frame` whose ALIVE is true; other rows are never removed."""
     alive = frame[ALIVE]
     n_alive = int(alive.sum())
-    kind, col = policy.kind, policy.column
-    if kind == "keep_hard" or kind == "keep_easy":
-        col = col or "score_prototypicality"
-    if kind == "longest":
-        col = col or "text"
+    kind, col = policy.kind, column_of(policy)
     for needed in [c for c in (col, *policy.by) if c is not None]:
         if needed not in frame.columns:
             raise ValueError(f"select policy {reason(policy)}: column {needed!r} is not in the data "
@@ -50,7 +55,7 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy) -> tuple[pl.Series, pl.Seri
     null_removed = null & pl.lit(policy.nulls == "reject")
 
     if kind == "label_noise":
-        label = col or "label"
+        label = col
         for needed in (label, *LABEL_NOISE_COLUMNS):
             if needed not in frame.columns:
                 raise ValueError(f"select policy {reason(policy)}: column {needed!r} is not in the data; label noise "
