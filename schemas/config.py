@@ -430,9 +430,11 @@ class SelectPolicy(Strict):
     Alignment"), random (a seeded subset of k or fraction, by a hash of the id: the baseline every other rule must
     beat), quota (at most `max_per_group` rows per value of `by`, or `balance` every group down to the smallest;
     within a group, highest `column` first, else a seeded random order), label_noise (drop the rows the score
-    stage flagged as `label_issue`; flagging alone needs no rule)."""
+    stage flagged as `label_issue`; flagging alone needs no rule), k_center (Core-Set: k-center greedy on the score
+    stage's embeddings keeps the k or fraction of scored rows that cover the embedding space best)."""
 
-    kind: Literal["threshold", "top", "keep_hard", "keep_easy", "longest", "random", "quota", "label_noise"]
+    kind: Literal["threshold", "top", "keep_hard", "keep_easy", "longest", "random", "quota", "label_noise",
+                  "k_center"]
     name: str | None = Field(None, description="reason suffix: select.<name>; default the kind")
     column: str | None = None
     min: float | None = None
@@ -454,7 +456,8 @@ class SelectPolicy(Strict):
             raise ValueError("select policy threshold needs `column` and `min` and/or `max`")
         if kind == "top" and self.column is None:
             raise ValueError("select policy top needs `column`")
-        if kind in ("top", "keep_hard", "keep_easy", "random") and (self.k is None) == (self.fraction is None):
+        budgeted = ("top", "keep_hard", "keep_easy", "random", "k_center")
+        if kind in budgeted and (self.k is None) == (self.fraction is None):
             raise ValueError(f"select policy {kind} needs exactly one of `k` and `fraction`")
         if kind == "quota" and (not self.by or (self.max_per_group is None) == (not self.balance)):
             raise ValueError("select policy quota needs `by` and exactly one of `max_per_group` and `balance`")

@@ -229,8 +229,10 @@ def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect
     rows = [{"text": t} for pair in PARAPHRASES for t in pair] + [{"text": v} for v in VERSES[400:420]]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = tmp_path / "score.toml"
-    cfg.write_text('[score]\ndevice = "cpu"\n[score.contamination]\nenabled = false\n')
-    run = run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="scored", stages=["ingest", "score"])
+    cfg.write_text('[score]\ndevice = "cpu"\n[score.contamination]\nenabled = false\n'
+                   '[[select.policies]]\nkind = "k_center"\nk = 10\n')
+    run = run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="scored",
+                     stages=["ingest", "score", "select"])
     assert run["status"] == "succeeded"
     m = Storage(str(tmp_path / "out")).read_record(StageManifest, "runs/scored/score/_manifest.json")
     assert (m.rows_in, m.rows_out, m.rejected_by_reason) == (26, 23, {"dedup.semantic": 3})
@@ -241,6 +243,12 @@ def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect
     kept = pl.read_parquet(tmp_path / "out" / m.outputs[0].path)
     assert kept["score_perplexity"].is_finite().all() and (kept["score_perplexity"] >= 1).all()
     assert m.contract["success"] and SluiceConfig().score.device == "auto"
+    # select's k-center rule reads these embeddings (a side input joined on id), never copied into the rows
+    sel = Storage(str(tmp_path / "out")).read_record(StageManifest, "runs/scored/select/_manifest.json")
+    assert (sel.rows_in, sel.rows_out, sel.rejected_by_reason) == (23, 10, {"select.k_center": 13})
+    removed = pl.read_parquet(tmp_path / "out" / sel.rejected[0].path)
+    assert "embedding" not in removed.columns
+    assert all(json.loads(e)["cover_distance"] > 0 for e in removed["evidence"])
 
 
 def test_the_quality_head_ranks_held_out_reference_documents_above_junk(loaded, tmp_path):

@@ -164,3 +164,40 @@ def test_k_center_greedy_covers_every_cluster_before_repeating_one():
     assert sorted(set((picked // 50).tolist())) == list(range(6))  # one per cluster, the far ones first
     assert len(set(k_center_greedy(emb, 300).tolist())) == 300 and k_center_greedy(emb, 0).size == 0
     assert np.array_equal(k_center_greedy(emb, 20, seed=4), k_center_greedy(emb, 20, seed=4))
+
+
+def test_k_center_rule_keeps_one_row_per_cluster_with_cover_distance_as_evidence():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(3, 16))
+    emb = np.concatenate([c + 0.02 * rng.normal(size=(6, 16)) for c in centers]).astype(np.float32)
+    base = records(*[f"row {i}" for i in range(18)]).with_columns(
+        embedding=pl.Series(emb.astype(np.float16), dtype=pl.Array(pl.Float16, 16)),
+        cluster=pl.Series([i // 6 for i in range(18)]))
+    unscored = records("no embedding").with_columns(embedding=pl.lit(None, pl.Array(pl.Float16, 16)),
+                                                    cluster=pl.lit(9, pl.Int64)).with_columns(id=pl.lit("none"))
+    batch = pl.concat([base, unscored])
+    reasons, evidence = run(batch, {"kind": "k_center", "k": 3})
+    kept = [i for i, r in reasons.items() if r is None]
+    assert len(kept) == 4 and "none" in kept  # unscored rows are kept unless nulls = "reject"
+    clusters = dict(zip(batch["id"], batch["cluster"], strict=True))
+    assert sorted(clusters[i] for i in kept if i != "none") == [0, 1, 2]
+    assert {r for r in reasons.values() if r} == {"select.k_center"}
+    assert all(e["budget"] == 3 and e["candidates"] == 18 and 0 < e["cover_distance"] < 0.05
+               for e in evidence.values())
+    shuffled = batch.sample(fraction=1.0, shuffle=True, seed=1)
+    assert run(shuffled, {"kind": "k_center", "k": 3})[0] == reasons  # rows, not their order, decide
+    strict, _ = run(batch, {"kind": "k_center", "fraction": 0.5, "nulls": "reject"})
+    assert strict["none"] == "select.k_center" and sum(r is None for r in strict.values()) == 9
+
+
+def test_k_center_without_the_score_stage_in_the_run_names_what_is_missing(prefect_server, tmp_path):
+    from flows.curate import run_curate
+
+    data = tmp_path / "in.jsonl"
+    data.write_text("\n".join(json.dumps({"text": f"example {i}"}) for i in range(10)) + "\n")
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[[select.policies]]\nkind = "k_center"\nk = 3\n')
+    with pytest.raises(ValueError, match="select reads the embeddings of stage score .*put score before select"):
+        run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="k", stages=["ingest", "select"])

@@ -25,7 +25,7 @@ from tasks.runtime import lifecycle
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
 from tasks.runtime.fingerprints import fingerprint, reuse_or_redo
-from tasks.runtime.stage import Stage, StageResult, check_declaration
+from tasks.runtime.stage import SideInput, Stage, StageResult, check_declaration
 
 log = logging.getLogger("sluice")
 
@@ -182,16 +182,42 @@ def global_features(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) 
     return receipt
 
 
+def side_input_objects(ctx: RunContext, stage: Stage, params: Any) -> list[tuple[SideInput, list[dict]]]:
+    """The committed side outputs of other stages in this run that the stage's decide step reads (by params)."""
+    wanted = stage.steps.side_inputs(params) if stage.steps.side_inputs else []
+    found = []
+    for side in wanted:
+        manifest = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, side.stage))
+        if manifest is None or side.folder not in manifest.side_outputs:
+            raise ValueError(f"{stage.name} reads the {side.folder} of stage {side.stage} ({', '.join(side.columns)})"
+                             f", and run {ctx.run_id} has none committed: put {side.stage} before {stage.name} in "
+                             "`stages`")
+        found.append((side, [o.as_json() for o in manifest.side_outputs[side.folder]]))
+    return found
+
+
+def _with_side_inputs(ctx: RunContext, features: pl.DataFrame, sides: list[tuple[SideInput, list[dict]]]
+                      ) -> pl.DataFrame:
+    for side, objs in sides:
+        frame = pl.concat([ctx.storage.read_parquet(o["path"], columns=["id", *side.columns]) for o in objs],
+                          how="vertical")
+        features = features.join(frame, on="id", how="left", maintain_order="left")
+    return features
+
+
 def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -> dict:
-    """Reduce step of a global stage: all shards' features -> one decisions table (resumable by fingerprint)."""
+    """Reduce step of a global stage: all shards' features (plus other stages' side outputs it reads) -> one
+    decisions table (resumable by fingerprint)."""
     params = stage.params(ctx.config)
     receipts = sorted(feature_receipts, key=lambda r: r["shard"])
+    sides = side_input_objects(ctx, stage, params)
     fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params.model_dump(mode="json"),
-                     ctx.code_version)
+                     ctx.code_version, *([o["sha256"] for o in objs] for _, objs in sides))
     receipt_rel = layout.decisions_receipt(ctx.run_id, stage.name)
 
     def redo() -> dict:
-        features = pl.concat([ctx.storage.read_parquet(r["path"]) for r in receipts], how="vertical")
+        features = _with_side_inputs(ctx, pl.concat([ctx.storage.read_parquet(r["path"]) for r in receipts],
+                                                    how="vertical"), sides)
         started = time.perf_counter()
         if stage.setup is not None:
             decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params))

@@ -52,6 +52,16 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class SideInput:
+    """Columns of another stage's public features (its side outputs in this run) that a global stage's decide step
+    reads, joined on id: select's k-center rule reads the score stage's embeddings, which never travel with rows."""
+
+    stage: str
+    folder: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class GlobalSteps:
     """A stage whose decision needs the whole corpus (dedup, clustering): map -> reduce -> apply.
 
@@ -64,6 +74,7 @@ class GlobalSteps:
     decide: Callable[..., Any]  # -> decisions, or (decisions, {file name: bytes}) to keep artifacts with the run
     apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
     folder: str = "_features"  # where the features go under the stage (a public name makes them an output)
+    side_inputs: Callable[[Any], list[SideInput]] | None = None  # (params) -> what decide also reads
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import polars as pl
 from schemas.config import SelectConfig
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
-from tasks.runtime.stage import GlobalSteps, Stage, StageResult
+from tasks.runtime.stage import GlobalSteps, SideInput, Stage, StageResult
 from tasks.stages.select import policies
 from tasks.stages.select.policies import ALIVE
 
@@ -32,8 +32,17 @@ def _read_columns(params: SelectConfig, available: list[str]) -> list[str]:
     return list(dict.fromkeys(c for c in cols if c != "id"))
 
 
+def side_inputs(params: SelectConfig) -> list[SideInput]:
+    """A k_center rule reads the score stage's embeddings (joined on id by the runner before `decide`)."""
+    wanted = {policies.column_of(p) for p in params.policies if p.kind == "k_center"}
+    return [SideInput("score", "embeddings", ("embedding",))] if "embedding" in wanted else []
+
+
 def features(batch: pl.DataFrame, params: SelectConfig) -> pl.DataFrame:
-    cols = _read_columns(params, batch.columns)
+    """The id and the columns the rules read; the score stage's embeddings come to `decide` as a side input, or
+    from the batch itself when it carries them (a frame selected on its own)."""
+    side = {c for s in side_inputs(params) for c in s.columns if c not in batch.columns}
+    cols = [c for c in _read_columns(params, batch.columns) if c not in side]
     missing = [c for c in cols if c not in batch.columns]
     if missing:
         raise ValueError(f"select: the rules read column(s) {', '.join(missing)}, which the data does not have "
@@ -70,7 +79,8 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: SelectConfig) ->
 
 
 def select_one_shard(batch: pl.DataFrame, params: SelectConfig) -> StageResult:
-    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for select."""
+    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for select (a k_center
+    rule then needs the embeddings in the frame)."""
     return apply(batch, decide(features(batch, params), params), params)
 
 
@@ -107,8 +117,9 @@ STAGE = Stage(
     adds={},
     suite="select",
     kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply),
+    steps=GlobalSteps(features=features, decide=decide, apply=apply, side_inputs=side_inputs),
     rate_checks=rate_checks,
     summarize=summarize,
-    description="rules composed in config: thresholds, top-k, keep hard/easy, longest, quotas, random baseline",
+    description="rules composed in config: thresholds, top-k, keep hard/easy, longest, quotas, k-center, random "
+                "baseline",
 )

@@ -4,16 +4,18 @@ hash of the id, so a selection depends on the rows alone, never on how they were
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 from schemas.config import SelectPolicy
+from tasks.stages.select import coreset
 
 ALIVE = "_alive"
 LABEL_NOISE_COLUMNS = ("label_issue", "score_label_pred", "score_label_quality", "score_el2n", "score_aum")
 
 
 DEFAULT_COLUMN = {"keep_hard": "score_prototypicality", "keep_easy": "score_prototypicality", "longest": "text",
-                  "label_noise": "label"}
+                  "label_noise": "label", "k_center": "embedding"}
 
 
 def column_of(policy: SelectPolicy) -> str | None:
@@ -64,6 +66,8 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy) -> tuple[pl.Series, pl.Seri
         evidence = pl.struct(policy=pl.lit(reason(policy)), label=pl.col(label), predicted=pl.col("score_label_pred"),
                              label_quality=pl.col("score_label_quality").round(4),
                              el2n=pl.col("score_el2n").round(4), aum=pl.col("score_aum").round(4))
+    elif kind == "k_center":
+        removed, evidence = _k_center(frame, policy, col, null, null_removed)
     elif kind == "threshold":
         inside = pl.lit(True)
         if policy.min is not None:
@@ -105,3 +109,27 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy) -> tuple[pl.Series, pl.Seri
                              rank=pl.lit(rank), budget=pl.lit(budget), descending=pl.lit(descending))
     out = frame.select(removed=(removed.fill_null(False) & pl.col(ALIVE)), evidence=evidence.struct.json_encode())
     return out["removed"], out["evidence"]
+
+
+def _k_center(frame: pl.DataFrame, policy: SelectPolicy, col: str, null: pl.Expr, null_removed: pl.Expr
+              ) -> tuple[pl.Expr, pl.Expr]:
+    """Core-Set: of the alive rows with an embedding (taken in hashed-id order, so sharding never matters), keep the
+    k-center greedy picks; a removed row's evidence is its cosine distance to the nearest kept one."""
+    candidates = (frame.with_row_index("_r").filter(pl.col(ALIVE) & pl.col(col).is_not_null())
+                  .with_columns(_tie=_tiebreak(policy.seed)).sort("_tie", "id"))
+    budget = _budget(policy, candidates.height)
+    emb = (np.asarray(candidates[col].to_numpy(), dtype=np.float32).reshape(candidates.height, -1)
+           if candidates.height else np.zeros((0, 1), dtype=np.float32))
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    picked, cover = coreset.k_center_cover(emb, budget, policy.seed)
+    rows = candidates["_r"].to_numpy()
+    pick_rank = np.full(frame.height, -1, dtype=np.int64)
+    pick_rank[rows[picked]] = np.arange(picked.size)
+    distance = np.full(frame.height, np.nan)
+    distance[rows] = cover
+    rank = pl.Series(pick_rank)
+    removed = pl.when(null).then(null_removed).otherwise(pl.lit(rank) < 0)
+    evidence = pl.struct(policy=pl.lit(reason(policy)), column=pl.lit(col), budget=pl.lit(budget),
+                         candidates=pl.lit(candidates.height),
+                         cover_distance=pl.lit(pl.Series(distance)).fill_nan(None).round(4))
+    return removed, evidence
