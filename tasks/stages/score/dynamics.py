@@ -15,6 +15,7 @@ For labeled data (a `label` column), a small MLP (or a linear head) is trained o
   (`find_label_issues`), which ones from `score_label_quality`, the mean of cleanlab's self-confidence and
   sigmoid(AUM) (the dynamics: a wrong label keeps a negative margin while the model trains; Pleiss et al.).
 Cost is linear in rows: per epoch, one pass of minibatch steps and one chunked forward pass for the statistics.
+Memory: the embeddings as given (float16 from the score stage) and a few numbers per row; see _Rows.
 """
 
 from __future__ import annotations
@@ -58,20 +59,76 @@ def _model(dim: int, classes: int, hidden: int, seed: int, device):
     return body.to(device), head.to(device)
 
 
-def _forward(body, head, x):
+class _Rows:
+    """The embeddings as they are held (float16, or float32; an ndarray or a read-only memmap), handed to the model
+    a minibatch or chunk at a time as float32 on the device. Never copied whole in float32, nor per fold: on a CPU
+    the training's memory is the embeddings as given plus a few numbers per row (1M x 384 in float16: 768 MB). On
+    CUDA the float16 matrix is moved to the device once."""
+
+    def __init__(self, emb: np.ndarray, device):
+        import torch
+
+        self.emb, self.device = emb, device
+        self.on_device = None
+        if getattr(device, "type", "cpu") == "cuda":
+            self.on_device = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float16)).to(device)
+
+    def take(self, rows: np.ndarray):
+        import torch
+
+        if self.on_device is not None:
+            return self.on_device[torch.from_numpy(rows).to(self.device)].float()
+        return torch.from_numpy(np.asarray(self.emb[rows], dtype=np.float32))
+
+
+def _epoch(body, head, opt, x: _Rows, train: np.ndarray, yt, batch_size: int, gen) -> None:
+    """One pass of minibatch steps over the rows `train` (labels `yt`, in the same order), shuffled by `gen`."""
     import torch
 
-    with torch.inference_mode():
-        outs = [(h := body(x[i:i + CHUNK]), head(h)) for i in range(0, x.shape[0], CHUNK)]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    order = torch.randperm(train.size, generator=gen).numpy()
+    for i in range(0, train.size, batch_size):
+        idx = order[i:i + batch_size]
+        loss = torch.nn.functional.cross_entropy(head(body(x.take(train[idx]))),
+                                                 yt[torch.from_numpy(idx).to(yt.device)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def fit_proxy(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device, seed: int = 0):
+    """The proxy classifier trained on every row for `cfg.epochs` epochs, as the dynamics train it; returns a
+    function of embeddings -> predicted class. What the selection benchmark trains on each subset."""
+    import torch
+
+    x = _Rows(emb, device)
+    body, head = _model(emb.shape[1], classes, cfg.hidden, seed, device)
+    opt = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rows = np.arange(emb.shape[0])
+    yt = torch.from_numpy(y.astype(np.int64)).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.epochs):
+        _epoch(body, head, opt, x, rows, yt, cfg.batch_size, gen)
+
+    def predict(test: np.ndarray) -> np.ndarray:
+        held = _Rows(test, device)
+        with torch.inference_mode():
+            return np.concatenate([head(body(held.take(r))).argmax(1).cpu().numpy()
+                                   for _, r in _chunks(np.arange(test.shape[0]))])
+
+    return predict
+
+
+def _chunks(rows: np.ndarray):
+    for i in range(0, rows.size, CHUNK):
+        yield slice(i, i + CHUNK), rows[i:i + CHUNK]
 
 
 def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device) -> Dynamics:
-    """`emb` (n, d) float, `y` (n,) class indices in [0, classes)."""
+    """`emb` (n, d) float16 or float32 (an ndarray or a memmap), `y` (n,) class indices in [0, classes)."""
     import torch
 
     n, dim = emb.shape
-    x_all = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device)
+    x = _Rows(emb, device)
     y_all = torch.from_numpy(y.astype(np.int64)).to(device)
     sums = {k: np.zeros(n) for k in ("el2n", "grand", "forgetting", "aum", "learn", "prob", "runs")}
     oof = np.zeros((n, classes))
@@ -85,8 +142,7 @@ def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device)
             body, head = _model(dim, classes, cfg.hidden, seed * 1000 + f, device)
             opt = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=cfg.lr,
                                     weight_decay=cfg.weight_decay)
-            xt, yt = x_all[train], y_all[train]
-            onehot = torch.nn.functional.one_hot(yt, classes).float()
+            yt = y_all[torch.from_numpy(train).to(device)]
             correct_before = torch.zeros(train.size, dtype=torch.bool, device=device)
             forgets = torch.zeros(train.size, device=device)
             margins = torch.zeros(train.size, device=device)
@@ -94,36 +150,36 @@ def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device)
             last_wrong = torch.full((train.size,), -1, dtype=torch.int64, device=device)
             gen = torch.Generator().manual_seed(seed * 1000 + f)
             for epoch in range(cfg.epochs):
-                order = torch.randperm(train.size, generator=gen).to(device)
-                for i in range(0, train.size, cfg.batch_size):
-                    idx = order[i:i + cfg.batch_size]
-                    loss = torch.nn.functional.cross_entropy(head(body(xt[idx])), yt[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                hidden, logits = _forward(body, head, xt)
-                p = logits.softmax(1)
-                correct = logits.argmax(1) == yt
-                forgets += (correct_before & ~correct).float()
-                correct_before = correct
-                given = logits.gather(1, yt[:, None])[:, 0]
-                other = logits.scatter(1, yt[:, None], float("-inf")).max(1).values
-                margins += given - other
-                probs += p.gather(1, yt[:, None])[:, 0]
-                last_wrong = torch.where(correct, last_wrong, torch.full_like(last_wrong, epoch))
-                if epoch + 1 == min(cfg.early_epoch, cfg.epochs):
-                    err = (p - onehot).norm(dim=1)
-                    sums["el2n"][train] += err.cpu().numpy()
-                    sums["grand"][train] += (err * (hidden.pow(2).sum(1) + 1).sqrt()).cpu().numpy()
+                _epoch(body, head, opt, x, train, yt, cfg.batch_size, gen)
+                early = epoch + 1 == min(cfg.early_epoch, cfg.epochs)
+                with torch.inference_mode():
+                    for part, rows in _chunks(train):
+                        hidden = body(x.take(rows))
+                        logits = head(hidden)
+                        label = yt[part]
+                        correct = logits.argmax(1) == label
+                        forgets[part] += (correct_before[part] & ~correct).float()
+                        correct_before[part] = correct
+                        given = logits.gather(1, label[:, None])[:, 0]
+                        other = logits.scatter(1, label[:, None], float("-inf")).max(1).values
+                        margins[part] += given - other
+                        p = logits.softmax(1)
+                        probs[part] += p.gather(1, label[:, None])[:, 0]
+                        last_wrong[part] = torch.where(correct, last_wrong[part],
+                                                       torch.full_like(last_wrong[part], epoch))
+                        if early:
+                            err = (p - torch.nn.functional.one_hot(label, classes).float()).norm(dim=1)
+                            sums["el2n"][rows] += err.cpu().numpy()
+                            sums["grand"][rows] += (err * (hidden.pow(2).sum(1) + 1).sqrt()).cpu().numpy()
             sums["forgetting"][train] += forgets.cpu().numpy()
             sums["aum"][train] += (margins / cfg.epochs).cpu().numpy()
             sums["prob"][train] += (probs / cfg.epochs).cpu().numpy()
             sums["learn"][train] += (last_wrong + 2).cpu().numpy()
             sums["runs"][train] += 1
-            if held.size:
-                _, logits = _forward(body, head, x_all[held])
-                oof[held] += logits.softmax(1).cpu().numpy()
-                oof_runs[held] += 1
+            with torch.inference_mode():
+                for _, rows in _chunks(held):
+                    oof[rows] += head(body(x.take(rows))).softmax(1).cpu().numpy()
+                    oof_runs[rows] += 1
     runs = np.maximum(sums["runs"], 1)
     oof = oof / np.maximum(oof_runs, 1)[:, None] if cfg.folds > 1 else oof
     return Dynamics(el2n=sums["el2n"] / runs, grand=sums["grand"] / runs, forgetting=sums["forgetting"] / runs,
@@ -141,7 +197,9 @@ def label_issues(y: np.ndarray, dyn: Dynamics, filter_by: str = "both") -> tuple
     from cleanlab.rank import get_label_quality_scores
 
     probs = dyn.oof / dyn.oof.sum(1, keepdims=True).clip(min=1e-12)
-    flagged = find_label_issues(labels=y, pred_probs=probs, filter_by=filter_by)
+    # n_jobs=1: cleanlab's default forks a multiprocessing.Pool, and a fork of a process running threads (Prefect,
+    # torch, polars) can deadlock the child on a lock held at fork time (seen: the demo run hung in a SemLock)
+    flagged = find_label_issues(labels=y, pred_probs=probs, filter_by=filter_by, n_jobs=1)
     quality = 0.5 * get_label_quality_scores(y, probs) + 0.5 / (1.0 + np.exp(-dyn.aum))
     issue = np.zeros(y.size, dtype=bool)
     count = int(flagged.sum())

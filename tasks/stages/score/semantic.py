@@ -10,6 +10,16 @@ import numpy as np
 BLOCK = 2048  # rows of a similarity block: memory stays (BLOCK x cluster size) floats
 
 
+CHUNK = 65536  # rows converted to float32 at a time: the embeddings stay float16 (as the features hold them)
+
+
+def float32_chunks(emb: np.ndarray):
+    """(start, float32 rows) over `emb` (float16 or float32), CHUNK rows at a time, so no stage of the score stage's
+    decide step needs a float32 copy of every embedding (1M x 384: 1.5 GB on top of the float16 768 MB)."""
+    for i in range(0, emb.shape[0], CHUNK):
+        yield i, np.ascontiguousarray(emb[i:i + CHUNK], dtype=np.float32)
+
+
 def cluster_count(n: int, configured: int) -> int:
     return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
 
@@ -32,8 +42,8 @@ def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234, device=None) 
     centroids = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True).clip(min=1e-12)
     index = faiss.IndexFlatIP(d)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    sims, nearest = index.search(np.ascontiguousarray(emb, dtype=np.float32), 1)
-    return centroids.astype(np.float32), nearest[:, 0].astype(np.int64)
+    nearest = np.concatenate([index.search(chunk, 1)[1][:, 0] for _, chunk in float32_chunks(emb)])
+    return centroids.astype(np.float32), nearest.astype(np.int64)
 
 
 def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234, iterations: int = 20,
@@ -43,9 +53,9 @@ def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234,
     import torch
 
     n = emb.shape[0]
-    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(emb)).to(device)  # as held (float16 from the features)
     gen = torch.Generator().manual_seed(seed)
-    fit = x if n <= sample else x[torch.randperm(n, generator=gen)[:sample].sort().values.to(device)]
+    fit = (x if n <= sample else x[torch.randperm(n, generator=gen)[:sample].sort().values.to(device)]).float()
     k = min(k, fit.shape[0])
     best_score, best = -np.inf, None
     for _ in range(restarts):
@@ -58,7 +68,7 @@ def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234,
         score = float((fit @ centroids.T).max(1).values.sum())
         if score > best_score:
             best_score, best = score, centroids
-    nearest = torch.cat([(x[i:i + 65536] @ best.T).argmax(1) for i in range(0, n, 65536)])
+    nearest = torch.cat([(x[i:i + CHUNK].float() @ best.T).argmax(1) for i in range(0, n, CHUNK)])
     return best.cpu().numpy(), nearest.cpu().numpy().astype(np.int64)
 
 
@@ -82,9 +92,10 @@ def _kmeans_plus_plus(fit, k: int, gen):
 
 def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """Cosine distance to the nearest centroid (Sorscher et al. 2022): small = prototypical, large = unusual."""
-    if emb.shape[0] == 0:
-        return np.zeros(0)
-    return np.clip(1.0 - (emb * centroids[nearest]).sum(1), 0.0, 2.0).astype(np.float64)
+    out = np.zeros(emb.shape[0])
+    for i, chunk in float32_chunks(emb):
+        out[i:i + chunk.shape[0]] = 1.0 - (chunk * centroids[nearest[i:i + chunk.shape[0]]]).sum(1)
+    return np.clip(out, 0.0, 2.0)
 
 
 def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps: float
@@ -101,7 +112,7 @@ def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps:
         if members.size < 2:
             continue
         members = members[np.argsort(priority[members], kind="stable")]
-        vecs = emb[members]
+        vecs = np.asarray(emb[members], dtype=np.float32)
         for start in range(1, members.size, BLOCK):
             stop = min(members.size, start + BLOCK)
             sims = vecs[start:stop] @ vecs[:stop].T  # rows: later members; columns: every member up to them
