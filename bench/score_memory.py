@@ -1,9 +1,10 @@
-"""Memory of the score stage's decide step (clusters, prototypicality, SemDeDup, training dynamics, label noise) on
-N rows x 384 dims, as the runner hands it the features: float16 embeddings in a polars frame, 7 labels.
+"""Memory and time of the score stage's decide step (clusters, prototypicality, SemDeDup, training dynamics, label
+noise) and the select stage's decide step on N rows x 384 dims, as the runner hands them their features: float16
+embeddings in a polars frame, 7 labels.
 
 Each measurement runs in its own process and reports the peak resident memory (VmHWM) above what the features frame
-itself holds (VmRSS once it is built), and the seconds. `--code DIR` measures another checkout of the code (the
-commit before the float16 streaming, for the baseline).
+itself holds (VmRSS once it is built), the seconds, and where score's time goes (cProfile, cumulative, per step).
+`--code DIR` measures another checkout of the code (the commit before the float16 streaming, for the baseline).
 
     .venv/bin/python bench/score_memory.py --rows 1000000
     .venv/bin/python bench/score_memory.py --rows 1000000 --code /tmp/before   # a `git worktree` of an older commit
@@ -70,13 +71,37 @@ def main() -> None:
 
     gc.collect()
     held = _status("VmRSS")
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
     started = time.perf_counter()
-    decisions, _ = score.decide(feats, params, None)
+    decisions, _ = profile.runcall(score.decide, feats, params, None)
     seconds = time.perf_counter() - started
     peak = _status("VmHWM")
     print(f"rows {args.rows:,}  code {args.code}  features frame {held / 2**30:.2f} GiB  "
           f"peak above it {(peak - held) / 2**30:.2f} GiB  total peak {peak / 2**30:.2f} GiB  "
-          f"decide {seconds:.1f} s  label issues {int(decisions['label_issue'].sum()):,}")
+          f"score decide {seconds:.1f} s  label issues {int(decisions['label_issue'].sum()):,}")
+    steps = {"kmeans": "k-means", "prototypicality": "prototypicality", "duplicates": "SemDeDup",
+             "training_dynamics": "training dynamics", "label_issues": "cleanlab + ranking", "_quality": "quality head"}
+    stats = pstats.Stats(profile).stats
+    spent = {label: sum(v[3] for k, v in stats.items() if k[2] == fn) for fn, label in steps.items()}
+    print("  where score's decide time goes: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))
+    try:
+        from schemas.config import SelectConfig, SelectPolicy
+        from tasks.stages import select
+    except ImportError:
+        return
+    rules = SelectConfig(policies=[SelectPolicy(kind="label_noise"),
+                                   SelectPolicy(kind="threshold", column="score_prototypicality", max=1.0),
+                                   SelectPolicy(kind="quota", by=["label"], max_per_group=120_000),
+                                   SelectPolicy(kind="keep_hard", column="score_el2n", fraction=0.7),
+                                   SelectPolicy(kind="random", fraction=0.9)])
+    joined = feats.select("id", "label").join(decisions, on="id")
+    started = time.perf_counter()
+    chosen = select.decide(select.features(joined, rules), rules)
+    print(f"  select decide (label_noise, threshold, quota, keep_hard 70%, random 90%): "
+          f"{time.perf_counter() - started:.1f} s, kept {chosen['reason'].null_count():,}")
 
 
 if __name__ == "__main__":

@@ -384,7 +384,9 @@ class DynamicsConfig(Strict):
     epochs: int = Field(10, ge=1, le=200)
     seeds: int = Field(3, ge=1, le=20)
     folds: int = Field(2, ge=2, le=10, description="cross-fitting: out-of-fold probabilities for cleanlab")
-    early_epoch: int = Field(2, ge=1, description="the epoch EL2N and GraNd are read at")
+    early_epoch: int = Field(5, ge=1, description="the epoch EL2N and GraNd are read at. 5 of 10: a proxy on fixed "
+                             "embeddings at epoch 2 is still near its class prior, and pruning by that EL2N removed "
+                             "whole easy classes' worth of rows (chosen on a validation split, README)")
     hidden: int = Field(128, ge=0, description="hidden units of the proxy MLP; 0 = a linear head")
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
