@@ -3,7 +3,7 @@ noise) and the select stage's decide step on N rows x 384 dims, as the runner ha
 embeddings in a polars frame, 7 labels.
 
 Each measurement runs in its own process and reports the peak resident memory (VmHWM) above what the features frame
-itself holds (VmRSS once it is built), the seconds, and where score's time goes (cProfile, cumulative, per step).
+itself holds (VmRSS once it is built), the seconds, and where score's time goes (seconds per step).
 `--code DIR` measures another checkout of the code (the commit before the float16 streaming, for the baseline).
 
     .venv/bin/python bench/score_memory.py --rows 1000000
@@ -26,6 +26,26 @@ def _status(key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
+
+
+def _timed_steps(score) -> dict[str, float]:
+    """Wrap the decide step's parts (looked up as module attributes at call time) to add up their seconds."""
+    spent: dict[str, float] = {}
+    parts = [(score.semantic, "kmeans", "k-means"), (score.semantic, "prototypicality", "prototypicality"),
+             (score.semantic, "duplicates", "SemDeDup"), (score.dynamics, "training_dynamics", "training dynamics"),
+             (score.dynamics, "label_issues", "cleanlab + ranking"), (score, "_quality", "quality head")]
+    def wrap(fn, label):
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+        return timed
+
+    for module, name, label in parts:
+        setattr(module, name, wrap(getattr(module, name), label))
+    return spent
 
 
 def features(rows: int, dim: int = 384, seed: int = 0):
@@ -71,21 +91,14 @@ def main() -> None:
 
     gc.collect()
     held = _status("VmRSS")
-    import cProfile
-    import pstats
-
-    profile = cProfile.Profile()
+    spent = _timed_steps(score)
     started = time.perf_counter()
-    decisions, _ = profile.runcall(score.decide, feats, params, None)
+    decisions, _ = score.decide(feats, params, None)
     seconds = time.perf_counter() - started
     peak = _status("VmHWM")
     print(f"rows {args.rows:,}  code {args.code}  features frame {held / 2**30:.2f} GiB  "
           f"peak above it {(peak - held) / 2**30:.2f} GiB  total peak {peak / 2**30:.2f} GiB  "
           f"score decide {seconds:.1f} s  label issues {int(decisions['label_issue'].sum()):,}")
-    steps = {"kmeans": "k-means", "prototypicality": "prototypicality", "duplicates": "SemDeDup",
-             "training_dynamics": "training dynamics", "label_issues": "cleanlab + ranking", "_quality": "quality head"}
-    stats = pstats.Stats(profile).stats
-    spent = {label: sum(v[3] for k, v in stats.items() if k[2] == fn) for fn, label in steps.items()}
     print("  where score's decide time goes: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))
     try:
         from schemas.config import SelectConfig, SelectPolicy

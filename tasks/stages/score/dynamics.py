@@ -60,25 +60,28 @@ def _model(dim: int, classes: int, hidden: int, seed: int, device):
 
 
 class _Rows:
-    """The embeddings as they are held (float16, or float32; an ndarray or a read-only memmap), handed to the model
-    a minibatch or chunk at a time as float32 on the device. Never copied whole in float32, nor per fold: on a CPU
-    the training's memory is the embeddings as given plus a few numbers per row (1M x 384 in float16: 768 MB). On
-    CUDA the float16 matrix is moved to the device once."""
+    """The embeddings as they are held (float16, or float32), handed to the model a minibatch or chunk at a time as
+    float32 on the device. Never copied whole in float32, nor per fold: on a CPU the training's memory is the
+    embeddings as given plus a few numbers per row (1M x 384 in float16: 768 MB). The rows are gathered by torch
+    from a zero-copy view (44 us for 256 x 384 float16 -> float32 on 2 cores; numpy's float16 cast took 219 us,
+    which made the dynamics 45% slower). On CUDA the float16 matrix is moved to the device once."""
 
     def __init__(self, emb: np.ndarray, device):
+        import warnings
+
         import torch
 
-        self.emb, self.device = emb, device
-        self.on_device = None
+        self.device = device
+        with warnings.catch_warnings():  # a read-only array (polars' buffer) is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            self.rows = torch.from_numpy(np.ascontiguousarray(emb))
         if getattr(device, "type", "cpu") == "cuda":
-            self.on_device = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float16)).to(device)
+            self.rows = self.rows.half().to(device)
 
     def take(self, rows: np.ndarray):
         import torch
 
-        if self.on_device is not None:
-            return self.on_device[torch.from_numpy(rows).to(self.device)].float()
-        return torch.from_numpy(np.asarray(self.emb[rows], dtype=np.float32))
+        return self.rows.index_select(0, torch.from_numpy(rows).to(self.device)).float()
 
 
 def _epoch(body, head, opt, x: _Rows, train: np.ndarray, yt, batch_size: int, gen) -> None:
