@@ -38,7 +38,7 @@ def _augment(batch: pl.DataFrame, params) -> StageResult:
     synthetic = parents.with_columns(
         id=pl.col("id") + "-syn", text=pl.lit("a paraphrase of ") + pl.col("text"),
         syn_origin=pl.lit("paraphrase"), syn_generator=pl.lit("test"), syn_parent_id=pl.col("id"),
-        syn_prompt_sha256=pl.lit("0" * 64))
+        syn_prompt_sha256=pl.lit("0" * 64), syn_seed=pl.lit(7, pl.Int64))
     dropped = batch.filter(pl.col("id") == "r1").with_columns(reason=pl.lit("test.drop"), evidence=pl.lit("{}"))
     return StageResult(kept=batch.filter(pl.col("id") != "r1"), rejected=dropped, synthetic=synthetic)
 
@@ -96,6 +96,29 @@ def test_synthetic_rows_need_provenance_and_the_kept_schema():
     lost = StageResult(result.kept.head(3), result.rejected, synthetic=result.synthetic)
     with pytest.raises(StageContractError, match="lost rows"):
         check_declaration(AUGMENT, batch, lost)
+
+
+def test_generated_rows_that_fail_a_gate_are_counted_as_synthetic_and_rejected(tmp_path):
+    """in + generated = out + rejected: a synthetic row the gate refuses is quarantined, never dropped silently."""
+    def gated(batch, params):
+        result = _augment(batch, params)
+        failed = result.synthetic.filter(pl.col("id") == "r10-syn").with_columns(
+            reason=pl.lit("augment.gate.novelty"), evidence=pl.lit('{"edit_similarity": 0.9}'))
+        return StageResult(result.kept, pl.concat([result.rejected, failed]),
+                           synthetic=result.synthetic.filter(pl.col("id") != "r10-syn"), synthetic_rejected=1)
+
+    ctx = _ctx(tmp_path, "rt-gate")
+    stage = Stage(**{**AUGMENT.__dict__, "fn": gated})
+    receipt = runner.process_shard(ctx, stage, "00000", lambda: _records(25), [])
+    assert (receipt.rows_in, receipt.rows_synthetic, receipt.rows_out, receipt.rows_rejected) == (25, 3, 26, 2)
+    assert receipt.rejected_by_reason == {"augment.gate.novelty": 1, "test.drop": 1}
+    quarantined = ctx.storage.read_parquet(receipt.rejected[0].path)
+    assert quarantined.filter(pl.col("reason") == "augment.gate.novelty")["syn_parent_id"].to_list() == ["r10"]
+    result = gated(_records(25), None)
+    miscounted = StageResult(result.kept, result.rejected, synthetic=result.synthetic, synthetic_rejected=2)
+    with pytest.raises(StageContractError, match="2 synthetic rows counted as rejected, 1 rejected rows carry"):
+        check_declaration(stage, _records(25), miscounted)
+    close_contracts("rt-gate")
 
 
 def test_setup_runs_once_per_process_and_teardown_frees_it(tmp_path):

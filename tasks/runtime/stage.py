@@ -27,26 +27,30 @@ PROVENANCE: dict[str, pl.DataType] = {  # every synthetic row says where it came
     "syn_generator": pl.String(),
     "syn_parent_id": pl.String(),
     "syn_prompt_sha256": pl.String(),
+    "syn_seed": pl.Int64(),
 }
 
 
 @dataclass(frozen=True)
 class StageResult:
     """`kept` continues downstream; `rejected` goes to quarantine and must carry `reason` and `evidence`;
-    `synthetic` are new rows (same columns as `kept`, provenance filled) that join the output after `kept`."""
+    `synthetic` are new rows (same columns as `kept`, provenance filled) that join the output after `kept`.
+    `synthetic_rejected` counts the generated rows that failed a gate: they are among `rejected` (provenance
+    filled), so generated rows are never lost either: in + generated = out + rejected."""
 
     kept: pl.DataFrame
     rejected: pl.DataFrame
     stats: Stats = field(default_factory=Stats)
     synthetic: pl.DataFrame | None = None
+    synthetic_rejected: int = 0
 
     @property
     def rows_synthetic(self) -> int:
-        return 0 if self.synthetic is None else self.synthetic.height
+        return (0 if self.synthetic is None else self.synthetic.height) + self.synthetic_rejected
 
     def output(self) -> pl.DataFrame:
         """What the runner writes: kept rows, then synthetic rows."""
-        if not self.rows_synthetic:
+        if self.synthetic is None or not self.synthetic.height:
             return self.kept
         return pl.concat([self.kept, self.synthetic.select(self.kept.columns)], how="vertical")
 
@@ -156,16 +160,26 @@ def check_declaration(stage: Stage, batch: pl.DataFrame, result: StageResult) ->
         raise StageContractError(f"stage {stage.name} rejected rows with a null reason")
     if result.rows_synthetic:
         _check_synthetic(stage, result)
-    if batch.height + result.rows_synthetic != result.kept.height + result.rejected.height + result.rows_synthetic:
+    passed = 0 if result.synthetic is None else result.synthetic.height
+    if batch.height + result.rows_synthetic != result.kept.height + passed + result.rejected.height:
         raise StageContractError(
             f"stage {stage.name} lost rows: {batch.height} in + {result.rows_synthetic} synthetic != "
-            f"{result.kept.height + result.rows_synthetic} out + {result.rejected.height} rejected"
+            f"{result.kept.height + passed} out + {result.rejected.height} rejected"
         )
 
 
 def _check_synthetic(stage: Stage, result: StageResult) -> None:
-    """Synthetic rows have exactly the kept rows' columns and types, and every provenance column filled."""
+    """Synthetic rows have exactly the kept rows' columns and types, and every provenance column filled; the
+    rejected ones are counted exactly."""
+    if result.synthetic_rejected:
+        marked = (result.rejected["syn_origin"].is_not_null().sum() if "syn_origin" in result.rejected.columns
+                  else 0)
+        if marked != result.synthetic_rejected:
+            raise StageContractError(f"stage {stage.name}: {result.synthetic_rejected} synthetic rows counted as "
+                                     f"rejected, {marked} rejected rows carry provenance")
     syn = result.synthetic
+    if syn is None:
+        return
     if dict(syn.schema) != dict(result.kept.schema):
         extra = sorted(set(syn.columns) ^ set(result.kept.columns))
         raise StageContractError(f"stage {stage.name}: synthetic rows must have the kept rows' schema "
