@@ -100,7 +100,8 @@ def _epoch(body, head, opt, x: _Rows, train: np.ndarray, yt, batch_size: int, ge
 
 def fit_proxy(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device, seed: int = 0):
     """The proxy classifier trained on every row for `cfg.epochs` epochs, as the dynamics train it; returns a
-    function of embeddings -> predicted class. What the selection benchmark trains on each subset."""
+    function of embeddings -> class probabilities (n, classes). What the selection benchmark trains on each subset
+    and the augment gate's label check asks."""
     import torch
 
     x = _Rows(emb, device)
@@ -112,13 +113,15 @@ def fit_proxy(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device, seed: i
     for _ in range(cfg.epochs):
         _epoch(body, head, opt, x, rows, yt, cfg.batch_size, gen)
 
-    def predict(test: np.ndarray) -> np.ndarray:
+    def probabilities(test: np.ndarray) -> np.ndarray:
+        if test.shape[0] == 0:
+            return np.zeros((0, classes))
         held = _Rows(test, device)
         with torch.inference_mode():
-            return np.concatenate([head(body(held.take(r))).argmax(1).cpu().numpy()
+            return np.concatenate([head(body(held.take(r))).softmax(1).cpu().numpy()
                                    for _, r in _chunks(np.arange(test.shape[0]))])
 
-    return predict
+    return probabilities
 
 
 def _chunks(rows: np.ndarray):

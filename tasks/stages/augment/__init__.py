@@ -1,0 +1,265 @@
+"""Augment: synthetic rows for scarce slices, each through a gate, each with its provenance.
+
+A global stage (tasks/runtime/stage.py GlobalSteps):
+  features  per shard: id, slice membership, label, a hash of the normalized text (for the duplicate check), and
+            the text only of rows in a slice (the parents and their neighbours) or in the proxy classifier's
+            hashed sample of labeled rows: scarce slices are small, so the features stay small;
+  decide    once, with the models loaded: each slice's shortfall under its target and the share cap, one request
+            per missing row (tasks/stages/augment/plan.py), generation (generators.py, cached), the gate
+            (gate.py); the decisions table is the generated rows, passed or failed;
+  apply     per shard: real rows unchanged (provenance columns null, `label_source` human where labeled), the
+            generated rows whose parent is in the shard: passed ones join as synthetic rows, failed ones go to
+            quarantine as `augment.gate.<check>`, so rows_in + rows_synthetic == rows_out + rows_rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import polars as pl
+
+from schemas.config import AugmentParams
+from schemas.record import CANONICAL
+from tasks.io.manifests import Stats
+from tasks.runtime.stage import PROVENANCE, GlobalSteps, Stage, StageResult
+from tasks.stages.augment import gate, generators, plan
+from tasks.stages.augment.plan import SLICE
+
+log = logging.getLogger("sluice")
+
+ADDS: dict[str, pl.DataType] = {**PROVENANCE, "syn_instruction": pl.String(), "label_source": pl.String()}
+PLAN_FILE = "augment_plan.json"
+
+
+@dataclass
+class Loaded:
+    models: gate.GateModels
+    device: object
+    generator: object | None  # LocalLM or Endpoint; the word-level baseline is built in decide (it needs words)
+    identity: dict
+    cache_root: object
+
+
+def _identity_text(identity: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(identity.items()))
+
+
+def load(params: AugmentParams) -> Loaded:
+    """The gate's models (the score stage's embedder and LM, the quality stage's language ID, the decontaminate
+    stage's index) and the generator, once per worker process."""
+    from schemas.config import resolve_secret
+    from tasks.stages.decontaminate import load_index
+    from tasks.stages.quality import load_language_model
+    from tasks.stages.score import embeddings, models
+
+    cfg, score = params.augment, params.score
+    dev = models.device(score.device)
+    embedder = models.load_embedder(score.embedder, dev)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embeddings.embed(texts, embedder, score.embedder, dev)
+
+    need_lm = cfg.generator == "local" or cfg.gate.max_perplexity is not None
+    lm, tokenizer = models.load_lm(score.lm, dev) if need_lm else (None, None)
+    gate_models = gate.GateModels(
+        embed=embed, lm=(lm, tokenizer, score.lm, dev, False) if lm is not None else None,
+        language_model=load_language_model(params.quality) if cfg.gate.quality else None,
+        benchmark_index=(load_index(params.decontaminate) if cfg.gate.decontaminate
+                         and params.decontaminate.benchmarks else None))
+    lm_pins = ",".join(f"{k}:{v[:16]}" for k, v in sorted(score.lm.sha256.items()))
+    if cfg.generator == "local":
+        identity = {"generator": "local", "model": score.lm.path or "SmolLM2-135M-Instruct", "sha256": lm_pins}
+        generator = generators.LocalLM(lm, tokenizer, dev, identity, cfg.max_new_tokens, cfg.temperature,
+                                       cfg.top_p, cfg.max_tokens)
+    elif cfg.generator == "endpoint":
+        key = resolve_secret(cfg.endpoint.api_key, "augment.endpoint.api_key") if cfg.endpoint.api_key else None
+        generator = generators.Endpoint(cfg.endpoint, key, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                        cfg.max_tokens)
+        identity = {"generator": "endpoint", **generator.identity}
+    else:
+        generator, identity = None, dict(generators.WordLevel.identity)
+    return Loaded(gate_models, dev, generator, identity, models.cache_root(score.lm) / "generations")
+
+
+def release(loaded: Loaded) -> None:
+    loaded.generator = None
+    loaded.models = gate.GateModels()
+
+
+def features(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> pl.DataFrame:
+    """Small per-shard features; `loaded` is unused here (the runner hands it to every step of a stage with a
+    setup), the models work in `decide`."""
+    from tasks.stages.dedup import normalized
+
+    cfg = params.augment
+    missing = [c for c in plan.columns_read(cfg) if c not in batch.columns and c != cfg.label]
+    if missing:
+        raise ValueError(f"augment: the slices read column(s) {', '.join(missing)}, which the data does not have "
+                         f"(columns: {', '.join(batch.columns)})")
+    label = pl.col(cfg.label).cast(pl.String) if cfg.label in batch.columns else pl.lit(None, pl.String)
+    synthetic = pl.col("syn_origin").is_not_null() if "syn_origin" in batch.columns else pl.lit(False)
+    bucket = pl.col("id").hash(seed=13) % 1_000_000
+    framed = batch.with_columns(plan.membership(cfg))
+    proxy = label.is_not_null() & ~synthetic & (bucket < int(cfg.gate.proxy_sample * 1_000_000))
+    return framed.select(
+        "id", SLICE, label=label, _synthetic=synthetic, _proxy=proxy,
+        _hash=normalized(pl.col("text")).hash(seed=0),
+        text=pl.when(pl.col(SLICE).is_not_null() | proxy).then(pl.col("text")))
+
+
+def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded):
+    """The select stage's proxy classifier (score/dynamics.py) on the embedded sample of real labeled rows."""
+    from tasks.stages.score import dynamics
+
+    sample = feats.filter("_proxy")
+    classes = sorted(sample["label"].unique().to_list())
+    if len(classes) < 2:
+        return None
+    emb = loaded.models.embed(sample["text"].to_list())
+    y = sample["label"].cast(pl.Enum(classes)).to_physical().to_numpy().astype(np.int64)
+    return dynamics.fit_proxy(emb, y, len(classes), params.score.dynamics, loaded.device, params.augment.seed), \
+        classes
+
+
+def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None
+           ) -> tuple[pl.DataFrame, dict[str, bytes]]:
+    loaded = loaded if loaded is not None else load(params)
+    cfg = params.augment
+    tmpl, prompt_sha = plan.template(cfg)
+    shortfall = plan.shortfalls(feats, cfg)
+    req = plan.requests(feats, cfg, shortfall)
+    if cfg.generator == "eda":
+        slice_texts = feats.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic"))["text"]
+        words = sorted(set(" ".join(slice_texts.to_list()).split()))
+        generate, inputs = generators.WordLevel(words), req["parent_text"].to_list()
+        params_key = generate.params
+        prompt_sha = hashlib.sha256(orjson.dumps(params_key, option=orjson.OPT_SORT_KEYS)).hexdigest()  # no prompt
+    else:
+        generate, params_key = loaded.generator, loaded.generator.params
+        inputs = [plan.render(tmpl, t, lab, shots) for t, lab, shots in
+                  zip(req["parent_text"], req["label"], req["shots"], strict=True)]
+    cache = generators.GenerationCache(loaded.cache_root, loaded.identity, params_key)
+    got = generators.cached_generate(cache, inputs, req["seed"].to_list(), generate, cfg.batch_size)
+    for error in got.errors[:5]:
+        log.warning(f"augment: a generation request failed after retries: {error}")
+    made = req.with_columns(text=pl.Series(got.texts, dtype=pl.String)).filter(pl.col("text").is_not_null())
+    backtranslate = cfg.task == "backtranslate"
+    made = made.with_columns(
+        id=pl.concat_str(pl.lit("syn-"), pl.col("parent_id"), pl.lit("-"), pl.col("variant").cast(pl.String),
+                         pl.lit("-"), pl.lit(hashlib.sha256(orjson.dumps(loaded.identity, option=orjson.OPT_SORT_KEYS)
+                                                            ).hexdigest()[:8])))
+    real = feats.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic")).select("id", "text", SLICE)
+    judged = gate.run(made, real, feats["_hash"], loaded.models, params, _proxy(feats, params, loaded))
+    decisions = judged.select(
+        "id", "slice", "label", "reason", "evidence",
+        text=pl.col("parent_text") if backtranslate else pl.col("text"),
+        syn_instruction=pl.col("text") if backtranslate else pl.lit(None, pl.String),
+        syn_origin=pl.lit(f"augment.{cfg.task}"), syn_generator=pl.lit(_identity_text(loaded.identity)),
+        syn_parent_id=pl.col("parent_id"), syn_prompt_sha256=pl.lit(prompt_sha),
+        syn_seed=pl.col("seed"), label_source=pl.lit("weak" if cfg.generator == "eda" else "llm"))
+    report = {"slices": shortfall, "requested": req.height, "generated": made.height,
+              "not_generated": req.height - made.height, "cached": got.cached, "tokens": got.tokens,
+              "cost": round(got.cost, 6), "stopped": got.stopped, "errors": len(got.errors),
+              "generator": loaded.identity, "prompt_sha256": prompt_sha,
+              "rejected_by_check": dict(judged.group_by("reason").len().drop_nulls().iter_rows())}
+    log.info(f"augment: {made.height} of {req.height} asked rows generated ({got.cached} from the cache), "
+             f"{int(judged['reason'].is_null().sum())} passed the gate")
+    return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}
+
+
+def _synthetic_rows(batch: pl.DataFrame, generated: pl.DataFrame, label_col: str) -> pl.DataFrame:
+    """Generated rows in the batch's schema (+ ADDS): id, text, label and provenance from the generation, the
+    parent's source, content_sha256 of the new text; every other column null (it described the parent)."""
+    parents = batch.select(pl.col("id").alias("syn_parent_id"), pl.col("source") if "source" in batch.columns
+                           else pl.lit(None, pl.String).alias("source"))
+    rows = generated.join(parents, on="syn_parent_id", how="left").with_columns(content_sha256=gate.content_sha256())
+    if label_col in batch.columns:
+        rows = rows.with_columns(pl.col("label").alias(label_col))
+    out_schema = {**batch.schema, **{c: t for c, t in ADDS.items() if c not in batch.columns}}
+    return rows.select([(pl.col(c) if c in rows.columns else pl.lit(None)).cast(t).alias(c)
+                        for c, t in out_schema.items()] + [pl.col("reason"), pl.col("evidence")])
+
+
+def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: AugmentParams) -> StageResult:
+    cfg = params.augment
+    label_col = cfg.label
+    labeled = pl.col(label_col).is_not_null() if label_col in batch.columns else pl.lit(False)
+    kept = batch.with_columns([pl.lit(None, t).alias(c) for c, t in ADDS.items() if c not in batch.columns])
+    kept = kept.with_columns(label_source=pl.when(pl.col("label_source").is_null() & labeled)
+                             .then(pl.lit("human")).otherwise(pl.col("label_source")))
+    mine = decisions.filter(pl.col("syn_parent_id").is_in(batch["id"].implode()))
+    rows = _synthetic_rows(batch, mine, label_col)
+    passed = rows.filter(pl.col("reason").is_null()).drop("reason", "evidence")
+    failed = rows.filter(pl.col("reason").is_not_null())
+    counts = {"augment.real": batch.height, "augment.synthetic": passed.height, "augment.gate_failed": failed.height}
+    for (name,), part in mine.group_by("slice"):
+        counts[f"augment.synthetic.{name}"] = int(part["reason"].is_null().sum())
+    for (reason,), part in failed.group_by("reason"):
+        counts[reason] = part.height
+    sliced = batch.with_columns(plan.membership(cfg)).filter(pl.col(SLICE).is_not_null())
+    for name, n in sliced.group_by(SLICE).len().iter_rows():
+        counts[f"augment.real.{name}"] = n
+    every = pl.concat([kept.select("label_source"), passed.select("label_source")])
+    counts["augment.labels.human"] = int((every["label_source"] == "human").sum())
+    counts["augment.labels.all"] = int(every["label_source"].is_not_null().sum())
+    empty_rejected = kept.clear().with_columns(reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String))
+    return StageResult(kept=kept, rejected=pl.concat([empty_rejected, failed], how="vertical_relaxed")
+                       if failed.height else empty_rejected, stats=Stats(counts=counts),
+                       synthetic=passed if passed.height else None, synthetic_rejected=failed.height)
+
+
+def augment_one_shard(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> StageResult:
+    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for augment."""
+    loaded = loaded if loaded is not None else load(params)
+    decisions, _ = decide(features(batch, params), params, loaded)
+    return apply(batch, decisions, params)
+
+
+def rate_checks(stats: Stats, rows_in: int, params: AugmentParams) -> list[dict]:
+    """The human-label floor (`augment.min_human_label_share`) as part of the contract."""
+    floor = params.augment.min_human_label_share
+    if floor is None:
+        return []
+    human, labeled = stats.counts.get("augment.labels.human", 0), stats.counts.get("augment.labels.all", 0)
+    share = human / labeled if labeled else 1.0
+    return [{"name": "augment.human_label_share", "count": labeled - human, "rate": 1.0 if share < floor else 0.0,
+             "warn": 1.0, "max": 0.0,
+             "message": f"only {share:.1%} of labeled rows keep a human label ({human:,} of {labeled:,}); the "
+                        f"contract asks at least {floor:.1%} (augment.min_human_label_share)"}]
+
+
+def summarize(stats: Stats, params: AugmentParams) -> dict:
+    c = stats.counts
+    slices = {}
+    for s in params.augment.slices:
+        real, syn = c.get(f"augment.real.{s.name}", 0), c.get(f"augment.synthetic.{s.name}", 0)
+        slices[s.name] = {"real": real, "synthetic": syn, "synthetic_share": round(syn / (real + syn), 4)
+                          if real + syn else 0.0}
+    return {"generator": params.augment.generator, "task": params.augment.task, "slices": slices,
+            "synthetic": c.get("augment.synthetic", 0), "gate_failed": c.get("augment.gate_failed", 0),
+            "gate": {k: v for k, v in c.items() if k.startswith("augment.gate.")}}
+
+
+STAGE = Stage(
+    name="augment",
+    fn=augment_one_shard,
+    params=lambda cfg: AugmentParams(augment=cfg.augment, score=cfg.score, quality=cfg.quality,
+                                     decontaminate=cfg.decontaminate),
+    requires={"id": CANONICAL["id"], "text": CANONICAL["text"]},
+    adds=ADDS,
+    suite="augment",
+    resources="gpu",
+    kind="global",
+    steps=GlobalSteps(features=features, decide=decide, apply=apply),
+    setup=load,
+    teardown=release,
+    needs=("torch", "transformers", "sentence_transformers", "rapidfuzz", "openai"),
+    rate_checks=rate_checks,
+    summarize=summarize,
+    description="synthetic rows for scarce slices (local LM, OpenAI-compatible server, word-level baseline), "
+                "each through a gate that reuses the other stages' checks",
+)

