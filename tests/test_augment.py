@@ -184,3 +184,183 @@ def test_where_slices_and_missing_columns():
     with pytest.raises(ValueError, match="the slices read column\\(s\\) genre"):
         augment.features(df, params(slices=[{"name": "g", "column": "genre", "value": "x", "target": 3}]))
     assert np.isclose(cfg.gate.max_synthetic_share, 0.3)
+
+
+# --- the endpoint generator against a real OpenAI-compatible server on 127.0.0.1 -------------------------------
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory):
+    """`transformers serve` on the packaged SmolLM2 (the score stage's safetensors cache), 127.0.0.1 only."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import _free_port
+
+    from tasks.stages.score import models
+
+    folder = models.lm_folder(SluiceConfig().score.lm)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cli = Path(sys.executable).parent / "transformers"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(cli), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+                                 "--device", "cpu", "--dtype", "float32"], stdout=out, stderr=out, env=env)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {log.read_text()[-2000:]}") from None
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"transformers serve did not start: {log.read_text()[-2000:]}")
+    yield {"url": f"http://127.0.0.1:{port}/v1", "model": str(folder)}
+    proc.terminate()
+    proc.wait(20)
+
+
+@pytest.fixture()
+def flaky_front(llm_server):
+    """A real HTTP server on 127.0.0.1 in front of the LM server that answers 500 to the first two requests, then
+    forwards: what an overloaded vLLM or a restarting gateway does."""
+    import http.server
+    import threading
+    import urllib.request
+
+    from conftest import _free_port
+
+    seen = {"requests": 0, "auth": []}
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            seen["requests"] += 1
+            seen["auth"].append(self.headers.get("Authorization"))
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if seen["requests"] <= 2:
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"error": {"message": "overloaded"}}')
+                return
+            upstream = llm_server["url"].removesuffix("/v1") + self.path
+            req = urllib.request.Request(upstream, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as reply:
+                data = reply.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    port = _free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Front)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{port}/v1", "model": llm_server["model"], "seen": seen}
+    server.shutdown()
+
+
+def _endpoint_params(server: dict, **extra) -> AugmentParams:
+    return params(generator="endpoint", max_new_tokens=32, endpoint={
+        "base_url": server["url"], "model": server["model"], "concurrency": 2, "timeout_seconds": 120,
+        "max_retries": 3, **extra})
+
+
+def test_endpoint_generator_against_a_real_local_server(llm_server, monkeypatch):
+    monkeypatch.setenv("SLUICE_TEST_LLM_KEY", "sk-test-never-logged-7f3a")
+    p = _endpoint_params(llm_server, api_key="env:SLUICE_TEST_LLM_KEY")
+    from schemas.config import resolve_secret
+
+    gen = generators.Endpoint(p.augment.endpoint, resolve_secret("env:SLUICE_TEST_LLM_KEY", "key"), 32, 0.8, 0.95,
+                              10_000)
+    prompts = ["Rewrite in other words: The lamb stood on the mount.", "Rewrite: I am the first and the last."]
+    out = gen(prompts, [1, 2])
+    assert out.errors == [] and all(t and len(t) > 3 for t in out.texts), out
+    assert out.tokens > 0 and out.stopped is None
+    capped = generators.Endpoint(p.augment.endpoint, None, 32, 0.8, 0.95, 1)  # a 1-token budget
+    first = capped(prompts[:1], [1])
+    assert first.texts[0] is not None and capped(prompts[1:], [2]).stopped == "augment.max_tokens reached"
+
+
+def test_endpoint_retries_a_server_that_fails_then_recovers(flaky_front):
+    p = _endpoint_params(flaky_front, concurrency=1, api_key="env:SLUICE_TEST_LLM_KEY")
+    gen = generators.Endpoint(p.augment.endpoint, "sk-test-never-logged-7f3a", 24, 0.8, 0.95, 10_000)
+    out = gen(["Say something about the sea."], [3])
+    assert out.errors == [] and out.texts[0], out
+    assert flaky_front["seen"]["requests"] == 3  # two 500s retried by the client with backoff, then the answer
+    assert flaky_front["seen"]["auth"][-1] == "Bearer sk-test-never-logged-7f3a"
+    hopeless = generators.Endpoint(p.augment.endpoint.model_copy(update={"max_retries": 0}), None, 24, 0.8, 0.95,
+                                   10_000)
+    flaky_front["seen"]["requests"] = 0
+    failed = hopeless(["Say something."], [4])
+    assert failed.texts == [None] and "InternalServerError" in failed.errors[0]  # reported, never fatal
+
+
+KEY = "sk-test-never-logged-7f3a"
+
+
+def test_the_stage_runs_through_the_flow_and_resumes_from_cached_generations(prefect_server, llm_server, tmp_path,
+                                                                           monkeypatch, caplog):
+    """ingest -> augment -> publish with the endpoint generator: the manifest's invariant counts generated rows,
+    the published version holds the synthetic rows with provenance, a second run pays for no generation, and the
+    key never appears in a log line, a manifest, the report or the data."""
+    from flows.curate import run_curate
+
+    monkeypatch.setenv("SLUICE_TEST_LLM_KEY", KEY)
+    data = tmp_path / "verses.jsonl"
+    data.write_text("\n".join(orjson.dumps(r).decode() for r in corpus(6).select("text", "label").to_dicts()) + "\n")
+    cfg = tmp_path / "augment.toml"
+    cfg.write_text(f'''
+[score]
+device = "cpu"
+[augment]
+generator = "endpoint"
+max_new_tokens = 32
+slices = [{{name = "apoc", column = "label", value = "apocalyptic", target = 12}}]
+[augment.endpoint]
+base_url = "{llm_server['url']}"
+model = "{llm_server['model']}"
+api_key = "env:SLUICE_TEST_LLM_KEY"
+[augment.gate]
+max_edit_similarity = 1.0
+quality = false
+max_perplexity = 1e9
+min_label_probability = 0.0
+[publish]
+dataset = "augmented"
+''')
+    out = tmp_path / "out"
+    run = run_curate([str(data)], str(out), str(cfg), run_id="aug", stages=["ingest", "augment", "publish"])
+    assert run["status"] == "succeeded"
+    m = json.loads((out / "runs" / "aug" / "augment" / "_manifest.json").read_text())
+    assert m["rows_in"] + m["rows_synthetic"] == m["rows_out"] + m["rows_rejected"]
+    assert m["rows_synthetic"] == 2 and m["rows_in"] == corpus(6).height
+    assert m["summary"]["slices"]["apoc"]["real"] == 6
+    published = pl.read_parquet(out / "datasets" / "augmented" / "v1" / "*.parquet")
+    syn = published.filter(pl.col("syn_origin").is_not_null())
+    assert syn.height == m["rows_out"] - m["rows_in"] == m["summary"]["synthetic"]
+    provenance = syn.select("syn_generator", "syn_parent_id", "syn_prompt_sha256", "syn_seed")
+    assert provenance.null_count().sum_horizontal()[0] == 0
+    assert (syn["label_source"] == "llm").all() and (syn["label"] == "apocalyptic").all()
+    first_plan = json.loads((out / "runs" / "aug" / "augment" / "augment_plan.json").read_text())
+    assert first_plan["generated"] == 2
+
+    again = run_curate([str(data)], str(out), str(cfg), run_id="aug-again", stages=["ingest", "augment"])
+    assert again["status"] == "succeeded"
+    plan_again = json.loads((out / "runs" / "aug-again" / "augment" / "augment_plan.json").read_text())
+    assert plan_again["cached"] == plan_again["generated"] == 2 and plan_again["tokens"] == 0
+
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in caplog.text
