@@ -22,8 +22,13 @@ from tasks.stages.decontaminate.benchmarks import builtin_path
 GSM8K = [orjson.loads(line) for line in Path(builtin_path("gsm8k")).read_text().splitlines()]
 
 
+SHORT_TEXT_QUALITY = {  # the demo's scaling of the Gopher/C4 rules to verse-length records (infra/demo.toml)
+    "gopher_quality": {"min_doc_words": 8, "min_alpha_words_ratio": 0.6},
+    "gopher_repetition": {"top_n_grams": [[2, 0.5], [3, 0.5], [4, 0.5]]}, "c4": {"min_num_sentences": 1}}
+
+
 def params(**augment_cfg) -> AugmentParams:
-    cfg = SluiceConfig.model_validate({"score": {"device": "cpu"}, "augment": {
+    cfg = SluiceConfig.model_validate({"score": {"device": "cpu"}, "quality": SHORT_TEXT_QUALITY, "augment": {
         "generator": "eda", "slices": [{"name": "apoc", "column": "label", "value": "apocalyptic", "target": 12}],
         **augment_cfg}})
     return AugmentParams(augment=cfg.augment, score=cfg.score, quality=cfg.quality, decontaminate=cfg.decontaminate)
@@ -123,9 +128,9 @@ def test_each_gate_check_on_hand_made_rows(loaded):
 def test_perplexity_bound_uses_the_score_stage_lm(loaded):
     rows = _rows(["And I saw a new heaven and a new earth, for the first heaven was passed away.",
                   "qzv xkwp jjrt vvb wq zzkx pqwm lrrn ttqk bbvx"], ["", ""], [None, None])
-    failed, evidence = gate.perplexity(rows, loaded.models, 500.0)
+    failed, evidence = gate.perplexity(rows, loaded.models, 150.0)
     assert failed.tolist() == [False, True], evidence
-    assert json.loads(evidence[1])["perplexity"] > 500
+    assert json.loads(evidence[1])["perplexity"] > 150 > json.loads(evidence[0])["perplexity"]
 
 
 def test_min_human_label_share_is_a_contract():

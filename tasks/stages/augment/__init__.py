@@ -69,7 +69,7 @@ def load(params: AugmentParams) -> Loaded:
         embed=embed, lm=(lm, tokenizer, score.lm, dev, False) if lm is not None else None,
         language_model=load_language_model(params.quality) if cfg.gate.quality else None,
         benchmark_index=(load_index(params.decontaminate) if cfg.gate.decontaminate
-                         and params.decontaminate.benchmarks else None))
+                         and (params.decontaminate.builtins or params.decontaminate.benchmarks) else None))
     lm_pins = ",".join(f"{k}:{v[:16]}" for k, v in sorted(score.lm.sha256.items()))
     if cfg.generator == "local":
         identity = {"generator": "local", "model": score.lm.path or "SmolLM2-135M-Instruct", "sha256": lm_pins}

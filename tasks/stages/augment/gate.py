@@ -105,11 +105,10 @@ def contamination(rows: pl.DataFrame, models: GateModels, params) -> tuple[np.nd
     from tasks.stages.decontaminate import decontaminate
 
     result = decontaminate(_as_records(rows), params.decontaminate, models.benchmark_index)
-    found = dict(zip(result.rejected["id"], result.rejected["evidence"], strict=True)) if result.rejected.height \
-        else {}
-    matched = result.kept.filter(pl.col("contam_benchmark").is_not_null())  # redacted or flagged: still a match
-    for i, bench, item, cov in matched.select("id", "contam_benchmark", "contam_item", "contam_coverage").iter_rows():
-        found.setdefault(i, _json(benchmark=bench, item=item, coverage=cov))
+    cols = ["id", "contam_benchmark", "contam_item", "contam_coverage"]
+    parts = [result.kept.select(cols)] + ([result.rejected.select(cols)] if result.rejected.height else [])
+    matched = pl.concat(parts).filter(pl.col("contam_benchmark").is_not_null())  # dropped, redacted, flagged
+    found = {i: _json(benchmark=b, item_id=item, coverage=c) for i, b, item, c in matched.iter_rows()}
     ids = rows["id"].to_list()
     return np.array([i in found for i in ids], dtype=bool), [found.get(i) for i in ids]
 
@@ -174,7 +173,7 @@ def run(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, real_hashes: pl.Serie
 
     check("novelty", lambda r: novelty(r, real_slice_rows, models, cfg))
     check("duplicate", lambda r: duplicates(r, real_hashes))
-    if cfg.decontaminate and params.decontaminate.benchmarks:
+    if cfg.decontaminate and models.benchmark_index is not None:
         check("contamination", lambda r: contamination(r, models, params))
     if cfg.quality:
         check("quality", lambda r: quality(r, models, params))
