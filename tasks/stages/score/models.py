@@ -173,7 +173,8 @@ def lm_folder(cfg: LanguageModelConfig) -> Path:
         return folder
     source = package_dir(LM_PACKAGE)
     verify(source, cfg.sha256)
-    cached = cache_root(cfg) / f"smollm2-135m-instruct-{cfg.sha256[LM_GGUF][:16]}"
+    # -v2: the config names its architecture (servers such as `transformers serve` need it to load the folder)
+    cached = cache_root(cfg) / f"smollm2-135m-instruct-{cfg.sha256[LM_GGUF][:16]}-v2"
     if not (cached / "model.safetensors").exists():
         _convert_gguf(source, cached)
     return cached
@@ -192,6 +193,7 @@ def _convert_gguf(source: Path, dest: Path) -> None:
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # the weights written are plain float32
+        config.architectures = [type(model).__name__]
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
