@@ -8,6 +8,7 @@ expectations (uniqueness across the stage) run once at commit on only the column
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 
 COLUMN_KWARGS = ("column", "column_A", "column_B")
@@ -38,4 +39,6 @@ def columns_of(suite: dict) -> list[str]:
         kw = exp.get("kwargs", {})
         cols += [kw[k] for k in COLUMN_KWARGS if k in kw]
         cols += list(kw.get("column_list", []))
+        if isinstance(kw.get("row_condition"), str):  # a pandas query reads the columns it names too
+            cols += re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?=\s*(?:==|!=|>=|<=|>|<|\.))", kw["row_condition"])
     return list(dict.fromkeys(cols))
