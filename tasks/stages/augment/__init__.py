@@ -147,6 +147,9 @@ def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = N
     for error in got.errors[:5]:
         log.warning(f"augment: a generation request failed after retries: {error}")
     made = req.with_columns(text=pl.Series(got.texts, dtype=pl.String)).filter(pl.col("text").is_not_null())
+    made = made.with_columns(  # a one-paragraph parent gets one paragraph back: small LMs append commentary
+        text=pl.when(pl.col("parent_text").str.contains("\n\n", literal=True)).then(pl.col("text"))
+        .otherwise(pl.col("text").str.split("\n\n").list.first().str.strip_chars()))
     backtranslate = cfg.task == "backtranslate"
     made = made.with_columns(
         id=pl.concat_str(pl.lit("syn-"), pl.col("parent_id"), pl.lit("-"), pl.col("variant").cast(pl.String),
