@@ -22,6 +22,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -144,7 +145,9 @@ def main() -> int:
     tmpl, _ = plan.template(cfg.augment)
     prompts = [plan.render(tmpl, parents[i % 50], SCARCE, []) for i in range(n_new)]
     seeds = [plan.request_seed(0, str(i % 50), i // 50) for i in range(n_new)]
-    cache = generators.GenerationCache(loaded.cache_root, loaded.identity, loaded.generator.params)
+    # a fresh cache: the bench measures generation, so it never reads a previous run's generations
+    cache = generators.GenerationCache(Path(tempfile.mkdtemp(prefix="sluice-bench-gen-")), loaded.identity,
+                                       loaded.generator.params)
     started = time.perf_counter()
     got = generators.cached_generate(cache, prompts, seeds, loaded.generator, 8)
     gen_seconds = time.perf_counter() - started
@@ -170,8 +173,8 @@ def main() -> int:
 
     n_pass = int(passed.sum())
     settings = [("(a) no augmentation", x, y, 0),
-                (f"(b) oversampling the 50 (+{n_pass})", *with_rows([parents[i % 50] for i in range(n_pass)]),
-                 n_pass),
+                (f"(b) oversampling the 50 (+{n_new})", *with_rows([parents[i % 50] for i in range(n_new)]),
+                 n_new),
                 (f"(c) word-level (EDA), no gate (+{n_new})", *with_rows(eda_texts), n_new),
                 (f"(d) LM paraphrases through the gate (+{n_pass})",
                  *with_rows([t for t, ok in zip(lm_texts, passed, strict=True) if ok]), n_pass),

@@ -133,6 +133,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(f"\n{title}:" if d[key] else f"\n{title}: no change")
         for name, c in d[key].items():
             print(f"  {name:<40} {c['a']:>9,} -> {c['b']:>9,}  ({c['change']:+,})")
+    if d.get("synthetic"):
+        print("\nsynthetic rows per class (augment):")
+        for name, c in d["synthetic"].items():
+            print(f"  {name:<40} {c['a']['synthetic']:>9,} ({c['a']['share']:.1%}) -> "
+                  f"{c['b']['synthetic']:>9,} ({c['b']['share']:.1%})")
     if d["scores"]:
         print("\nscores (mean, p10/p50/p90):")
         for col, s in d["scores"].items():

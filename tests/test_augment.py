@@ -369,3 +369,68 @@ dataset = "augmented"
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in caplog.text
+
+
+class _Recorder:
+    """A generator that writes a fixed, distinct answer per prompt and keeps the prompts it was given: the stage's
+    plumbing (prompts, task layouts, provenance) checked without paying for an LM."""
+
+    params = {"recorder": 1}
+
+    def __init__(self):
+        self.prompts: list[str] = []
+
+    def __call__(self, prompts, seeds):
+        self.prompts += prompts
+        return generators.Generated(texts=[f"What does verse {s % 997} of the vision say about the end of days?"
+                                           for s in seeds], tokens=len(prompts))
+
+
+def _with_recorder(loaded, tmp_path):
+    from dataclasses import replace
+
+    recorder = _Recorder()
+    return replace(loaded, generator=recorder, identity={"generator": "recorder"}, cache_root=tmp_path), recorder
+
+
+def test_backtranslation_keeps_the_response_and_adds_the_instruction(loaded, tmp_path):
+    p = params(generator="local", task="backtranslate", gate={"max_edit_similarity": 1.0, "quality": False,
+                                                              "max_perplexity": None, "min_label_probability": 0.0})
+    ld, recorder = _with_recorder(loaded, tmp_path)
+    batch = corpus()
+    decisions, artifacts = augment.decide(augment.features(batch, p), p, ld)
+    assert decisions.height == 2 and all(pr.startswith("Here is a response.") for pr in recorder.prompts)
+    parents = dict(zip(batch["id"], batch["text"], strict=True))
+    for row in decisions.iter_rows(named=True):
+        assert row["text"] == parents[row["syn_parent_id"]]  # the real response, as the row's text
+        assert row["syn_instruction"].startswith("What does verse") and row["syn_origin"] == "augment.backtranslate"
+    assert json.loads(artifacts["augment_plan.json"])["generated"] == 2
+
+
+def test_few_shot_prompts_hold_k_real_examples_of_the_slice(loaded, tmp_path):
+    p = params(generator="local", task="few_shot", shots=3, gate={"max_edit_similarity": 1.0, "quality": False,
+                                                                  "max_perplexity": None,
+                                                                  "min_label_probability": 0.0})
+    ld, recorder = _with_recorder(loaded, tmp_path)
+    batch = corpus()
+    augment.decide(augment.features(batch, p), p, ld)
+    revelation = batch.filter(pl.col("label") == "apocalyptic")["text"].to_list()
+    for prompt in recorder.prompts:
+        shown = [t for t in revelation if t in prompt]
+        assert len(shown) == 3 and "Example 3:" in prompt and "(label: apocalyptic)" in prompt
+
+
+def test_diff_reports_the_synthetic_share_per_class():
+    from tasks.ops.diff import diff_frames
+
+    def version(synthetic: int) -> pl.DataFrame:
+        rows = [{"content_sha256": f"r{i}", "source": "kjv", "label": "law" if i < 8 else "apocalyptic",
+                 "syn_origin": None} for i in range(10)]
+        rows += [{"content_sha256": f"s{i}", "source": "kjv", "label": "apocalyptic",
+                  "syn_origin": "augment.paraphrase"} for i in range(synthetic)]
+        return pl.DataFrame(rows, schema_overrides={"syn_origin": pl.String})
+
+    d = diff_frames(version(0), version(1))
+    assert d["synthetic"] == {"apocalyptic": {"a": {"synthetic": 0, "rows": 0, "share": 0.0},
+                                              "b": {"synthetic": 1, "rows": 3, "share": 0.333333}}}
+    assert diff_frames(version(0), version(0))["synthetic"] == {}

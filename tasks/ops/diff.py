@@ -90,6 +90,24 @@ def score_shifts(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, dict]:
     return shifts
 
 
+def _synthetic_by_class(df: pl.DataFrame) -> dict[str, dict]:
+    """Synthetic rows (augment's `syn_origin` set) and all rows per class (`label`; "(no label)" for none)."""
+    if "syn_origin" not in df.columns or df.height == 0:
+        return {}
+    label = pl.col("label").cast(pl.String).fill_null("(no label)") if "label" in df.columns \
+        else pl.lit("(no label)")
+    counts = df.group_by(label.alias("class")).agg(synthetic=pl.col("syn_origin").is_not_null().sum(),
+                                                   rows=pl.len()).filter(pl.col("synthetic") > 0)
+    return {c: {"synthetic": int(n), "rows": int(r), "share": round(n / r, 6)} for c, n, r in counts.iter_rows()}
+
+
+def synthetic_shares(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, dict]:
+    """Per class holding synthetic rows in either version: its synthetic rows and share in each."""
+    sa, sb = _synthetic_by_class(a), _synthetic_by_class(b)
+    empty = {"synthetic": 0, "rows": 0, "share": 0.0}
+    return {c: {"a": sa.get(c, empty), "b": sb.get(c, empty)} for c in sorted(set(sa) | set(sb))}
+
+
 def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
     """Rows added/removed by content hash, with multiplicity (two copies of a row in B and one in A = one added)."""
     ca = a.group_by("content_sha256").agg(pl.len().cast(pl.Int64).alias("a"))
@@ -104,7 +122,8 @@ def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
 
     return {"rows_a": a.height, "rows_b": b.height, "rows_added": added, "rows_removed": removed,
             "rows_unchanged": b.height - added, "changed_fraction": round((added + removed) / base, 6),
-            "by_source": _delta(by_source(a), by_source(b)), "scores": score_shifts(a, b)}
+            "by_source": _delta(by_source(a), by_source(b)), "scores": score_shifts(a, b),
+            "synthetic": synthetic_shares(a, b)}
 
 
 def version_diff(storage: Storage, dataset: str, version_a: int, version_b: int) -> dict:
