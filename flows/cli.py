@@ -141,8 +141,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if d["scores"]:
         print("\nscores (mean, p10/p50/p90):")
         for col, s in d["scores"].items():
-            def fmt(x: dict | None) -> str:
-                return "-" if not x else f"{x['mean']:.4g} ({x['p10']:.3g}/{x['p50']:.3g}/{x['p90']:.3g})"
+            def fmt(x: dict | None) -> str:  # an all-null column has no mean
+                if not x or x.get("mean") is None:
+                    return "-"
+                return f"{x['mean']:.4g} ({x['p10']:.3g}/{x['p50']:.3g}/{x['p90']:.3g})"
             shift = "" if s["mean_shift"] is None else f"  mean {s['mean_shift']:+.4g}"
             print(f"  {col:<28} {fmt(s['a'])} -> {fmt(s['b'])}{shift}")
     return 0

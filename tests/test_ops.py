@@ -20,7 +20,8 @@ from tasks.ops.demo_corpus import kjv_records
 
 VERSES = kjv_records()
 DEMO = (REPO / "infra" / "demo.toml").read_text()
-DEMO_STAGES = '["ingest", "decontaminate", "quality", "dedup", "score", "publish"]'
+DEMO_STAGES = '["ingest", "decontaminate", "quality", "dedup", "score", "select", "augment", "publish"]'
+assert DEMO_STAGES in DEMO  # the tests below replace the demo's stages with their own
 
 
 
