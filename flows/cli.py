@@ -442,6 +442,15 @@ def _deploy_commands(sub) -> None:
     p.set_defaults(fn=cmd_status)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sluice")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice",
@@ -450,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"sluice {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for commands in (_run_commands, _inspect_commands, _ops_commands, _deploy_commands):
         commands(sub)
@@ -521,6 +531,17 @@ def _fail(code: str, exc: BaseException, debug: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a pipe's buffered output fails here, inside the try, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `sluice runs | head`: the reader left; say nothing more, exit as SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not raise again
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from schemas.config import ConfigError
@@ -536,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_signals()
     try:
         return args.fn(args)
+    except BrokenPipeError:
+        raise  # handled in main, before OSError below would call it a storage error
     except ContractError as exc:
         return _fail("contract", exc, debug)
     except DatasetLocked as exc:

@@ -100,3 +100,21 @@ def test_readme_config_reference_is_a_valid_config(tmp_path):
     cfg = load_config(path)
     assert cfg.stages[1] == "decontaminate" and cfg.decontaminate.benchmarks[1].name == "internal-eval"
     assert cfg.storage.secret == "prefect-secret:curated-s3-secret" and cfg.retrain.min_changed_fraction == 0.01
+
+
+def test_version_and_a_closed_pipe_end_quietly(tmp_path):
+    """`sluice --version`; and `sluice ... | head` when the reader has gone: no BrokenPipeError traceback, the exit
+    code a SIGPIPE would give (141)."""
+    import os
+    import subprocess
+
+    from conftest import SLUICE
+
+    version = subprocess.run([str(SLUICE), "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip().startswith("sluice 0.")
+    read, write = os.pipe()
+    os.close(read)  # the reader (head) already left
+    proc = subprocess.run([str(SLUICE), "runs", "--output", str(tmp_path)], stdout=write, stderr=subprocess.PIPE,
+                          text=True)
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
