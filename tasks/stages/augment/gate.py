@@ -90,7 +90,7 @@ def duplicates(rows: pl.DataFrame, real_hashes: pl.Series) -> tuple[np.ndarray, 
     hashed = rows.select(h=normalized(pl.col("text").fill_null("")).hash(seed=0))["h"]
     known = real_hashes.unique().implode()
     real_dup = hashed.is_in(known).to_numpy()
-    again = hashed.is_duplicated().to_numpy() & ~hashed.is_first_distinct().to_numpy()
+    again = ~hashed.is_first_distinct().to_numpy()
     evidence = [_json(duplicates="a real row") if r else _json(duplicates="an earlier synthetic row") if a else None
                 for r, a in zip(real_dup, again, strict=True)]
     return real_dup | again, evidence
@@ -163,13 +163,12 @@ def run(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, real_hashes: pl.Serie
         if not alive.height:
             return
         failed, evidence = fn(alive)
-        full_failed = np.zeros(frame.height, dtype=bool)
-        full_evidence: list[str | None] = [None] * frame.height
         positions = np.flatnonzero(frame["reason"].is_null().to_numpy())
+        full_failed = np.zeros(frame.height, dtype=bool)
         full_failed[positions] = failed
-        for pos, ev in zip(positions, evidence, strict=True):
-            full_evidence[pos] = ev
-        frame = _fail(frame, full_failed, name, full_evidence)
+        full_evidence = np.full(frame.height, None, dtype=object)
+        full_evidence[positions] = evidence
+        frame = _fail(frame, full_failed, name, full_evidence.tolist())
 
     check("novelty", lambda r: novelty(r, real_slice_rows, models, cfg))
     check("duplicate", lambda r: duplicates(r, real_hashes))
