@@ -349,7 +349,9 @@ class EmbedderConfig(Strict):
     sha256: dict[str, str] = Field(default_factory=lambda: dict(EMBEDDER_SHA256),
                                    description="file (relative to the model folder) -> its pinned sha256")
     max_tokens: int = Field(256, ge=8, le=8192, description="tokens embedded per document (model's window caps it)")
-    batch_tokens: int = Field(16384, ge=256, description="token budget of one batch (length-sorted, no padding waste)")
+    batch_tokens: int | None = Field(None, ge=256, description="token budget of one batch (length-sorted, no padding "
+                                     "waste); unset: 16,384 on a CPU, 262,144 on CUDA (2.1x the CPU budget's "
+                                     "throughput on an H200, README)")
 
 
 class LanguageModelConfig(Strict):
@@ -362,7 +364,8 @@ class LanguageModelConfig(Strict):
     cache_dir: str | None = Field(None, description="where the GGUF conversion is cached; none = "
                                   "$SLUICE_CACHE or ~/.cache/sluice/models")
     max_tokens: int = Field(512, ge=8, le=8192, description="perplexity over the first N tokens of a document")
-    batch_tokens: int = Field(8192, ge=256)
+    batch_tokens: int | None = Field(None, ge=256, description="unset: 8,192 on a CPU, 131,072 on CUDA (2.3x the CPU "
+                                     "budget's throughput on an H200, README)")
 
 
 class SemDedupConfig(Strict):

@@ -35,4 +35,5 @@ def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
     dim = encoder.config.hidden_size
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
-    return batching.run(batching.token_budget_batches(lengths, cfg.batch_tokens), collate, compute, len(texts), dim)
+    batches = batching.token_budget_batches(lengths, batching.budget(cfg.batch_tokens, "embedder", dev))
+    return batching.run(batches, collate, compute, len(texts), dim)

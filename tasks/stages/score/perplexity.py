@@ -55,6 +55,7 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16:
 
     if not texts:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
-    out = batching.run(batching.token_budget_batches(lengths, cfg.batch_tokens), collate, compute, len(texts), 2,
+    batches = batching.token_budget_batches(lengths, batching.budget(cfg.batch_tokens, "lm", dev))
+    out = batching.run(batches, collate, compute, len(texts), 2,
                        np.float64)
     return out[:, 0], out[:, 1] / np.log(2) / np.maximum(chars, 1.0)
