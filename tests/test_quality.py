@@ -121,7 +121,8 @@ def test_language_id_with_the_packaged_model():
     assert res.kept["id"].to_list() == ["en"]
     assert res.kept["q_lang"][0] == "en" and res.kept["q_lang_score"][0] > 0.65
     assert res.rejected["reason"].to_list() == ["quality.language.not_allowed"]
-    assert json.loads(res.rejected["evidence"][0])["q_lang"] == "de"
+    evidence = json.loads(res.rejected["evidence"][0])
+    assert evidence == {"rule": "quality.language.not_allowed", "test": 'q_lang not in {"en"}', "q_lang": "de"}
     both = quality(pl.DataFrame({"id": ["de"], "text": [german]}),
                    QualityConfig(pii=PIIConfig(enabled=False), language=LanguageConfig(allowed=["en", "de"]),
                                  gopher_quality={"enabled": False}, gopher_repetition={"enabled": False},
@@ -174,3 +175,15 @@ def test_deterministic_and_batch_independent():
     assert whole.kept.equals(pl.concat([p.kept for p in parts]))
     assert whole.rejected.equals(pl.concat([p.rejected for p in parts]))
     assert whole.kept.height + whole.rejected.height == df.height
+
+
+def test_quarantine_evidence_names_the_rule_its_threshold_and_its_signals():
+    """A short document fails the word-count rule: the evidence is that rule, its test with the configured bounds,
+    and the one signal it reads, not every signal of every family."""
+    res = quality(pl.DataFrame({"id": ["short"], "text": ["Too short to keep here."]}),
+                  QualityConfig(pii=PIIConfig(enabled=False), language={"enabled": False},
+                                gopher_repetition={"enabled": False}, gopher_quality={"min_doc_words": 12}))
+    assert res.rejected["reason"].to_list() == ["quality.gopher.word_count"]
+    assert json.loads(res.rejected["evidence"][0]) == {
+        "rule": "quality.gopher.word_count", "test": "q_gopher_words < 12 | q_gopher_words > 100000",
+        "q_gopher_words": 5}

@@ -44,3 +44,14 @@ def select(names: list[str]) -> list[str]:
 def previous_stages(name: str) -> list[str]:
     """The stages before `name` in pipeline order, nearest first."""
     return list(reversed(ORDER[: ORDER.index(name)]))
+
+
+def preflight(config, stages: list[str] | None) -> list[str]:
+    """Everything that can be known wrong before a flow run starts: the stage list (names, order, packages) and
+    each selected stage's own check of its params. Returns the stages; raises StageSelectionError naming all."""
+    names = select(stages or config.stages or DEFAULT_PIPELINE)
+    problems = [p for name in names if STAGES[name].check is not None
+                for p in STAGES[name].check(STAGES[name].params(config))]
+    if problems:
+        raise StageSelectionError("; ".join(problems))
+    return names

@@ -259,6 +259,19 @@ def _warnings(stage_name: str, checks: list[dict], rows_in: int) -> list[str]:
     return warnings
 
 
+def rejected_share_check(contracts_cfg, stage_name: str, rows_in: int, rows_rejected: int) -> list[dict]:
+    """Every stage: above `warn_reject_rate` it warns; rejecting all of a non-empty input fails the contract unless
+    the stage is in `allow_reject_all` (a run that keeps nothing must not end with exit 0)."""
+    if rows_in == 0:
+        return []
+    allowed = stage_name in contracts_cfg.allow_reject_all
+    rate = rows_rejected / rows_in
+    return [{"name": "rejected_share", "count": rows_rejected, "rate": rate, "warn": contracts_cfg.warn_reject_rate,
+             "max": 1.0 if allowed else 1.0 - 0.5 / rows_in,
+             "message": f"{stage_name} rejected all {rows_in:,} rows (reasons in the quarantine); if that is "
+                        f"intended, set contracts.allow_reject_all = [\"{stage_name}\"]"}]
+
+
 def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], started: float,
                    contracts: Contracts, replay_of: dict | None = None) -> StageManifest:
     """Reconcile the receipts, run the stage-wide contract, and build the manifest (not yet written)."""
@@ -276,6 +289,7 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
     stats = Stats.merge(r.stats for r in receipts)
     params = stage.params(ctx.config)
     checks = stage.rate_checks(stats, rows_in, params) if stage.rate_checks else []
+    checks += rejected_share_check(ctx.config.contracts, stage.name, rows_in, rows_rejected)
     outputs = [o for r in receipts for o in r.outputs]
     result = validate_stage(ctx, contracts, stage.name, stage.suite_for(params), outputs,
                             [(r.shard, r.contract) for r in receipts], rows_in, rows_rejected, checks)

@@ -121,6 +121,8 @@ class Stage:
     # stage-wide checks on the merged stats: [{name, count, rate, warn, max, message?}]; above `max` fails the contract
     rate_checks: Callable[[Stats, int, Any], list[dict]] | None = None
     summarize: Callable[[Stats, Any], dict] | None = None  # a stage-specific section of the manifest
+    # problems with these params that only the stage can see (rule codes it knows); checked before a flow starts
+    check: Callable[[Any], list[str]] | None = None
 
     def suite_for(self, params: Any) -> str:
         """The suite that states this stage's contract under these params (some guarantees depend on them)."""

@@ -278,12 +278,58 @@ def language(texts: pl.Series, model, max_chars: int = 2000) -> pl.DataFrame:
     }, schema={"q_lang": pl.String, "q_lang_score": pl.Float64})
 
 
+_COLUMN = re.compile(r'col\("([^"]+)"\)')
+_LITERAL = re.compile(r"dyn (?:int|float): ([-\d.e+]+)")
+
+
+def rule_test(expr: pl.Expr) -> str:
+    """A rule as a person reads it, from polars' own rendering of the expression: `q_gopher_words < 8`."""
+    text = _LITERAL.sub(r"\1", _COLUMN.sub(r"\1", str(expr)))
+    text = re.sub(r'(\w+)\.is_in\(\[\[(.*?)\]\]\)\.not\(\)', r"\1 not in {\2}", text)
+    text = re.sub(r"[\[\]()]", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def rule_evidence(code: str, expr: pl.Expr) -> pl.Expr:
+    """What a quarantined row shows: the rule that failed, its test with the configured threshold, and the values
+    of the signals that test reads (not every signal: the other columns are in the row)."""
+    signals = sorted(set(expr.meta.root_names()))
+    return pl.struct(rule=pl.lit(code), test=pl.lit(rule_test(expr)),
+                     **{name: pl.col(name) for name in signals}).struct.json_encode()
+
+
 ADDS = {
     "q_lang": pl.String(),
     "q_lang_score": pl.Float64(),
     "q_gopher_words": pl.Int64(),
     "q_c4_lines_removed": pl.Int64(),
 }
+
+
+FAMILY_RULES = {"gopher_repetition": gopher_repetition_rules, "gopher": gopher_quality_rules, "c4": c4_rules,
+                 "fineweb": fineweb_rules}
+
+
+def rule_codes(params: QualityConfig) -> list[str]:
+    """Every rule this config can apply, as `family.rule` (what `quality.disable` names)."""
+    sections = {"gopher_repetition": params.gopher_repetition, "gopher": params.gopher_quality, "c4": params.c4,
+                "fineweb": params.fineweb}
+    codes = [f"{fam}.{name}" for fam, rules in FAMILY_RULES.items() for name, _ in rules(sections[fam])]
+    return codes + ["language.not_allowed", "language.low_score"]
+
+
+def check_params(params: QualityConfig) -> list[str]:
+    """A typo in `disable` would silently keep the rule on."""
+    import difflib
+
+    known = rule_codes(params)
+    problems = []
+    for code in params.disable:
+        if code not in known:
+            near = difflib.get_close_matches(code, known, n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"rules: {', '.join(known)}"
+            problems.append(f"quality.disable names an unknown rule {code!r}: {hint}")
+    return problems
 
 
 def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> StageResult:
@@ -319,10 +365,12 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
         rules.append(("language", "low_score", pl.col("q_lang_score") < params.language.min_score))
 
     rules = [(fam, name, e) for fam, name, e in rules if f"{fam}.{name}" not in params.disable]
-    reason = pl.lit(None, pl.String)
+    reason, evidence = pl.lit(None, pl.String), pl.lit(None, pl.String)
     for fam, name, expr in reversed(rules):
-        reason = pl.when(expr.fill_null(False)).then(pl.lit(f"quality.{fam}.{name}")).otherwise(reason)
-    judged = joined.with_columns(reason=reason)
+        code = f"quality.{fam}.{name}"
+        reason = pl.when(expr.fill_null(False)).then(pl.lit(code)).otherwise(reason)
+        evidence = pl.when(pl.col("reason") == code).then(rule_evidence(code, expr)).otherwise(evidence)
+    judged = joined.with_columns(reason=reason).with_columns(evidence=evidence)
     if c4_on and params.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
         judged = judged.with_columns(
             text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text")).otherwise(pl.col("text")))
@@ -335,9 +383,7 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
     signal_cols = [c for c in judged.columns if c.startswith("q_")]
     out_cols = [c for c in batch.columns] + [c for c in signal_cols if c not in batch.columns]
     kept = judged.filter(pl.col("reason").is_null()).select(out_cols)
-    rejected = judged.filter(pl.col("reason").is_not_null())
-    rejected = rejected.with_columns(evidence=pl.struct(signal_cols).struct.json_encode()).select(
-        *out_cols, "reason", "evidence")
+    rejected = judged.filter(pl.col("reason").is_not_null()).select(*out_cols, "reason", "evidence")
     counts = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in params.pii.kinds} if params.pii.enabled else {}
     counts["c4.lines_removed"] = int(judged["q_c4_lines_removed"].sum() or 0) if c4_on else 0
     return StageResult(kept=kept, rejected=rejected, stats=Stats(counts=counts))
@@ -352,5 +398,6 @@ STAGE = Stage(
     suite="quality",
     setup=load_language_model,
     needs=("fasttext",),
+    check=check_params,
     description="Gopher quality + repetition, C4, FineWeb rules and fastText language ID",
 )
