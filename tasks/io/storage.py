@@ -191,6 +191,33 @@ class Storage:
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(self.read_bytes(rel)), columns=columns)
 
+    def parquet_schema(self, rel: str) -> dict[str, str]:
+        """column -> Arrow type name of a Parquet file, from its footer."""
+        import pyarrow.parquet as pq
+
+        with _io("read", self.uri(rel)), self.fs.open(self._path(rel), "rb") as fh:
+            return {field.name: str(field.type) for field in pq.ParquetFile(fh).schema_arrow}
+
+    def null_only_columns(self, rels: list[str]) -> list[str]:
+        """Columns that hold no value in any of these Parquet files, read from their footers' statistics (no data
+        is read). A column without statistics counts as filled."""
+        import pyarrow.parquet as pq
+
+        filled: set[str] = set()
+        names: list[str] = []
+        for rel in rels:
+            with _io("read", self.uri(rel)), self.fs.open(self._path(rel), "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+            names = names or [meta.schema.column(i).name for i in range(meta.num_columns)]
+            for g in range(meta.num_row_groups):
+                group = meta.row_group(g)
+                for i in range(group.num_columns):
+                    col = group.column(i)
+                    stats = col.statistics
+                    if stats is None or not stats.has_null_count or stats.null_count < group.num_rows:
+                        filled.add(col.path_in_schema.split(".")[0])
+        return [n for n in names if n not in filled] if rels else []
+
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) directly under `rel`; empty when it does not exist."""
         path = self._path(rel)

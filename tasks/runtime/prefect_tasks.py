@@ -105,7 +105,7 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tup
                 side["artifacts"] = decisions["artifacts"]
             return [f.result() for f in futures], None, side
         if stage.kind == "sink":
-            target = stage.sink.open(ctx)
+            target = stage.sink.open(ctx, objs)
             futures = sink_shard.with_options(retries=retries).map(ctx, stage, list(range(len(objs))), objs,
                                                                    unmapped(target))
             return [f.result() for f in futures], target, {}

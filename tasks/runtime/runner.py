@@ -148,11 +148,13 @@ def sink_shard(ctx: RunContext, stage: Stage, index: int, input_obj: dict, targe
     batch = pl.read_parquet(data)
     dest = stage.sink.part(target, index)
 
+    drop = [c for c in target.get("drop", []) if c in batch.columns]
+
     def write(loaded: pl.DataFrame, result: StageResult) -> DataObject:
-        if result.kept is loaded and not result.rows_synthetic:
+        if result.kept is loaded and not result.rows_synthetic and not drop:
             ctx.storage.write_bytes(dest, data)
             return DataObject(path=dest, rows=loaded.height, sha256=input_obj["sha256"], bytes=len(data))
-        return ctx.storage.write_parquet(dest, result.output())
+        return ctx.storage.write_parquet(dest, result.output().drop(drop))
 
     return process_shard(ctx, stage, f"{index:05d}", lambda: batch, [input_obj, {"target": target}], write)
 

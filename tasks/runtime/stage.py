@@ -85,11 +85,12 @@ class GlobalSteps:
 class SinkSteps:
     """Where a sink's rows go and how that destination is committed (publish: a dataset version).
 
-    `open(ctx)` claims the destination (the same answer when a run resumes); `part(target, i)` is the path of its
-    i-th part; `close(ctx, manifest, target)` commits it once the stage contract has passed and returns what the
-    manifest records under `published`."""
+    `open(ctx, inputs)` claims the destination (the same answer when a run resumes) and may name, as
+    `target["drop"]`, columns no part is written with (publish: those no input row fills); `part(target, i)` is
+    the path of its i-th part; `close(ctx, manifest, target)` commits it once the stage contract has passed and
+    returns what the manifest records under `published`."""
 
-    open: Callable[[Any], dict]
+    open: Callable[[Any, list[dict]], dict]
     part: Callable[[dict, int], str]
     close: Callable[[Any, Any, dict], dict]
 

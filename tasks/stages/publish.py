@@ -30,10 +30,17 @@ log = logging.getLogger("sluice")
 EVENT = "sluice.dataset.published"
 
 
+# What identifies and checks a row stays in the schema even when empty (the publish suite and diffs read them).
+KEPT_EVEN_IF_EMPTY = ("id", "text", "content_sha256", "source")
+
+
 def publish_rows(batch: pl.DataFrame, params: PublishConfig) -> StageResult:
     """Every row is published as it is; what publishing adds is a count per source, for the card and the event."""
     by_source = dict(batch.group_by("source").agg(pl.len()).sort("source").iter_rows()) if batch.height else {}
-    return StageResult(kept=batch, rejected=batch.clear(), stats=Stats(tallies={"rows_by_source": by_source}))
+    tallies = {"rows_by_source": by_source}
+    if "q_lang" in batch.columns and batch.height:
+        tallies["rows_by_language"] = dict(batch.drop_nulls("q_lang").group_by("q_lang").agg(pl.len()).iter_rows())
+    return StageResult(kept=batch, rejected=batch.clear(), stats=Stats(tallies=tallies))
 
 
 def _newest_committed(ctx, dataset: str) -> int:
@@ -65,9 +72,12 @@ def claim_version(ctx, dataset: str) -> int:
     return n
 
 
-def open_version(ctx) -> dict:
+def open_version(ctx, inputs: list[dict]) -> dict:
+    """Claim the version, and name the columns that no input row fills: they are left out of the published
+    schema (a reader should not meet 11 columns of nulls), and the card lists them."""
     dataset = ctx.config.publish.dataset
-    return {"dataset": dataset, "version": claim_version(ctx, dataset)}
+    drop = [c for c in ctx.storage.null_only_columns([o["path"] for o in inputs]) if c not in KEPT_EVEN_IF_EMPTY]
+    return {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop}
 
 
 def version_part(target: dict, index: int) -> str:
@@ -101,9 +111,11 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
                                "an older version is never published after a newer one. Rerun to publish as "
                                f"v{newest + 1}.")
         published = {"dataset": dataset, "version": version, "published_at": datetime.now(UTC).isoformat(),
-                     "rows_by_source": manifest.stats.tallies.get("rows_by_source", {})}
+                     "rows_by_source": manifest.stats.tallies.get("rows_by_source", {}),
+                     "rows_by_language": manifest.stats.tallies.get("rows_by_language", {}),
+                     "columns_left_out": target.get("drop", [])}
         committed = manifest.model_copy(update={"published": published})
-        card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish.description)
+        card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish, _features(ctx, manifest))
         ctx.storage.write_bytes(layout.version_card(dataset, version), card.encode())
         if not ctx.storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
             raise RuntimeError(f"dataset {dataset} v{version} was committed by someone else while publishing")
@@ -123,6 +135,11 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
         emit_published(published, manifest.rows_out, ctx.run_id, uri, diff,
                        worth_retraining(diff, ctx.config.retrain))
     return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
+
+
+def _features(ctx, manifest: StageManifest) -> dict[str, str]:
+    """column -> Arrow type of the published parts (for the card's `dataset_info.features`)."""
+    return ctx.storage.parquet_schema(manifest.outputs[0].path) if manifest.outputs else {}
 
 
 def fence(ctx) -> None:

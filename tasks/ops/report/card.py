@@ -27,18 +27,55 @@ def markdown_summary(run: dict, manifests: list[StageManifest]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dataset_card(version: StageManifest, run_manifests: list[StageManifest], description: str) -> str:
-    """card.md of a published version: what it holds, where it came from, what was removed and why."""
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+ARROW_TO_HF = {"string": "string", "large_string": "string", "int64": "int64", "int32": "int32",
+               "double": "float64", "float": "float32", "bool": "bool", "halffloat": "float16",
+               "timestamp[us, tz=UTC]": "timestamp[us, tz=UTC]"}
+
+
+def size_category(rows: int) -> str:
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
+
+
+def _feature_yaml(name: str, arrow_type: str) -> list[str]:
+    inner = arrow_type.removeprefix("list<item: ").removeprefix("large_list<item: ").removesuffix(">")
+    if inner != arrow_type and inner in ARROW_TO_HF:
+        return [f"  - name: {name}", f"    sequence: {ARROW_TO_HF[inner]}"]
+    return [f"  - name: {name}", f"    dtype: {ARROW_TO_HF.get(arrow_type, 'string')}"]
+
+
+def front_matter(published: dict, rows: int, publish_cfg, features: dict[str, str]) -> list[str]:
+    """Hugging Face dataset-card metadata: license, languages, size, features, and the data files of the default
+    config (so `datasets.load_dataset(<version folder>)` reads `data/` and nothing else)."""
+    languages = sorted(published.get("rows_by_language") or {})
+    lines = ["---", f"license: {publish_cfg.license}"]
+    lines += ["language:", *(f"- {code}" for code in languages)] if languages else []
+    lines += ["size_categories:", f"- {size_category(rows)}", "configs:", "- config_name: default", "  data_files:",
+              "  - split: train", "    path: data/*.parquet"]
+    if features and all(t in ARROW_TO_HF or t.startswith(("list<", "large_list<")) for t in features.values()):
+        lines += ["dataset_info:", "  features:"]
+        lines += [line for name, t in features.items() for line in _feature_yaml(name, t)]
+        lines += ["  splits:", "  - name: train", f"    num_examples: {rows}"]
+    return [*lines, "---", ""]
+
+
+def dataset_card(version: StageManifest, run_manifests: list[StageManifest], publish_cfg,
+                 features: dict[str, str] | None = None) -> str:
+    """README.md of a published version: Hugging Face front matter, then what it holds, where it came from, what
+    was removed and why."""
     published = version.published or {}
-    lines = [
+    lines = front_matter(published, version.rows_out, publish_cfg, features or {})
+    lines += [
         f"# {published['dataset']} v{published['version']}",
         "",
-        description or "Curated with Sluice.",
+        publish_cfg.description or "Curated with Sluice.",
         "",
         f"- run: `{version.run_id}`",
         f"- rows: {version.rows_out:,}",
         f"- published: {published['published_at']}",
         f"- code version: `{version.code_version}`",
+        "- data: `data/*.parquet` (polars, duckdb, pandas, pyarrow.dataset, `datasets.load_dataset` on this folder)",
         "",
         "## Sources",
         "",
@@ -46,6 +83,11 @@ def dataset_card(version: StageManifest, run_manifests: list[StageManifest], des
         "|---|---:|",
     ]
     lines += [f"| `{src}` | {rows:,} |" for src, rows in published.get("rows_by_source", {}).items()]
+    left_out = published.get("columns_left_out") or []
+    if left_out:
+        lines += ["", "## Columns left out", "",
+                  "No row of this version has a value in these columns of the pipeline's schema, so the published "
+                  "files do not carry them: " + ", ".join(f"`{c}`" for c in left_out) + "."]
     lines += ["", "## Stages", "", "| stage | in | out | quarantined | contract |", "|---|---:|---:|---:|---|"]
     for m in run_manifests:
         ok = "passed" if m.contract_passed else "FAILED"
@@ -55,7 +97,8 @@ def dataset_card(version: StageManifest, run_manifests: list[StageManifest], des
     for m in run_manifests:
         for code, count in m.rejected_by_reason.items():
             reasons[code] = reasons.get(code, 0) + count
-    lines += [f"- `{code}`: {count:,}" for code, count in sorted(reasons.items())] or ["- none"]
+    lines += [f"- `{code}`: {count:,}" for code, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+              ] or ["- none"]
     lines += ["", "## Contract of this version", ""]
     for r in version.contract.get("results", []):
         lines.append(f"- {'✓' if r['success'] else '✗'} `{r['expectation']}` {r['kwargs']}")
