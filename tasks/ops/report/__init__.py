@@ -14,7 +14,8 @@ __all__ = ["dataset_card", "markdown_summary", "render_html", "write_report"]
 def write_report(ctx, run: dict, manifests: list[StageManifest], contracts) -> str:
     """Write the report; returns the URI of index.html."""
     run_id = ctx.run_id
-    ctx.storage.write_bytes(layout.report(run_id, "index.html"), render_html(run, manifests).encode())
+    page = render_html(run, manifests, ctx.storage)
+    ctx.storage.write_bytes(layout.report(run_id, "index.html"), page.encode())
     ctx.storage.write_bytes(layout.report(run_id, "card.md"), markdown_summary(run, manifests).encode())
     if contracts is not None:
         contracts.copy_docs_to(lambda rel, data: ctx.storage.write_bytes(layout.report(run_id, f"contracts/{rel}"),

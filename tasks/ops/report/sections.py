@@ -1,0 +1,254 @@
+"""The report's charts and samples, read back from what the run committed (kept and quarantined parts), never from
+memory of the run, so a report rebuilt later shows the same. Reads only the columns a chart needs and at most
+SAMPLE_ROWS rows per chart source, so the report costs little next to the run at any size."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import numpy as np
+import polars as pl
+
+from tasks.io import layout
+from tasks.io.manifests import StageManifest
+from tasks.ops.report.charts import bars, histogram
+
+SAMPLE_ROWS = 200_000
+SAMPLES_PER_REASON = 3
+_THRESHOLD = re.compile(r"(q_\w+) [<>] (-?[\d.]+(?:e[-+]?\d+)?)")
+
+
+def read_columns(storage, objects: list, wanted: list[str], limit: int = SAMPLE_ROWS) -> pl.DataFrame:
+    """The `wanted` columns that the parts have, from the first parts until `limit` rows."""
+    frames, rows = [], 0
+    for obj in objects:
+        if rows >= limit:
+            break
+        path = obj.path if hasattr(obj, "path") else obj["path"]
+        have = [c for c in wanted if c in storage.parquet_schema(path)]
+        if not have:
+            continue
+        frame = storage.read_parquet(path, columns=have).head(limit - rows)
+        frames.append(frame)
+        rows += frame.height
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def funnel(manifests: list[StageManifest]) -> str:
+    if not manifests:
+        return ""
+    labels = ["input", *(m.stage for m in manifests)]
+    values = [manifests[0].rows_in, *(m.rows_out for m in manifests)]
+    return bars("funnel", "Rows after each stage", labels, {"rows": values},
+                note="input = rows the first stage read; synthetic rows count in the stage that made them")
+
+
+def quarantine(storage, manifests: list[StageManifest], run_id: str) -> str:
+    """Reasons by count (largest first), then a few rejected rows per reason: the text, the rule and threshold
+    that failed (or the stage's evidence)."""
+    counts = [(m.stage, code, n) for m in manifests for code, n in m.rejected_by_reason.items()]
+    if not counts:
+        return "<p>No row was quarantined.</p>"
+    counts.sort(key=lambda t: (-t[2], t[0], t[1]))
+    out = [bars("quarantine-reasons", "Quarantined rows by reason", [c for _, c, _ in counts],
+                {"rows": [n for _, _, n in counts]})]
+    for m in manifests:
+        if not m.rejected_by_reason:
+            continue
+        sample = read_columns(storage, m.rejected, ["reason", "text", "raw", "evidence", "src_file", "src_line"],
+                              limit=50_000)
+        if sample.is_empty():
+            continue
+        picked = sample.group_by("reason", maintain_order=True).head(SAMPLES_PER_REASON)
+        rows = []
+        for r in picked.iter_rows(named=True):
+            text = r.get("text") if r.get("text") is not None else r.get("raw")
+            rows.append(f"<tr><td><code>{html.escape(r['reason'])}</code></td>"
+                        f"<td>{_failed(r.get('evidence'))}</td><td class=text>{html.escape((text or '')[:300])}</td>"
+                        "</tr>")
+        out.append(f"<h3>{html.escape(m.stage)}: sample of quarantined rows</h3><table class=samples><thead><tr>"
+                   "<th>reason</th><th>what failed</th><th>text</th></tr></thead><tbody>" + "".join(rows)
+                   + "</tbody></table>")
+    out.append(f"<p>Browse them all: <code>sluice quarantine {html.escape(run_id)} --output "
+               f"{html.escape(storage.root)}</code></p>")
+    return "".join(out)
+
+
+def _failed(evidence: str | None) -> str:
+    try:
+        ev = json.loads(evidence or "{}")
+    except ValueError:
+        return html.escape((evidence or "")[:200])
+    if isinstance(ev, dict) and "test" in ev:
+        values = ", ".join(f"{k} = {v}" for k, v in ev.items() if k not in ("rule", "test"))
+        return f"<code>{html.escape(ev['test'])}</code><br><small>{html.escape(values)}</small>"
+    return f"<small>{html.escape(json.dumps(ev)[:240])}</small>"
+
+
+def thresholds(manifest: StageManifest) -> dict[str, list[float]]:
+    """signal -> the thresholds its rules test, read from the quality rules as the run configured them."""
+    from schemas.config import QualityConfig
+    from tasks.stages.quality import FAMILY_RULES, rule_test
+
+    params = QualityConfig(**manifest.params) if manifest.params else QualityConfig()
+    sections = {"gopher_repetition": params.gopher_repetition, "gopher": params.gopher_quality, "c4": params.c4,
+                "fineweb": params.fineweb}
+    found: dict[str, list[float]] = {}
+    for family, rules in FAMILY_RULES.items():
+        for name, expr in rules(sections[family]):
+            if f"{family}.{name}" in params.disable:
+                continue
+            for signal, value in _THRESHOLD.findall(rule_test(expr)):
+                found.setdefault(signal, []).append(float(value))
+    if params.language.enabled:
+        found["q_lang_score"] = [params.language.min_score]
+    return found
+
+
+def _numeric(df: pl.DataFrame, prefix: str) -> list[str]:
+    return [c for c, t in df.schema.items() if c.startswith(prefix) and (t.is_numeric() or t == pl.Boolean)]
+
+
+def signals(storage, m: StageManifest, prefix: str, marks: dict[str, list[float]]) -> str:
+    """A histogram per numeric signal column the stage added, kept vs rejected rows."""
+    kept = read_columns(storage, m.outputs, _all_columns(storage, m.outputs, prefix))
+    rejected = read_columns(storage, m.rejected, kept.columns) if m.rejected and kept.width else pl.DataFrame()
+    out = []
+    for col in _numeric(kept, prefix):
+        k = kept[col].cast(pl.Float64).drop_nulls().to_numpy()
+        r = rejected[col].cast(pl.Float64).drop_nulls().to_numpy() if col in rejected.columns else np.zeros(0)
+        if k.size + r.size == 0:
+            continue
+        out.append(histogram(f"{m.stage}-{col}", f"{col}", k, r, marks.get(col)))
+    return "".join(out)
+
+
+def _all_columns(storage, objects: list, prefix: str) -> list[str]:
+    if not objects:
+        return []
+    return [c for c in storage.parquet_schema(objects[0].path) if c.startswith(prefix)]
+
+
+def lengths_and_languages(storage, manifests: list[StageManifest]) -> str:
+    """Document length before the first filter and after the last stage; languages likewise (as quality saw them)."""
+    by = {m.stage: m for m in manifests}
+    from tasks.runtime.registry import SINKS
+
+    data = [m for m in manifests if m.stage not in SINKS]
+    if not data:
+        return ""
+    first, last = data[0], data[-1]
+    after = read_columns(storage, last.outputs, ["id", "text"])
+    before = read_columns(storage, first.outputs, ["id", "text"])
+    out = []
+    if after.width and before.width:
+        kept_ids = set(after["id"].to_list())
+        removed = before.filter(~pl.col("id").is_in(list(kept_ids)))
+        out.append(histogram("length", "Document length in characters: after the last stage vs removed on the way",
+                             after["text"].str.len_chars().to_numpy(), removed["text"].str.len_chars().to_numpy(),
+                             names=("after", "removed")))
+    if "quality" in by:
+        q = by["quality"]
+        kept = read_columns(storage, q.outputs, ["q_lang"])
+        rejected = read_columns(storage, q.rejected, ["q_lang"])
+        if kept.width:
+            after_lang = read_columns(storage, last.outputs, ["q_lang"]) if last is not q else kept
+            before_lang = pl.concat([kept, rejected], how="diagonal_relaxed") if rejected.width else kept
+            top = before_lang["q_lang"].value_counts(sort=True).head(12)
+            langs = [str(x) for x in top["q_lang"].to_list()]
+            after_counts = dict(after_lang["q_lang"].value_counts().iter_rows()) if after_lang.width else {}
+            out.append(bars("languages", "Languages (fastText lid.176): entering quality vs after the last stage",
+                            langs, {"before": top["count"].to_list(),
+                                    "after": [after_counts.get(code, 0) for code in langs]}))
+    return "".join(out)
+
+
+def dedup_clusters(storage, m: StageManifest) -> str:
+    """Cluster sizes: each removed duplicate names its survivor; size = removed copies + the survivor."""
+    ev = read_columns(storage, m.rejected, ["reason", "evidence"])
+    if ev.is_empty():
+        return "<p>No duplicates.</p>"
+    survivors = ev.filter(pl.col("reason").str.starts_with("dedup.")).with_columns(
+        survivor=pl.col("evidence").str.json_path_match("$.survivor_id")).drop_nulls("survivor")
+    if survivors.is_empty():
+        return ""
+    sizes = survivors.group_by("survivor", "reason").agg(size=pl.len() + 1)
+    hist = sizes.group_by("size").agg(pl.len().alias("clusters")).sort("size").head(30)
+    return bars("dedup-clusters", "Duplicate clusters by size (rows in the cluster, survivor included)",
+                [str(s) for s in hist["size"].to_list()], {"clusters": hist["clusters"].to_list()},
+                note=f"{sizes.height:,} clusters; exact and near")
+
+
+def contamination(storage, m: StageManifest) -> str:
+    """Per benchmark: documents hit; then matched documents with the matched span highlighted."""
+    summary = m.summary or {}
+    per = {k: v for k, v in summary.items() if isinstance(v, dict)}
+    out = []
+    if per:
+        names = sorted(per)
+        out.append(bars("contamination", "Contamination: documents hit per benchmark", names,
+                        {"documents hit": [per[n].get("docs_hit", 0) or 0 for n in names]}))
+    hits = read_columns(storage, m.rejected, ["text", "evidence", "reason"], limit=2_000)
+    rows = []
+    for r in hits.head(5).iter_rows(named=True):
+        try:
+            match = (json.loads(r["evidence"] or "{}").get("matches") or [{}])[0]
+        except ValueError:
+            continue
+        text, start, end = r["text"] or "", match.get("char_start"), match.get("char_end")
+        if start is None or end is None:
+            shown = html.escape(text[:300])
+        else:
+            lo = max(0, start - 120)
+            shown = (html.escape(text[lo:start]) + "<mark>" + html.escape(text[start:end]) + "</mark>"
+                     + html.escape(text[end:end + 120]))
+        rows.append(f"<tr><td>{html.escape(str(match.get('benchmark')))}<br><small>"
+                    f"{html.escape(str(match.get('item_id')))}</small></td><td class=text>{shown}</td></tr>")
+    if rows:
+        out.append("<table class=samples><thead><tr><th>benchmark / item</th><th>matched span</th></tr></thead>"
+                   "<tbody>" + "".join(rows) + "</tbody></table>")
+    return "".join(out)
+
+
+def selection(storage, m: StageManifest) -> str:
+    """What selection kept, per label when rows are labeled (else the policy counts are in the quarantine)."""
+    kept = read_columns(storage, m.outputs, ["label"])
+    removed = read_columns(storage, m.rejected, ["label", "reason"])
+    if not kept.width or kept["label"].null_count() == kept.height:
+        return ""
+    labels = sorted({*kept["label"].drop_nulls().to_list(), *(removed["label"].drop_nulls().to_list()
+                                                              if removed.width else [])})
+    k = dict(kept["label"].value_counts().iter_rows())
+    r = dict(removed["label"].value_counts().iter_rows()) if removed.width else {}
+    return bars("select-labels", "Selection: rows kept and removed per label", labels,
+                {"kept": [k.get(x, 0) for x in labels], "removed": [r.get(x, 0) for x in labels]})
+
+
+def augment_share(m: StageManifest) -> str:
+    slices = (m.summary or {}).get("slices") or {}
+    if not slices:
+        return ""
+    names = sorted(slices)
+    gate = (m.summary or {}).get("gate") or {}
+    note = ("gate refusals: " + ", ".join(f"{k.removeprefix('augment.gate.')} {v}" for k, v in gate.items())
+            if gate else "")
+    return bars("augment-share", "Augment: real and synthetic rows per slice", names,
+                {"real": [slices[n]["real"] for n in names], "synthetic": [slices[n]["synthetic"] for n in names]},
+                note=note)
+
+
+def change_vs_previous(storage, run: dict) -> str:
+    published = run.get("published")
+    if not published:
+        return ""
+    diff = storage.read_json_if_exists(layout.version_diff(published["dataset"], published["version"]))
+    if not diff:
+        return ""
+    labels = ["previous version", "added", "removed", "unchanged", "this version"]
+    values = [diff.get("rows_a", 0), diff.get("rows_added", 0), diff.get("rows_removed", 0),
+              diff.get("rows_unchanged", 0), diff.get("rows_b", 0)]
+    prev = f"v{diff['a']}" if diff.get("a") else "no previous version"
+    return bars("version-change", f"Change against the previous published version ({prev})", labels,
+                {"rows": values}, note=f"changed fraction {diff.get('changed_fraction', 0):.2%}")

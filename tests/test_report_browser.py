@@ -1,0 +1,65 @@
+"""The run report in a real headless Chromium (Debian's `chromium`, driven directly): it loads offline with no
+console error, every chart the run calls for is drawn, and a screenshot is kept in test-artifacts/ (issue 14)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# no network at all: a page that reaches for a CDN fails to load it, and says so on the console
+OFFLINE = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND",
+           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000"]
+# what a run of every stage must show (score/select/augment charts only where those stages ran)
+EXPECTED = ["funnel", "quarantine-reasons", "length", "languages", "dedup-clusters", "contamination",
+            "version-change", "quality-q_gopher_words", "quality-q_lang_score"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs "
+                                "it; .ci/run too)")
+
+
+def chromium(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *OFFLINE, f"--user-data-dir={tmp_path / 'profile'}", *extra, page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"error|uncaught|failed", line, re.I)
+            or "Uncaught" in line or "ERR_NAME_NOT_RESOLVED" in line]
+
+
+def test_the_console_check_catches_a_broken_page(tmp_path):
+    """The check itself can fail: a page that calls a missing jQuery (as GE's Data Docs did offline) is caught."""
+    page = tmp_path / "broken.html"
+    page.write_text('<!doctype html><html><body><script src="https://cdn.example.org/jquery.js"></script>'
+                    "<script>$(function(){})</script></body></html>")
+    assert console_errors(chromium(page, tmp_path, "--dump-dom").stderr)
+
+
+def test_the_report_loads_offline_with_every_chart(demo_run, tmp_path):
+    out, run = demo_run
+    report = Path(run["report"])
+    dom = chromium(report, tmp_path, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert console_errors(dom.stderr) == []
+    charts = re.findall(r'<figure class="chart" data-chart="([^"]+)"><figcaption>.*?</figcaption><svg',
+                        dom.stdout, re.S)
+    stages = set(run["stages"])
+    expected = EXPECTED + (["score-score_perplexity"] if "score" in stages else []) + (
+        ["select-labels"] if "select" in stages else []) + (["augment-share"] if "augment" in stages else [])
+    assert set(expected) <= set(charts), sorted(set(expected) - set(charts))
+    assert "could not be drawn" not in dom.stdout
+    assert dom.stdout.count('class="threshold"') >= 5  # thresholds drawn on the quality histograms
+    assert "<mark>" in dom.stdout  # a matched benchmark span highlighted
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    taken = chromium(report, tmp_path, f"--screenshot={shot}", "--window-size=1280,4200", "--hide-scrollbars")
+    assert taken.returncode == 0 and shot.stat().st_size > 50_000, taken.stderr[-2000:]
