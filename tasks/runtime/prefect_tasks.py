@@ -23,6 +23,7 @@ from tasks.io.readers import InputError, Skipped, resolve_inputs
 from tasks.runtime import lifecycle, registry, runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts
+from tasks.runtime.progress import StageProgress
 from tasks.runtime.stage import Stage, StageContractError
 
 log = logging.getLogger("sluice")
@@ -40,9 +41,32 @@ def _retry_unless_permanent(task, task_run, state) -> bool:
     return False
 
 
-def _io_task(name: str, fn, retries: int = 3):
-    return task(fn, name=name, retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=1),
-                retry_condition_fn=_retry_unless_permanent, cache_policy=NO_CACHE, persist_result=False)
+def _io_task(name: str, fn, run_name: str, retries: int = 3):
+    """`run_name`: the task run's name in the Prefect UI, from its parameters (`quality-00003-00000`)."""
+    return task(fn, name=name, task_run_name=run_name, retries=retries,
+                retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_retry_unless_permanent,
+                cache_policy=NO_CACHE, persist_result=False)
+
+
+def _gather(futures: list, stage: str, rows_of, what: str = "shards") -> list:
+    """Results in submission order, with the stage's progress advanced as each shard finishes."""
+    from prefect.futures import as_completed
+
+    progress = StageProgress(stage, len(futures), what)
+    position = {id(f): i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        for future in as_completed(futures):
+            result = future.result()
+            results[position[id(future)]] = result
+            progress.advance(rows_of(result))
+    finally:
+        progress.close()
+    return results
+
+
+def _receipt_rows(receipt) -> int:
+    return receipt.rows_in
 
 
 def _list_inputs(inputs: list[str], s3_options: dict) -> list:
@@ -54,13 +78,13 @@ def _list_inputs(inputs: list[str], s3_options: dict) -> list:
     return files
 
 
-list_inputs = _io_task("list-inputs", _list_inputs)
-source_file = _io_task("source-file", runner.source_file)
-map_shard = _io_task("map-shard", runner.map_shard)
-sink_shard = _io_task("sink-shard", runner.sink_shard)
-global_features = _io_task("global-features", runner.global_features)
-global_decide = _io_task("global-decide", runner.global_decide, retries=1)
-commit_stage = _io_task("commit-stage", runner.commit_stage, retries=1)
+list_inputs = _io_task("list-inputs", _list_inputs, "list-inputs")
+source_file = _io_task("source-file", runner.source_file, "{stage.name}-file-{file_index}")
+map_shard = _io_task("map-shard", runner.map_shard, "{stage.name}-{shard}")
+sink_shard = _io_task("sink-shard", runner.sink_shard, "{stage.name}-{index}")
+global_features = _io_task("global-features", runner.global_features, "{stage.name}-features-{shard}")
+global_decide = _io_task("global-decide", runner.global_decide, "{stage.name}-decide", retries=1)
+commit_stage = _io_task("commit-stage", runner.commit_stage, "{stage.name}-commit", retries=1)
 
 
 def previous_manifest(ctx: RunContext, stage: Stage) -> StageManifest:
@@ -95,22 +119,22 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tup
     names, objs = [s for s, _ in shards], [o for _, o in shards]
     with _resources(stage):
         if stage.kind == "global":
-            features = [f.result() for f in global_features.with_options(retries=retries).map(ctx, stage, names,
-                                                                                             objs)]
+            features = _gather(global_features.with_options(retries=retries).map(ctx, stage, names, objs),
+                               f"{stage.name} features", lambda f: f.get("rows", 0))
             decisions = global_decide(ctx, stage, features)
             futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs, unmapped(decisions))
             side = {} if stage.steps.folder.startswith("_") else {
                 stage.steps.folder: [{k: f[k] for k in ("path", "rows", "sha256", "bytes")} for f in features]}
             if decisions.get("artifacts"):
                 side["artifacts"] = decisions["artifacts"]
-            return [f.result() for f in futures], None, side
+            return _gather(futures, stage.name, _receipt_rows), None, side
         if stage.kind == "sink":
             target = stage.sink.open(ctx, objs)
             futures = sink_shard.with_options(retries=retries).map(ctx, stage, list(range(len(objs))), objs,
                                                                    unmapped(target))
-            return [f.result() for f in futures], target, {}
+            return _gather(futures, stage.name, _receipt_rows), target, {}
         futures = map_shard.with_options(retries=retries).map(ctx, stage, names, objs)
-        return [f.result() for f in futures], None, {}
+        return _gather(futures, stage.name, _receipt_rows), None, {}
 
 
 def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageManifest | None,
@@ -133,7 +157,8 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         if stage.kind == "source":
             futures = source_file.with_options(retries=ctx.config.runner.retries).map(
                 ctx, stage, list(range(len(files))), files)
-            receipts, target, side = [r for fut in futures for r in fut.result()], None, {}
+            per_file = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "files")
+            receipts, target, side = [r for rs in per_file for r in rs], None, {}
         else:
             receipts, target, side = _shard_receipts(ctx, stage, source)
         return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,

@@ -46,9 +46,23 @@ def _reason_examples(rejected: pl.DataFrame, limit: int = 3) -> list[str]:
     lines = []
     for row in firsts.iter_rows(named=True):
         ev = orjson.loads(row["evidence"]) if row.get("evidence") else {}
+        ev = ev if isinstance(ev, dict) else {"evidence": ev}
         where = f"{ev.get('file', row.get('src_file', '?'))}:{ev.get('line', row.get('src_line', '?'))}"
-        lines.append(f"{row['reason']} at {where}: {ev.get('detail', '')}")
+        lines.append(f"{row['reason']} at {where}: {evidence_detail(ev)}")
     return lines
+
+
+def evidence_detail(ev: dict) -> str:
+    """The part of a row's evidence a log line can hold: ingest's detail, a rule's failed test with the values it
+    read, or the evidence itself, cut short; never empty."""
+    if ev.get("detail"):
+        return str(ev["detail"])
+    if ev.get("test"):
+        values = ", ".join(f"{k} = {v}" for k, v in ev.items() if k not in ("rule", "test"))
+        return f"failed {ev['test']} ({values})"
+    shown = {k: v for k, v in ev.items() if k not in ("file", "line", "field")}
+    text = orjson.dumps(shown).decode() if shown else "no evidence recorded"
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _read_receipt(ctx: RunContext, rel: str) -> Receipt | None:

@@ -29,9 +29,9 @@ def markdown_summary(run: dict, manifests: list[StageManifest]) -> str:
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
-ARROW_TO_HF = {"string": "string", "large_string": "string", "int64": "int64", "int32": "int32",
-               "double": "float64", "float": "float32", "bool": "bool", "halffloat": "float16",
-               "timestamp[us, tz=UTC]": "timestamp[us, tz=UTC]"}
+ARROW_TO_HF = {"string": "string", "large_string": "string", "double": "float64", "float": "float32",
+               "halffloat": "float16", "bool": "bool", "timestamp[us, tz=UTC]": "timestamp[us, tz=UTC]",
+               **{f"{sign}int{bits}": f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)}}
 
 
 def size_category(rows: int) -> str:
