@@ -1,8 +1,10 @@
 """Loads the Great Expectations suites kept as JSON in schemas/suites/ (one per stage output).
 
-Each expectation has a scope. 'shard' (the default) expectations are about single rows (nullability, ranges,
-lengths) and are checked on every shard as it is written, so memory stays bounded by the shard. 'global'
-expectations (uniqueness across the stage) run once at commit on only the columns they name.
+The files are GE 1.x ExpectationSuites as GE itself serializes them (`name`, `notes`, `expectations` of `type`,
+`kwargs`, `meta`): `gx.ExpectationSuite(**json.load(f))` loads any of them. Each expectation has a scope in its
+`meta`. 'shard' (the default) expectations are about single rows (nullability, ranges, lengths) and are checked on
+every shard as it is written, so memory stays bounded by the shard. 'global' expectations (uniqueness across the
+stage) run once at commit on only the columns they name.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ def load_suite(name: str) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"no expectation suite schemas/suites/{name}.json") from None
     for exp in suite["expectations"]:
-        if exp.get("scope", "shard") not in SCOPES:
-            raise ValueError(f"suite {name}: expectation {exp['type']} has scope {exp['scope']!r}; use {SCOPES}")
+        if scope_of(exp) not in SCOPES:
+            raise ValueError(f"suite {name}: expectation {exp['type']} has scope {scope_of(exp)!r}; use {SCOPES}")
     return suite
 
 
+def scope_of(expectation: dict) -> str:
+    return (expectation.get("meta") or {}).get("scope", "shard")
+
+
 def scoped(suite: dict, scope: str) -> dict:
-    """The part of a suite with this scope (same name and description)."""
-    return {**suite, "expectations": [e for e in suite["expectations"] if e.get("scope", "shard") == scope]}
+    """The part of a suite with this scope (same name and notes)."""
+    return {**suite, "expectations": [e for e in suite["expectations"] if scope_of(e) == scope]}
 
 
 def columns_of(suite: dict) -> list[str]:

@@ -266,11 +266,13 @@ def test_score_stage_in_the_demo_run(demo_run):
     assert embedded.height == summary["scored"]
     assert (out / "runs" / "demo-run" / "score" / "quality_head.safetensors").exists()
     from tasks.io.manifests import StageManifest
+    from tasks.io.storage import Storage
     from tasks.ops.report import render_html
 
     manifests = [StageManifest.model_validate(_manifest(out, "demo-run", s)) for s in ("decontaminate", "score")]
-    report = render_html(run, manifests)  # the fixture's own report may be rewritten by a rerun of its run id
-    assert "<h2>score</h2>" in report and "<td>scored</td>" in report and "<h2>decontaminate</h2>" in report
+    report = render_html(run, manifests, Storage(str(out)))  # the fixture's own may be rewritten by a rerun
+    assert "<h3>score</h3>" in report and "<td>scored</td>" in report and "<h3>decontaminate</h3>" in report
+    assert 'data-chart="score-score_perplexity"' in report and 'data-chart="contamination"' in report
 
 
 def test_a_demo_corpus_built_by_an_older_builder_is_rebuilt(tmp_path):

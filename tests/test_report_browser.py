@@ -59,6 +59,9 @@ def test_the_report_loads_offline_with_every_chart(demo_run, tmp_path):
     assert "could not be drawn" not in dom.stdout
     assert dom.stdout.count('class="threshold"') >= 5  # thresholds drawn on the quality histograms
     assert "<mark>" in dom.stdout  # a matched benchmark span highlighted
+    contracts = chromium(report.parent / "contracts.html", tmp_path, "--dump-dom")
+    assert contracts.returncode == 0 and console_errors(contracts.stderr) == []
+    assert contracts.stdout.count("<section id=") == len(run["stages"])
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     taken = chromium(report, tmp_path, f"--screenshot={shot}", "--window-size=1280,4200", "--hide-scrollbars")

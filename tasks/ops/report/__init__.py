@@ -6,6 +6,7 @@ from __future__ import annotations
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
 from tasks.ops.report.card import dataset_card, markdown_summary
+from tasks.ops.report.contracts_page import write_contracts
 from tasks.ops.report.html import render_html
 
 __all__ = ["dataset_card", "markdown_summary", "render_html", "write_report"]
@@ -17,6 +18,7 @@ def write_report(ctx, run: dict, manifests: list[StageManifest], contracts) -> s
     page = render_html(run, manifests, ctx.storage)
     ctx.storage.write_bytes(layout.report(run_id, "index.html"), page.encode())
     ctx.storage.write_bytes(layout.report(run_id, "card.md"), markdown_summary(run, manifests).encode())
+    write_contracts(lambda rel, data: ctx.storage.write_bytes(layout.report(run_id, rel), data), run, manifests)
     if contracts is not None:
         contracts.copy_docs_to(lambda rel, data: ctx.storage.write_bytes(layout.report(run_id, f"contracts/{rel}"),
                                                                          data))

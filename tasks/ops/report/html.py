@@ -104,5 +104,7 @@ def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
 <p>code version {html.escape(run.get('code_version', ''))}; inputs: {html.escape(', '.join(run.get('inputs', [])))}</p>
 {nav}{''.join(body for _, body in parts)}
 <section id="tables"><h2>Tables</h2><h3>Stages</h3>{stages}<h3>Quarantine reasons</h3>{reasons}{figures}
-<h3>Contracts</h3>{contracts}<p><a href="contracts/index.html">Great Expectations Data Docs</a></p></section>
+<h3>Contracts</h3>{contracts}<p><a href="contracts.html">Every contract check</a> (offline; GE validation results as
+JSON in validations/); <a href="contracts/index.html">Great Expectations Data Docs</a> (need network for their
+scripts)</p></section>
 </body></html>"""
