@@ -3,6 +3,7 @@ console error, every chart the run calls for is drawn, and a screenshot is kept 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -58,7 +59,8 @@ def test_the_report_loads_offline_with_every_chart(demo_run, tmp_path):
     assert set(expected) <= set(charts), sorted(set(expected) - set(charts))
     assert "could not be drawn" not in dom.stdout
     assert dom.stdout.count('class="threshold"') >= 5  # thresholds drawn on the quality histograms
-    assert "<mark>" in dom.stdout  # a matched benchmark span highlighted
+    contaminated = json.loads((out / "runs" / "demo-run" / "decontaminate" / "_manifest.json").read_text())
+    assert ("<mark>" in dom.stdout) == (contaminated["rows_rejected"] > 0)  # matched spans highlighted, if any
     contracts = chromium(report.parent / "contracts.html", tmp_path, "--dump-dom")
     assert contracts.returncode == 0 and console_errors(contracts.stderr) == []
     assert contracts.stdout.count("<section id=") == len(run["stages"])
@@ -66,3 +68,28 @@ def test_the_report_loads_offline_with_every_chart(demo_run, tmp_path):
     shot = ARTIFACTS / "report.png"
     taken = chromium(report, tmp_path, f"--screenshot={shot}", "--window-size=1280,4200", "--hide-scrollbars")
     assert taken.returncode == 0 and shot.stat().st_size > 50_000, taken.stderr[-2000:]
+
+
+def test_a_contaminated_row_shows_its_matched_span_highlighted(tmp_path):
+    """The demo corpus holds no benchmark item, so the highlight is checked on a hand-made quarantined row."""
+    import polars as pl
+
+    from tasks.io.manifests import StageManifest
+    from tasks.io.storage import Storage
+    from tasks.ops.report.sections import contamination
+
+    storage = Storage(str(tmp_path / "root"))
+    text = "Intro words. Natalia sold clips to 48 of her friends in April. Outro words."
+    start = text.index("Natalia")
+    evidence = json.dumps({"action": "drop", "matches": [{"benchmark": "gsm8k", "item_id": "test-0",
+                                                          "char_start": start, "char_end": start + 49}]})
+    obj = storage.write_parquet("runs/r/decontaminate/rejected/part-0.parquet", pl.DataFrame(
+        {"text": [text], "reason": ["decontaminate.gsm8k"], "evidence": [evidence]}))
+    manifest = StageManifest(stage="decontaminate", run_id="r", rows_in=1, rows_out=0, rows_rejected=1,
+                             rejected=[obj], summary={"gsm8k": {"docs_hit": 1, "items_found": 1}})
+    page = tmp_path / "contamination.html"
+    page.write_text(f"<!doctype html><html><body>{contamination(storage, manifest)}</body></html>")
+    dom = chromium(page, tmp_path, "--dump-dom")
+    assert console_errors(dom.stderr) == []
+    assert "<mark>Natalia sold clips to 48 of her friends in April.</mark>" in dom.stdout
+    assert 'data-chart="contamination"' in dom.stdout
