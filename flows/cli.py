@@ -313,8 +313,10 @@ def _quarantined_row(row: dict) -> str:
     the evidence names them), the other evidence, and the text (or the raw line of a row that never parsed)."""
     import json
 
-    where = f"{Path(row.get('src_file') or '?').name}:{row.get('src_line')}"
-    lines = [f"[{row['stage']}] {row['reason']} at {where} id={row.get('source_id')}"]
+    where = f" at {Path(row['src_file']).name}:{row.get('src_line')}" if row.get("src_file") else ""
+    ident = row.get("source_id") or row.get("id")
+    parent = f" (synthetic, parent {row['syn_parent_id']})" if row.get("syn_parent_id") else ""
+    lines = [f"[{row['stage']}] {row['reason']}{where}" + (f" id={ident}" if ident else "") + parent]
     try:
         evidence = json.loads(row.get("evidence") or "{}")
     except ValueError:
@@ -361,8 +363,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     for stage, reason, rows in counts.iter_rows():
         print(f"  {stage:<12} {reason:<32} {rows:>8,}")
     print()
-    cols = [c for c in ("stage", "reason", "src_file", "src_line", "source_id", "evidence", "raw", "text")
-            if c in df.columns]
+    cols = [c for c in ("stage", "reason", "src_file", "src_line", "source_id", "id", "syn_parent_id", "evidence",
+                        "raw", "text") if c in df.columns]
     for row in df.select(cols).head(args.limit).iter_rows(named=True):
         print(_quarantined_row(row))
     if df.height > args.limit:

@@ -115,7 +115,7 @@ def test_each_gate_check_on_hand_made_rows(loaded):
     assert evidence[0]["parent_similarity"] == 1.0 and evidence[0]["threshold"] == 0.5
     assert evidence[1] == {"duplicates": "a real row"}
     assert evidence[2]["benchmark"] == "gsm8k"
-    assert evidence[3]["rule"].startswith("quality.")
+    assert evidence[3]["rule"].startswith("quality.") and evidence[3]["test"]  # the rule with its threshold
     assert reasons[5] in (None, "augment.gate.label"), evidence[5]  # a real paraphrase passes every other check
     # a label flip: a law verse's words, meant to be apocalyptic; the proxy gives the label little probability
     law = verses.filter(pl.col("label") == "law")["text"].to_list()[10:14]

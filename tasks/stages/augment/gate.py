@@ -117,8 +117,8 @@ def quality(rows: pl.DataFrame, models: GateModels, params) -> tuple[np.ndarray,
     from tasks.stages.quality import quality as quality_rules
 
     result = quality_rules(_as_records(rows), params.quality, models.language_model)
-    found = {i: _json(rule=r, detail=e) for i, r, e in zip(result.rejected["id"], result.rejected["reason"],
-                                                           result.rejected["evidence"], strict=True)}
+    # the quality stage's own evidence (rule, its test with thresholds, the values it read), not re-encoded
+    found = dict(zip(result.rejected["id"], result.rejected["evidence"], strict=True))
     ids = rows["id"].to_list()
     return np.array([i in found for i in ids], dtype=bool), [found.get(i) for i in ids]
 
