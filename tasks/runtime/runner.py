@@ -47,8 +47,9 @@ def _reason_examples(rejected: pl.DataFrame, limit: int = 3) -> list[str]:
     for row in firsts.iter_rows(named=True):
         ev = orjson.loads(row["evidence"]) if row.get("evidence") else {}
         ev = ev if isinstance(ev, dict) else {"evidence": ev}
-        where = f"{ev.get('file', row.get('src_file', '?'))}:{ev.get('line', row.get('src_line', '?'))}"
-        lines.append(f"{row['reason']} at {where}: {evidence_detail(ev)}")
+        file, line = ev.get("file") or row.get("src_file"), ev.get("line") or row.get("src_line")
+        where = f" at {file}:{line}" if file else (f" (id {row['id']})" if row.get("id") else "")
+        lines.append(f"{row['reason']}{where}: {evidence_detail(ev)}")
     return lines
 
 
