@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers, args.runner,
-                     args.dask_address)
+                     args.dask_address, limit=args.limit)
     _print_run(run)
     return 0
 
@@ -416,6 +416,8 @@ def _run_commands(sub) -> None:
                    help="where shard tasks run: threads here (local) or a Dask cluster (default: config runner.kind)")
     p.add_argument("--dask-address", metavar="tcp://HOST:8786",
                    help="scheduler of an existing Dask cluster; without it --runner dask starts a LocalCluster")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="read only the first N input rows (files in sorted order), to try a config quickly")
     p.set_defaults(fn=cmd_run)
 
     p = add("demo", "build the demo corpus (if missing) and curate it",

@@ -125,14 +125,15 @@ def _progress(artifact_id, done: int, total: int) -> None:
 
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
 def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
-           stages: list[str] | None = None, replay: dict | None = None) -> dict:
+           stages: list[str] | None = None, replay: dict | None = None, limit: int | None = None) -> dict:
     """Run the selected stages over `inputs`, committing each stage under `<output>/runs/<run_id>/`.
 
     Parameters are plain strings (a config *path*, never its contents; secrets in it are references), so no
     credential ever reaches the Prefect API. `replay` = {run_id, stage, reason}: the first stage re-runs those
-    quarantined rows of that run on top of its kept rows (tasks/ops/replay.py).
+    quarantined rows of that run on top of its kept rows (tasks/ops/replay.py). `limit`: read only the first N
+    input rows (sets ingest.limit_rows, so it is part of the fingerprints and run.json's config).
     """
-    config = load_config(config_path)
+    config = with_limit(load_config(config_path), limit)
     names = registry.preflight(config, stages)
     run_id = run_id or new_run_id()
     s3 = config.storage.s3_options()
@@ -228,9 +229,15 @@ def task_runner(kind: str, workers: int, dask_address: str | None = None):
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
+def with_limit(config, limit: int | None):
+    if not limit:
+        return config
+    return config.model_copy(update={"ingest": config.ingest.model_copy(update={"limit_rows": limit})})
+
+
 def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
                stages: list[str] | None = None, workers: int | None = None, runner: str | None = None,
-               dask_address: str | None = None, replay: dict | None = None) -> dict:
+               dask_address: str | None = None, replay: dict | None = None, limit: int | None = None) -> dict:
     """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
     config = load_config(config_path)
     names = registry.preflight(config, stages)  # a typo is one line now, not a flow run that fails
@@ -247,5 +254,5 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     with api, tags("sluice", f"dataset:{config.publish.dataset}"):
         return curate.with_options(task_runner=chosen)(
             inputs=inputs, output=output, config_path=config_path, run_id=run_id or new_run_id(), stages=stages,
-            replay=replay
+            replay=replay, limit=limit
         )

@@ -163,6 +163,9 @@ class IngestConfig(Strict):
                                          "the first 64 MiB, is a decompression bomb: ingest.read.too_large")
     evidence_chars: int = Field(2_000, gt=0, description="raw lines are cut to this length in quarantine")
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    limit_rows: int | None = Field(None, gt=0, description="read only the first N input rows (files in sorted "
+                                   "order, lines in order, bad lines counted): `sluice run --limit N`, to try a "
+                                   "config on a little of the data")
 
     def mapped_fields(self) -> dict[str, str]:
         """canonical column -> input field, for the optional fields that are configured."""

@@ -88,3 +88,27 @@ def test_a_run_that_keeps_nothing_fails_with_the_reason(tmp_path, prefect_server
     with pytest.raises(Exception) as err:
         run_curate([str(data)], str(tmp_path / "out"), str(config), "keeps-nothing", ["ingest", "quality"])
     assert "quality rejected all 3 rows" in str(err.value)
+
+
+def test_limit_reads_the_first_n_rows_across_files_in_order(tmp_path, prefect_server):
+    """`sluice run --limit 45` on two files of 30 lines: all of the first, 15 of the second, nothing else; a bad
+    line counts as a row read (it is quarantined); the limit is part of the run's config and fingerprints."""
+    import json
+
+    from flows.curate import run_curate
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in range(2):
+        lines = [json.dumps({"text": f"File {f} line {i}, a sentence long enough to keep."}) for i in range(30)]
+        lines[3] = "{not json" if f == 0 else lines[3]
+        (folder / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run = run_curate([str(folder)], str(out), None, "limited", ["ingest"], limit=45)
+    manifest = json.loads((out / "runs" / "limited" / "ingest" / "_manifest.json").read_text())
+    assert manifest["rows_in"] == 45 and manifest["rows_out"] == 44 and manifest["rows_rejected"] == 1
+    kept = pl.concat([pl.read_parquet(out / o["path"]) for o in manifest["outputs"]])
+    assert kept.filter(pl.col("src_file").str.ends_with("part-1.jsonl"))["src_line"].max() == 15
+    assert run["config"]["ingest"]["limit_rows"] == 45
+    whole = run_curate([str(folder)], str(out), None, "unlimited", ["ingest"])
+    assert whole["manifests"][0]["rows_in"] == 60

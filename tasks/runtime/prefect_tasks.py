@@ -154,7 +154,9 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         log.info(f"{stage.name}: already committed for these inputs and params, skipped")
         return manifest
     try:
-        if stage.kind == "source":
+        if stage.kind == "source" and ctx.config.ingest.limit_rows:
+            receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
+        elif stage.kind == "source":
             futures = source_file.with_options(retries=ctx.config.runner.retries).map(
                 ctx, stage, list(range(len(files))), files)
             per_file = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "files")
@@ -165,6 +167,23 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
                             side_outputs=side)
     finally:
         lifecycle.release(stage.name)
+
+
+def _first_rows(ctx: RunContext, stage: Stage, files: list, limit: int) -> list:
+    """`--limit N`: files one after another, each given what the ones before left of N, until N rows are read."""
+    receipts, left = [], limit
+    progress = StageProgress(stage.name, len(files), "files")
+    for index, file in enumerate(files):
+        if left <= 0:
+            break
+        read = source_file.with_options(retries=ctx.config.runner.retries).submit(ctx, stage, index, file,
+                                                                                  left).result()
+        receipts += read
+        left -= sum(r.rows_in for r in read)
+        progress.advance(sum(r.rows_in for r in read))
+    progress.close()
+    log.info(f"{stage.name}: read the first {limit - max(left, 0):,} rows (--limit {limit:,})")
+    return receipts
 
 
 def run_replayed_stage(ctx: RunContext, stage: Stage, replay: dict, contracts: Contracts) -> StageManifest:

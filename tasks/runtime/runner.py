@@ -114,11 +114,13 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
     return receipt
 
 
-def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile) -> list[Receipt]:
-    """Map step of a source stage: one input file, streamed in `shard_rows` chunks, one receipt per chunk."""
+def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile, budget: int | None = None
+                ) -> list[Receipt]:
+    """Map step of a source stage: one input file, streamed in `shard_rows` chunks, one receipt per chunk.
+    `budget`: read at most that many rows of it (`ingest.limit_rows`; what earlier files left)."""
     params = ctx.config.ingest
     fmt, compression = detect_format(file.uri, params.format)
-    file_fp = fingerprint(stage.name, file.as_dict(), params.model_dump(mode="json"), ctx.code_version)
+    file_fp = fingerprint(stage.name, file.as_dict(), params.model_dump(mode="json"), ctx.code_version, budget)
     done_rel = layout.file_receipt(ctx.run_id, stage.name, file_index)
     done = ctx.storage.read_json_if_exists(done_rel)
     if done and done.get("fingerprint") == file_fp:
@@ -126,7 +128,13 @@ def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile)
                 for r in done["receipts"]]
     receipts = []
     batches = read_batches(file, fmt, compression, params, ctx.s3_options)
+    left = budget
     for chunk, batch in enumerate(batches):
+        if left is not None:
+            if left <= 0:
+                break
+            batch = batch.head(left)
+            left -= batch.height
         shard = f"{file_index:05d}-{chunk:05d}"
         inputs = [{**file.as_dict(), "chunk": chunk, "format": fmt}]
         receipts.append(process_shard(ctx, stage, shard, lambda b=batch: b, inputs))
