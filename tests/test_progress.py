@@ -69,3 +69,19 @@ def test_prefect_sees_named_task_runs_tags_and_artifacts(tmp_path, prefect_serve
         progress = [a for a in client.read_artifacts(artifact_filter=ArtifactFilter(type={"any_": ["progress"]}))
                     if a.flow_run_id == flow_run.id]
         assert len(progress) == 1 and float(progress[0].data) == 100.0
+
+
+def test_log_warnings_about_rejected_rows_always_say_what_failed():
+    """40 of 65 demo warnings once ended in an empty detail; each kind of evidence now gives a reason."""
+    from tasks.runtime.runner import _reason_examples
+
+    rejected = pl.DataFrame({
+        "id": ["a", "b", "c"], "src_file": ["f.jsonl", "f.jsonl", None], "src_line": [3, 9, None],
+        "reason": ["ingest.json.invalid", "quality.gopher.word_count", "dedup.near"],
+        "evidence": ['{"file": "f.jsonl", "line": 3, "detail": "unexpected end of data"}',
+                     '{"rule": "quality.gopher.word_count", "test": "q_gopher_words < 8", "q_gopher_words": 5}',
+                     '{"cluster": "k", "survivor_id": "s", "similarity": 0.93}']})
+    lines = _reason_examples(rejected)
+    assert lines == ["ingest.json.invalid at f.jsonl:3: unexpected end of data",
+                     "quality.gopher.word_count at f.jsonl:9: failed q_gopher_words < 8 (q_gopher_words = 5)",
+                     'dedup.near (id c): {"cluster":"k","survivor_id":"s","similarity":0.93}']
