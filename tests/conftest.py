@@ -21,12 +21,23 @@ os.environ.update(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # each CLI subprocess keeps Prefect's temporary server; tests/test_prefect_server.py tests the shared one
+        "SLUICE_PREFECT": "ephemeral",
     }
 )
 for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "PREFECT_API_URL"):
     os.environ.pop(var, None)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_left_behind():
+    """`make test` leaves no shared Prefect server running, whatever a test did."""
+    yield
+    from tasks.ops import prefect_server
+
+    prefect_server.stop()
 SLUICE = str(Path(sys.executable).parent / "sluice")
 # The demo config's stages less score: for tests of other things that run the demo config (the models cost a
 # minute per run on 2 cores; the demo run itself and tests/test_score.py cover them).
