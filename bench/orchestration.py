@@ -94,6 +94,51 @@ def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stage
     contracts.close()
 
 
+def cli_runs(args) -> int:
+    """`sluice run` as a user types it, in a subprocess, three ways: Prefect's temporary server per command
+    (SLUICE_PREFECT=ephemeral, the old behaviour), the shared server's first run (cold: it starts it) and a second
+    run (warm). Wall time against the seconds the stages themselves took (run.json timings)."""
+    import subprocess
+
+    from tasks.ops import prefect_server
+
+    work = Path(args.work)
+    corpus = work / "corpus"
+    build(corpus, args.docs)
+    sluice = str(Path(sys.executable).parent / "sluice")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "SLUICE_PREFECT")}
+    rows = []
+    for stages in args.cli_stages.split(";"):
+        prefect_server.stop()
+        for mode in ("ephemeral", "cold", "warm"):
+            out = work / f"cli-{mode}"
+            shutil.rmtree(out, ignore_errors=True)
+            run_env = {**env, **({"SLUICE_PREFECT": "ephemeral"} if mode == "ephemeral" else {})}
+            t = time.perf_counter()
+            proc = subprocess.run([sluice, "run", "--input", str(corpus), "--output", str(out), "--stages", stages,
+                                   "--run-id", "bench"], capture_output=True, text=True, env=run_env)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-2000:])
+            run = json.loads((out / "runs" / "bench" / "run.json").read_text())
+            stage_s = sum(run["timings"].values())
+            tasks = sum(json.loads((out / "runs" / "bench" / s / "_manifest.json").read_text())["shards"]
+                        for s in stages.split(","))
+            rows.append({"stages": stages, "mode": mode, "wall_s": round(wall, 2), "stage_s": round(stage_s, 2),
+                         "overhead": round((wall - stage_s) / stage_s, 4), "shard_tasks": tasks})
+            print(f"{stages:<24} {mode:<9} wall {wall:7.2f} s  stages {stage_s:7.2f} s", flush=True)
+    prefect_server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "orchestration-cli.json").write_text(json.dumps({"docs": args.docs, "rows": rows}, indent=2))
+    print(f"\n{args.docs:,} docs, `sluice run` in a subprocess")
+    print("| stages | Prefect server | wall (s) | stages (s) | wall over stage time | shard tasks |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['stages']} | {r['mode']} | {r['wall_s']} | {r['stage_s']} | {r['overhead']:+.1%} | "
+              f"{r['shard_tasks']} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=100_000)
@@ -102,7 +147,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runners", default="local,dask")
     parser.add_argument("--work", default=str(RESULTS / "orchestration-work"))
+    parser.add_argument("--cli", action="store_true", help="time `sluice run` in a subprocess: temporary server vs "
+                        "the shared server, cold and warm (issue 16)")
+    parser.add_argument("--cli-stages", default="ingest,decontaminate;ingest,quality",
+                        help="';'-separated stage lists for --cli")
     args = parser.parse_args()
+    if args.cli:
+        return cli_runs(args)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

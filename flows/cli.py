@@ -73,6 +73,12 @@ def _print_run(run: dict) -> None:
         print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
     if run.get("report"):
         print(f"report:  {run['report']}")
+    from tasks.ops import prefect_server
+
+    server, up = prefect_server.status()
+    if up and os.environ.get("PREFECT_API_URL") == server.url:
+        print(f"Prefect: {server.url.removesuffix('/api')} (the shared local server; it stops after "
+              f"{server.idle_seconds // 60} min unused, or `sluice server stop`)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
