@@ -75,7 +75,7 @@ def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stage
             else:
                 stage_inputs, shards = [o.as_json() for o in previous.outputs], runner.shards_of(previous)
                 if stage.kind == "sink":
-                    target = stage.sink.open(ctx)
+                    target = stage.sink.open(ctx, stage_inputs)
                     receipts = list(pool.map(lambda a, st=stage, t=target: runner.sink_shard(ctx, st, a[0], a[1][1], t),
                                              enumerate(shards)))
                 else:

@@ -45,7 +45,8 @@ def test_a_resumed_publish_never_goes_back_in_time(tmp_path, monkeypatch):
     monkeypatch.setattr(publish, "emit_published", lambda published, *a: events.append(published["version"]))
     x = _ctx(tmp_path, "run-x")
     source_x = committed(x, "dedup", canonical(4, "x"))
-    target = publish.STAGE.sink.open(x)  # X claims v1 and copies its parts, then is killed
+    # X claims v1 and copies its parts, then is killed
+    target = publish.STAGE.sink.open(x, [o.as_json() for o in source_x.outputs])
     assert target["version"] == 1
     runner.sink_shard(x, publish.STAGE, 0, source_x.outputs[0].as_json(), target)
 
