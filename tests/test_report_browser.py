@@ -58,6 +58,9 @@ def test_the_report_loads_offline_with_every_chart(demo_run, tmp_path):
         ["select-labels"] if "select" in stages else []) + (["augment-share"] if "augment" in stages else [])
     assert set(expected) <= set(charts), sorted(set(expected) - set(charts))
     assert "could not be drawn" not in dom.stdout
+    # rejected rows per reason: their text and the rule that failed with its threshold; the browse hint names the root
+    assert "<th>what failed</th>" in dom.stdout and "<code>q_gopher_stop_words &lt; 2</code>" in dom.stdout
+    assert f"sluice quarantine demo-run --output {out}" in dom.stdout
     assert dom.stdout.count('class="threshold"') >= 5  # thresholds drawn on the quality histograms
     contaminated = json.loads((out / "runs" / "demo-run" / "decontaminate" / "_manifest.json").read_text())
     assert ("<mark>" in dom.stdout) == (contaminated["rows_rejected"] > 0)  # matched spans highlighted, if any

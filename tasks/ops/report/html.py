@@ -89,7 +89,15 @@ def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
             f"<li class=err>{html.escape(stage)}: {html.escape(w)}</li>" for stage, w in warned) + "</ul>"
     figures = ""
     for m in manifests:
-        if m.summary:
+        if not m.summary:
+            continue
+        if all(isinstance(b, dict) for b in m.summary.values()):  # per benchmark (decontaminate)
+            figures += f"<h3>{html.escape(m.stage)}</h3>" + _table(
+                ["benchmark", "policy", "items found", "docs hit", "dropped", "redacted", "flagged"],
+                [[name, b.get("policy", ""), b.get("items_found", ""), b.get("docs_hit", ""),
+                  b.get("docs_dropped", ""), b.get("docs_redacted", ""), b.get("docs_flagged", "")]
+                 for name, b in m.summary.items()])
+        else:  # a stage's own figures (score: rows scored, the sample, semantic duplicates, ...)
             figures += f"<h3>{html.escape(m.stage)}</h3>" + _table(
                 ["what", "value"], [[key, value if isinstance(value, int | float | str) or value is None
                                      else json.dumps(value)[:500]] for key, value in m.summary.items()])
