@@ -42,7 +42,7 @@ def test_s3_run_matches_local_run(s3_env, demo_corpus, demo_run):
     published = json.loads(fs.cat("curated/sluice/datasets/demo/v1/_manifest.json"))
     remote_dedup = json.loads(fs.cat("curated/sluice/runs/s3-run/dedup/_manifest.json"))
     assert published["rows_out"] == remote_dedup["rows_out"]
-    with fs.open("curated/sluice/datasets/demo/v1/part-00000.parquet", "rb") as fh:
+    with fs.open("curated/sluice/datasets/demo/v1/data/part-00000.parquet", "rb") as fh:
         assert pl.read_parquet(fh).height == remote_dedup["outputs"][0]["rows"]
 
     # credentials never land in anything the run wrote
