@@ -32,6 +32,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.io.locks import _pid_alive
+
 DEFAULT_IDLE_SECONDS = 900
 START_TIMEOUT = 120
 _users_fd: int | None = None  # this process's shared lock on the users file, held until it exits
@@ -73,13 +75,11 @@ class Server:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """locks' liveness check, and not a zombie (a supervisor this process started and that was killed stays one
+    until reaped)."""
+    if not _pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+    try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
         return True
