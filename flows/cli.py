@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers, args.runner,
-                     args.dask_address, limit=args.limit)
+                     args.dask_address, limit=args.limit, publish_mode=args.publish_mode)
     _print_run(run)
     return 0
 
@@ -424,6 +424,9 @@ def _run_commands(sub) -> None:
                    help="scheduler of an existing Dask cluster; without it --runner dask starts a LocalCluster")
     p.add_argument("--limit", type=int, metavar="N",
                    help="read only the first N input rows (files in sorted order), to try a config quickly")
+    p.add_argument("--publish-mode", choices=["replace", "append"],
+                   help="append: the new version = the previous version's rows + this run's, new rows deduplicated "
+                        "against everything published; replace: this run's rows only (default: config publish.mode)")
     p.set_defaults(fn=cmd_run, needs_prefect=True)
 
     p = add("demo", "build the demo corpus (if missing) and curate it",

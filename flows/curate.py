@@ -125,15 +125,17 @@ def _progress(artifact_id, done: int, total: int) -> None:
 
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
 def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
-           stages: list[str] | None = None, replay: dict | None = None, limit: int | None = None) -> dict:
+           stages: list[str] | None = None, replay: dict | None = None, limit: int | None = None,
+           publish_mode: str | None = None) -> dict:
     """Run the selected stages over `inputs`, committing each stage under `<output>/runs/<run_id>/`.
 
     Parameters are plain strings (a config *path*, never its contents; secrets in it are references), so no
     credential ever reaches the Prefect API. `replay` = {run_id, stage, reason}: the first stage re-runs those
     quarantined rows of that run on top of its kept rows (tasks/ops/replay.py). `limit`: read only the first N
-    input rows (sets ingest.limit_rows, so it is part of the fingerprints and run.json's config).
+    input rows (sets ingest.limit_rows, so it is part of the fingerprints and run.json's config). `publish_mode`
+    overrides publish.mode ('auto' resolves to replace here; the watch flow asks for append).
     """
-    config = with_limit(load_config(config_path), limit)
+    config = with_publish_mode(with_limit(load_config(config_path), limit), publish_mode)
     names = registry.preflight(config, stages)
     run_id = run_id or new_run_id()
     s3 = config.storage.s3_options()
@@ -151,7 +153,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                                   f"{ctx.storage.uri(layout.run_dir(run_id))}")
             contracts = contracts_for(run_id)
             for lease in leases[1:]:
-                lease.acquire()
+                lease.acquire(wait_seconds=lock_wait_seconds(config))
                 ctx.fence = {"folder": lease.folder, "generation": lease.generation, "what": lease.what}
             previous = None
             try:
@@ -235,9 +237,25 @@ def with_limit(config, limit: int | None):
     return config.model_copy(update={"ingest": config.ingest.model_copy(update={"limit_rows": limit})})
 
 
+def with_publish_mode(config, mode: str | None):
+    """Resolve publish.mode for this run ('auto' is replace unless the caller, e.g. watch, asks for append)."""
+    mode = mode if mode and mode != "auto" else config.publish.mode
+    mode = "replace" if mode == "auto" else mode
+    return config.model_copy(update={"publish": config.publish.model_copy(update={"mode": mode})})
+
+
+def lock_wait_seconds(config) -> float:
+    """An append run waits for the run ahead of it on the dataset (increments publish in order); a replace run
+    fails fast, as a full recompute racing another is a mistake to surface."""
+    if config.runner.lock_wait_seconds is not None:
+        return config.runner.lock_wait_seconds
+    return 1800 if config.publish.mode == "append" else 0
+
+
 def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
                stages: list[str] | None = None, workers: int | None = None, runner: str | None = None,
-               dask_address: str | None = None, replay: dict | None = None, limit: int | None = None) -> dict:
+               dask_address: str | None = None, replay: dict | None = None, limit: int | None = None,
+               publish_mode: str | None = None) -> dict:
     """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
     config = load_config(config_path)
     names = registry.preflight(config, stages)  # a typo is one line now, not a flow run that fails
@@ -254,5 +272,5 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     with api, tags("sluice", f"dataset:{config.publish.dataset}"):
         return curate.with_options(task_runner=chosen)(
             inputs=inputs, output=output, config_path=config_path, run_id=run_id or new_run_id(), stages=stages,
-            replay=replay, limit=limit
+            replay=replay, limit=limit, publish_mode=publish_mode
         )

@@ -66,7 +66,9 @@ def watch(inputs: list[str], output: str, config_path: str | None = None) -> dic
         logger.info(f"{len(found.new)} new object(s) under {', '.join(inputs)}: starting curate run {run_id}")
         runner = task_runner(cfg.runner.kind, cfg.runner.workers, cfg.runner.dask_address)
         run = curate.with_options(task_runner=runner)(inputs=[f.uri for f in found.new], output=output,
-                                                       config_path=config_path, run_id=run_id)
+                                                       config_path=config_path, run_id=run_id,
+                                                       publish_mode="append" if cfg.publish.mode == "auto"
+                                                       else cfg.publish.mode)
         for f in found.new:
             ledger[f.uri] = ledger_entry(f, hashes[f.uri], run_id)
         save_ledger(storage, ledger)

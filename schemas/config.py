@@ -676,6 +676,10 @@ class PublishConfig(Strict):
     description: str = ""
     license: str = Field("unknown", pattern=r"^[a-z0-9][a-z0-9.+-]*$", description="the card's license, as a Hugging "
                          "Face license id (cc-by-4.0, mit, apache-2.0, other, unknown)")
+    mode: Literal["auto", "replace", "append"] = Field(
+        "auto", description="'replace': a version holds this run's rows only (a full recompute); 'append': the "
+        "previous version's rows + this run's, new rows deduplicated against what is published; 'auto': append "
+        "for watch/new-data runs, replace otherwise")
 
     @field_validator("dataset")
     @classmethod
@@ -691,6 +695,9 @@ class RunnerConfig(Strict):
     lock_ttl_seconds: int = Field(
         600, ge=10, description="a dataset lock not refreshed for this long is stale (its holder died)"
     )
+    lock_wait_seconds: int | None = Field(
+        None, ge=0, description="how long a run waits for another run's lease on its dataset before giving up; "
+        "none = 1800 s for an append run (increments queue up and publish in order), 0 for a replace run")
 
 
 class DeployConfig(Strict):

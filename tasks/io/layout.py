@@ -16,6 +16,8 @@ manifest in it still resolves. Nothing else in the code spells out a path under 
     datasets/<name>/v<N>/README.md                   its dataset card (Hugging Face YAML front matter)
     datasets/<name>/v<N>/_manifest.json, _diff.json  its commit marker, the change against v<N-1>
     datasets/<name>/_claims/v<N>.json                who took version N
+    datasets/<name>/_index/v<N>/part-<i>.parquet     dedup index of v<N>/data/part-<i> (hashes, short MinHash)
+    datasets/<name>/_tombstones/<stamp>.json|.parquet a `sluice forget`: who, what, why; the forgotten rows' index
     datasets/<name>/_lock/gen-<N>.json               the lease on the dataset, generation N (the fencing token)
     runs/<run>/_lock/gen-<N>.json                    the lease on the run id
 """
@@ -137,6 +139,20 @@ def version_card(dataset: str, version: int) -> str:
 
 def version_diff(dataset: str, version: int) -> str:
     return _join(DATASETS, dataset, f"v{version}", DIFF)
+
+
+def index_part(dataset: str, version: int, index: int) -> str:
+    """The dedup index rows of `version_part(dataset, version, index)`, outside the version folder so that no
+    reader of the version meets them."""
+    return _join(DATASETS, dataset, "_index", f"v{version}", f"part-{index:05d}.parquet")
+
+
+def tombstones_dir(dataset: str) -> str:
+    return _join(DATASETS, dataset, "_tombstones")
+
+
+def tombstone(dataset: str, stamp: str, suffix: str = ".json") -> str:
+    return _join(DATASETS, dataset, "_tombstones", f"{stamp}{suffix}")
 
 
 def claims_dir(dataset: str) -> str:

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -115,11 +116,23 @@ class FencedLock:
             f"({self.run_id}) stops before doing any work. Wait for it, or, if that run is dead, wait for the lease "
             "to expire.")
 
-    def acquire(self, heartbeat: bool = True) -> int:
-        for _ in range(8):
+    def acquire(self, heartbeat: bool = True, wait_seconds: float = 0) -> int:
+        """Take the lease. Held by a live run of another id: wait up to `wait_seconds` for it (polling), so runs
+        of one dataset queue up in the order they arrive instead of failing, then refuse."""
+        deadline = time.monotonic() + wait_seconds
+        attempts, waited_on = 0, None
+        while attempts < 8:
             holder = current(self.storage, self.folder)
             if is_live(holder):
-                self._refuse(holder)
+                if holder["run_id"] == self.run_id or time.monotonic() >= deadline:
+                    self._refuse(holder)
+                if waited_on != holder["run_id"]:
+                    waited_on = holder["run_id"]
+                    log.info(f"{self.what} is held by run {holder['run_id']}; waiting up to "
+                             f"{max(0, deadline - time.monotonic()):.0f} s for it to finish")
+                time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
+                continue
+            attempts += 1
             if holder is not None and not holder.get("released"):
                 dead = "its process is gone" if datetime.fromisoformat(holder["expires_at"]) >= datetime.now(UTC) \
                     else f"it expired at {holder['expires_at']}"

@@ -198,6 +198,13 @@ class Storage:
         with _io("read", self.uri(rel)), self.fs.open(self._path(rel), "rb") as fh:
             return {field.name: str(field.type) for field in pq.ParquetFile(fh).schema_arrow}
 
+    def parquet_empty(self, rel: str) -> pl.DataFrame:
+        """A zero-row frame with a Parquet file's schema, from its footer (what an append must match)."""
+        import pyarrow.parquet as pq
+
+        with _io("read", self.uri(rel)), self.fs.open(self._path(rel), "rb") as fh:
+            return pl.from_arrow(pq.ParquetFile(fh).schema_arrow.empty_table())
+
     def null_only_columns(self, rels: list[str]) -> list[str]:
         """Columns that hold no value in any of these Parquet files, read from their footers' statistics (no data
         is read). A column without statistics counts as filled."""

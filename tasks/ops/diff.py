@@ -12,36 +12,21 @@ import polars as pl
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
 from tasks.io.storage import Storage
+from tasks.io.versions import VersionNotFound, published_versions, version_manifest  # noqa: F401 (re-exported)
 
 SCORE_PREFIXES = ("q_", "contam_", "dup_", "score_")
 
 
-class VersionNotFound(ValueError):
-    pass
-
-
-def published_versions(storage: Storage, dataset: str) -> list[int]:
-    """Versions whose manifest exists (a claimed but uncommitted number is not a version)."""
-    found = layout.version_numbers(storage.listdir(layout.dataset_dir(dataset)))
-    return [v for v in found if storage.exists(layout.version_manifest(dataset, v))]
-
-
-def version_manifest(storage: Storage, dataset: str, version: int) -> StageManifest:
-    manifest = storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
-    if manifest is None:
-        known = ", ".join(f"v{v}" for v in published_versions(storage, dataset)) or "none"
-        raise VersionNotFound(f"dataset {dataset} has no published v{version} under "
-                              f"{storage.uri(layout.DATASETS)} (published: {known})")
-    return manifest
-
-
-def _frame(storage: Storage, manifest: StageManifest) -> pl.DataFrame:
+def _frame(storage: Storage, manifest: StageManifest, skip: frozenset[str] = frozenset(), scores: bool = True
+           ) -> pl.DataFrame:
     frames = []
     for obj in manifest.outputs:
+        if obj.path in skip:
+            continue
         data = storage.read_bytes(obj.path)
         schema = pl.read_parquet_schema(data)
         cols = ["content_sha256", "source"] + [
-            c for c, t in schema.items() if c.startswith(SCORE_PREFIXES) and t.is_numeric()
+            c for c, t in schema.items() if scores and c.startswith(SCORE_PREFIXES) and t.is_numeric()
         ]
         frames.append(pl.read_parquet(data, columns=[c for c in cols if c in schema]))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(
@@ -108,20 +93,32 @@ def synthetic_shares(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, dict]:
     return {c: {"a": sa.get(c, empty), "b": sb.get(c, empty)} for c in sorted(set(sa) | set(sb))}
 
 
-def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
+def added_removed(a: pl.DataFrame, b: pl.DataFrame) -> tuple[int, int]:
     """Rows added/removed by content hash, with multiplicity (two copies of a row in B and one in A = one added)."""
     ca = a.group_by("content_sha256").agg(pl.len().cast(pl.Int64).alias("a"))
     cb = b.group_by("content_sha256").agg(pl.len().cast(pl.Int64).alias("b"))
     joined = ca.join(cb, on="content_sha256", how="full", coalesce=True).fill_null(0)
     added = int(joined.select((pl.col("b") - pl.col("a")).clip(lower_bound=0).sum()).item() or 0)
     removed = int(joined.select((pl.col("a") - pl.col("b")).clip(lower_bound=0).sum()).item() or 0)
-    base = max(a.height, b.height, 1)
+    return added, removed
+
+
+def changed_fraction(added: int, removed: int, rows_a: int, rows_b: int) -> float:
+    """Changed rows against the previous version's size (what a model was trained on): a 10,000-row increment
+    to 1,000,000 rows is 1%. Against nothing (a first or an emptied version), everything changed."""
+    return round((added + removed) / rows_a, 6) if rows_a else (1.0 if added or removed or rows_b else 0.0)
+
+
+def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
+    """Rows added/removed by content hash (with multiplicity), sources, score shifts, synthetic shares."""
+    added, removed = added_removed(a, b)
 
     def by_source(df: pl.DataFrame) -> dict[str, int]:
         return dict(df.group_by("source").agg(pl.len()).sort("source").iter_rows()) if df.height else {}
 
     return {"rows_a": a.height, "rows_b": b.height, "rows_added": added, "rows_removed": removed,
-            "rows_unchanged": b.height - added, "changed_fraction": round((added + removed) / base, 6),
+            "rows_unchanged": b.height - added,
+            "changed_fraction": changed_fraction(added, removed, a.height, b.height),
             "by_source": _delta(by_source(a), by_source(b)), "scores": score_shifts(a, b),
             "synthetic": synthetic_shares(a, b)}
 
@@ -129,17 +126,37 @@ def diff_frames(a: pl.DataFrame, b: pl.DataFrame) -> dict:
 def version_diff(storage: Storage, dataset: str, version_a: int, version_b: int) -> dict:
     ma, mb = version_manifest(storage, dataset, version_a), version_manifest(storage, dataset, version_b)
     result = diff_frames(_frame(storage, ma), _frame(storage, mb))
-    return {"dataset": dataset, "a": version_a, "b": version_b, **result,
+    return {"dataset": dataset, "a": version_a, "b": version_b, **result, **_forgotten(mb),
             "by_reason": _delta(_run_reasons(storage, ma), _run_reasons(storage, mb))}
+
+
+def _forgotten(manifest: StageManifest) -> dict:
+    """What `sluice forget` removed to make this version (none for a curated version)."""
+    published = manifest.published or {}
+    return {"rows_forgotten": published.get("rows_forgotten", 0),
+            **({"tombstone": published["tombstone"]} if published.get("tombstone") else {})}
+
+
+def count_diff(storage: Storage, ma: StageManifest, mb: StageManifest) -> dict:
+    """Rows added/removed between two versions, reading only the data files they do not share: an append
+    version's diff costs its increment, not the dataset."""
+    shared = frozenset(o.path for o in ma.outputs) & frozenset(o.path for o in mb.outputs)
+    a = _frame(storage, ma, shared, scores=False)
+    b = _frame(storage, mb, shared, scores=False)
+    added, removed = added_removed(a, b)
+    return {"rows_a": ma.rows_out, "rows_b": mb.rows_out, "rows_added": added, "rows_removed": removed,
+            "rows_unchanged": mb.rows_out - added,
+            "changed_fraction": changed_fraction(added, removed, ma.rows_out, mb.rows_out)}
 
 
 def diff_vs_previous(storage: Storage, dataset: str, version: int) -> dict:
     """Diff of a just-published version against the newest earlier one; the first version changes everything."""
     earlier = [v for v in published_versions(storage, dataset) if v < version]
+    mb = version_manifest(storage, dataset, version)
     if not earlier:
-        rows = version_manifest(storage, dataset, version).rows_out
+        rows = mb.rows_out
         return {"dataset": dataset, "a": None, "b": version, "rows_a": 0, "rows_b": rows,
-                "rows_added": rows, "rows_removed": 0, "rows_unchanged": 0, "changed_fraction": 1.0}
-    full = version_diff(storage, dataset, earlier[-1], version)
-    return {k: full[k] for k in ("dataset", "a", "b", "rows_a", "rows_b", "rows_added", "rows_removed",
-                                 "rows_unchanged", "changed_fraction")}
+                "rows_added": rows, "rows_removed": 0, "rows_unchanged": 0, "changed_fraction": 1.0,
+                **_forgotten(mb)}
+    ma = version_manifest(storage, dataset, earlier[-1])
+    return {"dataset": dataset, "a": earlier[-1], "b": version, **count_diff(storage, ma, mb), **_forgotten(mb)}

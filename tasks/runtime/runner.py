@@ -21,6 +21,7 @@ from tasks.io import interrupt, layout
 from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.storage import sha256_bytes
+from tasks.io.versions import published_index
 from tasks.runtime import lifecycle
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
@@ -172,12 +173,20 @@ def sink_shard(ctx: RunContext, stage: Stage, index: int, input_obj: dict, targe
     dest = stage.sink.part(target, index)
 
     drop = [c for c in target.get("drop", []) if c in batch.columns]
+    sink = stage.sink
 
     def write(loaded: pl.DataFrame, result: StageResult) -> DataObject:
-        if result.kept is loaded and not result.rows_synthetic and not drop:
+        out = result.output().drop(drop)
+        if sink.conform is not None:
+            out = sink.conform(target, out)
+        if result.kept is loaded and not result.rows_synthetic and out.schema == loaded.schema:
             ctx.storage.write_bytes(dest, data)
-            return DataObject(path=dest, rows=loaded.height, sha256=input_obj["sha256"], bytes=len(data))
-        return ctx.storage.write_parquet(dest, result.output().drop(drop))
+            written = DataObject(path=dest, rows=loaded.height, sha256=input_obj["sha256"], bytes=len(data))
+        else:
+            written = ctx.storage.write_parquet(dest, out)
+        if sink.beside_part is not None:
+            sink.beside_part(ctx, target, index, out)
+        return written
 
     return process_shard(ctx, stage, f"{index:05d}", lambda: batch, [input_obj, {"target": target}], write)
 
@@ -236,8 +245,13 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
     params = stage.params(ctx.config)
     receipts = sorted(feature_receipts, key=lambda r: r["shard"])
     sides = side_input_objects(ctx, stage, params)
+    extra = {}
+    if stage.steps.against_published:
+        extra["published"] = published_index(ctx.storage, ctx.config.publish.dataset,
+                                             append=ctx.config.publish.mode == "append")
     fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params.model_dump(mode="json"),
-                     ctx.code_version, *([o["sha256"] for o in objs] for _, objs in sides))
+                     ctx.code_version, *([o["sha256"] for o in objs] for _, objs in sides),
+                     *(extra["published"].fingerprint() if extra else []))
     receipt_rel = layout.decisions_receipt(ctx.run_id, stage.name)
 
     def redo() -> dict:
@@ -245,9 +259,9 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
                                                     how="vertical"), sides)
         started = time.perf_counter()
         if stage.setup is not None:
-            decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params))
+            decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params), **extra)
         else:
-            decided = stage.steps.decide(features, params)
+            decided = stage.steps.decide(features, params, **extra)
         decisions, artifacts = decided if isinstance(decided, tuple) else (decided, {})
         written = ctx.storage.write_parquet(layout.decisions(ctx.run_id, stage.name), decisions)
         made = []
@@ -258,6 +272,11 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
         receipt = {"fingerprint": fp, **written.as_json(), "artifacts": made,
                    "seconds": round(time.perf_counter() - started, 3)}
         ctx.storage.write_json(receipt_rel, receipt)
+        against = extra.get("published")
+        if against is not None and not against.empty:
+            log.info(f"{stage.name}: also compared with {against.dataset}"
+                     + (f" v{against.version} ({sum(o.rows for o in against.parts):,} published rows)"
+                        if against.version else "") + f" and {len(against.blocked)} takedown(s)")
         log.info(f"{stage.name}: decided over {features.height} rows in {receipt['seconds']} s")
         return receipt
 

@@ -79,6 +79,9 @@ class GlobalSteps:
     apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
     folder: str = "_features"  # where the features go under the stage (a public name makes them an output)
     side_inputs: Callable[[Any], list[SideInput]] | None = None  # (params) -> what decide also reads
+    # decide also gets `published=` the dataset's index (tasks/io/versions.PublishedIndex): the newest version's
+    # rows when the run appends, and what was forgotten
+    against_published: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,11 @@ class SinkSteps:
     open: Callable[[Any, list[dict]], dict]
     part: Callable[[dict, int], str]
     close: Callable[[Any, Any, dict], dict]
+    # (target, frame) -> the frame as the destination stores it (publish appending: the previous version's schema)
+    conform: Callable[[dict, pl.DataFrame], pl.DataFrame] | None = None
+    # (ctx, target, i, written frame): what the destination keeps beside each part (publish: its dedup index part),
+    # written before the shard's receipt, so a resumed shard has it too
+    beside_part: Callable[[Any, dict, int, pl.DataFrame], None] | None = None
 
 
 Kind = Literal["source", "map", "global", "sink"]

@@ -9,10 +9,17 @@ Shards go through the runner like any stage's (receipts, the shard contract, res
 from the stage before. The runner calls `close` once the stage contract has passed: it commits the version
 (`_manifest.json`, exclusive), writes the dataset card and the diff against the previous version, and emits
 `sluice.dataset.published`.
+
+Mode `replace`: the version holds this run's rows. Mode `append`: it holds the previous version's data files
+(listed in the manifest, not copied) and this run's parts, written in the previous version's schema so that every
+reader sees one table. Either way each part gets its dedup index part (tasks/stages/dedup/published.py), which the
+next append run deduplicates against.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 from datetime import UTC, datetime
 
@@ -23,7 +30,8 @@ from schemas.config import PublishConfig
 from schemas.record import CANONICAL
 from tasks.io import layout
 from tasks.io.locks import assert_current
-from tasks.io.manifests import StageManifest, Stats, render
+from tasks.io.manifests import DataObject, StageManifest, Stats, render
+from tasks.io.versions import index_objects
 from tasks.runtime.stage import SinkSteps, Stage, StageResult
 
 log = logging.getLogger("sluice")
@@ -74,10 +82,57 @@ def claim_version(ctx, dataset: str) -> int:
 
 def open_version(ctx, inputs: list[dict]) -> dict:
     """Claim the version, and name the columns that no input row fills: they are left out of the published
-    schema (a reader should not meet 11 columns of nulls), and the card lists them."""
+    schema (a reader should not meet 11 columns of nulls), and the card lists them. Appending, the schema is the
+    previous version's instead: columns it lacks are left out (with a warning when they hold values)."""
     dataset = ctx.config.publish.dataset
-    drop = [c for c in ctx.storage.null_only_columns([o["path"] for o in inputs]) if c not in KEPT_EVEN_IF_EMPTY]
-    return {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop}
+    paths = [o["path"] for o in inputs]
+    drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY]
+    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop,
+              "mode": ctx.config.publish.mode, "base": None}
+    base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
+    if base:
+        from tasks.io.versions import version_manifest
+
+        manifest = version_manifest(ctx.storage, dataset, base)
+        schema = ctx.storage.parquet_empty(manifest.outputs[0].path) if manifest.outputs else None
+        if schema is not None:
+            columns = ctx.storage.parquet_empty(paths[0]).columns if paths else []
+            extra = [c for c in columns if c not in schema.columns]
+            filled = [c for c in extra if c not in drop]
+            if filled:
+                log.warning(f"publish: appending to {dataset} v{base}, whose files have no column "
+                            f"{', '.join(filled)}: those values are left out (publish with --publish-mode replace "
+                            "to change the schema)")
+            target.update(drop=sorted(set(drop) | set(extra)), schema=_schema_ipc(schema))
+        target["base"] = base
+    return target
+
+
+def _schema_ipc(frame: pl.DataFrame) -> str:
+    """A schema travels inside the target (JSON, part of every shard's fingerprint) as a zero-row Arrow IPC."""
+    buf = io.BytesIO()
+    frame.clear().write_ipc(buf)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def conform_to_base(target: dict, frame: pl.DataFrame) -> pl.DataFrame:
+    """Appending: this run's rows in the previous version's columns, order and types (missing ones null)."""
+    if not target.get("schema"):
+        return frame
+    schema = pl.read_ipc(io.BytesIO(base64.b64decode(target["schema"]))).schema
+    try:
+        return frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
+                             for c, t in schema.items()])
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"publish: this run's rows do not fit the schema of {target['dataset']} v{target['base']} "
+                         f"({exc}); publish with --publish-mode replace to start a new schema") from exc
+
+
+def write_index_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None:
+    from tasks.stages.dedup.published import index_rows
+
+    ctx.storage.write_parquet(layout.index_part(target["dataset"], target["version"], index),
+                              index_rows(frame, ctx.config.dedup, target["version"]))
 
 
 def version_part(target: dict, index: int) -> str:
@@ -110,18 +165,19 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
             raise RuntimeError(f"dataset {dataset}: v{newest} was published while this run was publishing v{version}; "
                                "an older version is never published after a newer one. Rerun to publish as "
                                f"v{newest + 1}.")
-        published = {"dataset": dataset, "version": version, "published_at": datetime.now(UTC).isoformat(),
-                     "rows_by_source": manifest.stats.tallies.get("rows_by_source", {}),
-                     "rows_by_language": manifest.stats.tallies.get("rows_by_language", {}),
-                     "columns_left_out": target.get("drop", [])}
-        committed = manifest.model_copy(update={"published": published})
+        if target.get("base") and newest != target["base"]:
+            raise RuntimeError(f"dataset {dataset}: this run appends to v{target['base']}, but the newest version "
+                               f"is v{newest}; rerun to append to it")
+        committed = version_record(ctx, manifest, target)
+        published = committed.published
         card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish, _features(ctx, manifest))
         ctx.storage.write_bytes(layout.version_card(dataset, version), card.encode())
         if not ctx.storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
             raise RuntimeError(f"dataset {dataset} v{version} was committed by someone else while publishing")
-        log.info(f"published {dataset} v{version}: {manifest.rows_out} rows")
+        added = f" ({manifest.rows_out:,} added to v{target['base']})" if target.get("base") else ""
+        log.info(f"published {dataset} v{version}: {committed.rows_out:,} rows{added}")
     else:  # resumed after the version was committed but before the stage was
-        published = existing.published
+        committed, published = existing, existing.published
     diff = ctx.storage.read_json_if_exists(layout.version_diff(dataset, version))
     if diff is None:
         diff = diff_vs_previous(ctx.storage, dataset, version)
@@ -132,9 +188,53 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
         log.warning(f"dataset {dataset}: v{version} is not the newest (v{newest} is); no published event")
     else:
         fence(ctx)
-        emit_published(published, manifest.rows_out, ctx.run_id, uri, diff,
+        emit_published(published, committed.rows_out, ctx.run_id, uri, diff,
                        worth_retraining(diff, ctx.config.retrain))
     return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
+
+
+def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
+
+
+def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
+    """The version's `_manifest.json`: the run's publish manifest, and for an append the previous version's files,
+    index parts and counts before this run's (the run's own counts stay in `published.run`)."""
+    from tasks.stages.dedup.published import index_format
+
+    dataset, version = target["dataset"], target["version"]
+    index = [_index_object(ctx, dataset, version, i, o.rows) for i, o in enumerate(manifest.outputs)]
+    published = {"dataset": dataset, "version": version, "published_at": datetime.now(UTC).isoformat(),
+                 "mode": target.get("mode", "replace"), "base_version": target.get("base"),
+                 "rows_added": manifest.rows_out,
+                 "rows_by_source": manifest.stats.tallies.get("rows_by_source", {}),
+                 "rows_by_language": manifest.stats.tallies.get("rows_by_language", {}),
+                 "columns_left_out": target.get("drop", []),
+                 "run": {"rows_in": manifest.rows_in, "rows_out": manifest.rows_out}}
+    update: dict = {}
+    if target.get("base"):
+        from tasks.io.versions import version_manifest
+
+        base = version_manifest(ctx.storage, dataset, target["base"])
+        before = base.published or {}
+        index = index_objects(base) + index
+        published.update(rows_by_source=_merged(before.get("rows_by_source", {}), published["rows_by_source"]),
+                         rows_by_language=_merged(before.get("rows_by_language", {}),
+                                                  published["rows_by_language"]),
+                         columns_left_out=sorted(set(before.get("columns_left_out", []))
+                                                 | set(published["columns_left_out"])))
+        update = {"outputs": base.outputs + manifest.outputs, "rows_in": base.rows_out + manifest.rows_in,
+                  "rows_out": base.rows_out + manifest.rows_out}
+    published["index"] = {"format": index_format(ctx.config.dedup), "parts": [o.as_json() for o in index]}
+    return manifest.model_copy(update={**update, "published": published})
+
+
+def _index_object(ctx, dataset: str, version: int, i: int, rows: int) -> DataObject:
+    from tasks.io.storage import sha256_bytes
+
+    rel = layout.index_part(dataset, version, i)
+    data = ctx.storage.read_bytes(rel)
+    return DataObject(path=rel, rows=rows, sha256=sha256_bytes(data), bytes=len(data))
 
 
 def _features(ctx, manifest: StageManifest) -> dict[str, str]:
@@ -162,6 +262,8 @@ def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict
                       "sluice.dataset": published["dataset"], "sluice.version": str(published["version"]),
                       "sluice.retrain": "true" if retrain else "false"},
             payload={"dataset": published["dataset"], "version": published["version"], "uri": uri, "rows": rows,
+                     "rows_added": diff.get("rows_added", 0), "rows_removed": diff.get("rows_removed", 0),
+                     "rows_forgotten": diff.get("rows_forgotten", 0), "changed_fraction": diff["changed_fraction"],
                      "rows_by_source": published["rows_by_source"], "run_id": run_id, "diff": diff},
         )
         log.info(f"emitted {EVENT} for {published['dataset']} v{published['version']} "
@@ -179,6 +281,7 @@ STAGE = Stage(
     adds={},
     suite="publish",
     kind="sink",
-    sink=SinkSteps(open=open_version, part=version_part, close=close_version),
+    sink=SinkSteps(open=open_version, part=version_part, close=close_version, conform=conform_to_base,
+                   beside_part=write_index_part),
     description="a versioned dataset: parts copied byte for byte, card, diff, and the published event",
 )

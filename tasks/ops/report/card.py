@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.io import layout
 from tasks.io.manifests import StageManifest
 
 
@@ -45,14 +46,29 @@ def _feature_yaml(name: str, arrow_type: str) -> list[str]:
     return [f"  - name: {name}", f"    dtype: {ARROW_TO_HF.get(arrow_type, 'string')}"]
 
 
-def front_matter(published: dict, rows: int, publish_cfg, features: dict[str, str]) -> list[str]:
+def data_files(version: StageManifest) -> list[str]:
+    """The version's data files relative to its folder: `data/*.parquet`, or, when it shares files with the
+    versions before it (append), each file (`../v1/data/part-00000.parquet`, ...)."""
+    published = version.published or {}
+    own = f"{layout.version_dir(published['dataset'], published['version'])}/"
+    paths = [o.path for o in version.outputs]
+    if all(p.startswith(own + layout.VERSION_DATA + "/") for p in paths):
+        return [f"{layout.VERSION_DATA}/*.parquet"]
+    parent = own.rsplit("/", 2)[0] + "/"
+    return [p.removeprefix(own) if p.startswith(own) else "../" + p.removeprefix(parent) for p in paths]
+
+
+def front_matter(published: dict, rows: int, publish_cfg, features: dict[str, str],
+                 files: list[str] | None = None) -> list[str]:
     """Hugging Face dataset-card metadata: license, languages, size, features, and the data files of the default
-    config (so `datasets.load_dataset(<version folder>)` reads `data/` and nothing else)."""
+    config (so `datasets.load_dataset(<version folder>)` reads exactly the version's files)."""
+    files = files or [f"{layout.VERSION_DATA}/*.parquet"]
     languages = sorted(published.get("rows_by_language") or {})
     lines = ["---", f"license: {publish_cfg.license}"]
     lines += ["language:", *(f"- {code}" for code in languages)] if languages else []
     lines += ["size_categories:", f"- {size_category(rows)}", "configs:", "- config_name: default", "  data_files:",
-              "  - split: train", "    path: data/*.parquet"]
+              "  - split: train"]
+    lines += [f"    path: {files[0]}"] if len(files) == 1 else ["    path:", *(f"    - {f}" for f in files)]
     if features and all(t in ARROW_TO_HF or t.startswith(("list<", "large_list<")) for t in features.values()):
         lines += ["dataset_info:", "  features:"]
         lines += [line for name, t in features.items() for line in _feature_yaml(name, t)]
@@ -60,12 +76,23 @@ def front_matter(published: dict, rows: int, publish_cfg, features: dict[str, st
     return [*lines, "---", ""]
 
 
+def _lineage(published: dict) -> list[str]:
+    if published.get("tombstone"):
+        t = published["tombstone"]
+        return [f"- made by `sluice forget` from v{published.get('base_version')}: "
+                f"{published.get('rows_forgotten', 0):,} rows removed ({t.get('selector')}), reason: {t.get('reason')}"]
+    if published.get("base_version"):
+        return [f"- appended {published.get('rows_added', 0):,} rows to v{published['base_version']}"]
+    return []
+
+
 def dataset_card(version: StageManifest, run_manifests: list[StageManifest], publish_cfg,
                  features: dict[str, str] | None = None) -> str:
     """README.md of a published version: Hugging Face front matter, then what it holds, where it came from, what
     was removed and why."""
     published = version.published or {}
-    lines = front_matter(published, version.rows_out, publish_cfg, features or {})
+    files = data_files(version)
+    lines = front_matter(published, version.rows_out, publish_cfg, features or {}, files)
     lines += [
         f"# {published['dataset']} v{published['version']}",
         "",
@@ -75,7 +102,11 @@ def dataset_card(version: StageManifest, run_manifests: list[StageManifest], pub
         f"- rows: {version.rows_out:,}",
         f"- published: {published['published_at']}",
         f"- code version: `{version.code_version}`",
-        "- data: `data/*.parquet` (polars, duckdb, pandas, pyarrow.dataset, `datasets.load_dataset` on this folder)",
+        ("- data: `data/*.parquet` (polars, duckdb, pandas, pyarrow.dataset, `datasets.load_dataset` on this folder)"
+         if files == [f"{layout.VERSION_DATA}/*.parquet"] else
+         f"- data: {len(files)} files, some shared with earlier versions (listed in the front matter and in "
+         "`_manifest.json`; `datasets.load_dataset` on this folder reads them, `sluice files` prints their URIs)"),
+        *_lineage(published),
         "",
         "## Sources",
         "",

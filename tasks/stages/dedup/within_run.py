@@ -1,4 +1,4 @@
-"""Dedup: exact (normalized text hash), repeated paragraphs across documents, MinHash LSH near-duplicates.
+"""Dedup within a run: exact (normalized text hash), repeated paragraphs across documents, MinHash LSH near-duplicates.
 
 A global stage (tasks/stage.py GlobalSteps):
   features  per shard: normalized-text hash, paragraph hashes, a 112-value MinHash signature (word 5-gram
@@ -17,9 +17,8 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DedupConfig
-from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
-from tasks.runtime.stage import ROW, GlobalSteps, Stage, StageResult
+from tasks.runtime.stage import ROW, StageResult
 from tasks.text import tokens
 from tasks.text.normalize import normalize
 
@@ -207,11 +206,30 @@ def _repeated_paragraphs(df: pl.DataFrame, alive: np.ndarray, params: DedupConfi
     return cut
 
 
+ADDS = {"dup_norm_hash": pl.UInt64(), "dup_cluster": pl.String(), "dup_paragraphs_removed": pl.Int32()}
+DROPPED = ("exact", "near", "exact.published", "near.published", "forgotten")
+
+
+def _evidence(drop: pl.DataFrame) -> pl.Expr:
+    """Within a run: the cluster and its survivor; against the published index: the version and row matched;
+    forgotten content: also the tombstone."""
+    within = pl.struct(cluster=pl.col("cluster"), survivor_id=pl.col("survivor"), similarity=pl.col("similarity"))
+    published = pl.struct(version=pl.col("match_version"), published_id=pl.col("survivor"),
+                          similarity=pl.col("similarity"))
+    forgotten = pl.struct(tombstone=pl.col("tombstone"), version=pl.col("match_version"),
+                          forgotten_id=pl.col("survivor"), similarity=pl.col("similarity"))
+    if "match_version" not in drop.columns:
+        return within.struct.json_encode()
+    return (pl.when(pl.col("action") == "forgotten").then(forgotten.struct.json_encode())
+            .when(pl.col("action").str.ends_with(".published")).then(published.struct.json_encode())
+            .otherwise(within.struct.json_encode()))
+
+
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: DedupConfig) -> StageResult:
     d = batch.join(decisions, on="id", how="left", maintain_order="left")
     d = d.with_columns(norm=normalized(pl.col("text")))
-    drop = d.filter(pl.col("action").is_in(["exact", "near"]))
-    keep = d.filter(~pl.col("action").is_in(["exact", "near"]) | pl.col("action").is_null())
+    drop = d.filter(pl.col("action").is_in(DROPPED))
+    keep = d.filter(~pl.col("action").is_in(DROPPED) | pl.col("action").is_null())
     removed = pl.lit(0, pl.Int32)
     if params.spans.enabled and keep.height:
         keep = _cut_paragraphs(keep, params)
@@ -228,8 +246,7 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: DedupConfig) -> 
     rejected = pl.concat([
         drop.with_columns(
             reason=pl.concat_str(pl.lit("dedup."), pl.col("action")),
-            evidence=pl.struct(cluster=pl.col("cluster"), survivor_id=pl.col("survivor"),
-                               similarity=pl.col("similarity")).struct.json_encode(),
+            evidence=_evidence(drop),
             dup_norm_hash=pl.col("norm").hash(seed=17), dup_cluster=pl.col("cluster"),
             dup_paragraphs_removed=pl.lit(0, pl.Int32)),
         emptied.with_columns(reason=pl.lit("dedup.spans.empty"),
@@ -268,18 +285,3 @@ def _cut_paragraphs(keep: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
 def dedup_one_shard(batch: pl.DataFrame, params: DedupConfig) -> StageResult:
     """The whole stage on one frame (map, reduce and apply in one go): what `stage.fn(df)` means for dedup."""
     return apply(batch, decide(features(batch, params), params), params)
-
-
-ADDS = {"dup_norm_hash": pl.UInt64(), "dup_cluster": pl.String(), "dup_paragraphs_removed": pl.Int32()}
-
-STAGE = Stage(
-    name="dedup",
-    fn=dedup_one_shard,
-    params=lambda cfg: cfg.dedup,
-    requires={"id": CANONICAL["id"], "text": CANONICAL["text"], "timestamp": CANONICAL["timestamp"]},
-    adds=ADDS,
-    suite=lambda params: "dedup" if params.exact else "dedup-without-exact",
-    kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply),
-    description="exact, repeated-paragraph and MinHash LSH near-duplicate removal",
-)

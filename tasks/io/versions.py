@@ -1,0 +1,108 @@
+"""A dataset's published versions as files: which data files make up a version, its dedup index, what was forgotten.
+
+A version is its `_manifest.json`: `outputs` lists every data file of the version with its sha256 and row count,
+including files an `append` version shares with the versions before it (they are listed, never copied), and
+`published.index` lists the matching dedup index parts (tasks/stages/dedup/published.py). Reading a version is
+reading the files its manifest lists; `version_files` gives their URIs to any Parquet reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from tasks.io import layout
+from tasks.io.manifests import DataObject, StageManifest
+from tasks.io.storage import Storage
+
+
+class VersionNotFound(ValueError):
+    pass
+
+
+def published_versions(storage: Storage, dataset: str) -> list[int]:
+    """Versions whose manifest exists (a claimed but uncommitted number is not a version)."""
+    found = layout.version_numbers(storage.listdir(layout.dataset_dir(dataset)))
+    return [v for v in found if storage.exists(layout.version_manifest(dataset, v))]
+
+
+def newest_version(storage: Storage, dataset: str) -> int | None:
+    found = published_versions(storage, dataset)
+    return found[-1] if found else None
+
+
+def version_manifest(storage: Storage, dataset: str, version: int) -> StageManifest:
+    manifest = storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
+    if manifest is None:
+        known = ", ".join(f"v{v}" for v in published_versions(storage, dataset)) or "none"
+        raise VersionNotFound(f"dataset {dataset} has no published v{version} under "
+                              f"{storage.uri(layout.DATASETS)} (published: {known})")
+    return manifest
+
+
+def version_files(storage: Storage, dataset: str, version: int | None = None) -> list[str]:
+    """URIs of the data files of a version (the newest by default), in order: what polars, duckdb, pyarrow or
+    `datasets` read to get exactly that version."""
+    version = version if version is not None else newest_version(storage, dataset)
+    if version is None:
+        raise VersionNotFound(f"dataset {dataset} has no published version under {storage.uri(layout.DATASETS)}")
+    return [storage.uri(o.path) for o in version_manifest(storage, dataset, version).outputs]
+
+
+def index_objects(manifest: StageManifest) -> list[DataObject]:
+    return [DataObject.model_validate(o) for o in ((manifest.published or {}).get("index") or {}).get("parts", [])]
+
+
+def tombstone_objects(storage: Storage, dataset: str) -> list[DataObject]:
+    """The index parts of every row `sluice forget` removed from the dataset (blocked content)."""
+    folder = layout.tombstones_dir(dataset)
+    found = []
+    for name in sorted(storage.listdir(folder)):
+        if name.endswith(".json"):
+            record = storage.read_json(f"{folder}/{name}")
+            if record.get("index"):
+                found.append(DataObject.model_validate(record["index"]))
+    return found
+
+
+@dataclass
+class PublishedIndex:
+    """What a run's dedup compares new rows against: the index parts of the newest version (append runs only)
+    and the blocked (forgotten) rows (every run). Parts are read one at a time."""
+
+    storage: Storage
+    dataset: str
+    version: int | None = None
+    format: dict | None = None
+    parts: list[DataObject] = field(default_factory=list)
+    blocked: list[DataObject] = field(default_factory=list)
+
+    def fingerprint(self) -> list:
+        return [self.dataset, self.version, [o.sha256 for o in self.parts], [o.sha256 for o in self.blocked]]
+
+    def read_parts(self) -> Iterator[pl.DataFrame]:
+        for obj in self.parts:
+            yield self.storage.read_parquet(obj.path)
+
+    def read_blocked(self) -> pl.DataFrame | None:
+        frames = [self.storage.read_parquet(o.path) for o in self.blocked]
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+    @property
+    def empty(self) -> bool:
+        return not self.parts and not self.blocked
+
+
+def published_index(storage: Storage, dataset: str, append: bool) -> PublishedIndex:
+    """The index a run of `dataset` deduplicates against: the newest version's when appending, plus what was
+    forgotten (always)."""
+    index = PublishedIndex(storage, dataset, blocked=tombstone_objects(storage, dataset))
+    newest = newest_version(storage, dataset) if append else None
+    if newest is not None:
+        manifest = version_manifest(storage, dataset, newest)
+        index.version = newest
+        index.format = ((manifest.published or {}).get("index") or {}).get("format")
+        index.parts = index_objects(manifest)
+    return index
