@@ -134,7 +134,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     print(f"{args.dataset}: v{va} -> v{vb}")
     print(f"  rows      {d['rows_a']:>10,} -> {d['rows_b']:,}")
     print(f"  added     {d['rows_added']:>10,}\n  removed   {d['rows_removed']:>10,}\n"
-          f"  unchanged {d['rows_unchanged']:>10,}\n  changed   {d['changed_fraction']:>10.2%}")
+          f"  unchanged {d['rows_unchanged']:>10,}\n  changed   {d['changed_fraction']:>10.2%} (of v{va})")
+    if d.get("tombstone"):
+        t = d["tombstone"]
+        print(f"  forgotten {d['rows_forgotten']:>10,}  by {t['requested_by']}: {t['reason']} ({t['selector']}, "
+              f"{t['tombstone']})")
     for title, key in (("per source", "by_source"), ("quarantine reasons of the producing runs", "by_reason")):
         print(f"\n{title}:" if d[key] else f"\n{title}: no change")
         for name, c in d[key].items():
@@ -153,6 +157,35 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 return f"{x['mean']:.4g} ({x['p10']:.3g}/{x['p50']:.3g}/{x['p90']:.3g})"
             shift = "" if s["mean_shift"] is None else f"  mean {s['mean_shift']:+.4g}"
             print(f"  {col:<28} {fmt(s['a'])} -> {fmt(s['b'])}{shift}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from schemas.config import check_safe_name, load_config
+    from tasks.ops.forget import Selector, forget
+
+    check_safe_name(args.dataset, "dataset name")
+    cfg = load_config(args.config)
+    storage = _storage(args.output, args.config)
+    done = forget(storage, cfg, args.dataset, Selector(args.source, args.ids, args.where), args.reason, args.by)
+    if not done["rows_forgotten"]:
+        print(f"{args.dataset} v{done['version']}: no row matches; nothing published")
+        return 1
+    print(f"{args.dataset}: v{done['version']} = v{done['from_version']} without {done['rows_forgotten']:,} rows "
+          f"({done['rows']:,} left)")
+    print(f"tombstone: {done['tombstone']}")
+    print("later runs reject this content as dedup.forgotten")
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    from schemas.config import check_safe_name
+    from tasks.io.versions import version_files
+
+    check_safe_name(args.dataset, "dataset name")
+    version = _version_number(args.version) if args.version else None
+    for uri in version_files(_storage(args.output, args.config), args.dataset, version):
+        print(uri)
     return 0
 
 
@@ -501,6 +534,32 @@ def _ops_commands(sub) -> None:
     _output_and_config(p)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(fn=cmd_diff)
+
+    p = add("forget", "publish the next version without some rows, and keep their content out for good",
+            "A takedown (a poisoned source, a removal request): the next version of DATASET leaves out the selected "
+            "rows. Only the data files holding them are rewritten; the others are shared with the previous version. "
+            "A tombstone under datasets/DATASET/_tombstones/ records who, what and why, and the forgotten rows' "
+            "hashes stay in the dedup index as blocked: a later run (append or replace) rejects the same or "
+            "near-identical content as dedup.forgotten. Exit 1 when no row matches.")
+    p.add_argument("dataset")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source", metavar="URI", help="rows whose `source` is URI (a prefix when it ends in *)")
+    which.add_argument("--ids", metavar="FILE", help="a file of row ids (id, source_id or content_sha256), one a line")
+    which.add_argument("--where", metavar="EXPR", help="a SQL expression over the published columns, e.g. "
+                                                       "\"label = 'spam' AND source LIKE '%%forum%%'\"")
+    p.add_argument("--reason", required=True, help="why (kept in the tombstone log)")
+    p.add_argument("--by", metavar="WHO", help="who asked (default: this user)")
+    _output_and_config(p)
+    p.set_defaults(fn=cmd_forget)
+
+    p = add("files", "print the data files of a published version, one URI a line",
+            "A version made by appending shares files with the versions before it; this prints exactly the files "
+            "of one version, for readers given a file list: duckdb read_parquet([...]), polars.read_parquet, "
+            "pyarrow.dataset.dataset.")
+    p.add_argument("dataset")
+    p.add_argument("--version", metavar="N", help="e.g. 3 or v3 (default: the newest)")
+    _output_and_config(p)
+    p.set_defaults(fn=cmd_files)
 
 
 def _deploy_commands(sub) -> None:

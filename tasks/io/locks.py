@@ -128,7 +128,7 @@ class FencedLock:
                     self._refuse(holder)
                 if waited_on != holder["run_id"]:
                     waited_on = holder["run_id"]
-                    log.info(f"{self.what} is held by run {holder['run_id']}; waiting up to "
+                    log.warning(f"{self.what} is held by run {holder['run_id']}; waiting up to "
                              f"{max(0, deadline - time.monotonic()):.0f} s for it to finish")
                 time.sleep(min(2.0, max(0.05, deadline - time.monotonic())))
                 continue

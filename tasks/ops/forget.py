@@ -1,0 +1,181 @@
+"""Takedowns: `sluice forget` makes the next version of a dataset without some rows, and keeps them from coming back.
+
+The new version lists the previous version's data files that hold none of the rows as they are (no copy) and
+rewrites only the files that do, without them (with their dedup index parts). A tombstone records who asked, what
+was selected, why and how many rows went: `datasets/<name>/_tombstones/<stamp>.json`, beside a Parquet file with
+the forgotten rows' index rows. Every later run's dedup reads those as blocked (`dedup.forgotten`), in append and
+replace mode alike, so re-ingesting the same source, or a near copy of its content, publishes nothing of it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from schemas.config import SluiceConfig
+from tasks.io import layout
+from tasks.io.locks import dataset_lock
+from tasks.io.manifests import DataObject, render
+from tasks.io.storage import Storage
+from tasks.io.versions import VersionNotFound, index_objects, newest_version, version_manifest
+from tasks.runtime.context import RunContext
+
+log = logging.getLogger("sluice")
+
+
+class ForgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Exactly one of: a source (exact, or a prefix when it ends in `*`), a file of ids (a row's `id`,
+    `source_id` or `content_sha256`, one per line), a polars SQL expression over the published columns."""
+
+    source: str | None = None
+    ids_file: str | None = None
+    where: str | None = None
+
+    def describe(self) -> str:
+        if self.source is not None:
+            return f"source {self.source}"
+        if self.ids_file is not None:
+            return f"ids in {Path(self.ids_file).name}"
+        return f"where {self.where}"
+
+    def expression(self) -> pl.Expr:
+        given = [x for x in (self.source, self.ids_file, self.where) if x is not None]
+        if len(given) != 1:
+            raise ForgetError("give exactly one of --source, --ids, --where")
+        if self.source is not None:
+            if self.source.endswith("*"):
+                return pl.col("source").str.starts_with(self.source[:-1])
+            return pl.col("source") == self.source
+        if self.ids_file is not None:
+            try:
+                lines = Path(self.ids_file).read_text().splitlines()
+            except OSError as exc:
+                raise ForgetError(f"--ids {self.ids_file}: {exc.strerror}") from exc
+            ids = pl.Series([x.strip() for x in lines if x.strip()], dtype=pl.String)
+            if ids.is_empty():
+                raise ForgetError(f"--ids {self.ids_file}: the file lists no ids")
+            return (pl.col("id").is_in(ids.implode()) | pl.col("content_sha256").is_in(ids.implode())
+                    | pl.col("source_id").is_in(ids.implode()))
+        try:
+            return pl.sql_expr(self.where)
+        except Exception as exc:  # polars raises several error types for a bad expression
+            raise ForgetError(f"--where {self.where!r} is not a valid SQL expression: {exc}") from exc
+
+
+def _matches(frame: pl.DataFrame, selector: Selector) -> pl.Series:
+    try:
+        for col in ("source_id",):
+            if col not in frame.columns:
+                frame = frame.with_columns(pl.lit(None, pl.String).alias(col))
+        return frame.select(selector.expression().fill_null(False).alias("m"))["m"]
+    except pl.exceptions.PolarsError as exc:
+        raise ForgetError(f"{selector.describe()}: {exc} (published columns: {', '.join(frame.columns)})") from exc
+
+
+def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selector, reason: str,
+           by: str | None = None) -> dict:
+    """Publish the next version of `dataset` without the selected rows; record the tombstone. Returns a summary.
+    Nothing is published when no row matches."""
+    from tasks.ops.diff import diff_vs_previous
+    from tasks.ops.report.card import dataset_card
+    from tasks.ops.retrain_hook import worth_retraining
+    from tasks.stages.dedup.published import index_rows
+    from tasks.stages.publish import claim_version, emit_published
+
+    if not reason.strip():
+        raise ForgetError("--reason must say why (it is kept in the tombstone log)")
+    selector.expression()  # a bad selector fails before anything is locked
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    tomb_id = f"forget-{stamp}"
+    lease = dataset_lock(storage, dataset, tomb_id, config.runner.lock_ttl_seconds)
+    lease.acquire(wait_seconds=config.runner.lock_wait_seconds or 0)
+    try:
+        base = newest_version(storage, dataset)
+        if base is None:
+            raise VersionNotFound(f"dataset {dataset} has no published version under {storage.uri(layout.DATASETS)}")
+        before = version_manifest(storage, dataset, base)
+        index = index_objects(before)
+        if index and len(index) != len(before.outputs):
+            raise ForgetError(f"{dataset} v{base}: its manifest lists {len(before.outputs)} data files and "
+                              f"{len(index)} index parts; refusing to guess which belongs to which")
+        ctx = RunContext(storage, tomb_id, config)
+        version = None
+        outputs: list[DataObject] = []
+        new_index: list[DataObject] = []
+        forgotten: list[pl.DataFrame] = []
+        by_source: dict[str, int] = {}
+        for i, obj in enumerate(before.outputs):
+            frame = storage.read_parquet(obj.path)
+            hit = _matches(frame, selector)
+            if not hit.any():
+                outputs.append(obj)
+                if index:
+                    new_index.append(index[i])
+                continue
+            if version is None:
+                version = claim_version(ctx, dataset)
+            gone, kept = frame.filter(hit), frame.filter(~hit)
+            for src, n in gone.group_by("source").agg(pl.len()).iter_rows():
+                by_source[src] = by_source.get(src, 0) + n
+            old_index = storage.read_parquet(index[i].path) if index else index_rows(frame, config.dedup, base)
+            if kept.height:  # a file left empty is dropped from the version, not rewritten
+                k = len([o for o in outputs if o.path.startswith(layout.version_dir(dataset, version) + "/")])
+                outputs.append(storage.write_parquet(layout.version_part(dataset, version, k), kept))
+                new_index.append(storage.write_parquet(layout.index_part(dataset, version, k),
+                                                       old_index.filter(~hit)))
+            forgotten.append(old_index.filter(hit).with_columns(content_sha256=gone["content_sha256"],
+                                                                tombstone=pl.lit(tomb_id)))
+        if version is None:
+            log.warning(f"{dataset} v{base}: no row matches {selector.describe()}; nothing forgotten")
+            return {"dataset": dataset, "version": base, "rows_forgotten": 0}
+        rows_forgotten = sum(f.height for f in forgotten)
+        blocked = storage.write_parquet(layout.tombstone(dataset, stamp, ".parquet"), pl.concat(forgotten))
+        record = {"tombstone": tomb_id, "dataset": dataset, "from_version": base, "version": version,
+                  "requested_by": by or getpass.getuser(), "at": datetime.now(UTC).isoformat(),
+                  "reason": reason, "selector": selector.describe(), "rows": rows_forgotten,
+                  "rows_by_source": dict(sorted(by_source.items())), "index": blocked.as_json()}
+        storage.write_json(layout.tombstone(dataset, stamp), record)
+        published = dict(before.published or {})
+        published.update(
+            dataset=dataset, version=version, published_at=datetime.now(UTC).isoformat(), mode="forget",
+            base_version=base, rows_added=0, rows_forgotten=rows_forgotten,
+            tombstone={k: record[k] for k in ("tombstone", "requested_by", "reason", "selector", "at")},
+            rows_by_source={s: n - by_source.get(s, 0) for s, n in published.get("rows_by_source", {}).items()
+                            if n - by_source.get(s, 0) > 0},
+            index={**(published.get("index") or {}), "parts": [o.as_json() for o in new_index]})
+        published.pop("run", None)
+        rows_out = sum(o.rows for o in outputs)
+        committed = before.model_copy(update={
+            "stage": "forget", "run_id": tomb_id, "rows_in": before.rows_out, "rows_out": rows_out,
+            "rows_rejected": rows_forgotten, "rows_synthetic": 0, "rejected_by_reason": {"forget": rows_forgotten},
+            "outputs": outputs, "published": published, "seconds": 0.0, "warnings": [], "rates": []})
+        features = storage.parquet_schema(outputs[0].path) if outputs else {}
+        storage.write_bytes(layout.version_card(dataset, version),
+                            dataset_card(committed, [], config.publish, features).encode())
+        lease.check()
+        if not storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
+            raise ForgetError(f"dataset {dataset} v{version} was committed by someone else meanwhile")
+        diff = diff_vs_previous(storage, dataset, version)
+        storage.write_json(layout.version_diff(dataset, version), diff)
+        emit_published(published, rows_out, tomb_id, storage.uri(layout.version_dir(dataset, version)), diff,
+                       worth_retraining(diff, config.retrain))
+        log.info(f"{dataset}: v{version} = v{base} without {rows_forgotten:,} rows ({selector.describe()})")
+        return {"dataset": dataset, "from_version": base, "version": version, "rows_forgotten": rows_forgotten,
+                "rows": rows_out, "tombstone": storage.uri(layout.tombstone(dataset, stamp)), "diff": diff}
+    finally:
+        lease.release()
+
+
+def tombstones(storage: Storage, dataset: str) -> list[dict]:
+    folder = layout.tombstones_dir(dataset)
+    return [storage.read_json(f"{folder}/{n}") for n in sorted(storage.listdir(folder)) if n.endswith(".json")]
