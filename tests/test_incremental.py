@@ -242,3 +242,42 @@ def test_racing_increments_publish_in_order_and_a_killed_one_resumes_byte_identi
     for under in ("datasets/inc/v4", "datasets/inc/_index/v4", "runs/rc/dedup", "runs/rc/publish"):
         assert _hashes(crashed, under) == _hashes(clean, under), under
     assert manifest(crashed, "datasets", "inc", "v4")["rows_out"] == 501 + 90
+
+
+def test_append_and_forget_on_s3(s3_env, prefect_server, tmp_path, capsys):
+    import boto3
+    import s3fs
+
+    boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1").create_bucket(Bucket="inc")
+    out = "s3://inc/root"
+    config = tmp_path / "inc.toml"
+    config.write_text(CONFIG)
+    write_jsonl(tmp_path / "in1" / "a.jsonl", DOCS[:100])
+    write_jsonl(tmp_path / "in2" / "b.jsonl", DOCS[100:120] + [dict(DOCS[3], id="again-3")])
+    for src, run_id, mode in (("in1", "s1", "replace"), ("in2", "s2", "append")):
+        assert main(["run", "--input", str(tmp_path / src), "--output", out, "--config", str(config),
+                     "--run-id", run_id, "--publish-mode", mode]) == 0
+    fs = s3fs.S3FileSystem(key="testing-key-id", secret="testing-secret-never-logged",
+                           client_kwargs={"endpoint_url": s3_env, "region_name": "us-east-1"})
+
+    def on_s3(path: str) -> dict:
+        return json.loads(fs.cat(f"inc/root/{path}"))
+
+    assert on_s3("runs/s2/dedup/_manifest.json")["rejected_by_reason"] == {"dedup.exact.published": 1}
+    v2 = on_s3("datasets/inc/v2/_manifest.json")
+    assert v2["rows_out"] == 120 and v2["outputs"][0]["path"].startswith("datasets/inc/v1/data/")
+    capsys.readouterr()
+    assert main(["files", "inc", "--output", out]) == 0
+    files = capsys.readouterr().out.split()
+    assert len(files) == len(v2["outputs"]) and all(f.startswith("s3://inc/root/datasets/inc/v") for f in files)
+
+    assert main(["forget", "inc", "--where", "source_id = 'doc-3' OR source_id = 'doc-105'", "--reason",
+                 "removal request", "--output", out]) == 0
+    v3 = on_s3("datasets/inc/v3/_manifest.json")
+    assert v3["rows_out"] == 118 and v3["published"]["rows_forgotten"] == 2
+    assert len(fs.ls("inc/root/datasets/inc/_tombstones")) == 2  # the record and the forgotten rows' index
+    write_jsonl(tmp_path / "in3" / "c.jsonl", [dict(DOCS[105], id="back-105"), *DOCS[120:125]])
+    assert main(["run", "--input", str(tmp_path / "in3"), "--output", out, "--config", str(config),
+                 "--run-id", "s3", "--publish-mode", "append"]) == 0
+    assert on_s3("runs/s3/dedup/_manifest.json")["rejected_by_reason"] == {"dedup.forgotten": 1}
+    assert on_s3("datasets/inc/v4/_manifest.json")["rows_out"] == 123
