@@ -33,7 +33,7 @@ browser:
 	  echo "chromium not installed: the report's browser test will be skipped"; }
 
 test: install browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: install
 	$(BIN)/ruff check .

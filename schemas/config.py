@@ -617,7 +617,11 @@ class AugmentConfig(Strict):
     task: Literal["paraphrase", "backtranslate", "few_shot"] = "paraphrase"
     prompt_file: str | None = Field(None, description="a prompt template; none = schemas/prompts/<task>.txt")
     shots: int = Field(3, ge=1, le=16, description="real examples in a few-shot prompt")
-    max_rows: int = Field(1000, ge=0, description="synthetic rows generated per run, at most")
+    max_rows: int = Field(1000, ge=0, description="synthetic rows asked for per run, at most")
+    candidates_per_row: int = Field(
+        1, ge=1, le=16, description="candidates generated per row asked for; the gate keeps at most the asked rows "
+        "of a slice (passing candidates beyond them are refused as augment.gate.share_cap), so a small model whose "
+        "rows mostly fail the gate can still fill a slice, at this many times the tokens")
     max_tokens: int = Field(200_000, ge=0, description="generated tokens per run, at most")
     max_new_tokens: int = Field(96, ge=8, le=2048)
     temperature: float = Field(0.8, ge=0, le=2)

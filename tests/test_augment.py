@@ -87,6 +87,24 @@ def test_plan_asks_only_the_shortfall_within_cap_and_budget():
     assert [s["asked"] for s in plan.shortfalls(feats, tight)] == [4, 2]  # the run's budget, in config order
 
 
+def test_more_candidates_than_rows_and_the_surplus_refused():
+    """candidates_per_row = 3: three requests per row asked (distinct seeds); the gate keeps the asked number of
+    passing candidates per slice, in request order, and refuses the rest as share_cap with evidence."""
+    feats = pl.DataFrame({"id": [f"r{i}" for i in range(20)], "_slice": ["a"] * 5 + [None] * 15,
+                          "_synthetic": [False] * 20, "text": [f"text {i}" for i in range(20)]})
+    cfg = params(candidates_per_row=3, slices=[{"name": "a", "column": "label", "value": "x", "target": 7}]).augment
+    [a] = plan.shortfalls(feats, cfg)
+    req = plan.requests(feats, cfg, [a])
+    assert a["asked"] == 2 and req.height == 6 and req["seed"].n_unique() == 6
+    assert req["variant"].to_list() == [0, 0, 0, 0, 0, 1]  # parents cycled, the sixth is the first's variant 1
+    rows = pl.DataFrame({"slice": ["a", "a", "b", "a", "a", "b"]})
+    failed, evidence = gate.share_cap(rows, {"a": 2, "b": 1})
+    assert failed.tolist() == [False, False, False, True, True, True]
+    assert orjson.loads(evidence[3]) == {"slice": "a", "kept": 2, "detail": "the slice already has the rows asked "
+                                         "for from earlier candidates (share cap and row budget)"}
+    assert evidence[0] is None
+
+
 def _rows(texts: list[str], parents: list[str], labels: list[str | None], slice_name: str = "apoc") -> pl.DataFrame:
     return pl.DataFrame({"id": [f"s{i}" for i in range(len(texts))], "text": texts, "parent_text": parents,
                          "slice": slice_name, "label": labels}, schema_overrides={"label": pl.String})

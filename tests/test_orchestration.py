@@ -115,6 +115,8 @@ def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3
         ingest = json.loads(fs.cat(f"watched/out/runs/{run_id}/ingest/_manifest.json"))
         assert ingest["rows_in"] == 50 and [i["uri"] for i in ingest["inputs"]] == run["inputs"]
         assert second["run"]["published"]["version"] == 2
+        v2 = json.loads(fs.cat("watched/out/datasets/watched/v2/_manifest.json"))  # watch appends: v1's rows + b's
+        assert (v2["rows_out"], v2["published"]["mode"], v2["published"]["base_version"]) == (170, "append", 1)
         third = watch(**params)
         assert third["new"] == [] and third["run"] is None and third["unchanged"] == 2
         poisoned = b"\n".join(orjson.dumps({**r, "text": r["text"].upper()}) for r in VERSES[:120])
@@ -130,7 +132,7 @@ def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3
     ledger = json.loads(fs.cat("watched/out/watch/ledger.json"))["objects"]
     assert ledger["s3://watched/incoming/a.jsonl"]["sha256"] == changed["was"]["sha256"]  # not re-ingested
     assert sorted(fs.ls("watched/out/datasets/watched")) == sorted(
-        f"watched/out/datasets/watched/{n}" for n in ("_claims", "_lock", "v1", "v2"))
+        f"watched/out/datasets/watched/{n}" for n in ("_claims", "_index", "_lock", "v1", "v2"))
 
 
 HOOK = """import os, sys

@@ -156,7 +156,8 @@ def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = N
                          pl.lit("-"), pl.lit(hashlib.sha256(orjson.dumps(loaded.identity, option=orjson.OPT_SORT_KEYS)
                                                             ).hexdigest()[:8])))
     real = feats.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic")).select("id", "text", SLICE)
-    judged = gate.run(made, real, feats["_hash"], loaded.models, params, _proxy(feats, params, loaded))
+    judged = gate.run(made, real, feats["_hash"], loaded.models, params, _proxy(feats, params, loaded),
+                      limits={p["slice"]: p["asked"] for p in shortfall})
     decisions = judged.select(
         "id", "slice", "label", "reason", "evidence",
         text=pl.col("parent_text") if backtranslate else pl.col("text"),
@@ -169,7 +170,7 @@ def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = N
               "cost": round(got.cost, 6), "stopped": got.stopped, "errors": len(got.errors),
               "generator": loaded.identity, "prompt_sha256": prompt_sha,
               "rejected_by_check": dict(judged.group_by("reason").len().drop_nulls().iter_rows())}
-    log.info(f"augment: {made.height} of {req.height} asked rows generated ({got.cached} from the cache), "
+    log.info(f"augment: {made.height} of {req.height} candidates generated ({got.cached} from the cache), "
              f"{int(judged['reason'].is_null().sum())} passed the gate")
     return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}
 

@@ -25,7 +25,7 @@ from rapidfuzz.process import cdist, cpdist
 
 from schemas.record import CANONICAL
 
-CHECKS = ("empty", "novelty", "duplicate", "contamination", "quality", "perplexity", "label")
+CHECKS = ("empty", "novelty", "duplicate", "contamination", "quality", "perplexity", "label", "share_cap")
 
 
 @dataclass
@@ -145,10 +145,22 @@ def label(rows: pl.DataFrame, probabilities, classes: list[str], models: GateMod
                     for c, q, pr in zip(intended, p, predicted, strict=True)]
 
 
+def share_cap(rows: pl.DataFrame, limits: dict[str, int]) -> tuple[np.ndarray, list]:
+    """Per slice, the first `limits[slice]` passing candidates (in request order) are kept: the share cap and the
+    run's row budget were spent on that many; later passing candidates are surplus."""
+    rank = rows.select(pl.int_range(pl.len()).over("slice"))[:, 0].to_numpy()
+    limit = np.array([limits.get(s, 0) for s in rows["slice"].to_list()], dtype=np.int64)
+    failed = rank >= limit
+    return failed, [_json(slice=s, kept=int(n), detail="the slice already has the rows asked for from earlier "
+                          "candidates (share cap and row budget)") if f else None
+                    for s, n, f in zip(rows["slice"].to_list(), limit, failed, strict=True)]
+
+
 def run(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, real_hashes: pl.Series, models: GateModels, params,
-        proxy=None) -> pl.DataFrame:
+        proxy=None, limits: dict[str, int] | None = None) -> pl.DataFrame:
     """`rows` (id, text, parent_text, slice, label) with `reason`/`evidence` set for those that fail; the checks
-    run on the rows still passing, in CHECKS order. `proxy`: (probabilities function, class names) or None."""
+    run on the rows still passing, in CHECKS order. `proxy`: (probabilities function, class names) or None.
+    `limits`: rows asked per slice; passing candidates beyond them fail `share_cap` (none: no limit)."""
     cfg = params.augment.gate
     frame = rows.with_columns(reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String))
     empty = frame["text"].fill_null("").str.strip_chars().str.len_chars().to_numpy() == 0
@@ -180,6 +192,8 @@ def run(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, real_hashes: pl.Serie
         check("perplexity", lambda r: perplexity(r, models, cfg.max_perplexity))
     if proxy is not None and models.embed is not None:
         check("label", lambda r: label(r, proxy[0], proxy[1], models, cfg.min_label_probability))
+    if limits is not None:
+        check("share_cap", lambda r: share_cap(r, limits))
     return frame
 
 

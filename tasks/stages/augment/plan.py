@@ -86,8 +86,9 @@ def shortfalls(feats: pl.DataFrame, cfg: AugmentConfig) -> list[dict]:
 
 
 def requests(feats: pl.DataFrame, cfg: AugmentConfig, plan: list[dict]) -> pl.DataFrame:
-    """One row per synthetic row asked for: parent id and text, few-shot examples, intended label, seed. Parents
-    are the slice's real rows in a seeded hash order, cycled; the examples are the rows after the parent."""
+    """One row per candidate (`candidates_per_row` per synthetic row asked for): parent id and text, few-shot
+    examples, intended label, seed. Parents are the slice's real rows in a seeded hash order, cycled (a parent's
+    second candidate is its variant 1, with its own seed); the examples are the rows after the parent."""
     frames = []
     by_name = {s.name: s for s in cfg.slices}
     for p in plan:
@@ -96,7 +97,7 @@ def requests(feats: pl.DataFrame, cfg: AugmentConfig, plan: list[dict]) -> pl.Da
         rows = (feats.filter((pl.col(SLICE) == p["slice"]) & ~pl.col("_synthetic"))
                 .with_columns(_order=pl.col("id").hash(seed=cfg.seed)).sort("_order", "id"))
         n, k = rows.height, min(cfg.shots, max(rows.height - 1, 1))
-        j = pl.int_range(p["asked"], eager=True)
+        j = pl.int_range(p["asked"] * cfg.candidates_per_row, eager=True)
         parent = (j % n).to_numpy()
         texts, ids = rows["text"].to_list(), rows["id"].to_list()
         shots = [[texts[(i + 1 + m) % n] for m in range(k)] if cfg.task == "few_shot" else [] for i in parent]
