@@ -89,27 +89,44 @@ class Contracts:
     def __init__(self, docs_dir: str | None = None):
         self._lock = threading.Lock()  # GE contexts are not thread-safe; shard tasks run in threads
         self._definitions: dict[str, tuple] = {}
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        logging.getLogger("great_expectations").setLevel(logging.ERROR)
-        self.gx = gx
-        self.ctx = gx.get_context(mode="ephemeral")
-        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        self.datasource = self.ctx.data_sources.add_pandas("sluice")
+        self._rendered: list = []  # validation results to render into Data Docs, once, when the docs are copied
         self.docs_dir = docs_dir or tempfile.mkdtemp(prefix="sluice-docs-")
-        self.ctx.add_data_docs_site(
-            site_name="sluice",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir},
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
+        # importing GE takes ~5 s on 2 cores; it happens in the background while the flow starts and the first
+        # shards are read (polars releases the GIL), and the first validation waits for it
+        self._failed: BaseException | None = None
+        self._built = threading.Thread(target=self._build, name="ge-context", daemon=True)
+        self._built.start()
+
+    def _build(self) -> None:
+        try:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            logging.getLogger("great_expectations").setLevel(logging.ERROR)
+            self.gx = gx
+            self.ctx = gx.get_context(mode="ephemeral")
+            self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+            self.datasource = self.ctx.data_sources.add_pandas("sluice")
+            self.ctx.add_data_docs_site(
+                site_name="sluice",
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir},
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                },
+            )
+        except BaseException as exc:  # re-raised in the thread that needs the context
+            self._failed = exc
+
+    def _ready(self) -> None:
+        self._built.join()
+        if self._failed is not None:
+            raise RuntimeError(f"could not set up Great Expectations: {self._failed}") from self._failed
 
     def validate(self, name: str, suite_def: dict, df: pd.DataFrame, docs: bool = True) -> ContractResult:
         """Validate `df`; with `docs`, also render it into Data Docs (costly per call: per-shard checks pass
         docs=False and are rendered only when they fail)."""
+        self._ready()
         with self._lock:
             result = self._validate(name, suite_def, df, docs)
             if not docs and not result.success:
@@ -131,12 +148,10 @@ class Contracts:
                 suite.add_expectation(conf.to_domain_obj())
             batch_def = self.datasource.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
             vd = self.ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+            # no UpdateDataDocsAction: it rebuilds the site after every validation (0.5 s a stage); the results
+            # to render are kept and the site is built once, in copy_docs_to
             checkpoint = self.ctx.checkpoints.add(gx.Checkpoint(
-                name=name,
-                validation_definitions=[vd],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["sluice"])],
-                result_format=RESULT_FORMAT,
-            ))
+                name=name, validation_definitions=[vd], actions=[], result_format=RESULT_FORMAT))
             self._definitions[name] = (vd, checkpoint)
         return self._definitions[name]
 
@@ -146,7 +161,8 @@ class Contracts:
         vd, checkpoint = self._definition(suite_def)
         if docs:
             run = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=name))
-            validation = next(iter(run.run_results.values()))
+            identifier, validation = next(iter(run.run_results.items()))
+            self._rendered += [identifier, identifier.expectation_suite_identifier]
         else:
             # the quick pass: passing shards need no counts (they are 0); a failure is re-run with details
             validation = vd.run(batch_parameters={"dataframe": df}, result_format="BOOLEAN_ONLY")
@@ -166,7 +182,13 @@ class Contracts:
         return ContractResult(suite=name, success=bool(validation.success), failures=failures, results=results)
 
     def copy_docs_to(self, copy_file) -> None:
-        """Hand every rendered Data Docs file to `copy_file(relative_path, bytes)` (storage may be S3)."""
+        """Render the run's stage validations into Data Docs (one build), then hand every file to
+        `copy_file(relative_path, bytes)` (storage may be S3)."""
+        self._ready()
+        with self._lock:
+            if self._rendered:
+                self.ctx.build_data_docs(site_names=["sluice"], resource_identifiers=self._rendered)
+                self._rendered = []
         for root, _, files in os.walk(self.docs_dir):
             for f in files:
                 full = os.path.join(root, f)
@@ -174,6 +196,7 @@ class Contracts:
                     copy_file(os.path.relpath(full, self.docs_dir), fh.read())
 
     def close(self) -> None:
+        self._built.join()
         shutil.rmtree(self.docs_dir, ignore_errors=True)
 
 
