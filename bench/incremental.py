@@ -27,6 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+from orchestration import build  # noqa: E402 (the same random-verse corpus)
+
 SLUICE = str(Path(sys.executable).parent / "sluice")
 FILES = 8
 CONFIG = """stages = ["ingest", "dedup", "publish"]
@@ -43,18 +46,6 @@ def verses() -> list[str]:
     from tasks.ops.demo_corpus import kjv_records
 
     return [r["text"] for r in kjv_records()]
-
-
-def build_base(folder: Path, rows: int, seed: int = 7) -> None:
-    pool = verses()
-    rng = random.Random(seed)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    per = -(-rows // FILES)
-    for f in range(FILES):
-        with open(folder / f"base-{f:02d}.jsonl", "w") as fh:
-            for i in range(f * per, min(rows, (f + 1) * per)):
-                fh.write(json.dumps({"id": f"b{i}", "text": " ".join(rng.sample(pool, 4))}) + "\n")
 
 
 def near_copy(text: str, rng: random.Random) -> str:
@@ -118,7 +109,7 @@ def main() -> None:
     if not a.reuse_base:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        build_base(work / "base", a.rows)
+        build(work / "base", a.rows, seed=7, per_doc=4, files=FILES, prefix="b")
         config.write_text(CONFIG)
         v1 = timed_run(["--input", str(work / "base"), "--output", str(base_root), "--config", str(config),
                         "--run-id", "base", "--publish-mode", "replace"])

@@ -33,18 +33,19 @@ RESULTS = HERE / "results"
 FILES = 4
 
 
-def build(folder: Path, n_docs: int, seed: int = 5) -> None:
+def build(folder: Path, n_docs: int, seed: int = 5, per_doc: int = 6, files: int = FILES, prefix: str = "d") -> None:
+    """`n_docs` documents of `per_doc` random KJV verses, in `files` JSONL files (also bench/incremental.py's)."""
     from tasks.ops.demo_corpus import kjv_records
 
     verses = [r["text"] for r in kjv_records()]
     rng = random.Random(seed)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    per = -(-n_docs // FILES)
-    for f in range(FILES):
+    per = -(-n_docs // files)
+    for f in range(files):
         with open(folder / f"docs-{f:02d}.jsonl", "w") as fh:
             for i in range(f * per, min(n_docs, (f + 1) * per)):
-                fh.write(json.dumps({"id": f"d{i}", "text": " ".join(rng.sample(verses, 6))}) + "\n")
+                fh.write(json.dumps({"id": f"{prefix}{i}", "text": " ".join(rng.sample(verses, per_doc))}) + "\n")
 
 
 def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stages: list[str], workers: int) -> None:

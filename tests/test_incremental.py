@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -173,21 +172,45 @@ def test_forget_a_source_and_nothing_of_it_comes_back(published_v1, tmp_path, ca
     assert manifest(out, "datasets", "inc", "v6")["rows_out"] == 8
 
 
-def _hashes(root: Path, under: str) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((root / under).rglob("*.parquet"))}
+def _storage(root: str) -> Storage:
+    from schemas.config import SluiceConfig
+
+    return Storage(root, SluiceConfig().storage.s3_options())
 
 
-def test_racing_increments_publish_in_order_and_a_killed_one_resumes_byte_identical(published_v1, tmp_path,
-                                                                                    prefect_server):
-    out, config = published_v1
+def _hashes(root: str, under: str) -> dict[str, str]:
+    """sha256 of every Parquet file under `under`, by its path relative to the root (local or S3)."""
+    storage = _storage(root)
+    base = storage._path("")
+    found = storage.fs.find(storage._path(under))
+    return {f[len(base):].lstrip("/"): hashlib.sha256(storage.fs.cat_file(f)).hexdigest()
+            for f in sorted(found) if f.endswith(".parquet")}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_racing_increments_publish_in_order_and_a_killed_one_resumes_byte_identical(backend, prefect_server,
+                                                                                    tmp_path, request):
+    config = tmp_path / "inc.toml"
+    config.write_text(CONFIG)
+    if backend == "s3":
+        import boto3
+
+        endpoint = request.getfixturevalue("s3_env")  # AWS_* in os.environ: the subprocesses get them too
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="race")
+        out = "s3://race/root"
+    else:
+        out = str(tmp_path / "out")
+    write_jsonl(tmp_path / "in1" / "a.jsonl", DOCS[:300])
+    assert main(["run", "--input", str(tmp_path / "in1"), "--output", out, "--config", str(config),
+                 "--run-id", "r1"]) == 0
+    storage = _storage(out)
     env = subprocess_env(prefect_server)
     shared = dict(DOCS[500], id="shared")  # in both increments: the second to publish must reject it
     a = write_jsonl(tmp_path / "a" / "a.jsonl", DOCS[300:400] + [shared])
     b = write_jsonl(tmp_path / "b" / "b.jsonl", DOCS[400:500] + [shared])
-    blocker = dataset_lock(Storage(str(out)), "inc", "a-long-run", ttl_seconds=60)
+    blocker = dataset_lock(storage, "inc", "a-long-run", ttl_seconds=60)
     blocker.acquire()  # both racers start while another run holds the dataset: they must queue, not fail
-    racers = [subprocess.Popen([SLUICE, "run", "--input", str(path), "--output", str(out), "--config", str(config),
+    racers = [subprocess.Popen([SLUICE, "run", "--input", str(path), "--output", out, "--config", str(config),
                                 "--run-id", run_id, "--publish-mode", "append"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True) for path, run_id in ((a, "ra"), (b, "rb"))]
     logs: list[list[str]] = [[], []]
@@ -211,37 +234,37 @@ def test_racing_increments_publish_in_order_and_a_killed_one_resumes_byte_identi
     logs = ["".join(log) for log in logs]
     assert all(waiting in log for log in logs), logs
     assert [p.returncode for p in racers] == [0, 0], logs
-    runs = {rid: json.loads((out / "runs" / rid / "run.json").read_text()) for rid in ("ra", "rb")}
+    runs = {rid: storage.read_json(f"runs/{rid}/run.json") for rid in ("ra", "rb")}
     first, second = sorted(runs, key=lambda r: runs[r]["published"]["version"])
     assert [runs[first]["published"]["version"], runs[second]["published"]["version"]] == [2, 3]
-    v3 = manifest(out, "datasets", "inc", "v3")
+    v3 = storage.read_json("datasets/inc/v3/_manifest.json")
     assert v3["published"]["base_version"] == 2 and v3["rows_out"] == 300 + 101 + 100
-    assert manifest(out, "runs", second, "dedup")["rejected_by_reason"] == {"dedup.exact.published": 1}
+    assert storage.read_json(f"runs/{second}/dedup/_manifest.json")["rejected_by_reason"] == {
+        "dedup.exact.published": 1}
 
-    # kill -9 an increment mid-publish, resume it: byte-identical to an uninterrupted one
+    # kill -9 an increment after its dedup, resume it: byte-identical to an uninterrupted one
     c = write_jsonl(tmp_path / "c" / "c.jsonl", DOCS[510:600] + [dict(DOCS[7], id="again-7")])
-    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
-    shutil.copytree(out, clean)
-    shutil.copytree(out, crashed)
+    clean, crashed = f"{out}-clean", f"{out}-crashed"
+    for copy in (clean, crashed):
+        storage.fs.copy(storage._path(""), _storage(copy)._path(""), recursive=True)
     args = ["--input", str(c), "--config", str(config), "--run-id", "rc", "--publish-mode", "append"]
-    done = subprocess.run([SLUICE, "run", *args, "--output", str(clean)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen([SLUICE, "run", *args, "--output", str(crashed)], env=env, stdout=subprocess.DEVNULL,
+    assert main(["run", *args, "--output", clean]) == 0  # the reference, uninterrupted (in this process)
+    proc = subprocess.Popen([SLUICE, "run", *args, "--output", crashed], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deduplicated = crashed / "runs" / "rc" / "dedup" / "_manifest.json"
+    crashed_storage = _storage(crashed)
     deadline = time.time() + 300
-    while time.time() < deadline and not deduplicated.exists() and proc.poll() is None:
-        time.sleep(0.005)
+    while (time.time() < deadline and proc.poll() is None
+           and not crashed_storage.exists("runs/rc/dedup/_manifest.json")):
+        time.sleep(0.005 if backend == "local" else 0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (crashed / "datasets/inc/v4/_manifest.json").exists()
-    resumed = subprocess.run([SLUICE, "run", *args, "--output", str(crashed)], env=env, capture_output=True,
+    assert not crashed_storage.exists("datasets/inc/v4/_manifest.json"), "killed too late"
+    resumed = subprocess.run([SLUICE, "run", *args, "--output", crashed], env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    for under in ("datasets/inc/v4", "datasets/inc/_index/v4", "runs/rc/dedup", "runs/rc/publish"):
-        assert _hashes(crashed, under) == _hashes(clean, under), under
-    assert manifest(crashed, "datasets", "inc", "v4")["rows_out"] == 501 + 90
+    for under in ("datasets/inc/v4", "datasets/inc/_index/v4", "runs/rc/dedup"):  # publish writes to datasets/
+        assert _hashes(crashed, under) == _hashes(clean, under) != {}, under
+    assert crashed_storage.read_json("datasets/inc/v4/_manifest.json")["rows_out"] == 501 + 90
 
 
 def test_append_and_forget_on_s3(s3_env, prefect_server, tmp_path, capsys):

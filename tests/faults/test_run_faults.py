@@ -42,7 +42,7 @@ def _hashes(root: Path, under: str) -> dict[str, str]:
 def test_sigterm_mid_run_stops_cleanly_and_resumes(tmp_path):
     """Embedded server (no PREFECT_API_URL): SIGTERM during ingest → exit 130 within seconds, run.json
     `interrupted`, both leases released, the temporary Prefect server stopped; the same run id then resumes."""
-    data = _corpus(tmp_path / "in", files=12, docs=6000)
+    data = _corpus(tmp_path / "in", files=12, docs=2500)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     out = tmp_path / "out"
