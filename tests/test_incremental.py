@@ -304,3 +304,37 @@ def test_append_and_forget_on_s3(s3_env, prefect_server, tmp_path, capsys):
                  "--run-id", "s3", "--publish-mode", "append"]) == 0
     assert on_s3("runs/s3/dedup/_manifest.json")["rejected_by_reason"] == {"dedup.forgotten": 1}
     assert on_s3("datasets/inc/v4/_manifest.json")["rows_out"] == 123
+
+
+def test_semantic_duplicates_of_published_rows(prefect_server, tmp_path):
+    """Appending with the score stage: the index carries the published rows' embeddings, and a paraphrase of a
+    published row (no n-gram overlap to speak of) is rejected as dedup.semantic.published, naming v1."""
+    from test_score import PARAPHRASES
+
+    from flows.curate import run_curate
+
+    config = tmp_path / "score.toml"
+    config.write_text('[score]\ndevice = "cpu"\n[score.contamination]\nenabled = false\n[publish]\ndataset = "sem"\n')
+    stages = ["ingest", "score", "publish"]
+    first = write_jsonl(tmp_path / "v1" / "a.jsonl",
+                        [{"id": f"orig-{i}", "text": a} for i, (a, _) in enumerate(PARAPHRASES)] + DOCS[:10])
+    out = str(tmp_path / "out")
+    assert run_curate([str(first)], out, str(config), run_id="s1", stages=stages)["status"] == "succeeded"
+    v1 = manifest(Path(out), "datasets", "sem", "v1")
+    assert "embedder" in v1["published"]["index"]["format"]
+    index = pl.read_parquet([Path(out) / o["path"] for o in v1["published"]["index"]["parts"]])
+    assert index["embedding"].null_count() == 0 and index.height == 13
+
+    second = write_jsonl(tmp_path / "v2" / "b.jsonl",
+                         [{"id": f"para-{i}", "text": b} for i, (_, b) in enumerate(PARAPHRASES)] + DOCS[10:15])
+    run = run_curate([str(second)], out, str(config), run_id="s2", stages=stages, publish_mode="append")
+    assert run["status"] == "succeeded"
+    score = manifest(Path(out), "runs", "s2", "score")
+    assert score["rejected_by_reason"] == {"dedup.semantic.published": 3}
+    gone = pl.read_parquet(Path(out) / "runs/s2/score/rejected/*.parquet")
+    v1_ids = dict(pl.read_parquet(Path(out) / "datasets/sem/v1/data/*.parquet").select("source_id", "id").iter_rows())
+    for source_id, evidence in gone.select("source_id", "evidence").iter_rows():
+        found = json.loads(evidence)
+        assert found["version"] == 1 and found["published_id"] == v1_ids[source_id.replace("para", "orig")]
+        assert found["cosine"] >= 0.95
+    assert manifest(Path(out), "datasets", "sem", "v2")["rows_out"] == 13 + 5

@@ -88,7 +88,7 @@ def open_version(ctx, inputs: list[dict]) -> dict:
     paths = [o["path"] for o in inputs]
     drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY]
     target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop,
-              "mode": ctx.config.publish.mode, "base": None}
+              "mode": ctx.config.publish.mode, "base": None, "embeddings": _embedding_parts(ctx, inputs)}
     base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
     if base:
         from tasks.io.versions import version_manifest
@@ -106,6 +106,14 @@ def open_version(ctx, inputs: list[dict]) -> dict:
             target.update(drop=sorted(set(drop) | set(extra)), schema=_schema_ipc(schema))
         target["base"] = base
     return target
+
+
+def _embedding_parts(ctx, inputs: list[dict]) -> list[str | None]:
+    """Per input part, this run's score-stage embeddings of the same shard (side outputs are named after the shard
+    the score stage saw, and later stages keep shard names), for the index; None where there are none."""
+    score = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, "score"))
+    have = {layout.shard_of_part(o.path): o.path for o in (score.side_outputs.get("embeddings", []) if score else [])}
+    return [have.get(layout.shard_of_part(o["path"])) for o in inputs]
 
 
 def _schema_ipc(frame: pl.DataFrame) -> str:
@@ -131,8 +139,12 @@ def conform_to_base(target: dict, frame: pl.DataFrame) -> pl.DataFrame:
 def write_index_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None:
     from tasks.stages.dedup.published import index_rows
 
-    ctx.storage.write_parquet(layout.index_part(target["dataset"], target["version"], index),
-                              index_rows(frame, ctx.config.dedup, target["version"]))
+    rows = index_rows(frame, ctx.config.dedup, target["version"])
+    embedding_part = (target.get("embeddings") or [None] * (index + 1))[index]
+    if embedding_part:  # the score stage's embeddings of these rows, for semantic dedup against this version
+        emb = ctx.storage.read_parquet(embedding_part, columns=["id", "embedding"])
+        rows = rows.join(emb, on="id", how="left", maintain_order="left")
+    ctx.storage.write_parquet(layout.index_part(target["dataset"], target["version"], index), rows)
 
 
 def version_part(target: dict, index: int) -> str:
@@ -225,7 +237,18 @@ def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
                                                  | set(published["columns_left_out"])))
         update = {"outputs": base.outputs + manifest.outputs, "rows_in": base.rows_out + manifest.rows_in,
                   "rows_out": base.rows_out + manifest.rows_out}
-    published["index"] = {"format": index_format(ctx.config.dedup), "parts": [o.as_json() for o in index]}
+    fmt = index_format(ctx.config.dedup)
+    if any(target.get("embeddings") or []):
+        from tasks.stages.score import embedder_identity
+
+        fmt["embedder"] = embedder_identity(ctx.config.score)
+    elif target.get("base"):
+        from tasks.io.versions import version_manifest
+
+        before_fmt = ((version_manifest(ctx.storage, dataset, target["base"]).published or {}).get("index") or {})
+        if (before_fmt.get("format") or {}).get("embedder"):
+            fmt["embedder"] = before_fmt["format"]["embedder"]
+    published["index"] = {"format": fmt, "parts": [o.as_json() for o in index]}
     return manifest.model_copy(update={**update, "published": published})
 
 

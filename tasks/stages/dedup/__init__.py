@@ -60,10 +60,11 @@ def decide(feats: pl.DataFrame, params: DedupConfig, published: PublishedIndex |
                                                               tombstone=pl.lit(None, pl.String))
     if published is None or published.empty:
         return decisions
-    if published.parts and published.format != index_format(params):
+    wanted = index_format(params)
+    if published.parts and {k: (published.format or {}).get(k) for k in wanted} != wanted:
         raise IndexMismatch(
             f"the dedup index of {published.dataset} v{published.version} was built with {published.format}, this "
-            f"run's dedup uses {index_format(params)}: hashes would not be comparable. Publish this run with "
+            f"run's dedup uses {wanted}: hashes would not be comparable. Publish this run with "
             "`--publish-mode replace` (a full recompute rebuilds the index), or use the dedup settings and polars "
             "version the index was built with.")
     keep = decisions.filter(pl.col("action") == "keep").select("id").join(feats, on="id", how="left",

@@ -13,6 +13,8 @@ A global stage (tasks/runtime/stage.py GlobalSteps), `resources="gpu"`, models l
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,7 @@ import polars as pl
 from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
+from tasks.io.versions import PublishedIndex
 from tasks.runtime.stage import GlobalSteps, Stage, StageResult
 from tasks.stages.score import classifier, dynamics, embeddings, models, perplexity, semantic
 
@@ -47,6 +50,15 @@ ADDS = {
 DYNAMICS = ["score_el2n", "score_grand", "score_forgetting", "score_aum", "score_epochs_to_learn",
             "score_label_quality", "score_label_pred", "label_issue"]
 HEAD_FILE = "quality_head.safetensors"
+log = logging.getLogger("sluice")
+
+
+def embedder_identity(cfg) -> str:
+    """Which embedder made an embedding: the model folder's pinned file hashes (the packaged MiniLM's by default);
+    embeddings of different embedders are not compared."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.embedder.sha256, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -228,10 +240,11 @@ def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, d
     return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
 
 
-def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None
-           ) -> tuple[pl.DataFrame, dict[str, bytes]]:
+def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None,
+           published: PublishedIndex | None = None) -> tuple[pl.DataFrame, dict[str, bytes]]:
     """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head, on
-    the scored rows (all of them unless `score.sample` < 1)."""
+    the scored rows (all of them unless `score.sample` < 1). Appending (`published` has the newest version's
+    index), a row that survives within the run is also a duplicate of a published row at cosine >= 1 - eps."""
     cfg = params.score
     emb = (feats["embedding"].to_numpy().reshape(feats.height, -1)  # float16, as stored: see semantic.CHUNK
            if feats.height else np.zeros((0, 1), dtype=np.float16))
@@ -244,6 +257,20 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     if cfg.semdedup.enabled and feats.height:
         survivor, cosine = semantic.duplicates(emb, nearest, _priority(feats, cfg.semdedup.survivor),
                                                cfg.semdedup.eps)
+    pub_id = np.full(feats.height, None, dtype=object)
+    pub_version = np.full(feats.height, None, dtype=object)
+    if cfg.semdedup.enabled and feats.height and published is not None and published.parts:
+        if (published.format or {}).get("embedder") != embedder_identity(cfg):
+            log.warning(f"score: the index of {published.dataset} v{published.version} holds embeddings of another "
+                        "embedder (or none); semantic duplicates of published rows are not looked for")
+        else:
+            alive = np.flatnonzero(survivor < 0)
+            pub_cos, found, ids, versions = semantic.nearest_published(emb[alive], published.read_parts(),
+                                                                       cfg.semdedup.eps)
+            rows = alive[found]
+            cosine[rows] = pub_cos[found]
+            pub_id[rows] = np.asarray(ids, dtype=object)[found]
+            pub_version[rows] = np.asarray(versions, dtype=object)[found]
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
     quality, artifacts = _quality(emb, cfg, loaded)
@@ -255,6 +282,8 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
         dup_survivor=_lookup(feats["id"], survivor),
         dup_cosine=pl.Series(cosine).fill_nan(None),
+        dup_published_id=pl.Series(pub_id.tolist(), dtype=pl.String),
+        dup_published_version=pl.Series(pub_version.tolist(), dtype=pl.Int32),
         contaminated=pl.Series(hit, dtype=pl.Boolean),
         score_scored=pl.lit(True),
     ), dyn], how="horizontal"), artifacts
@@ -266,12 +295,16 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
         score_perplexity=pl.col("score_nll").exp())
     policy = params.score.contamination.policy
     reason = (pl.when(pl.col("dup_survivor").is_not_null()).then(pl.lit("dedup.semantic"))
+              .when(pl.col("dup_published_id").is_not_null()).then(pl.lit("dedup.semantic.published"))
               .when(pl.col("contaminated") & pl.lit(policy == "drop")).then(pl.lit("contamination.semantic")))
     judged = joined.with_columns(reason=reason)
     out_cols = [*batch.columns, *ADDS]
     evidence = (pl.when(pl.col("reason") == "dedup.semantic")
                 .then(pl.struct(survivor_id=pl.col("dup_survivor"), cosine=pl.col("dup_cosine").round(4),
                                 cluster=pl.col("score_semantic_cluster")).struct.json_encode())
+                .when(pl.col("reason") == "dedup.semantic.published")
+                .then(pl.struct(version=pl.col("dup_published_version"), published_id=pl.col("dup_published_id"),
+                                cosine=pl.col("dup_cosine").round(4)).struct.json_encode())
                 .otherwise(pl.struct(item=pl.col("score_contam_item"), cosine=pl.col("score_contam_cosine").round(4),
                                      threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
@@ -279,7 +312,9 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
     stats = Stats(counts={"score.rows": joined.height, "score.scored": int(joined["score_scored"].sum() or 0),
                           "score.label_issues": int(joined["label_issue"].sum() or 0),
                           "score.contaminated": int(joined["contaminated"].sum() or 0),
-                          "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum())},
+                          "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum()),
+                          "score.semantic_duplicates_of_published":
+                              int(joined["dup_published_id"].is_not_null().sum())},
                   records={"contaminated": [{"id": r[0], "item": r[1], "cosine": round(r[2], 4)} for r in
                                             joined.filter("contaminated").select("id", "score_contam_item",
                                                                                  "score_contam_cosine").iter_rows()]})
@@ -316,7 +351,7 @@ STAGE = Stage(
     suite="score",
     resources="gpu",
     kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply, folder="embeddings"),
+    steps=GlobalSteps(features=features, decide=decide, apply=apply, folder="embeddings", against_published=True),
     setup=load_models,
     teardown=release_models,
     needs=("torch", "transformers", "sentence_transformers", "faiss"),

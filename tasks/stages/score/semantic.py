@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import polars as pl
 
 BLOCK = 2048  # rows of a similarity block: memory stays (BLOCK x cluster size) floats
 
@@ -125,6 +126,36 @@ def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps:
             survivor[rows] = members[best[dup]]
             cosine[rows] = top[dup]
     return survivor, cosine
+
+
+def nearest_published(emb: np.ndarray, parts, eps: float) -> tuple[np.ndarray, np.ndarray, list, list]:
+    """For each row of `emb`, the published row of highest cosine when it is >= 1 - eps: (cosine, found mask, its
+    id, its version). `parts` yields index frames (id, version, embedding); rows without an embedding are skipped.
+    Exact inner products in blocks, one index part at a time, so memory follows one part."""
+    n = emb.shape[0]
+    best = np.full(n, -np.inf)
+    best_id = np.full(n, None, dtype=object)
+    best_version = np.full(n, None, dtype=object)
+    vecs = np.asarray(emb, dtype=np.float32)
+    for part in parts:
+        if "embedding" not in part.columns:
+            continue
+        part = part.filter(pl.col("embedding").is_not_null())
+        if not part.height or not n:
+            continue
+        pub = part["embedding"].to_numpy().reshape(part.height, -1).astype(np.float32)
+        ids = part["id"].to_numpy().astype(object)
+        versions = part["version"].to_numpy().astype(object)
+        for start in range(0, n, BLOCK):
+            sims = vecs[start:start + BLOCK] @ pub.T
+            arg = sims.argmax(1)
+            top = sims[np.arange(sims.shape[0]), arg]
+            better = np.flatnonzero(top > best[start:start + BLOCK])
+            rows = start + better
+            best[rows] = top[better]
+            best_id[rows], best_version[rows] = ids[arg[better]], versions[arg[better]]
+    found = best >= 1.0 - eps
+    return np.where(found, best, np.nan), found, best_id.tolist(), best_version.tolist()
 
 
 _SENTENCE = re.compile(r"(?<=[.?!])\s+")
