@@ -313,8 +313,10 @@ def test_semantic_duplicates_of_published_rows(prefect_server, tmp_path):
 
     from flows.curate import run_curate
 
-    config = tmp_path / "score.toml"
-    config.write_text('[score]\ndevice = "cpu"\n[score.contamination]\nenabled = false\n[publish]\ndataset = "sem"\n')
+    reference = write_jsonl(tmp_path / "reference.jsonl", DOCS[590:600])  # a small one: the quality head is not
+    config = tmp_path / "score.toml"                                      # what this test is about
+    config.write_text(f'[score]\ndevice = "cpu"\nperplexity = false\nreference = "{reference}"\n'
+                      '[score.contamination]\nenabled = false\n[publish]\ndataset = "sem"\n')
     stages = ["ingest", "score", "publish"]
     first = write_jsonl(tmp_path / "v1" / "a.jsonl",
                         [{"id": f"orig-{i}", "text": a} for i, (a, _) in enumerate(PARAPHRASES)] + DOCS[:10])
