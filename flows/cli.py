@@ -698,6 +698,9 @@ def _fail(code: str, exc: BaseException, debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        code = _in_warm_worker(sys.argv[1:]) if argv is None else None
+        if code is not None:
+            return code
         code = _main(argv)
         sys.stdout.flush()  # a pipe's buffered output fails here, inside the try, not at interpreter exit
         return code
@@ -716,6 +719,27 @@ def _prefect_api() -> None:
     from tasks.ops import prefect_server
 
     os.environ["PREFECT_API_URL"] = prefect_server.ensure()
+
+
+WARM_COMMANDS = ("run", "demo", "replay", "status")
+
+
+def _in_warm_worker(argv: list[str]) -> int | None:
+    """Run this command in the shared server's warm worker (tasks/ops/warm_worker.py), which has everything
+    imported: its exit code, or None to run it here. Only the console script comes here, not main([...]) calls."""
+    if not argv or argv[0] not in WARM_COMMANDS or {"-h", "--help"} & set(argv):
+        return None
+    _env_defaults()
+    if (os.environ.get("PREFECT_API_URL") or os.environ.get("SLUICE_PREFECT") == "ephemeral"
+            or os.environ.get("SLUICE_WARM_WORKER") == "off"):
+        return None
+    try:
+        _prefect_api()
+    except (RuntimeError, OSError):
+        return None  # the command, run here, reports it
+    from tasks.ops import warm_worker
+
+    return warm_worker.run_in_worker(argv)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -741,6 +765,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"{'running' if up else 'NOT answering'}: {server.url} (pid {server.server_pid}, supervisor "
               f"{server.supervisor_pid}), up {time.time() - server.started_at:,.0f} s, stops after "
               f"{server.idle_seconds} s unused")
+        from tasks.ops import warm_worker
+
+        worker = warm_worker.read_record()
+        if worker and prefect_server.alive(worker["pid"]):
+            print(f"warm worker: pid {worker['pid']}, {worker['served']} commands served, up "
+                  f"{time.time() - worker['started_at']:,.0f} s")
+        else:
+            print("warm worker: not running (commands start in their own process)")
         return 0 if up else 1
     return 0
 

@@ -15,7 +15,12 @@ Coordination uses two lock files next to the record, with `flock`:
 A record whose supervisor is gone (a crash, `kill -9`) is not trusted even if its server still answers: that
 server is stopped and a new one started, never a second beside it.
 
+The supervisor also keeps the warm worker (warm_worker.py): a process with Prefect, polars and GE imported that
+forks one child per command, so a command skips the ~3.5 s of starting Python and importing. It is restarted when
+it exits (after the code changed under it) and stopped with the server.
+
 `SLUICE_PREFECT=ephemeral` keeps Prefect's own temporary server per command (the test suite uses it).
+`SLUICE_WARM_WORKER=off` runs every command in its own process, with no worker.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-from tasks.io.locks import _pid_alive
 
 DEFAULT_IDLE_SECONDS = 900
 START_TIMEOUT = 120
@@ -75,10 +78,14 @@ class Server:
 
 
 def alive(pid: int) -> bool:
-    """locks' liveness check, and not a zombie (a supervisor this process started and that was killed stays one
-    until reaped)."""
-    if not _pid_alive(pid):
+    """The process exists and is not a zombie (a supervisor this process started and that was killed stays one
+    until reaped). Not tasks.io.locks' check: importing that module costs 0.25 s, on every command."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
@@ -86,11 +93,14 @@ def alive(pid: int) -> bool:
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
-    import httpx
+    """With the standard library: importing httpx would cost every command 0.1 s."""
+    import urllib.error
+    import urllib.request
 
     try:
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
@@ -125,14 +135,18 @@ def _free_port() -> int:
 
 
 def _stop(server: Server, wait: float = 30.0) -> None:
-    for pid in (server.supervisor_pid, server.server_pid):
+    from tasks.ops import warm_worker
+
+    worker = warm_worker.read_record()
+    pids = [server.supervisor_pid, server.server_pid, *([worker["pid"]] if worker else [])]
+    for pid in pids:
         if alive(pid):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and (alive(server.supervisor_pid) or alive(server.server_pid)):
+    while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.2)
-    for pid in (server.supervisor_pid, server.server_pid):
+    for pid in pids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
 
@@ -201,6 +215,10 @@ def supervise(port: int, idle_seconds: int) -> int:
     child = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                              stdin=subprocess.DEVNULL, env=env)
     state.with_name(f"sluice-server.{os.getpid()}.pid").write_text(str(child.pid))
+    worker_env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    warm = os.environ.get("SLUICE_WARM_WORKER", "on") != "off"
+    worker = _start_worker(worker_env) if warm else None
+    worker_started = time.monotonic()
     stopping = False
 
     def on_term(signum, frame):
@@ -214,6 +232,9 @@ def supervise(port: int, idle_seconds: int) -> int:
     try:
         while not stopping and child.poll() is None:
             time.sleep(1.0)
+            if worker is not None and worker.poll() is not None and time.monotonic() - worker_started > 10:
+                worker = _start_worker(worker_env)  # it left because the code changed: a new one, with the new code
+                worker_started = time.monotonic()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -221,21 +242,34 @@ def supervise(port: int, idle_seconds: int) -> int:
             try:
                 if time.time() - users.stat().st_mtime >= idle_seconds:
                     stopping = True
-                    _finish(child, state)  # under the lock: no command can pick it up meanwhile
+                    _finish([worker, child], state)  # under the lock: no command can pick it up meanwhile
                     return 0
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        _finish(child, state)
+        _finish([worker, child], state)
         os.close(fd)
     return 0
 
 
-def _finish(child: subprocess.Popen, state: Path) -> None:
-    if child.poll() is None:
-        child.terminate()
+def _start_worker(env: dict[str, str]) -> subprocess.Popen:
+    """The warm worker, in the Prefect home: Prefect reads settings files in its working directory."""
+    _, _, _, log = _paths()
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "tasks.ops.warm_worker", "serve", str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(home()))
+
+
+def _finish(children: list[subprocess.Popen | None], state: Path) -> None:
+    for child in children:
+        if child is not None and child.poll() is None:
+            child.terminate()
+    for child in children:
+        if child is None:
+            continue
         try:
-            child.wait(20)
+            child.wait(30)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
