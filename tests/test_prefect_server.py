@@ -1,5 +1,7 @@
 """The shared local Prefect server (issue 16): started once, reused, shared by concurrent commands, replaced when
-killed, stopped when idle, never started by commands that do not need Prefect; run outputs unchanged."""
+killed, stopped when idle, never started by commands that do not need Prefect; run outputs unchanged. And its warm
+worker: commands forked from it behave as fresh processes (exit codes, stderr, signals), and it refuses commands
+it would not run the same way (changed code, a different import-time environment)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SLUICE
 
-from tasks.ops import prefect_server
+from tasks.ops import prefect_server, warm_worker
 
 
 @pytest.fixture
@@ -39,6 +41,21 @@ def tiny_input(tmp_path: Path) -> Path:
     return data
 
 
+def warm_worker_record(other_than: int | None = None, timeout: float = 90) -> dict:
+    """The worker's record once it listens (it imports for a few seconds after the server starts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = warm_worker.read_record()
+        if record and record["pid"] != other_than and Path(record["socket"]).exists():
+            return record
+        time.sleep(0.3)
+    raise AssertionError(f"no warm worker within {timeout} s")
+
+
+def served() -> int:
+    return warm_worker.read_record()["served"]
+
+
 def server_processes(port: int) -> int:
     """Live `prefect server start … --port PORT` processes (from /proc, whole command lines)."""
     count = 0
@@ -60,10 +77,12 @@ def test_sequential_runs_reuse_one_server_and_outputs_are_unchanged(shared_home,
     assert first.returncode == 0, first.stderr
     server = prefect_server.Server.read()
     assert server is not None and prefect_server.healthy(server.url)
+    before = warm_worker_record()["served"]
     second = sluice("run", "--input", str(data), "--output", str(tmp_path / "b"), "--stages", "ingest,dedup",
                     "--run-id", "same")
     assert second.returncode == 0, second.stderr
     assert prefect_server.Server.read() == server and server_processes(server.port) == 1
+    assert served() == before + 1  # the second run was forked from the warm worker
     assert "Starting temporary server" not in first.stdout + first.stderr + second.stdout + second.stderr
     ephemeral = sluice("run", "--input", str(data), "--output", str(tmp_path / "c"), "--stages", "ingest,dedup",
                        "--run-id", "same", env={"SLUICE_PREFECT": "ephemeral"})
@@ -117,3 +136,67 @@ def test_the_server_stops_when_idle(shared_home):
     assert prefect_server.Server.read() is None
     status = sluice("server", "status")
     assert status.returncode == 0 and status.stdout.startswith("no Sluice Prefect server")
+
+
+def big_input(tmp_path: Path, rows: int = 300_000) -> Path:
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Row {i}: a sentence that is long enough to be kept, {i * 7}."})
+                            + "\n" for i in range(rows)))
+    return data
+
+
+def interrupted_run(data: Path, out: Path, run_id: str, signum: int) -> tuple[int, str]:
+    """Start a run through the worker, send SIGNUM to the client once the run exists, return (exit, status)."""
+    proc = subprocess.Popen([SLUICE, "run", "--input", str(data), "--output", str(out), "--stages",
+                             "ingest,quality,dedup", "--run-id", run_id], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    run_json = out / "runs" / run_id / "run.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not run_json.exists():
+        time.sleep(0.1)
+    os.kill(proc.pid, signum)
+    output = proc.communicate(timeout=120)[0]
+    deadline = time.monotonic() + 60  # after a SIGKILL the orphaned command is stopped by the worker
+    while time.monotonic() < deadline and json.loads(run_json.read_text())["status"] == "running":
+        time.sleep(0.2)
+    return proc.returncode, json.loads(run_json.read_text())["status"] + output[-300:]
+
+
+def test_the_warm_worker_runs_commands_as_fresh_processes_would(shared_home, tmp_path):
+    assert sluice("server", "start").returncode == 0
+    worker = warm_worker_record()
+    missing = sluice("run", "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"))
+    assert missing.returncode == 2 and "missing.jsonl' matched no files" in missing.stderr
+    bad_args = sluice("run", "--bogus")
+    assert bad_args.returncode == 2 and "the following arguments are required: --input, --output" in bad_args.stderr
+    assert served() == worker["served"] + 2
+
+    # signals reach the command: SIGINT to the client stops it as it would stop a process of its own
+    data = big_input(tmp_path)
+    code, status = interrupted_run(data, tmp_path / "int", "int", signal.SIGINT)
+    assert code == 130 and status.startswith("interrupted"), status
+    # a client killed outright takes its command down (SIGTERM from the worker), resumable
+    code, status = interrupted_run(data, tmp_path / "kill", "kill", signal.SIGKILL)
+    assert code == -signal.SIGKILL and status.startswith("interrupted"), status
+    assert served() == worker["served"] + 4
+
+    # a different import-time environment runs in its own process, with the same result
+    other_env = sluice("run", "--input", str(tiny_input(tmp_path)), "--output", str(tmp_path / "env"),
+                       "--stages", "ingest", env={"PREFECT_LOGGING_LEVEL": "ERROR"})
+    assert other_env.returncode == 0, other_env.stderr
+    assert served() == worker["served"] + 4
+
+    # code changed under the worker: refused (the command runs on its own), the worker leaves, a new one serves
+    source = Path(warm_worker.__file__)
+    stamp = source.stat()
+    try:
+        os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+        changed = sluice("run", "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"))
+        assert changed.returncode == 2 and "matched no files" in changed.stderr
+        fresh = warm_worker_record(other_than=worker["pid"])
+        assert not prefect_server.alive(worker["pid"]) and fresh["served"] == 0
+        again = sluice("run", "--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o"))
+        assert again.returncode == 2 and served() == 1
+    finally:
+        os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert prefect_server.status()[1] and server_processes(prefect_server.Server.read().port) == 1
