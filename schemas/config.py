@@ -694,6 +694,9 @@ class PublishConfig(Strict):
 class RunnerConfig(Strict):
     workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads, or Dask workers)")
     retries: int = Field(3, ge=0, le=10, description="retries of I/O tasks, with exponential backoff")
+    task_rows: int = Field(
+        20_000, ge=0, description="small shards are packed into one Prefect task until it holds this many rows "
+        "(a task run costs ~0.05-0.1 s, the work of a 1,000-row shard); 0 = one task per shard")
     kind: Literal["local", "dask"] = Field("local", description="'local': a thread pool; 'dask': prefect-dask")
     dask_address: str | None = Field(None, description="tcp://scheduler:8786; none = a LocalCluster of `workers`")
     lock_ttl_seconds: int = Field(

@@ -36,9 +36,10 @@ class StageProgress:
         return (f"{self.stage}: {self.done}/{self.total} {self.what} ({pct:.0f}%), {self.rows:,} rows, "
                 f"{rate:,.0f} rows/s, elapsed {_clock(elapsed)}, ETA {_clock(eta)}")
 
-    def advance(self, rows: int) -> None:
+    def advance(self, rows: int, units: int = 1) -> None:
+        """`units` shards (or files) done, with `rows` rows between them (a task may run several shards)."""
         with self._lock:
-            self.done += 1
+            self.done += units
             self.rows += rows
             if self.tty:
                 self.stream.write("\r\033[K" + self.line())
