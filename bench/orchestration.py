@@ -2,7 +2,8 @@
 shard size.
 
     .venv/bin/python bench/orchestration.py [--docs 100000] [--shard-rows 2000,5000,25000]
-        [--stages ingest,dedup,publish] [--runners local,dask]
+        [--stages ingest,dedup,publish] [--runners local,dask] [--task-rows N]
+    .venv/bin/python bench/orchestration.py --cli [--cli-stages 'ingest,decontaminate;ingest,quality'] [--repeat 3]
 
 For each shard size the same corpus is curated three ways, each into a fresh output root (nothing resumed):
   direct  the runner's functions (tasks/runner.py) called from a plain ThreadPoolExecutor, no Prefect at all;
@@ -174,6 +175,8 @@ def main() -> int:
                         "the shared server, cold and warm (issue 16)")
     parser.add_argument("--cli-stages", default="ingest,decontaminate;ingest,quality",
                         help="';'-separated stage lists for --cli")
+    parser.add_argument("--task-rows", type=int, default=None,
+                        help="[runner] task_rows (0: one Prefect task per shard; unset: the default)")
     parser.add_argument("--repeat", type=int, default=3, help="--cli: runs of each warm mode, averaged")
     args = parser.parse_args()
     if args.cli:
@@ -212,7 +215,8 @@ def main() -> int:
     rows = []
     for shard_rows in (int(s) for s in args.shard_rows.split(",")):
         cfg = work / f"shard-{shard_rows}.toml"
-        cfg.write_text(f'[ingest]\nshard_rows = {shard_rows}\n[publish]\ndataset = "bench"\n')
+        runner_cfg = f"[runner]\ntask_rows = {args.task_rows}\n" if args.task_rows is not None else ""
+        cfg.write_text(f'[ingest]\nshard_rows = {shard_rows}\n[publish]\ndataset = "bench"\n{runner_cfg}')
         for runner in ["direct", *runners]:
             seconds = run(runner, warm, work / f"warm-{runner}", cfg)
             if runner == "dask" and cold_start is None:

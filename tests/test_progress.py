@@ -47,7 +47,7 @@ def test_prefect_sees_named_task_runs_tags_and_artifacts(tmp_path, prefect_serve
     pl.DataFrame({"text": [f"Row number {i} of a small input file, long enough to count." for i in range(30)]}
                  ).write_ndjson(data)
     config = tmp_path / "c.toml"
-    config.write_text('[ingest]\nshard_rows = 10\n[publish]\ndataset = "named"\n')
+    config.write_text('[ingest]\nshard_rows = 10\n[runner]\ntask_rows = 0\n[publish]\ndataset = "named"\n')
     run_curate([str(data)], str(tmp_path / "out"), str(config), "prefect-names", ["ingest", "dedup", "publish"])
     with get_client(sync_client=True) as client:
         [flow_run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -85,3 +85,56 @@ def test_log_warnings_about_rejected_rows_always_say_what_failed():
     assert lines == ["ingest.json.invalid at f.jsonl:3: unexpected end of data",
                      "quality.gopher.word_count at f.jsonl:9: failed q_gopher_words < 8 (q_gopher_words = 5)",
                      'dedup.near (id c): {"cluster":"k","survivor_id":"s","similarity":0.93}']
+
+
+def test_task_batches_pack_small_shards_and_leave_big_ones_alone():
+    from tasks.runtime.prefect_tasks import task_batches
+
+    small = [{"rows": 1_000}] * 100
+    batches = task_batches(small, 20_000, 2)
+    assert [len(b) for b in batches] == [17, 17, 16, 17, 17, 16]  # 5 tasks' worth, rounded up to 2 workers' 6
+    assert sum(batches, []) == list(range(100))  # every shard once, in order
+    assert [len(b) for b in task_batches(small, 0, 2)] == [1] * 100  # task_rows = 0: a task per shard
+    assert {len(b) for b in task_batches(small, 20_000, 16)} == {6, 7}  # 16 workers, 16 tasks: none idle
+    assert task_batches([{"rows": 50_000}] * 3, 20_000, 2) == [[0], [1], [2]]
+    assert task_batches([{"rows": 0}] * 2, 20_000, 2) == [[0], [1]]
+
+
+def test_small_shards_share_prefect_tasks_with_the_same_outputs(tmp_path, prefect_server):
+    """2,000 rows in 100-row shards, task_rows 1,000: 20 shards per stage in 2 tasks, one per worker, with the
+    same parts as one task per shard."""
+    import hashlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.curate import run_curate
+    from tasks.ops.demo_corpus import kjv_records
+
+    data = tmp_path / "in.jsonl"
+    verses = [r["text"] for r in kjv_records()]
+    pl.DataFrame({"text": [" ".join(verses[3 * i:3 * i + 3]) for i in range(2000)]}).write_ndjson(data)
+    parts = {}
+    for task_rows in (0, 1000):
+        config = tmp_path / f"c{task_rows}.toml"
+        config.write_text(f'[ingest]\nshard_rows = 100\n[runner]\ntask_rows = {task_rows}\n'
+                          '[publish]\ndataset = "packed"\n')
+        out = tmp_path / f"out{task_rows}"
+        run = run_curate([str(data)], str(out), str(config), f"packed-{task_rows}", ["ingest", "quality", "publish"])
+        assert run["status"] == "succeeded"
+        parts[task_rows] = {str(p.relative_to(out / "runs" / f"packed-{task_rows}")):
+                            hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in sorted((out / "runs").rglob("part-*.parquet"))}
+        with get_client(sync_client=True) as client:
+            [flow_run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"curate-packed-{task_rows}"])))
+            names = {t.name for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))}
+        quality = sorted(n for n in names if n.startswith("quality-0"))
+        if task_rows == 0:
+            assert len(quality) == 20 and "quality-00000-00019" in quality
+        else:
+            assert quality == ["quality-00000-00000..00000-00009", "quality-00000-00010..00000-00019"]
+            publish = sorted((n for n in names if n.startswith("publish-") and n != "publish-commit"),
+                             key=lambda n: int(n.split("-")[1].split(".")[0]))
+            assert len(publish) == 2 and publish[0].startswith("publish-0..") and publish[1].endswith("..19"), publish
+    assert parts[0] == parts[1000] and len(parts[0]) == 60  # ingest, quality kept and quarantined: 20 each
