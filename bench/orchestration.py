@@ -2,7 +2,7 @@
 shard size.
 
     .venv/bin/python bench/orchestration.py [--docs 100000] [--shard-rows 2000,5000,25000]
-        [--stages ingest,dedup,publish] [--runners local,dask] [--task-rows N]
+        [--stages ingest,dedup,publish] [--runners local,dask] [--task-rows 0,20000]
     .venv/bin/python bench/orchestration.py --cli [--cli-stages 'ingest,decontaminate;ingest,quality'] [--repeat 3]
 
 For each shard size the same corpus is curated three ways, each into a fresh output root (nothing resumed):
@@ -175,8 +175,9 @@ def main() -> int:
                         "the shared server, cold and warm (issue 16)")
     parser.add_argument("--cli-stages", default="ingest,decontaminate;ingest,quality",
                         help="';'-separated stage lists for --cli")
-    parser.add_argument("--task-rows", type=int, default=None,
-                        help="[runner] task_rows (0: one Prefect task per shard; unset: the default)")
+    parser.add_argument("--task-rows", default=None,
+                        help="comma-separated [runner] task_rows values to compare in one go (0: one Prefect task "
+                        "per shard; unset: the default)")
     parser.add_argument("--repeat", type=int, default=3, help="--cli: runs of each warm mode, averaged")
     args = parser.parse_args()
     if args.cli:
@@ -214,35 +215,43 @@ def main() -> int:
 
     rows = []
     for shard_rows in (int(s) for s in args.shard_rows.split(",")):
-        cfg = work / f"shard-{shard_rows}.toml"
-        runner_cfg = f"[runner]\ntask_rows = {args.task_rows}\n" if args.task_rows is not None else ""
-        cfg.write_text(f'[ingest]\nshard_rows = {shard_rows}\n[publish]\ndataset = "bench"\n{runner_cfg}')
+        configs = {}
+        for task_rows in (args.task_rows.split(",") if args.task_rows else [None]):
+            cfg = work / f"shard-{shard_rows}-{task_rows}.toml"
+            runner_cfg = f"[runner]\ntask_rows = {task_rows}\n" if task_rows is not None else ""
+            cfg.write_text(f'[ingest]\nshard_rows = {shard_rows}\n[publish]\ndataset = "bench"\n{runner_cfg}')
+            configs[task_rows] = cfg
+        cfg = next(iter(configs.values()))
         for runner in ["direct", *runners]:
             seconds = run(runner, warm, work / f"warm-{runner}", cfg)
             if runner == "dask" and cold_start is None:
                 cold_start = cluster_start + seconds
                 print(f"Dask LocalCluster start {cluster_start:.1f} s + first (warm-up) run {seconds:.1f} s")
-        timings = {}
-        for runner in ["direct", *runners]:
-            timings[runner] = run(runner, corpus, work / f"out-{shard_rows}-{runner}", cfg)
-            print(f"shard_rows {shard_rows:>6}  {runner:<6} {timings[runner]:8.2f} s", flush=True)
+        timings = {"direct": run("direct", corpus, work / f"out-{shard_rows}-direct", cfg)}
+        print(f"shard_rows {shard_rows:>6}  direct {timings['direct']:8.2f} s", flush=True)
+        variants = [(runner, task_rows) for runner in runners for task_rows in configs]
+        for runner, task_rows in variants:
+            timings[runner, task_rows] = run(runner, corpus, work / f"out-{shard_rows}-{runner}", configs[task_rows])
+            print(f"shard_rows {shard_rows:>6}  {runner:<6} task_rows {task_rows or 'default'} "
+                  f"{timings[runner, task_rows]:8.2f} s", flush=True)
         shards = json.loads((work / f"out-{shard_rows}-direct" / "runs" / "bench" / stages[0] / "_manifest.json")
                             .read_text())["shards"]
-        for runner in runners:
-            rows.append({"shard_rows": shard_rows, "shards": shards, "runner": runner,
-                         "direct_s": round(timings["direct"], 2), "runner_s": round(timings[runner], 2),
-                         "overhead": round((timings[runner] - timings["direct"]) / timings[runner], 4)})
+        for runner, task_rows in variants:
+            took = timings[runner, task_rows]
+            rows.append({"shard_rows": shard_rows, "shards": shards, "runner": runner, "task_rows": task_rows,
+                         "direct_s": round(timings["direct"], 2), "runner_s": round(took, 2),
+                         "overhead": round((took - timings["direct"]) / took, 4)})
     if cluster is not None:
         cluster.close()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "orchestration.json").write_text(json.dumps({"docs": args.docs, "stages": stages, "rows": rows,
                                                             "dask_cold_start_s": cold_start}, indent=2))
     print(f"\n{args.docs:,} docs, stages {','.join(stages)}, {args.workers} workers")
-    print("| shard rows | shards per stage | runner | no Prefect (s) | with Prefect (s) | overhead |")
-    print("|---:|---:|---|---:|---:|---:|")
+    print("| shard rows | shards per stage | runner | task_rows | no Prefect (s) | with Prefect (s) | overhead |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['shard_rows']:,} | {r['shards']} | {r['runner']} | {r['direct_s']} | {r['runner_s']} | "
-              f"{r['overhead']:.1%} |")
+        print(f"| {r['shard_rows']:,} | {r['shards']} | {r['runner']} | {r['task_rows'] or 'default'} | "
+              f"{r['direct_s']} | {r['runner_s']} | {r['overhead']:.1%} |")
     return 0
 
 
