@@ -112,6 +112,12 @@ def test_commands_that_do_not_need_prefect_start_none(shared_home, tmp_path):
     assert not (shared_home / "sluice-server.json").exists() and prefect_server.Server.read() is None
 
 
+def test_nothing_is_started_when_prefect_api_url_names_a_server(shared_home, tmp_path):
+    status = sluice("status", "--output", str(tmp_path), env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert "unreachable" in status.stdout + status.stderr  # it used the URL it was given, and said it is down
+    assert prefect_server.Server.read() is None and warm_worker.read_record() is None
+
+
 def test_a_killed_server_is_replaced_not_duplicated(shared_home):
     old_url = prefect_server.ensure()
     old = prefect_server.Server.read()

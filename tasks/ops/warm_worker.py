@@ -111,6 +111,7 @@ def run_in_worker(argv: list[str]) -> int | None:
     if not path.exists() or prefect_settings_file(cwd):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)  # a worker that does not answer is not waited for (it then stops what it forked, if any)
     try:
         sock.connect(str(path))
         payload = json.dumps({"argv": argv, "cwd": cwd, "env": dict(os.environ), "code": code_fingerprint()}
@@ -126,6 +127,7 @@ def run_in_worker(argv: list[str]) -> int | None:
         sock.close()
         return None
     child = int(started["pid"])
+    sock.settimeout(None)
 
     def forward(signum, frame):
         with suppress(ProcessLookupError):
