@@ -66,10 +66,6 @@ def _gather(futures: list, stage: str, rows_of, what: str = "shards", total: int
     return results
 
 
-def _receipt_rows(receipt) -> int:
-    return receipt.rows_in
-
-
 def _list_inputs(inputs: list[str], s3_options: dict) -> list:
     """The input files, logging every file a folder or glob held that is not read, and why."""
     skipped = Skipped()
@@ -165,7 +161,7 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tup
             features = _gather(global_features.with_options(retries=retries).map(ctx, stage, labels, batch_names,
                                                                                  batch_objs),
                                f"{stage.name} features", lambda fs: sum(f.get("rows", 0) for f in fs), total=len(names))
-            features = [f for fs in features for f in fs]
+            features = _flat(features)
             decisions = global_decide(ctx, stage, features)
             futures = map_shards.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs,
                                                                    unmapped(decisions))
