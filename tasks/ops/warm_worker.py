@@ -151,6 +151,9 @@ def run_in_worker(argv: list[str]) -> int | None:
 # ---------------------------------------------------------------------------------------------------- the worker
 
 def _warm_imports() -> None:
+    """What every run imports. Of the ~160 modules a default-pipeline run still imports lazily after these, only
+    fastapi costs more than 0.03 s (0.32 s: Prefect's Flow.serialize_parameters imports it for every flow run)."""
+    import fastapi  # noqa: F401
     import great_expectations  # noqa: F401  (2.6 s: the largest single cost of a fresh process)
 
     import flows.cli  # noqa: F401
