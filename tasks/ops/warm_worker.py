@@ -2,7 +2,8 @@
 
 A `sluice run` in a fresh process spends about 3.5 s on 2 cores starting Python and importing before it does any
 work (Great Expectations alone 2.6 s, Prefect 1.1 s): 40% of a 9-second run. The supervisor of the shared Prefect
-server (prefect_server.py) therefore also keeps this worker. It imports what a run needs, listens on a Unix socket
+server (prefect_server.py) therefore also keeps this worker. It imports Prefect and GE (not polars, see
+_warm_imports), listens on a Unix socket
 next to the server's record, and for each command forks a child that *becomes* that command: the client's
 stdin/stdout/stderr (passed over the socket), working directory, environment and arguments. The client waits,
 forwards SIGINT, SIGTERM and SIGHUP to the child, and exits with its exit code. A client that dies (`kill -9`)
@@ -151,14 +152,23 @@ def run_in_worker(argv: list[str]) -> int | None:
 # ---------------------------------------------------------------------------------------------------- the worker
 
 def _warm_imports() -> None:
-    """What every run imports. Of the ~160 modules a default-pipeline run still imports lazily after these, only
-    fastapi costs more than 0.03 s (0.32 s: Prefect's Flow.serialize_parameters imports it for every flow run)."""
-    import fastapi  # noqa: F401
-    import great_expectations  # noqa: F401  (2.6 s: the largest single cost of a fresh process)
+    """Prefect, Great Expectations (pandas, pyarrow) and fastapi: 3.3 s of the ~3.6 s a fresh process spends importing.
 
-    import flows.cli  # noqa: F401
-    import flows.curate  # noqa: F401
-    from tasks.runtime import registry  # noqa: F401  (every stage module)
+    Not polars, nor the package's own modules (which import it): polars started in a process that then forks runs
+    1.8x slower in the child (2.03 s against 1.12 s on a string benchmark, 2026-12-01): its allocator's background
+    threads are not re-created after fork. The child imports them itself, in 0.32 s. fastapi is here because
+    Prefect's Flow.serialize_parameters imports it for every flow run (0.32 s)."""
+    import fastapi  # noqa: F401
+    import great_expectations  # noqa: F401
+    import prefect.artifacts  # noqa: F401
+    import prefect.cache_policies  # noqa: F401
+    import prefect.flows  # noqa: F401
+    import prefect.futures  # noqa: F401
+    import prefect.task_runners  # noqa: F401
+    import prefect.tasks  # noqa: F401
+
+    if "polars" in sys.modules:
+        raise RuntimeError("the warm worker imported polars: its children would run polars 1.8x slower")
 
 
 class Worker:
