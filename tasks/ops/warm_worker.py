@@ -115,8 +115,10 @@ def run_in_worker(argv: list[str]) -> int | None:
     sock.settimeout(30)  # a worker that does not answer is not waited for (it then stops what it forked, if any)
     try:
         sock.connect(str(path))
-        payload = json.dumps({"argv": argv, "cwd": cwd, "env": dict(os.environ), "code": code_fingerprint()}
-                             ).encode()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        payload = json.dumps({"argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": umask,
+                              "code": code_fingerprint()}).encode()
         socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
         sock.sendall(payload)
         replies = sock.makefile("rb")
@@ -360,6 +362,7 @@ class Worker:
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(line_buffering=stream.isatty())
             os.chdir(request["cwd"])
+            os.umask(int(request.get("umask", 0o022)))  # files the command writes get the client's permissions
             os.environ.clear()
             os.environ.update(request["env"])
             sys.argv = ["sluice", *request["argv"]]
