@@ -179,6 +179,14 @@ def test_the_warm_worker_runs_commands_as_fresh_processes_would(shared_home, tmp
     assert bad_args.returncode == 2 and "the following arguments are required: --input, --output" in bad_args.stderr
     assert served() == worker["served"] + 2
 
+    # the command writes with the client's umask, not the worker's
+    private = subprocess.run([SLUICE, "run", "--input", str(tiny_input(tmp_path)), "--output", str(tmp_path / "u"),
+                              "--stages", "ingest", "--run-id", "u"], capture_output=True, text=True, timeout=300,
+                             preexec_fn=lambda: os.umask(0o027))
+    assert private.returncode == 0, private.stderr
+    assert (tmp_path / "u" / "runs" / "u" / "run.json").stat().st_mode & 0o777 == 0o640
+    assert served() == worker["served"] + 3
+
     # signals reach the command: SIGINT to the client stops it as it would stop a process of its own
     data = big_input(tmp_path)
     code, status = interrupted_run(data, tmp_path / "int", "int", signal.SIGINT)
@@ -186,13 +194,13 @@ def test_the_warm_worker_runs_commands_as_fresh_processes_would(shared_home, tmp
     # a client killed outright takes its command down (SIGTERM from the worker), resumable
     code, status = interrupted_run(data, tmp_path / "kill", "kill", signal.SIGKILL)
     assert code == -signal.SIGKILL and status.startswith("interrupted"), status
-    assert served() == worker["served"] + 4
+    assert served() == worker["served"] + 5
 
     # a different import-time environment runs in its own process, with the same result
     other_env = sluice("run", "--input", str(tiny_input(tmp_path)), "--output", str(tmp_path / "env"),
                        "--stages", "ingest", env={"PREFECT_LOGGING_LEVEL": "ERROR"})
     assert other_env.returncode == 0, other_env.stderr
-    assert served() == worker["served"] + 4
+    assert served() == worker["served"] + 5
 
     # code changed under the worker: refused (the command runs on its own), the worker leaves, a new one serves
     source = Path(warm_worker.__file__)
