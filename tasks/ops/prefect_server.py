@@ -15,7 +15,7 @@ Coordination uses two lock files next to the record, with `flock`:
 A record whose supervisor is gone (a crash, `kill -9`) is not trusted even if its server still answers: that
 server is stopped and a new one started, never a second beside it.
 
-The supervisor also keeps the warm worker (warm_worker.py): a process with Prefect, polars and GE imported that
+The supervisor also keeps the warm worker (warm_worker.py): a process with Prefect and GE imported that
 forks one child per command, so a command skips the ~3.5 s of starting Python and importing. It is restarted when
 it exits (after the code changed under it) and stopped with the server.
 

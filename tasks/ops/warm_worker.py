@@ -34,6 +34,8 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from tasks.ops.prefect_server import home
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "tasks", "schemas")
 # read while importing Prefect, polars, numpy, GE or the interpreter itself; everything else (AWS credentials,
@@ -44,10 +46,6 @@ IMPORT_TIME_NAMES = ("HOME", "USER", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV")
 NOT_IMPORT_TIME = ("SLUICE_SERVER_IDLE_SECONDS",)  # read by the client only
 PREFECT_FILES = (".env", "prefect.toml")
 HEADER = struct.Struct("!I")
-
-
-def home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
 
 
 def socket_path() -> Path:
