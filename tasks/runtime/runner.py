@@ -128,9 +128,9 @@ def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile,
         return [Receipt.model_validate(r, context={"root": ctx.storage.root}).model_copy(update={"resumed": True})
                 for r in done["receipts"]]
     receipts = []
-    batches = read_batches(file, fmt, compression, params, ctx.s3_options)
+    read = read_batches(file, fmt, compression, params, ctx.s3_options)
     left = budget
-    for chunk, batch in enumerate(batches):
+    for chunk, batch in enumerate(read):
         if left is not None:
             if left <= 0:
                 break
@@ -139,9 +139,21 @@ def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile,
         shard = f"{file_index:05d}-{chunk:05d}"
         inputs = [{**file.as_dict(), "chunk": chunk, "format": fmt}]
         receipts.append(process_shard(ctx, stage, shard, lambda b=batch: b, inputs))
+    if budget is None and receipts:  # a limited read stops early on purpose: nothing to audit
+        receipts[-1] = _with_audit(receipts[-1], file, read.audit)
     ctx.storage.write_json(done_rel, {"fingerprint": file_fp, "file": file.as_dict(),
                                       "receipts": [r.as_json() for r in receipts]})
     return receipts
+
+
+def _with_audit(receipt: Receipt, file: InputFile, audit) -> Receipt:
+    """The file's line audit, carried by its last shard's receipt into the stage's stats (and its contract)."""
+    counts = audit.counts()
+    tallies = {"input.unaccounted_by_file": {file.name: audit.unaccounted}} if audit.unaccounted else {}
+    if audit.unaccounted:
+        log.error(f"{file.name}: {audit.unaccounted:,} of {audit.read:,} {audit.unit} are in no row and no "
+                  "quarantine row")
+    return receipt.model_copy(update={"stats": Stats.merge([receipt.stats, Stats(counts=counts, tallies=tallies)])})
 
 
 def shards_of(manifest: StageManifest) -> list[tuple[str, dict]]:

@@ -15,6 +15,7 @@ import polars_hash as plh
 
 from schemas.config import IngestConfig
 from schemas.record import CANONICAL, INGEST_REJECTED, conform
+from tasks.io.manifests import Stats
 from tasks.runtime.stage import Stage, StageResult
 
 OPTIONAL = ("source_id", "source", "url", "timestamp", "label", "prompt", "response")
@@ -190,7 +191,8 @@ FIELD_OF_CODE = {
 
 def ingest(batch: pl.DataFrame, params: IngestConfig) -> StageResult:
     """Raw batch (from tasks/io/readers.py) -> canonical records + quarantined rows."""
-    reader_cols = ("raw", "read_error_code", "read_error")
+    reader_cols = ("raw", "read_error_code", "read_error", "src_lines")
+    batch = batch if "src_lines" in batch.columns else batch.with_columns(src_lines=pl.lit(1, pl.Int64))
     has_errors = "read_error_code" in batch.columns
     broken = batch.filter(pl.col("read_error_code").is_not_null()) if has_errors else batch.clear()
     rows = batch.filter(pl.col("read_error_code").is_null()) if has_errors else batch
@@ -251,6 +253,17 @@ def ingest(batch: pl.DataFrame, params: IngestConfig) -> StageResult:
     return StageResult(kept=kept, rejected=rejected)
 
 
+def rate_checks(stats: Stats, rows_in: int, params: IngestConfig) -> list[dict]:
+    """Every line (Parquet: row) the input files hold is in a row or a quarantine row, or is blank or a header: the
+    readers' audit (tasks/io/readers/audit.py). Any line in neither fails the contract, naming the files."""
+    unaccounted = stats.tallies.get("input.unaccounted_by_file", {})
+    missing = sum(abs(n) for n in unaccounted.values())
+    where = ", ".join(f"{f} ({n:,})" for f, n in sorted(unaccounted.items())[:10])
+    return [{"name": "input.unaccounted", "count": missing, "rate": missing / max(rows_in, 1), "warn": 0.0,
+             "max": 0.0, "message": f"{missing:,} input line(s) are in no row and no quarantine row: {where}. This "
+             "is a reader bug; please report it with the file"}]
+
+
 STAGE = Stage(
     name="ingest",
     fn=ingest,
@@ -259,5 +272,6 @@ STAGE = Stage(
     adds=CANONICAL,
     suite="ingest",
     kind="source",
+    rate_checks=rate_checks,
     description="JSONL/Parquet/CSV (gz, zst; local or s3://) -> canonical records; bad records quarantined",
 )
