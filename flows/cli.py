@@ -189,6 +189,24 @@ def cmd_files(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from schemas.config import check_safe_name
+    from tasks.io.versions import DamagedVersion, newest_version, verify_version
+
+    check_safe_name(args.dataset, "dataset name")
+    storage = _storage(args.output, args.config)
+    version = _version_number(args.version) if args.version else newest_version(storage, args.dataset)
+    if version is None:
+        raise ValueError(f"dataset {args.dataset} has no published version under {storage.uri('datasets')}")
+    problems = verify_version(storage, args.dataset, version, args.check)
+    for problem in problems:
+        print(f"damaged: {problem}")
+    if problems:
+        raise DamagedVersion(args.dataset, version, problems)
+    print(f"{args.dataset} v{version}: every data file and index part matches its manifest ({args.check})")
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from flows.deploy import register
 
@@ -560,6 +578,19 @@ def _ops_commands(sub) -> None:
     p.add_argument("--version", metavar="N", help="e.g. 3 or v3 (default: the newest)")
     _output_and_config(p)
     p.set_defaults(fn=cmd_files)
+
+    p = add("verify", "check a published version's files against its manifest",
+            "Every data file of the version (also those shared with earlier versions) and every dedup index part: "
+            "present, of the recorded size and, with --check hash, of the recorded sha256. Exit 0 when intact, 5 "
+            "naming each damaged file. An append run does the same before it builds on the newest version "
+            "(publish.verify_base).")
+    p.add_argument("dataset")
+    p.add_argument("--version", metavar="N", help="e.g. 3 or v3 (default: the newest)")
+    p.add_argument("--check", choices=("auto", "hash", "size"), default="auto",
+                   help="hash: sha256 of every file; size: sizes from one listing per folder; auto (default): hash "
+                        "on a local root, size on S3")
+    _output_and_config(p)
+    p.set_defaults(fn=cmd_verify)
 
 
 def _deploy_commands(sub) -> None:

@@ -684,6 +684,10 @@ class PublishConfig(Strict):
         "auto", description="'replace': a version holds this run's rows only (a full recompute); 'append': the "
         "previous version's rows + this run's, new rows deduplicated against what is published; 'auto': append "
         "for watch/new-data runs, replace otherwise")
+    verify_base: Literal["auto", "hash", "size"] = Field(
+        "auto", description="before an append builds on the newest version, its files are checked against its "
+        "manifest: 'size' (always; one listing per folder), 'hash' (sha256 of every file), 'auto' = hash for a "
+        "local root, size on S3 (hashing there downloads every file). A damaged base is exit 5 naming the file")
 
     @field_validator("dataset")
     @classmethod

@@ -8,6 +8,7 @@ reading the files its manifest lists; `version_files` gives their URIs to any Pa
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,11 +16,73 @@ import polars as pl
 
 from tasks.io import layout
 from tasks.io.manifests import DataObject, StageManifest
-from tasks.io.storage import Storage
+from tasks.io.storage import Storage, StorageError, _io
 
 
 class VersionNotFound(ValueError):
     pass
+
+
+class DamagedVersion(StorageError):
+    """Files of a published version are missing or differ from what its manifest recorded (exit 5): nothing may be
+    built on them, and `sluice verify` names each one."""
+
+    def __init__(self, dataset: str, version: int, problems: list[str]):
+        self.dataset, self.version, self.problems = dataset, version, problems
+        more = f" (and {len(problems) - 1} more; `sluice verify {dataset} --version {version}` lists them)" if len(
+            problems) > 1 else ""
+        RuntimeError.__init__(self, f"dataset {dataset} v{version} is damaged: {problems[0]}{more}")
+
+
+def _sha256(storage: Storage, rel: str) -> str:
+    """Streamed: a data file is never held whole."""
+    digest = hashlib.sha256()
+    with _io("read", storage.uri(rel)), storage.fs.open(storage._path(rel), "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(storage: Storage, objects: list[DataObject], check: str = "auto") -> list[str]:
+    """What is wrong with these recorded files: missing, another size, or (check `hash`) other bytes. `auto`
+    hashes local files and compares sizes on S3 (hashing there means downloading every file)."""
+    if check == "auto":
+        check = "size" if storage.remote else "hash"
+    folders = sorted({o.path.rsplit("/", 1)[0] for o in objects})
+    sizes: dict[str, int] = {}
+    for folder in folders:  # one listing a folder, not a request a file
+        with _io("list", storage.uri(folder)):
+            try:
+                found = storage.fs.find(storage._path(folder), detail=True)
+            except FileNotFoundError:
+                found = {}
+        base = storage._path("")
+        for path, info in found.items():
+            rel = path[len(base):].lstrip("/") if path.startswith(base) else path
+            sizes[rel] = int(info.get("size") or 0)
+    problems = []
+    for obj in objects:
+        where = storage.uri(obj.path)
+        if obj.path not in sizes:
+            problems.append(f"{where} is missing")
+        elif obj.bytes and sizes[obj.path] != obj.bytes:
+            problems.append(f"{where} has {sizes[obj.path]:,} bytes, its manifest recorded {obj.bytes:,}")
+        elif check == "hash" and _sha256(storage, obj.path) != obj.sha256:
+            problems.append(f"{where} does not match the sha256 its manifest recorded")
+    return problems
+
+
+def verify_version(storage: Storage, dataset: str, version: int, check: str = "auto", index: bool = True
+                   ) -> list[str]:
+    """Every data file (shared with earlier versions included) and index part of a version, checked."""
+    manifest = version_manifest(storage, dataset, version)
+    return check_files(storage, list(manifest.outputs) + (index_objects(manifest) if index else []), check)
+
+
+def require_intact(storage: Storage, dataset: str, version: int, check: str = "auto", index: bool = True) -> None:
+    problems = verify_version(storage, dataset, version, check, index)
+    if problems:
+        raise DamagedVersion(dataset, version, problems)
 
 
 def published_versions(storage: Storage, dataset: str) -> list[int]:
@@ -95,13 +158,20 @@ class PublishedIndex:
         return not self.parts and not self.blocked
 
 
-def published_index(storage: Storage, dataset: str, append: bool) -> PublishedIndex:
+def published_index(storage: Storage, dataset: str, append: bool, check: str = "auto") -> PublishedIndex:
     """The index a run of `dataset` deduplicates against: the newest version's when appending, plus what was
-    forgotten (always)."""
+    forgotten (always). Its parts are checked against their manifests first (DamagedVersion)."""
     index = PublishedIndex(storage, dataset, blocked=tombstone_objects(storage, dataset))
     newest = newest_version(storage, dataset) if append else None
+    if index.blocked:
+        problems = check_files(storage, index.blocked, check)
+        if problems:
+            raise DamagedVersion(dataset, newest or 0, [f"takedown index: {p}" for p in problems])
     if newest is not None:
         manifest = version_manifest(storage, dataset, newest)
+        problems = check_files(storage, index_objects(manifest), check)
+        if problems:
+            raise DamagedVersion(dataset, newest, problems)
         index.version = newest
         index.format = ((manifest.published or {}).get("index") or {}).get("format")
         index.parts = index_objects(manifest)

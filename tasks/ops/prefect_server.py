@@ -154,8 +154,11 @@ def _stop(server: Server, wait: float = 30.0) -> None:
 def _start(idle_seconds: int) -> Server:
     state, _, _, log = _paths()
     port = _free_port()
-    cmd = [sys.executable, "-m", "tasks.ops.prefect_server", "supervise", str(port), str(idle_seconds)]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    from tasks.ops.warm_worker import service_env
+
+    cmd = [sys.executable, "-P", "-m", "tasks.ops.prefect_server", "supervise", str(port), str(idle_seconds)]
+    # no credentials: the supervisor, the server and the worker outlive this command and serve later ones
+    env = {k: v for k, v in service_env(dict(os.environ)).items() if k != "PREFECT_API_URL"}
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
@@ -256,7 +259,8 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen:
     """The warm worker, in the Prefect home: Prefect reads settings files in its working directory."""
     _, _, _, log = _paths()
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "tasks.ops.warm_worker", "serve", str(os.getpid())],
+        # -P: the Prefect home (its working directory) is not on sys.path; a polars.py there is never imported
+        return subprocess.Popen([sys.executable, "-P", "-m", "tasks.ops.warm_worker", "serve", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(home()))
 

@@ -17,19 +17,38 @@ The worker serves only commands it runs exactly as a fresh process would:
   thread counts, ...) must equal the worker's. Prefect also reads `.env`, `prefect.toml` and a `pyproject.toml`
   with `[tool.prefect]` in the working directory, so a command run where one of those exists runs on its own.
 Whatever it refuses runs in its own process, as before: the worker is a shortcut, never a different behaviour.
-Only the socket's owner may use it (the socket is mode 0600 and the peer's uid is checked).
+
+Trust goes both ways, and is checked before anything is sent (issue 24): the socket lives in a directory only its
+user can enter (`<PREFECT_HOME>/sluice-worker.d`, or a fresh `mkdtemp` directory when that path is too long for a
+socket; never a predictable /tmp name) and is named in the worker's record. The client checks the directory and
+the socket with lstat (no symlink, its own uid, no access for others) and, once connected, the listener's uid and
+pid (SO_PEERCRED) against its own uid and the record; only then does it send its environment and its stdin, stdout
+and stderr. The worker checks the client's uid the same way. The worker, the server and their supervisor start with
+a scrubbed environment (no credentials: tasks/ops/prefect_server.py), and the worker's sys.path holds no writable
+data directory (`python -P`), so a `polars.py` in the Prefect home or the working directory is never imported.
+
+A command run by the worker is the command a fresh process would be: it runs with the client's resource limits
+(`ulimit`) and priority (`nice`), or the worker refuses when it cannot give them (a limit above its own); it dies
+with its worker (PR_SET_PDEATHSIG) as it does with its client, and it reports its own exit code to the client, so
+a worker killed with -9 leaves a command that stopped as an interrupted run (exit 130, resumable), never one that
+goes on publishing behind a client that already exited. Ctrl-Z (SIGTSTP) on the client stops the command too, and
+`fg` (SIGCONT) resumes both; SIGSTOP cannot be caught, so `kill -STOP` on the client stops only the client.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
+import tempfile
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -44,17 +63,61 @@ IMPORT_TIME_PREFIXES = ("PREFECT_", "SLUICE_", "POLARS_", "GX_", "GE_", "PYTHON"
                         "NUMEXPR_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "CUDA_", "LC_")
 IMPORT_TIME_NAMES = ("HOME", "USER", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV")
 NOT_IMPORT_TIME = ("SLUICE_SERVER_IDLE_SECONDS",)  # read by the client only
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+# what a service (supervisor, server, worker) needs besides the import-time variables
+SERVICE_NAMES = ("PATH", "TMPDIR", "TMP", "TEMP", "AWS_EC2_METADATA_DISABLED", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                 "REQUESTS_CA_BUNDLE", "NO_PROXY", "no_proxy")
 PREFECT_FILES = (".env", "prefect.toml")
 HEADER = struct.Struct("!I")
+LIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+PR_SET_PDEATHSIG = 1
 
 
-def socket_path() -> Path:
-    """Next to the server's record; in /tmp when that path is too long for a Unix socket (108 bytes)."""
-    path = home() / "sluice-worker.sock"
-    if len(str(path)) < 100:
-        return path
-    digest = hashlib.sha256(str(home().resolve()).encode()).hexdigest()[:16]
-    return Path("/tmp") / f"sluice-{os.getuid()}-{digest}.sock"
+def secret_name(name: str) -> bool:
+    return any(word in name.upper() for word in SECRET_WORDS)
+
+
+def service_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment the supervisor, the server and the worker start with: what imports read and what a process
+    needs to run, never a credential (the first command's AWS or OpenAI keys would otherwise live on in them)."""
+    return {**import_time_env(env), **{k: env[k] for k in SERVICE_NAMES if k in env}}
+
+
+def socket_dir() -> Path:
+    """A directory only this user can enter: in the Prefect home, or a fresh private temporary one when that path
+    is too long for a Unix socket (108 bytes). Its path is in the worker's record, never guessed."""
+    private = home() / "sluice-worker.d"
+    if len(str(private / "worker.sock")) < 100:
+        with suppress(FileExistsError):
+            private.mkdir(mode=0o700)
+        if not _private_dir(private):
+            raise PermissionError(f"{private} is not a private directory of this user")
+        return private
+    return Path(tempfile.mkdtemp(prefix="sluice-worker-"))
+
+
+def _private_dir(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def trusted_socket(path: Path) -> bool:
+    """The socket and its directory are this user's, not links, and closed to everyone else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+            and _private_dir(path.parent))
+
+
+def peer(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket, from the kernel."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return pid, uid
 
 
 def record_path() -> Path:
@@ -66,6 +129,10 @@ def read_record() -> dict | None:
         return json.loads(record_path().read_text())
     except (FileNotFoundError, ValueError):
         return None
+
+
+def limits() -> dict[str, list[int]]:
+    return {name: list(resource.getrlimit(number)) for name, number in sorted(LIMITS.items())}
 
 
 def code_fingerprint() -> str:
@@ -86,7 +153,8 @@ def code_fingerprint() -> str:
 
 def import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items()
-            if (k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_NAMES) and k not in NOT_IMPORT_TIME}
+            if (k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_NAMES) and k not in NOT_IMPORT_TIME
+            and not secret_name(k)}
 
 
 def prefect_settings_file(cwd: str) -> str | None:
@@ -103,20 +171,29 @@ def prefect_settings_file(cwd: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------- the client
 
 def run_in_worker(argv: list[str]) -> int | None:
-    """Run `sluice ARGV` in the warm worker: its exit code, or None when there is no worker or it refused (the
-    caller then runs the command itself). Call with PREFECT_API_URL already pointing at the shared server."""
-    path = socket_path()
+    """Run `sluice ARGV` in the warm worker: its exit code, or None when there is no worker, it cannot be trusted,
+    or it refused (the caller then runs the command itself). Call with PREFECT_API_URL already pointing at the
+    shared server."""
+    record = read_record()
     cwd = os.getcwd()
-    if not path.exists() or prefect_settings_file(cwd):
+    if not record or not record.get("socket") or prefect_settings_file(cwd):
+        return None
+    path = Path(record["socket"])
+    if not trusted_socket(path):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(30)  # a worker that does not answer is not waited for (it then stops what it forked, if any)
     try:
         sock.connect(str(path))
+        pid, uid = peer(sock)
+        if uid != os.getuid() or pid != record.get("pid"):
+            sock.close()
+            return None
         umask = os.umask(0o022)
         os.umask(umask)
         payload = json.dumps({"argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": umask,
-                              "code": code_fingerprint()}).encode()
+                              "code": code_fingerprint(), "limits": limits(),
+                              "nice": os.getpriority(os.PRIO_PROCESS, 0)}).encode()
         socket.send_fds(sock, [HEADER.pack(len(payload))], [0, 1, 2])
         sock.sendall(payload)
         replies = sock.makefile("rb")
@@ -134,17 +211,30 @@ def run_in_worker(argv: list[str]) -> int | None:
         with suppress(ProcessLookupError):
             os.kill(child, signum)
 
+    def suspend(signum, frame):  # Ctrl-Z: the command stops with its client (SIGTSTP is lost on its group)
+        with suppress(ProcessLookupError):
+            os.kill(child, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+
+    def resume(signum, frame):
+        with suppress(ProcessLookupError):
+            os.kill(child, signal.SIGCONT)
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
+    signal.signal(signal.SIGTSTP, suspend)
+    signal.signal(signal.SIGCONT, resume)
     try:
-        line = replies.readline()
+        line = replies.readline()  # the command's own report, or the worker's when the command died by a signal
     except OSError:
         line = b""
     finally:
         sock.close()
     if not line:
-        print(f"error: the warm sluice worker went away while running this command (its pid was {child})",
-              file=sys.stderr)
+        print(f"error: the warm sluice worker and the command it ran (pid {child}) went away without an exit "
+              "code; rerun with the same --run-id to resume", file=sys.stderr)
         return 1
     return int(json.loads(line)["exit"])
 
@@ -194,6 +284,15 @@ class Worker:
             return f"environment differs in {', '.join(differing[:5])}"
         if prefect_settings_file(request.get("cwd") or "/"):
             return "Prefect settings file in the working directory"
+        ours = limits()
+        for name, (_soft, hard) in (request.get("limits") or {}).items():
+            if name not in ours:
+                continue
+            mine = ours[name][1]
+            if mine != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > mine):
+                return f"{name} of the client ({hard}) is above the worker's ({mine})"
+        if int(request.get("nice", 0)) < os.getpriority(os.PRIO_PROCESS, 0):
+            return "the client runs at a higher priority than the worker"
         return None
 
     def write_record(self) -> None:
@@ -246,6 +345,9 @@ class Worker:
             with suppress(OSError):
                 if os.stat(self.path).st_ino == inode:  # a newer worker may have bound the path meanwhile
                     self.path.unlink()
+            if self.path.parent.name.startswith("sluice-worker-"):  # a private temporary directory of its own
+                with suppress(OSError):
+                    self.path.parent.rmdir()
             record = read_record()
             if record and record.get("pid") == os.getpid():
                 record_path().unlink(missing_ok=True)
@@ -257,8 +359,7 @@ class Worker:
         fds: list[int] = []
         try:
             conn.settimeout(10)
-            _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                            struct.calcsize("3i")))
+            _, uid = peer(conn)
             if uid != os.getuid():
                 raise PermissionError(f"uid {uid} may not use this worker")
             header, fds, _, _ = socket.recv_fds(conn, HEADER.size, 3)
@@ -285,9 +386,10 @@ class Worker:
                 conn.sendall(json.dumps({"refused": reason}).encode() + b"\n")
             conn.close()
             return
+        worker = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self.become_command(request, fds, [listener, conn, *self.clients.values()], pipe)
+            self.become_command(request, fds, conn, [listener, *self.clients.values()], pipe, worker)
         for fd in fds:
             os.close(fd)
         try:
@@ -342,11 +444,15 @@ class Worker:
             time.sleep(0.2)
 
     @staticmethod
-    def become_command(request: dict, fds: list[int], inherited: list[socket.socket], pipe: tuple[int, int]
-                       ) -> None:
-        """In the forked child: become `sluice ARGV` as the client would have run it, then exit. Never returns."""
+    def become_command(request: dict, fds: list[int], client: socket.socket, inherited: list[socket.socket],
+                       pipe: tuple[int, int], worker: int) -> None:
+        """In the forked child: become `sluice ARGV` as the client would have run it, then report the exit code to
+        the client and exit. Never returns."""
         code = 1
         try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # dies with its worker
+            if os.getppid() != worker:  # the worker died before the line above
+                os._exit(130)
             signal.set_wakeup_fd(-1)
             for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
@@ -359,6 +465,12 @@ class Worker:
                 os.close(fd)
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(line_buffering=stream.isatty())
+            for name, (soft, hard) in (request.get("limits") or {}).items():  # the client's ulimits
+                if name in LIMITS and [soft, hard] != list(resource.getrlimit(LIMITS[name])):
+                    resource.setrlimit(LIMITS[name], (soft, hard))
+            nice = int(request.get("nice", 0)) - os.getpriority(os.PRIO_PROCESS, 0)
+            if nice > 0:
+                os.nice(nice)
             os.chdir(request["cwd"])
             os.umask(int(request.get("umask", 0o022)))  # files the command writes get the client's permissions
             os.environ.clear()
@@ -383,13 +495,15 @@ class Worker:
                 atexit._run_exitfuncs()
                 sys.stdout.flush()
                 sys.stderr.flush()
+                with suppress(OSError):
+                    client.sendall(json.dumps({"exit": code}).encode() + b"\n")
             finally:
                 os._exit(code)
 
 
 def serve(parent: int) -> int:
     _warm_imports()
-    return Worker(socket_path(), parent).serve()
+    return Worker(socket_dir() / "worker.sock", parent).serve()
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "serve":

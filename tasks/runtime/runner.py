@@ -260,7 +260,8 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
     extra = {}
     if stage.steps.against_published:
         extra["published"] = published_index(ctx.storage, ctx.config.publish.dataset,
-                                             append=ctx.config.publish.mode == "append")
+                                             append=ctx.config.publish.mode == "append",
+                                             check=ctx.config.publish.verify_base)
     fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params.model_dump(mode="json"),
                      ctx.code_version, *([o["sha256"] for o in objs] for _, objs in sides),
                      *(extra["published"].fingerprint() if extra else []))

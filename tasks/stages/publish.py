@@ -91,8 +91,9 @@ def open_version(ctx, inputs: list[dict]) -> dict:
               "mode": ctx.config.publish.mode, "base": None, "embeddings": _embedding_parts(ctx, inputs)}
     base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
     if base:
-        from tasks.io.versions import version_manifest
+        from tasks.io.versions import require_intact, version_manifest
 
+        require_intact(ctx.storage, dataset, base, ctx.config.publish.verify_base)
         manifest = version_manifest(ctx.storage, dataset, base)
         schema = ctx.storage.parquet_empty(manifest.outputs[0].path) if manifest.outputs else None
         if schema is not None:
