@@ -162,20 +162,51 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from schemas.config import check_safe_name, load_config
-    from tasks.ops.forget import Selector, forget
+    from tasks.ops.forget import Selector, forget, lift
 
     check_safe_name(args.dataset, "dataset name")
     cfg = load_config(args.config)
     storage = _storage(args.output, args.config)
-    done = forget(storage, cfg, args.dataset, Selector(args.source, args.ids, args.where), args.reason, args.by)
-    if not done["rows_forgotten"]:
+    if args.undo:
+        done = lift(storage, args.dataset, args.undo, args.reason, args.by)
+        print(f"lifted takedown {done['tombstone']} of {args.dataset} ({done['rows']:,} rows, {done['selector']}); "
+              "later runs no longer reject its content. The tombstone stays, with the lifting recorded beside it.")
+        return 0
+    dry_run = args.dry_run or (not args.yes and not sys.stdin.isatty())
+
+    def confirm(plan: dict) -> bool:
+        _print_forget_plan(plan)
+        answer = input(f"forget these {plan['rows_selected']:,} rows? [y/N] ").strip().lower()
+        return answer in ("y", "yes")
+
+    done = forget(storage, cfg, args.dataset, Selector(args.source, args.ids, args.where), args.reason or "",
+                  args.by, dry_run=dry_run, max_fraction=args.max_fraction,
+                  confirm=None if (dry_run or args.yes) else confirm)
+    if not done["rows_selected"]:
         print(f"{args.dataset} v{done['version']}: no row matches; nothing published")
+        return 1
+    if done.get("dry_run"):
+        _print_forget_plan(done)
+        print("dry run: nothing was forgotten" + ("" if args.dry_run else " (stdin is not a terminal)")
+              + "; rerun with --yes to publish the next version without these rows")
+        return 0
+    if done.get("declined"):
+        print("nothing was forgotten")
         return 1
     print(f"{args.dataset}: v{done['version']} = v{done['from_version']} without {done['rows_forgotten']:,} rows "
           f"({done['rows']:,} left)")
     print(f"tombstone: {done['tombstone']}")
-    print("later runs reject this content as dedup.forgotten")
+    print("later runs reject this content as dedup.forgotten (`sluice forget --undo` lifts it)")
     return 0
+
+
+def _print_forget_plan(plan: dict) -> None:
+    share = plan["rows_selected"] / max(plan["rows_total"], 1)
+    print(f"{plan['selector']} selects {plan['rows_selected']:,} of {plan['rows_total']:,} rows of "
+          f"{plan['dataset']} v{plan['version']} ({share:.1%})")
+    for source, n in sorted(plan["rows_by_source"].items(), key=lambda kv: -kv[1])[:10]:
+        print(f"  {n:>10,}  {source}")
+    print(f"  e.g. ids: {', '.join(plan['sample_ids'])}")
 
 
 def cmd_files(args: argparse.Namespace) -> int:
@@ -564,9 +595,16 @@ def _ops_commands(sub) -> None:
     which.add_argument("--source", metavar="URI", help="rows whose `source` is URI (a prefix when it ends in *)")
     which.add_argument("--ids", metavar="FILE", help="a file of row ids (id, source_id or content_sha256), one a line")
     which.add_argument("--where", metavar="EXPR", help="a SQL expression over the published columns, e.g. "
-                                                       "\"label = 'spam' AND source LIKE '%%forum%%'\"")
-    p.add_argument("--reason", required=True, help="why (kept in the tombstone log)")
+                                                       "\"label = 'spam' AND source LIKE '%%forum%%'\" (no comments)")
+    which.add_argument("--undo", metavar="TOMBSTONE", help="lift a takedown (forget-YYYYMMDDT…Z): later runs no "
+                                                           "longer reject its content; the tombstone stays")
+    p.add_argument("--reason", help="why (kept in the tombstone log); required unless --dry-run")
     p.add_argument("--by", metavar="WHO", help="who asked (default: this user)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be forgotten and publish nothing (the "
+                                                         "default when stdin is not a terminal, unless --yes)")
+    p.add_argument("--yes", action="store_true", help="do it without asking (for scripts)")
+    p.add_argument("--max-fraction", type=float, default=0.1, metavar="F",
+                   help="refuse when the selector takes more than this share of the version (default 0.1)")
     _output_and_config(p)
     p.set_defaults(fn=cmd_forget)
 

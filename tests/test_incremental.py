@@ -127,7 +127,7 @@ def test_forget_a_source_and_nothing_of_it_comes_back(published_v1, tmp_path, ca
 
     capsys.readouterr()
     assert main(["forget", "inc", "--source", "poisoned.jsonl", "--reason", "poisoned crawl, ticket 42", "--by",
-                 "alice", "--output", str(out)]) == 0
+                 "alice", "--output", str(out), "--yes", "--max-fraction", "0.2"]) == 0
     said = capsys.readouterr().out
     assert "v3 = v2 without 50 rows (300 left)" in said
     v3 = manifest(out, "datasets", "inc", "v3")
@@ -168,7 +168,8 @@ def test_forget_a_source_and_nothing_of_it_comes_back(published_v1, tmp_path, ca
     assert "no_such_column" in capsys.readouterr().err
     ids = tmp_path / "ids.txt"
     ids.write_text("doc-460\ndoc-461\n")
-    assert main(["forget", "inc", "--ids", str(ids), "--reason", "removal request", "--output", str(out)]) == 0
+    assert main(["forget", "inc", "--ids", str(ids), "--reason", "removal request", "--output", str(out),
+                 "--yes", "--max-fraction", "0.3"]) == 0
     assert manifest(out, "datasets", "inc", "v6")["rows_out"] == 8
 
 
@@ -297,7 +298,7 @@ def test_append_and_forget_on_s3(s3_env, prefect_server, tmp_path, capsys):
     assert len(files) == len(v2["outputs"]) and all(f.startswith("s3://inc/root/datasets/inc/v") for f in files)
 
     assert main(["forget", "inc", "--where", "source_id = 'doc-3' OR source_id = 'doc-105'", "--reason",
-                 "removal request", "--output", out]) == 0
+                 "removal request", "--output", out, "--yes"]) == 0
     v3 = on_s3("datasets/inc/v3/_manifest.json")
     assert v3["rows_out"] == 118 and v3["published"]["rows_forgotten"] == 2
     assert len(fs.ls("inc/root/datasets/inc/_tombstones")) == 2  # the record and the forgotten rows' index

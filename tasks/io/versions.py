@@ -121,9 +121,12 @@ def index_objects(manifest: StageManifest) -> list[DataObject]:
 def tombstone_objects(storage: Storage, dataset: str) -> list[DataObject]:
     """The index parts of every row `sluice forget` removed from the dataset (blocked content)."""
     folder = layout.tombstones_dir(dataset)
+    names = sorted(storage.listdir(folder))
     found = []
-    for name in sorted(storage.listdir(folder)):
-        if name.endswith(".json"):
+    for name in names:
+        if name.endswith(".json") and not name.endswith(".lifted.json"):
+            if name.removesuffix(".json") + ".lifted.json" in names:  # lifted: no longer blocked
+                continue
             record = storage.read_json(f"{folder}/{name}")
             if record.get("index"):
                 found.append(DataObject.model_validate(record["index"]))

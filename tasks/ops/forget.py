@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,10 +68,26 @@ class Selector:
                 raise ForgetError(f"--ids {self.ids_file}: the file lists no ids")
             return (pl.col("id").is_in(ids.implode()) | pl.col("content_sha256").is_in(ids.implode())
                     | pl.col("source_id").is_in(ids.implode()))
+        if "--" in self.where or "/*" in self.where or ";" in self.where:
+            raise ForgetError(f"--where {self.where!r}: comments and ';' are not allowed (a comment silently cuts "
+                              "the expression short)")
         try:
             return pl.sql_expr(self.where)
         except Exception as exc:  # polars raises several error types for a bad expression
             raise ForgetError(f"--where {self.where!r} is not a valid SQL expression: {exc}") from exc
+
+    def check_columns(self, columns: list[str]) -> None:
+        """A --where naming a column the version does not have is a usage error, not 'no row matches'."""
+        if self.where is None:
+            return
+        try:
+            named = set(self.expression().meta.root_names())
+        except pl.exceptions.PolarsError:
+            return
+        unknown = sorted(named - set(columns) - {"source_id"})
+        if unknown:
+            raise ForgetError(f"--where names {', '.join(unknown)}, which the published version does not have "
+                              f"(its columns: {', '.join(columns)})")
 
 
 def _matches(frame: pl.DataFrame, selector: Selector) -> pl.Series:
@@ -83,16 +101,18 @@ def _matches(frame: pl.DataFrame, selector: Selector) -> pl.Series:
 
 
 def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selector, reason: str,
-           by: str | None = None) -> dict:
+           by: str | None = None, dry_run: bool = False, max_fraction: float = 0.1,
+           confirm: Callable[[dict], bool] | None = None) -> dict:
     """Publish the next version of `dataset` without the selected rows; record the tombstone. Returns a summary.
-    Nothing is published when no row matches."""
+    Nothing is published when no row matches, on a dry run, when `confirm` declines, or when the rows selected
+    exceed `max_fraction` of the version (ForgetError: a selector like `... OR 1=1` must not erase a dataset)."""
     from tasks.ops.diff import diff_vs_previous
     from tasks.ops.report.card import dataset_card
     from tasks.ops.retrain_hook import worth_retraining
     from tasks.stages.dedup.published import index_rows
     from tasks.stages.publish import claim_version, emit_published
 
-    if not reason.strip():
+    if not reason.strip() and not dry_run:
         raise ForgetError("--reason must say why (it is kept in the tombstone log)")
     selector.expression()  # a bad selector fails before anything is locked
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -108,25 +128,48 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
         if index and len(index) != len(before.outputs):
             raise ForgetError(f"{dataset} v{base}: its manifest lists {len(before.outputs)} data files and "
                               f"{len(index)} index parts; refusing to guess which belongs to which")
+        if before.outputs:
+            selector.check_columns(list(storage.parquet_schema(before.outputs[0].path)))
+        hits: dict[int, pl.Series] = {}  # the first pass only counts: nothing is written before the guard
+        by_source: dict[str, int] = {}
+        sample: list[str] = []
+        for i, obj in enumerate(before.outputs):
+            frame = storage.read_parquet(obj.path, columns=None)
+            hit = _matches(frame, selector)
+            if hit.any():
+                hits[i] = hit
+                gone = frame.filter(hit)
+                for src, n in gone.group_by("source").agg(pl.len()).iter_rows():
+                    by_source[src] = by_source.get(src, 0) + n
+                sample += gone["id"].head(5 - len(sample)).to_list() if len(sample) < 5 else []
+        selected = sum(by_source.values())
+        plan = {"dataset": dataset, "version": base, "rows_forgotten": 0, "rows_selected": selected,
+                "rows_total": before.rows_out, "rows_by_source": dict(sorted(by_source.items())),
+                "sample_ids": sample, "selector": selector.describe()}
+        if not selected:
+            log.warning(f"{dataset} v{base}: no row matches {selector.describe()}; nothing forgotten")
+            return plan
+        share = selected / max(before.rows_out, 1)
+        if share > max_fraction:
+            raise ForgetError(f"{selector.describe()} selects {selected:,} of {before.rows_out:,} rows of {dataset} "
+                              f"v{base} ({share:.1%}), above --max-fraction {max_fraction:g}: nothing was "
+                              "forgotten. Check the selector (`--dry-run` shows what it selects), or raise "
+                              "--max-fraction if you mean it")
+        if dry_run or (confirm is not None and not confirm(plan)):
+            return {**plan, "dry_run": dry_run, "declined": not dry_run}
         ctx = RunContext(storage, tomb_id, config)
-        version = None
+        version = claim_version(ctx, dataset)
         outputs: list[DataObject] = []
         new_index: list[DataObject] = []
         forgotten: list[pl.DataFrame] = []
-        by_source: dict[str, int] = {}
         for i, obj in enumerate(before.outputs):
-            frame = storage.read_parquet(obj.path)
-            hit = _matches(frame, selector)
-            if not hit.any():
+            if i not in hits:
                 outputs.append(obj)
                 if index:
                     new_index.append(index[i])
                 continue
-            if version is None:
-                version = claim_version(ctx, dataset)
+            frame, hit = storage.read_parquet(obj.path), hits[i]
             gone, kept = frame.filter(hit), frame.filter(~hit)
-            for src, n in gone.group_by("source").agg(pl.len()).iter_rows():
-                by_source[src] = by_source.get(src, 0) + n
             old_index = storage.read_parquet(index[i].path) if index else index_rows(frame, config.dedup, base)
             if kept.height:  # a file left empty is dropped from the version, not rewritten
                 k = len([o for o in outputs if o.path.startswith(layout.version_dir(dataset, version) + "/")])
@@ -135,9 +178,6 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
                                                        old_index.filter(~hit)))
             forgotten.append(old_index.filter(hit).with_columns(content_sha256=gone["content_sha256"],
                                                                 tombstone=pl.lit(tomb_id)))
-        if version is None:
-            log.warning(f"{dataset} v{base}: no row matches {selector.describe()}; nothing forgotten")
-            return {"dataset": dataset, "version": base, "rows_forgotten": 0}
         rows_forgotten = sum(f.height for f in forgotten)
         blocked = storage.write_parquet(layout.tombstone(dataset, stamp, ".parquet"), pl.concat(forgotten))
         record = {"tombstone": tomb_id, "dataset": dataset, "from_version": base, "version": version,
@@ -163,6 +203,9 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
         storage.write_bytes(layout.version_card(dataset, version),
                             dataset_card(committed, [], config.publish, features).encode())
         lease.check()
+        if newest_version(storage, dataset) != base:
+            raise ForgetError(f"dataset {dataset}: a newer version than v{base} was published meanwhile; forget "
+                              "again on it")
         if not storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
             raise ForgetError(f"dataset {dataset} v{version} was committed by someone else meanwhile")
         diff = diff_vs_previous(storage, dataset, version)
@@ -170,12 +213,52 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
         emit_published(published, rows_out, tomb_id, storage.uri(layout.version_dir(dataset, version)), diff,
                        worth_retraining(diff, config.retrain))
         log.info(f"{dataset}: v{version} = v{base} without {rows_forgotten:,} rows ({selector.describe()})")
-        return {"dataset": dataset, "from_version": base, "version": version, "rows_forgotten": rows_forgotten,
+        return {**plan, "from_version": base, "version": version, "rows_forgotten": rows_forgotten,
                 "rows": rows_out, "tombstone": storage.uri(layout.tombstone(dataset, stamp)), "diff": diff}
     finally:
         lease.release()
 
 
+def lift(storage: Storage, dataset: str, tombstone: str, reason: str, by: str | None = None) -> dict:
+    """Lift a takedown: later runs no longer reject its content as `dedup.forgotten`. The tombstone stays; a
+    `<stamp>.lifted.json` beside it records who lifted it, when and why. Versions are not changed: the rows come
+    back when their source is curated again (or read them from the version before the takedown)."""
+    if not reason.strip():
+        raise ForgetError("--reason must say why the takedown is lifted (it is kept beside the tombstone)")
+    stamp = tombstone.rsplit("/", 1)[-1].removeprefix("forget-").removesuffix(".json")
+    if not re.fullmatch(r"\d{8}T\d{6,12}Z", stamp):
+        raise ForgetError(f"{tombstone!r} is not a tombstone id (forget-YYYYMMDDTHHMMSS…Z, as `sluice diff` and "
+                          "the forget output print it)")
+    rel = layout.tombstone(dataset, stamp)
+    record = storage.read_json_if_exists(rel)
+    if record is None:
+        known = ", ".join(t["tombstone"] for t in tombstones(storage, dataset)) or "none"
+        raise ForgetError(f"dataset {dataset} has no tombstone {tombstone!r} (its tombstones: {known})")
+    lifted_rel = layout.tombstone(dataset, stamp, ".lifted.json")
+    note = {"tombstone": record["tombstone"], "lifted_by": by or getpass.getuser(),
+            "at": datetime.now(UTC).isoformat(), "reason": reason}
+    if not storage.create_exclusive(lifted_rel, render_json(note)):
+        raise ForgetError(f"takedown {record['tombstone']} was already lifted "
+                          f"({storage.read_json(lifted_rel).get('at')})")
+    return {**record, "lifted": note}
+
+
+def render_json(obj: dict) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
 def tombstones(storage: Storage, dataset: str) -> list[dict]:
+    """Every takedown, with `lifted` set on those that were lifted."""
     folder = layout.tombstones_dir(dataset)
-    return [storage.read_json(f"{folder}/{n}") for n in sorted(storage.listdir(folder)) if n.endswith(".json")]
+    names = sorted(storage.listdir(folder))
+    out = []
+    for n in names:
+        if n.endswith(".json") and not n.endswith(".lifted.json"):
+            record = storage.read_json(f"{folder}/{n}")
+            lifted = n.removesuffix(".json") + ".lifted.json"
+            if lifted in names:
+                record["lifted"] = storage.read_json(f"{folder}/{lifted}")
+            out.append(record)
+    return out
