@@ -248,10 +248,15 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
     cfg = params.score
     emb = (feats["embedding"].to_numpy().reshape(feats.height, -1)  # float16, as stored: see semantic.CHUNK
            if feats.height else np.zeros((0, 1), dtype=np.float16))
+    # a NaN or infinite embedding is a broken model: zeroed here so the clustering runs, its prototypicality NaN,
+    # and the stage's contract fails at commit naming it (rate_checks), instead of faiss failing on it
+    finite = np.isfinite(emb).all(axis=1) if feats.height else np.ones(0, dtype=bool)
+    if not finite.all():
+        emb = np.where(finite[:, None], emb, 0).astype(emb.dtype)
     k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
     centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample,
                                          device=loaded.device if loaded is not None else None)
-    proto = semantic.prototypicality(emb, centroids, nearest)
+    proto = np.where(finite, semantic.prototypicality(emb, centroids, nearest), np.nan)
     survivor = np.full(feats.height, -1)
     cosine = np.full(feats.height, np.nan)
     if cfg.semdedup.enabled and feats.height:
@@ -273,8 +278,12 @@ def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = Non
             pub_version[rows] = np.asarray(versions, dtype=object)[found]
     contam = cfg.contamination
     hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
-    quality, artifacts = _quality(emb, cfg, loaded)
-    dyn = _dynamics(feats, emb, cfg, loaded)
+    if finite.all():
+        quality, artifacts = _quality(emb, cfg, loaded)
+        dyn = _dynamics(feats, emb, cfg, loaded)
+    else:  # nothing is trained on a broken model's output; the contract fails at commit
+        quality, artifacts = np.full(feats.height, np.nan), {}
+        dyn = _dynamics(feats.clear(feats.height).with_columns(label=pl.lit(None, pl.String)), emb, cfg, None)
     return pl.concat([feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
                         "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
@@ -309,7 +318,11 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                                      threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
     kept = judged.filter(pl.col("reason").is_null())
+    broken = joined.filter(pl.col("score_scored") & pl.any_horizontal(
+        [pl.col(c).is_nan() | pl.col(c).is_infinite() for c in ("score_nll", "score_bits_per_char",
+                                                                 "score_prototypicality")]))
     stats = Stats(counts={"score.rows": joined.height, "score.scored": int(joined["score_scored"].sum() or 0),
+                          "score.non_finite": broken.height,
                           "score.label_issues": int(joined["label_issue"].sum() or 0),
                           "score.contaminated": int(joined["contaminated"].sum() or 0),
                           "score.semantic_duplicates": int(joined["dup_survivor"].is_not_null().sum()),
@@ -327,6 +340,16 @@ def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | N
     loaded = loaded if loaded is not None else load_models(params)
     decisions, _ = decide(features(batch, params, loaded), params, loaded)
     return apply(batch, decisions, params)
+
+
+def rate_checks(stats: Stats, rows_in: int, params: ScoreParams) -> list[dict]:
+    """A NaN or infinite score is a broken model (a damaged weight file, an overflow), never data: any fails the
+    contract."""
+    bad = stats.counts.get("score.non_finite", 0)
+    return [{"name": "score.non_finite", "count": bad, "rate": bad / max(rows_in, 1), "warn": 0.0, "max": 0.0,
+             "message": f"{bad:,} scored rows have a NaN or infinite perplexity, bits per char or prototypicality: "
+                        "the model or its weights are broken, not the data (`sluice run --log-level debug` shows "
+                        "the model files used)"}]
 
 
 def summarize(stats: Stats, params: ScoreParams) -> dict:
@@ -356,5 +379,6 @@ STAGE = Stage(
     teardown=release_models,
     needs=("torch", "transformers", "sentence_transformers", "faiss"),
     summarize=summarize,
+    rate_checks=rate_checks,
     description="perplexity, embeddings, semantic dedup, semantic contamination and prototypicality on torch",
 )

@@ -8,6 +8,7 @@ under a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -175,9 +176,40 @@ def lm_folder(cfg: LanguageModelConfig) -> Path:
     verify(source, cfg.sha256)
     # -v2: the config names its architecture (servers such as `transformers serve` need it to load the folder)
     cached = cache_root(cfg) / f"smollm2-135m-instruct-{cfg.sha256[LM_GGUF][:16]}-v2"
-    if not (cached / "model.safetensors").exists():
-        _convert_gguf(source, cached)
+    if (cached / "model.safetensors").exists():
+        problem = _cache_problem(cached)
+        if problem is None:
+            return cached
+        log.warning(f"the cached LM conversion {cached} is damaged ({problem}); converting the packaged GGUF again")
+        doomed = cached.parent / f".{cached.name}.damaged-{uuid.uuid4().hex}"
+        with contextlib.suppress(OSError):
+            os.replace(cached, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    _convert_gguf(source, cached)
+    problem = _cache_problem(cached)
+    if problem is not None:
+        raise ModelError(f"the LM conversion written to {cached} does not read back as written: {problem}")
     return cached
+
+
+CACHE_HASHES = "sluice-sha256.json"
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """What is wrong with a cached conversion: no record of its hashes (written by an older Sluice) or a file whose
+    sha256 differs from the one recorded when it was written. The whole cache is hashed at every load (about 1 s
+    for SmolLM2-135M's 540 MB), once per worker process: one changed byte gave NaN perplexities before."""
+    try:
+        recorded = json.loads((folder / CACHE_HASHES).read_text())
+    except (OSError, ValueError):
+        return f"no {CACHE_HASHES}"
+    present = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CACHE_HASHES)
+    if present != sorted(recorded):
+        return f"files {present} differ from the recorded {sorted(recorded)}"
+    for name, want in recorded.items():
+        if sha256_file(folder / name) != want:
+            return f"{name} does not match the sha256 recorded when it was written"
+    return None
 
 
 def _convert_gguf(source: Path, dest: Path) -> None:
@@ -197,6 +229,8 @@ def _convert_gguf(source: Path, dest: Path) -> None:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))  # handles the tied embeddings
+        hashes = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / CACHE_HASHES).write_text(json.dumps(hashes, indent=2, sort_keys=True))
         os.replace(tmp, dest)
     except OSError:
         if (dest / "model.safetensors").exists():  # another process finished first
@@ -230,11 +264,13 @@ def cached_vectors(cache: Path, identity: dict, texts: list[str], compute):
     if path.exists():
         try:
             vectors = np.load(path, allow_pickle=False)
-            if vectors.shape[0] == len(texts):
+            if vectors.shape[0] == len(texts) and np.isfinite(vectors).all():
                 return vectors
         except (OSError, ValueError):
             pass
     vectors = compute(texts)
+    if not np.isfinite(vectors).all():  # a broken model's output is never kept for later runs
+        return vectors
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     with open(tmp, "wb") as fh:
