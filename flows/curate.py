@@ -24,7 +24,7 @@ from tasks.io import layout
 from tasks.io.interrupt import Interrupted, request_stop, shielded
 from tasks.io.locks import FencedLock, dataset_lock, run_lock
 from tasks.io.readers import resolve_inputs
-from tasks.io.storage import Storage
+from tasks.io.storage import Storage, check_uri
 from tasks.ops.report import markdown_summary, write_report
 from tasks.ops.report.card import summary_rows
 from tasks.runtime import registry
@@ -257,6 +257,9 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
                dask_address: str | None = None, replay: dict | None = None, limit: int | None = None,
                publish_mode: str | None = None) -> dict:
     """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
+    for uri in inputs:  # before anything logs it or hands it to Prefect as a flow parameter
+        check_uri(uri, "input")
+    check_uri(output, "output")
     config = load_config(config_path)
     names = registry.preflight(config, stages)  # a typo is one line now, not a flow run that fails
     if not replay and any(registry.STAGES[n].kind == "source" for n in names):

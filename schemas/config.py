@@ -677,7 +677,8 @@ class ContractConfig(Strict):
 
 class PublishConfig(Strict):
     dataset: str = "curated"
-    description: str = ""
+    description: str = Field("", max_length=20_000, description="the card's description (copied into run.json and "
+                             "the card: at most 20,000 characters)")
     license: str = Field("unknown", pattern=r"^[a-z0-9][a-z0-9.+-]*$", description="the card's license, as a Hugging "
                          "Face license id (cc-by-4.0, mit, apache-2.0, other, unknown)")
     mode: Literal["auto", "replace", "append"] = Field(
@@ -771,16 +772,37 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the offending key."""
 
 
+def _huge_integers(data, prefix: str = ""):
+    """TOML allows integers of any size; every count and size here is a 64-bit integer downstream."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else []
+    for key, value in items:
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            yield where, float(value)
+        elif isinstance(value, dict | list):
+            yield from _huge_integers(value, where)
+
+
 def load_config(path: str | Path | None) -> SluiceConfig:
     if path is None:
         return SluiceConfig()
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 byte order mark is not TOML
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder; give the path of a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    huge = list(_huge_integers(data))
+    if huge:
+        raise ConfigError(f"config file {path} is invalid:\n" + "\n".join(
+            f"  {key}: {value:.3g} is out of range (integers must be below 2^63)" for key, value in huge))
     try:
         return SluiceConfig.model_validate(data)
     except ValidationError as exc:

@@ -416,7 +416,7 @@ def test_backtranslation_keeps_the_response_and_adds_the_instruction(loaded, tmp
                                                               "max_perplexity": None, "min_label_probability": 0.0})
     ld, recorder = _with_recorder(loaded, tmp_path)
     batch = corpus()
-    decisions, artifacts = augment.decide(augment.features(batch, p), p, ld)
+    decisions, artifacts, _ = augment.decide(augment.features(batch, p), p, ld)
     assert decisions.height == 2 and all(pr.startswith("Here is a response.") for pr in recorder.prompts)
     parents = dict(zip(batch["id"], batch["text"], strict=True))
     for row in decisions.iter_rows(named=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,27 @@ from tasks.io.manifests import DataObject, Record, parse, render
 
 def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://"))
+
+
+CREDENTIALS_IN_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@]*)@")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any `user:password@` replaced, for messages and logs."""
+    return CREDENTIALS_IN_URI.sub(r"\1***@", uri)
+
+
+class CredentialsInUri(ValueError):
+    """A URI carrying credentials (`s3://key:secret@bucket/...`): refused before anything logs it or sends it to
+    Prefect (flow parameters, logs and events are stored in the server's database)."""
+
+
+def check_uri(uri: str, what: str = "URI") -> str:
+    if CREDENTIALS_IN_URI.match(uri):
+        raise CredentialsInUri(f"{what} {redact_uri(uri)} carries credentials: they would be logged and stored with "
+                               "the run; give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or as references in "
+                               "[storage] (env:VAR, prefect-secret:BLOCK)")
+    return uri
 
 
 def filesystem(uri: str, s3_options: dict | None = None) -> fsspec.AbstractFileSystem:
@@ -75,6 +97,7 @@ class Storage:
     """A root URI plus the operations the commit protocol needs; paths passed in are relative to the root."""
 
     def __init__(self, root: str, s3_options: dict | None = None):
+        check_uri(root, "output")
         self.remote = is_s3(root)
         if self.remote:
             self.root = root.rstrip("/")

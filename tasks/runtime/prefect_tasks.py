@@ -146,9 +146,11 @@ def _resources(stage: Stage):
     return dask.annotate(resources={"GPU": 1})
 
 
-def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tuple[list, dict | None, dict]:
-    """Map the stage's shard tasks by kind; returns the receipts, a sink's claimed destination, and side outputs
-    (a global stage's features when they are public, like the score stage's embeddings)."""
+def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
+                    ) -> tuple[list, dict | None, dict, dict | None]:
+    """Map the stage's shard tasks by kind; returns the receipts, a sink's claimed destination, side outputs (a
+    global stage's features when they are public, like the score stage's embeddings) and what a global stage's
+    decide step counted."""
     retries = ctx.config.runner.retries
     shards = runner.shards_of(source)
     names, objs = [s for s, _ in shards], [o for _, o in shards]
@@ -169,15 +171,16 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest) -> tup
                 stage.steps.folder: [{k: f[k] for k in ("path", "rows", "sha256", "bytes")} for f in features]}
             if decisions.get("artifacts"):
                 side["artifacts"] = decisions["artifacts"]
-            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, side
+            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, side, \
+                decisions.get("stats")
         if stage.kind == "sink":
             target = stage.sink.open(ctx, objs)
             indexes = [_label([str(i) for i in b]) for b in batches]  # `publish-3`: the part it writes
             futures = sink_shards.with_options(retries=retries).map(ctx, stage, indexes, batches, batch_objs,
                                                                     unmapped(target))
-            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), target, {}
+            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), target, {}, None
         futures = map_shards.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs)
-        return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, {}
+        return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, {}, None
 
 
 def _batch_rows(receipts: list) -> int:
@@ -205,6 +208,7 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         log.info(f"{stage.name}: already committed for these inputs and params, skipped")
         return manifest
     try:
+        decided = None
         if stage.kind == "source" and ctx.config.ingest.limit_rows:
             receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
         elif stage.kind == "source":
@@ -213,9 +217,9 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
             per_file = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "files")
             receipts, target, side = [r for rs in per_file for r in rs], None, {}
         else:
-            receipts, target, side = _shard_receipts(ctx, stage, source)
+            receipts, target, side, decided = _shard_receipts(ctx, stage, source)
         return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
-                            side_outputs=side)
+                            side_outputs=side, decide_stats=decided)
     finally:
         lifecycle.release(stage.name)
 

@@ -275,14 +275,15 @@ def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -
             decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params), **extra)
         else:
             decided = stage.steps.decide(features, params, **extra)
-        decisions, artifacts = decided if isinstance(decided, tuple) else (decided, {})
+        decisions, artifacts, decide_stats = (*decided, Stats())[:3] if isinstance(decided, tuple) else (
+            decided, {}, Stats())
         written = ctx.storage.write_parquet(layout.decisions(ctx.run_id, stage.name), decisions)
         made = []
         for name, data in sorted(artifacts.items()):  # e.g. a trained head, kept with the run
             rel = layout.stage_artifact(ctx.run_id, stage.name, name)
             ctx.storage.write_bytes(rel, data)
             made.append({"path": rel, "rows": 0, "sha256": sha256_bytes(data), "bytes": len(data)})
-        receipt = {"fingerprint": fp, **written.as_json(), "artifacts": made,
+        receipt = {"fingerprint": fp, **written.as_json(), "artifacts": made, "stats": decide_stats.as_json(),
                    "seconds": round(time.perf_counter() - started, 3)}
         ctx.storage.write_json(receipt_rel, receipt)
         against = extra.get("published")
@@ -309,8 +310,9 @@ def committed_manifest(ctx: RunContext, stage: Stage, inputs: list[dict]) -> Sta
 
 
 def _warnings(stage_name: str, checks: list[dict], rows_in: int) -> list[str]:
-    warnings = [f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > warning level "
-                f"{c['warn']:.2%}" for c in checks if c["warn"] < c["rate"] <= c["max"]]
+    """A check above its warning level (and within its ceiling) warns, in its own words when it has them."""
+    warnings = [c.get("warning") or f"{c['name']}: {c['count']:,} of {rows_in:,} documents ({c['rate']:.2%}) > "
+                f"warning level {c['warn']:.2%}" for c in checks if c["warn"] < c["rate"] <= c["max"]]
     for w in warnings:
         log.warning(f"{stage_name}: {w}")
     return warnings
@@ -330,7 +332,8 @@ def rejected_share_check(contracts_cfg, stage_name: str, rows_in: int, rows_reje
 
 
 def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], started: float,
-                   contracts: Contracts, replay_of: dict | None = None) -> StageManifest:
+                   contracts: Contracts, replay_of: dict | None = None, decide_stats: Stats | None = None
+                   ) -> StageManifest:
     """Reconcile the receipts, run the stage-wide contract, and build the manifest (not yet written)."""
     receipts = sorted(receipts, key=lambda r: r.shard)
     rows_in = sum(r.rows_in for r in receipts)
@@ -343,7 +346,7 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
     by_reason: Counter = Counter()
     for r in receipts:
         by_reason.update(r.rejected_by_reason)
-    stats = Stats.merge(r.stats for r in receipts)
+    stats = Stats.merge([*(r.stats for r in receipts), *([decide_stats] if decide_stats else [])])
     params = stage.params(ctx.config)
     checks = stage.rate_checks(stats, rows_in, params) if stage.rate_checks else []
     checks += rejected_share_check(ctx.config.contracts, stage.name, rows_in, rows_rejected)
@@ -364,10 +367,12 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
 
 def commit_stage(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], contracts: Contracts,
                  started: float, replay_of: dict | None = None, sink_target: dict | None = None,
-                 side_outputs: dict[str, list[dict]] | None = None) -> StageManifest:
+                 side_outputs: dict[str, list[dict]] | None = None, decide_stats: dict | None = None
+                 ) -> StageManifest:
     """Reduce step: the manifest is written last — the commit marker — and only when the contract passed; a
     failed contract writes `_contract_failure.json` instead. A sink commits its destination first."""
-    manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of)
+    manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of,
+                              Stats.model_validate(decide_stats) if decide_stats else None)
     if side_outputs:
         manifest = manifest.model_copy(update={"side_outputs": {
             name: [DataObject.model_validate(o) for o in objs] for name, objs in side_outputs.items()}})

@@ -18,6 +18,9 @@ from schemas.record import CANONICAL, INGEST_REJECTED, conform
 from tasks.io.manifests import Stats
 from tasks.runtime.stage import Stage, StageResult
 
+# what a reader cannot see: whitespace, NUL and other controls, format characters (zero-width space and joiners,
+# the word joiner, a byte order mark, soft hyphens)
+INVISIBLE = r"[\s\p{Cc}\p{Cf}]"
 OPTIONAL = ("source_id", "source", "url", "timestamp", "label", "prompt", "response")
 class _Bad:
     """A line orjson rejected; `code` says whether it was the encoding or the syntax."""
@@ -111,6 +114,8 @@ def _from_tabular(rows: pl.DataFrame, params: IngestConfig) -> pl.DataFrame:
         dtype = rows.schema[col]
         if dtype == pl.String:
             return pl.col(col)
+        if dtype.is_float():  # a missing float label is NaN in many writers: it is no class named "NaN"
+            return pl.when(pl.col(col).is_nan()).then(None).otherwise(pl.col(col)).cast(pl.String)
         if dtype.is_nested():
             return pl.when(pl.col(col).is_not_null()).then(pl.struct(pl.col(col)).struct.json_encode()
                                                            .str.extract(r"^\{\"[^\"]*\":(.*)\}$"))
@@ -210,15 +215,17 @@ def ingest(batch: pl.DataFrame, params: IngestConfig) -> StageResult:
             candidates = candidates.with_columns(pl.lit(None, pl.String).alias(name))
 
     ts = _parse_timestamp("timestamp")
+    blank = pl.col("text").str.replace_all(INVISIBLE, "").str.len_bytes() == 0
     code = (
         pl.when(pl.col("code").is_not_null()).then(pl.col("code"))
-        .when(pl.col("text").str.strip_chars().str.len_bytes() == 0).then(pl.lit("ingest.text.empty"))
+        .when(blank).then(pl.lit("ingest.text.empty"))
         .when(pl.col("timestamp").is_not_null() & ts.is_null()).then(pl.lit("ingest.timestamp.invalid"))
     )
     detail = (
         pl.when(pl.col("code").is_not_null()).then(pl.col("detail"))
-        .when(pl.col("text").str.strip_chars().str.len_bytes() == 0)
-        .then(pl.lit(f"field {params.text_field!r} is empty or whitespace"))
+        .when(blank)
+        .then(pl.lit(f"field {params.text_field!r} is empty, or only whitespace, NUL, control or zero-width "
+                     "characters"))
         .when(pl.col("timestamp").is_not_null() & ts.is_null())
         .then(pl.format("field {} = {} is not a recognised date/time", pl.lit(repr(params.timestamp_field)),
                         pl.col("timestamp")))

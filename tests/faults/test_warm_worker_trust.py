@@ -152,7 +152,7 @@ def _address_limit(pid: int) -> str:
     raise AssertionError("no address space limit line")
 
 
-def test_the_worker_is_trusted_scrubbed_and_runs_commands_as_the_client_would(shared_home, tmp_path):
+def test_the_worker_is_trusted_scrubbed_and_runs_commands_as_the_client_would(shared_home, tmp_path):  # noqa: F811
     secret = "sk-never-in-a-service-9f3b"
     shared_home.mkdir(parents=True, exist_ok=True)
     marker = tmp_path / "imported"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
-from tasks.io.storage import _io, filesystem, is_s3
+from tasks.io.storage import _io, check_uri, filesystem, is_s3
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 CSV_EXT = (".csv",)
@@ -135,6 +135,8 @@ def resolve_inputs(uris: list[str], s3_options: dict | None = None, skipped: Ski
     """Expand globs and folders into a sorted, de-duplicated file list (sorted = deterministic shard ids). Every file
     a folder holds is returned (an unsupported one is quarantined by its reader) except hidden and marker files,
     which go to `skipped` with the reason."""
+    for uri in uris:
+        check_uri(uri, "input")
     root = input_root(uris)
     skipped = skipped if skipped is not None else Skipped()
     found: dict[str, InputFile] = {}

@@ -172,7 +172,9 @@ def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = N
               "rejected_by_check": dict(judged.group_by("reason").len().drop_nulls().iter_rows())}
     log.info(f"augment: {made.height} of {req.height} candidates generated ({got.cached} from the cache), "
              f"{int(judged['reason'].is_null().sum())} passed the gate")
-    return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}
+    failed = Stats(counts={"augment.requests": req.height, "augment.requests_failed": len(got.errors)},
+                   records={"generation_errors": [{"error": e} for e in got.errors[:5]]})
+    return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}, failed
 
 
 def _synthetic_rows(batch: pl.DataFrame, generated: pl.DataFrame, label_col: str) -> pl.DataFrame:
@@ -219,18 +221,26 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: AugmentParams) -
 def augment_one_shard(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> StageResult:
     """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for augment."""
     loaded = loaded if loaded is not None else load(params)
-    decisions, _ = decide(features(batch, params), params, loaded)
+    decisions, *_ = decide(features(batch, params), params, loaded)
     return apply(batch, decisions, params)
 
 
 def rate_checks(stats: Stats, rows_in: int, params: AugmentParams) -> list[dict]:
-    """The human-label floor (`augment.min_human_label_share`) as part of the contract."""
+    """Generation requests that failed after retries warn (naming the first error); the human-label floor
+    (`augment.min_human_label_share`) is part of the contract."""
+    asked, failed = stats.counts.get("augment.requests", 0), stats.counts.get("augment.requests_failed", 0)
+    first = (stats.records.get("generation_errors") or [{}])[0].get("error", "")
+    checks = [{"name": "augment.requests_failed", "count": failed, "rate": failed / asked if asked else 0.0,
+               "warn": 0.0, "max": 1.0,
+               "warning": f"augment: {failed:,} of {asked:,} generation requests failed after retries (first: "
+                          f"{first})"}]
     floor = params.augment.min_human_label_share
     if floor is None:
-        return []
+        return checks
     human, labeled = stats.counts.get("augment.labels.human", 0), stats.counts.get("augment.labels.all", 0)
     share = human / labeled if labeled else 1.0
-    return [{"name": "augment.human_label_share", "count": labeled - human, "rate": 1.0 if share < floor else 0.0,
+    return checks + [{"name": "augment.human_label_share", "count": labeled - human,
+                      "rate": 1.0 if share < floor else 0.0,
              "warn": 1.0, "max": 0.0,
              "message": f"only {share:.1%} of labeled rows keep a human label ({human:,} of {labeled:,}); the "
                         f"contract asks at least {floor:.1%} (augment.min_human_label_share)"}]

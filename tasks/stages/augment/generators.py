@@ -169,20 +169,19 @@ class Endpoint:
                 return None, 0, "augment.max_tokens reached"
             if self.cfg.max_cost is not None and self.spent >= self.cfg.max_cost:
                 return None, 0, "augment.endpoint.max_cost reached"
-        from openai import OpenAIError
-
         try:
             reply = self.client.chat.completions.create(
                 model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
                 max_tokens=self.params["max_new_tokens"], temperature=self.params["temperature"],
                 top_p=self.params["top_p"], seed=int(seed) % (2**31))
-        except OpenAIError as exc:  # after the client's own retries
-            return None, 0, f"{type(exc).__name__}: {str(exc)[:200]}"
-        used = reply.usage.total_tokens if reply.usage else 0
+            text = reply.choices[0].message.content or ""
+            used = int(reply.usage.total_tokens) if reply.usage else 0
+        except Exception as exc:  # after the client's own retries; garbage JSON too: one row lost, not the run
+            return None, 0, f"{self.cfg.base_url}: {type(exc).__name__}: {str(exc)[:200]}"
         with self.lock:
             self.budget -= used
             self.spent += used * self.cfg.price_per_million_tokens / 1e6
-        return clean(reply.choices[0].message.content or ""), used, None
+        return clean(text), used, None
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> Generated:
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:

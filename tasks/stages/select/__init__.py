@@ -41,6 +41,9 @@ def side_inputs(params: SelectConfig) -> list[SideInput]:
 def features(batch: pl.DataFrame, params: SelectConfig) -> pl.DataFrame:
     """The id and the columns the rules read; the score stage's embeddings come to `decide` as a side input, or
     from the batch itself when it carries them (a frame selected on its own)."""
+    if params.label not in batch.columns:
+        raise ValueError(f"select.label = {params.label!r} names no column of the data (columns: "
+                         f"{', '.join(batch.columns)}): no class could be protected from being emptied")
     side = {c for s in side_inputs(params) for c in s.columns if c not in batch.columns}
     cols = [c for c in _read_columns(params, batch.columns) if c not in side]
     missing = [c for c in cols if c not in batch.columns]
