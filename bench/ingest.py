@@ -87,7 +87,9 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(RESULTS / "ingest-work"), help="scratch folder for corpora/outputs")
-    parser.add_argument("--scales", default="1,10", help="corpus multiples to measure")
+    parser.add_argument("--scales", default="1,10", help="corpus multiples to measure ('' for none)")
+    parser.add_argument("--small-files", type=int, default=10_000, help="also ingest this many one-row files, "
+                        "local and on moto S3 (issue 24: 9 files/s before); 0 to skip")
     args = parser.parse_args()
     os.environ.update({"AWS_EC2_METADATA_DISABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                        "PREFECT_LOGGING_LEVEL": "WARNING"})
@@ -108,7 +110,24 @@ def main() -> int:
                               aws_access_key_id="bench", aws_secret_access_key="bench")
             s3.create_bucket(Bucket="bench-in")
             s3.create_bucket(Bucket="bench-out")
-            for scale in [int(s) for s in args.scales.split(",")]:
+            small = []
+            if args.small_files:
+                folder = work / f"small-{args.small_files}"
+                if not folder.exists():
+                    folder.mkdir()
+                    for i in range(args.small_files):
+                        (folder / f"f{i:06d}.jsonl").write_text(json.dumps(
+                            {"id": f"s{i}", "text": f"Small file number {i} holds one record of a few words."}) + "\n")
+                for f in sorted(folder.iterdir()):
+                    s3.put_object(Bucket="bench-in", Key=f"small/{f.name}", Body=f.read_bytes())
+                for where, inputs, output in [("local", str(folder), str(work / "out-small")),
+                                              ("s3 (moto)", "s3://bench-in/small/", "s3://bench-out/small")]:
+                    if where == "local":
+                        shutil.rmtree(output, ignore_errors=True)
+                    r = measure(inputs, output, env)
+                    small.append({"where": where, "files": args.small_files, **r})
+                    print(json.dumps(small[-1]), flush=True)
+            for scale in [int(s) for s in args.scales.split(",") if s]:
                 corpus = build_corpora(work, scale)
                 files = sorted(corpus.iterdir())
                 size = sum(f.stat().st_size for f in files)
@@ -138,6 +157,12 @@ def main() -> int:
         by = {r["scale"]: r["maxrss_mb"] for r in rows if r["where"] == where}
         if "1x" in by and "10x" in by:
             lines.append(f"\nPeak RSS 10x / 1x ({where}): {by['10x'] / by['1x']:.2f}")
+    if small:
+        lines += ["", "Many small files (one JSON record each; files/s over the ingest stage's seconds):", "",
+                  "| storage | files | ingest s | whole run s | files/s | peak RSS MB |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['where']} | {r['files']:,} | {r['ingest_s']:.2f} | {r['total_s']:.2f} | "
+                  f"{r['files'] / r['ingest_s']:,.0f} | {r['maxrss_mb']:.0f} |" for r in small]
     table = "\n".join(lines)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ingest.md").write_text(table + "\n")

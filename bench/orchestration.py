@@ -72,8 +72,9 @@ def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stage
             if stage.kind == "source":
                 files = resolve_inputs(inputs)
                 stage_inputs = [f.as_dict() for f in files]
-                receipts = [r for rs in pool.map(lambda a, st=stage: runner.source_file(ctx, st, *a),
-                                                 enumerate(files)) for r in rs]
+                groups = [[files[i] for i in g] for g in runner.file_groups(files, workers)]
+                receipts = [r for rs in pool.map(lambda a, st=stage: runner.source_group(ctx, st, *a),
+                                                 enumerate(groups)) for r in rs]
             else:
                 stage_inputs, shards = [o.as_json() for o in previous.outputs], runner.shards_of(previous)
                 if stage.kind == "sink":

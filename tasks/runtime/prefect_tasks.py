@@ -113,7 +113,7 @@ def _label(names: list[str]) -> str:
 
 
 list_inputs = _io_task("list-inputs", _list_inputs, "list-inputs")
-source_file = _io_task("source-file", runner.source_file, "{stage.name}-file-{file_index}")
+source_group = _io_task("source-group", runner.source_group, "{stage.name}-files-{group_index}")
 map_shard = _io_task("map-shard", runner.map_shard, "{stage.name}-{shard}")
 map_shards = _io_task("map-shards", _map_shards, "{stage.name}-{label}")
 sink_shards = _io_task("sink-shards", _sink_shards, "{stage.name}-{label}")
@@ -212,10 +212,11 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         if stage.kind == "source" and ctx.config.ingest.limit_rows:
             receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
         elif stage.kind == "source":
-            futures = source_file.with_options(retries=ctx.config.runner.retries).map(
-                ctx, stage, list(range(len(files))), files)
-            per_file = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "files")
-            receipts, target, side = [r for rs in per_file for r in rs], None, {}
+            groups = runner.file_groups(files, ctx.config.runner.workers)
+            futures = source_group.with_options(retries=ctx.config.runner.retries).map(
+                ctx, stage, list(range(len(groups))), [[files[i] for i in g] for g in groups])
+            per_group = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "file groups")
+            receipts, target, side = [r for rs in per_group for r in rs], None, {}
         else:
             receipts, target, side, decided = _shard_receipts(ctx, stage, source)
         return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
@@ -225,17 +226,20 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
 
 
 def _first_rows(ctx: RunContext, stage: Stage, files: list, limit: int) -> list:
-    """`--limit N`: files one after another, each given what the ones before left of N, until N rows are read."""
+    """`--limit N`: file groups one after another, each given what the ones before left of N, until N rows are
+    read. Progress counts rows toward the limit."""
     receipts, left = [], limit
-    progress = StageProgress(stage.name, len(files), "files")
-    for index, file in enumerate(files):
+    progress = StageProgress(stage.name, limit, "rows")
+    groups = runner.file_groups(files, 1)
+    for index, group in enumerate(groups):
         if left <= 0:
             break
-        read = source_file.with_options(retries=ctx.config.runner.retries).submit(ctx, stage, index, file,
-                                                                                  left).result()
+        read = source_group.with_options(retries=ctx.config.runner.retries).submit(
+            ctx, stage, index, [files[i] for i in group], left).result()
         receipts += read
-        left -= sum(r.rows_in for r in read)
-        progress.advance(sum(r.rows_in for r in read))
+        got = sum(r.rows_in for r in read)
+        left -= got
+        progress.advance(got, got)
     progress.close()
     log.info(f"{stage.name}: read the first {limit - max(left, 0):,} rows (--limit {limit:,})")
     return receipts

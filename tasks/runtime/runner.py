@@ -20,6 +20,7 @@ import polars as pl
 from tasks.io import interrupt, layout
 from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
 from tasks.io.readers import InputFile, detect_format, read_batches
+from tasks.io.readers.frames import Rechunker
 from tasks.io.storage import sha256_bytes
 from tasks.io.versions import published_index
 from tasks.runtime import lifecycle
@@ -115,44 +116,117 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
     return receipt
 
 
-def source_file(ctx: RunContext, stage: Stage, file_index: int, file: InputFile, budget: int | None = None
-                ) -> list[Receipt]:
-    """Map step of a source stage: one input file, streamed in `shard_rows` chunks, one receipt per chunk.
-    `budget`: read at most that many rows of it (`ingest.limit_rows`; what earlier files left)."""
+SMALL_FILE_BYTES = 8 << 20  # files below this share a Prefect task and their shards with their neighbours
+GROUP_BYTES = 256 << 20  # at most this many bytes of small files in one group
+GROUP_FILES = 2_000  # and at most this many files
+PREFETCH_FILES = 256  # small remote files fetched concurrently (one fsspec `cat` call)
+
+
+def file_groups(files: list[InputFile], workers: int) -> list[list[int]]:
+    """Consecutive small files in groups (one Prefect task, shards shared across files); a file of
+    SMALL_FILE_BYTES or more is a group of its own. A prefix of 10,000 one-row objects is then a handful of tasks
+    and shards, not 10,000 of each (9 files/s before issue 24). At least `workers` groups when there are enough
+    small files, so no worker idles."""
+    small = sum(1 for f in files if f.size < SMALL_FILE_BYTES)
+    workers = max(workers, 1)
+    count = -(-max(-(-small // GROUP_FILES), 1) // workers) * workers  # a multiple of the workers
+    per_group = max(1, -(-small // count))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    held = 0
+    for i, file in enumerate(files):
+        if file.size >= SMALL_FILE_BYTES:
+            if current:
+                groups.append(current)
+                current, held = [], 0
+            groups.append([i])
+            continue
+        if current and (len(current) >= per_group or held + file.size > GROUP_BYTES):
+            groups.append(current)
+            current, held = [], 0
+        current.append(i)
+        held += file.size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _prefetched(ctx: RunContext, files: list[InputFile]) -> dict[str, bytes]:
+    """The bytes of small remote files, fetched concurrently: one request each, but in flight together."""
+    remote = [f for f in files if f.uri.startswith("s3://") and f.size < SMALL_FILE_BYTES]
+    if not remote:
+        return {}
+    from tasks.io.storage import _io, filesystem
+
+    fs = filesystem(remote[0].uri, ctx.s3_options)
+    with _io("read", remote[0].uri.rsplit("/", 1)[0]):
+        got = fs.cat([f.uri.split("://", 1)[1] for f in remote], on_error="return")
+    return {f.uri: got[f.uri.split("://", 1)[1]] for f in remote
+            if isinstance(got.get(f.uri.split("://", 1)[1]), bytes)}
+
+
+def source_group(ctx: RunContext, stage: Stage, group_index: int, files: list[InputFile], budget: int | None = None
+                 ) -> list[Receipt]:
+    """Map step of a source stage: a group of input files (one large file, or many small ones) streamed in
+    `shard_rows` chunks across files, one receipt per chunk. `budget`: read at most that many rows
+    (`ingest.limit_rows`; what earlier groups left). Each file's line audit joins the stats of the group's last
+    shard."""
     params = ctx.config.ingest
-    fmt, compression = detect_format(file.uri, params.format)
-    file_fp = fingerprint(stage.name, file.as_dict(), params.model_dump(mode="json"), ctx.code_version, budget)
-    done_rel = layout.file_receipt(ctx.run_id, stage.name, file_index)
+    group_fp = fingerprint(stage.name, [f.as_dict() for f in files], params.model_dump(mode="json"),
+                           ctx.code_version, budget)
+    done_rel = layout.file_receipt(ctx.run_id, stage.name, group_index)
     done = ctx.storage.read_json_if_exists(done_rel)
-    if done and done.get("fingerprint") == file_fp:
+    if done and done.get("fingerprint") == group_fp:
         return [Receipt.model_validate(r, context={"root": ctx.storage.root}).model_copy(update={"resumed": True})
                 for r in done["receipts"]]
-    receipts = []
-    read = read_batches(file, fmt, compression, params, ctx.s3_options)
+    receipts: list[Receipt] = []
+    audits: list[tuple[InputFile, object]] = []
     left = budget
-    for chunk, batch in enumerate(read):
-        if left is not None:
-            if left <= 0:
-                break
-            batch = batch.head(left)
-            left -= batch.height
-        shard = f"{file_index:05d}-{chunk:05d}"
-        inputs = [{**file.as_dict(), "chunk": chunk, "format": fmt}]
+    formats = sorted({detect_format(f.uri, params.format)[0] for f in files})
+
+    def shards():
+        nonlocal left
+        chunks = Rechunker(params.shard_rows)
+        for start in range(0, len(files), PREFETCH_FILES):
+            part = files[start:start + PREFETCH_FILES]
+            fetched = _prefetched(ctx, part)
+            for file in part:
+                fmt, compression = detect_format(file.uri, params.format)
+                read = read_batches(file, fmt, compression, params, ctx.s3_options, fetched.get(file.uri))
+                for batch in read:
+                    if left is not None:
+                        if left <= 0:
+                            return
+                        batch = batch.head(left)
+                        left -= batch.height
+                    yield from chunks.add(batch)
+                audits.append((file, read.audit))
+        yield from chunks.rest()
+
+    for chunk, batch in enumerate(shards()):
+        shard = f"{group_index:05d}-{chunk:05d}"
+        inputs = [{"group": group_index, "files": len(files), "group_fingerprint": group_fp, "chunk": chunk,
+                   "format": ",".join(formats), **({"uri": files[0].uri} if len(files) == 1 else {})}]
         receipts.append(process_shard(ctx, stage, shard, lambda b=batch: b, inputs))
     if budget is None and receipts:  # a limited read stops early on purpose: nothing to audit
-        receipts[-1] = _with_audit(receipts[-1], file, read.audit)
-    ctx.storage.write_json(done_rel, {"fingerprint": file_fp, "file": file.as_dict(),
+        receipts[-1] = _with_audits(receipts[-1], audits)
+    ctx.storage.write_json(done_rel, {"fingerprint": group_fp, "files": [f.as_dict() for f in files],
                                       "receipts": [r.as_json() for r in receipts]})
     return receipts
 
 
-def _with_audit(receipt: Receipt, file: InputFile, audit) -> Receipt:
-    """The file's line audit, carried by its last shard's receipt into the stage's stats (and its contract)."""
-    counts = audit.counts()
-    tallies = {"input.unaccounted_by_file": {file.name: audit.unaccounted}} if audit.unaccounted else {}
-    if audit.unaccounted:
-        log.error(f"{file.name}: {audit.unaccounted:,} of {audit.read:,} {audit.unit} are in no row and no "
-                  "quarantine row")
+def _with_audits(receipt: Receipt, audits: list) -> Receipt:
+    """The files' line audits, carried by the group's last shard receipt into the stage's stats (and its contract)."""
+    counts: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for file, audit in audits:
+        for key, value in audit.counts().items():
+            counts[key] = counts.get(key, 0) + value
+        if audit.unaccounted:
+            lost[file.name] = audit.unaccounted
+            log.error(f"{file.name}: {audit.unaccounted:,} of {audit.read:,} {audit.unit} are in no row and no "
+                      "quarantine row")
+    tallies = {"input.unaccounted_by_file": lost} if lost else {}
     return receipt.model_copy(update={"stats": Stats.merge([receipt.stats, Stats(counts=counts, tallies=tallies)])})
 
 

@@ -50,16 +50,17 @@ class FileRead:
             yield batch
 
 
-def read_batches(file: InputFile, fmt: str, compression: str | None, params, s3_options: dict | None = None
-                 ) -> FileRead:
-    """Batches of raw rows of one file; `params` is the ingest config (sizes and limits)."""
+def read_batches(file: InputFile, fmt: str, compression: str | None, params, s3_options: dict | None = None,
+                 content: bytes | None = None) -> FileRead:
+    """Batches of raw rows of one file; `params` is the ingest config (sizes and limits). `content`: the file's
+    bytes when they were already fetched (small remote files are fetched many at a time)."""
     audit = Audit()
     if fmt == "jsonl":
-        batches = read_jsonl(file, compression, params, s3_options, audit)
+        batches = read_jsonl(file, compression, params, s3_options, audit, content)
     elif fmt == "parquet":
-        batches = read_parquet(file, params, s3_options, audit)
+        batches = read_parquet(file, params, s3_options, audit, content)
     elif fmt == "csv":
-        batches = read_csv(file, compression, params, s3_options, audit)
+        batches = read_csv(file, compression, params, s3_options, audit, content)
     else:
         ext = os.path.basename(file.uri)
         batches = iter([error_frame(file.name, 0, "ingest.read.unsupported",

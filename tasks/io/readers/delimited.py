@@ -382,8 +382,8 @@ class CsvParser:
         self.carry = data[len(first):]
 
 
-def read_csv(file: InputFile, compression: str | None, params, s3_options: dict | None, audit: Audit
-             ) -> Iterator[pl.DataFrame]:
+def read_csv(file: InputFile, compression: str | None, params, s3_options: dict | None, audit: Audit,
+              content: bytes | None = None) -> Iterator[pl.DataFrame]:
     """All CSV columns are read as strings (types are the mapping's business, not the reader's)."""
     if file.size == 0:
         yield error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
@@ -392,7 +392,7 @@ def read_csv(file: InputFile, compression: str | None, params, s3_options: dict 
     parser, chunks = CsvParser(file.name, params, audit), Rechunker(params.shard_rows)
     error = None
     try:
-        with open_input(file, None, s3_options) as fh:
+        with open_input(file, None, s3_options, content) as fh:
             for block in decoded_blocks(fh, compression, budget, audit):
                 for frame in parser.feed(block):
                     yield from chunks.add(frame)

@@ -4,6 +4,7 @@ one. Every file a folder holds is read except hidden and marker files, which are
 from __future__ import annotations
 
 import glob as globlib
+import io
 import os
 from dataclasses import dataclass, field
 
@@ -169,7 +170,10 @@ def detect_format(uri: str, configured: str = "auto") -> tuple[str, str | None]:
     return "unsupported", compression
 
 
-def open_input(file: InputFile, compression: str | None, s3_options: dict | None):
+def open_input(file: InputFile, compression: str | None, s3_options: dict | None, content: bytes | None = None):
+    """A binary file object; `content`, the file's bytes when they were already fetched, is read from memory."""
+    if content is not None:
+        return io.BytesIO(content)
     fs = filesystem(file.uri, s3_options)
     path = file.uri.split("://", 1)[1] if is_s3(file.uri) else file.uri
     return fsspec.core.OpenFile(fs, path, mode="rb", compression=compression).open()

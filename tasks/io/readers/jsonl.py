@@ -66,8 +66,8 @@ class _Lines:
                               lines=1 if self.carry else 0)
 
 
-def read_jsonl(file: InputFile, compression: str | None, params, s3_options: dict | None, audit: Audit
-               ) -> Iterator[pl.DataFrame]:
+def read_jsonl(file: InputFile, compression: str | None, params, s3_options: dict | None, audit: Audit,
+              content: bytes | None = None) -> Iterator[pl.DataFrame]:
     """Frames of at most `shard_rows` raw lines; a broken stream ends with one error row."""
     if file.size == 0:
         yield error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
@@ -76,7 +76,7 @@ def read_jsonl(file: InputFile, compression: str | None, params, s3_options: dic
     budget = Budget(params.max_file_bytes, params.max_compression_ratio)
     error = None
     try:
-        with open_input(file, None, s3_options) as fh:
+        with open_input(file, None, s3_options, content) as fh:
             for block in decoded_blocks(fh, compression, budget, audit):
                 for frame in lines.feed(block):
                     yield from chunks.add(frame)

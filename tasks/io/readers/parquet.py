@@ -28,14 +28,15 @@ def _as_frame(batch: pa.RecordBatch, name: str, first_row: int) -> pl.DataFrame:
                            src_lines=pl.lit(1, pl.Int64))
 
 
-def read_parquet(file: InputFile, params, s3_options: dict | None, audit: Audit) -> Iterator[pl.DataFrame]:
+def read_parquet(file: InputFile, params, s3_options: dict | None, audit: Audit,
+              content: bytes | None = None) -> Iterator[pl.DataFrame]:
     audit.unit = "rows"
     if file.size == 0:
         yield error_frame(file.name, 0, "ingest.read.empty_file", "file is empty (0 bytes)")
         return
     chunks = Rechunker(params.shard_rows)
     try:
-        with open_input(file, None, s3_options) as fh:
+        with open_input(file, None, s3_options, content) as fh:
             pf = pq.ParquetFile(fh)
             audit.read = pf.metadata.num_rows
             row = 1
