@@ -698,6 +698,13 @@ class PublishConfig(Strict):
 
 class RunnerConfig(Strict):
     workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads, or Dask workers)")
+    task_memory: int = Field(
+        2 << 30, ge=16 << 20, description="bytes one task of a global stage may hold (fits 2 GB workers): sets the "
+        "partition counts of its shuffles, and a partition that would exceed it is reduced in parts")
+    partitions: int | None = Field(None, ge=1, le=4096, description="force every shuffle's partition count "
+                                   "(default: from the rows and task_memory)")
+    keep_work: bool = Field(False, description="keep a global stage's shuffle files after it is committed "
+                            "(runs/<id>/<stage>/_work/), for inspection")
     retries: int = Field(3, ge=0, le=10, description="retries of I/O tasks, with exponential backoff")
     task_rows: int = Field(
         20_000, ge=0, description="small shards are packed into one Prefect task until it holds this many rows "

@@ -102,6 +102,12 @@ def stage_artifact(run_id: str, stage: str, name: str) -> str:
     return _join(RUNS, run_id, stage, name)
 
 
+def stage_work(run_id: str, stage: str, generation: str, *parts: str) -> str:
+    """A partitioned global stage's working files (shuffles, routed decisions, step receipts), one folder per
+    generation (inputs + params + code + partition counts): a rerun with other settings never reads stale files."""
+    return _join(RUNS, run_id, stage, "_work", generation, *parts)
+
+
 def replay_input(run_id: str, stage: str) -> str:
     return _join(RUNS, run_id, "_replay", f"{stage}.parquet")
 

@@ -142,6 +142,7 @@ class StageManifest(Record):
     replay_of: dict | None = None
     published: dict | None = None  # publish only: dataset, version, published_at, rows_by_source, diff
     side_outputs: dict[str, list[DataObject]] = Field(default_factory=dict)  # e.g. the score stage's embeddings
+    plan: dict | None = None  # a partitioned global stage: partition counts, and per step units, seconds, bytes
 
     _inputs = field_validator("inputs", mode="after")(_objects_or_inputs)
 

@@ -20,9 +20,12 @@ from tasks.io.interrupt import Interrupted
 from tasks.io.locks import DatasetLocked
 from tasks.io.manifests import StageManifest
 from tasks.io.readers import InputError, Skipped, resolve_inputs
-from tasks.runtime import lifecycle, registry, runner
+from tasks.io.versions import published_index
+from tasks.runtime import lifecycle, partitioned, registry, runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts
+from tasks.runtime.fingerprints import fingerprint
+from tasks.runtime.plan import MapStep, ReduceStep
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.stage import Stage, StageContractError
 
@@ -119,6 +122,22 @@ map_shards = _io_task("map-shards", _map_shards, "{stage.name}-{label}")
 sink_shards = _io_task("sink-shards", _sink_shards, "{stage.name}-{label}")
 global_features = _io_task("global-features", _global_features, "{stage.name}-features-{label}")
 global_decide = _io_task("global-decide", runner.global_decide, "{stage.name}-decide", retries=1)
+
+
+def _plan_units(ctx: RunContext, stage: Stage, step_name: str, label: str, units: list[str], unit_inputs: list,
+                gen: str, counts: dict, upstream: str, published) -> list[dict]:
+    return [partitioned.run_unit(ctx, stage, step_name, unit, gen, counts, upstream, unit_input, published)
+            for unit, unit_input in zip(units, unit_inputs, strict=True)]
+
+
+def _plan_apply(ctx: RunContext, stage: Stage, label: str, shards: list[str], objs: list[dict], gen: str,
+                counts: dict, upstream: str) -> list:
+    return [partitioned.apply_shard(ctx, stage, shard, obj, gen, counts, upstream)
+            for shard, obj in zip(shards, objs, strict=True)]
+
+
+plan_units = _io_task("plan-units", _plan_units, "{stage.name}-{step_name}-{label}")
+plan_apply = _io_task("plan-apply", _plan_apply, "{stage.name}-{label}")
 commit_stage = _io_task("commit-stage", runner.commit_stage, "{stage.name}-commit", retries=1)
 
 
@@ -159,6 +178,8 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
     batch_names = [[names[i] for i in b] for b in batches]
     batch_objs = [[objs[i] for i in b] for b in batches]
     with _resources(stage):
+        if stage.kind == "global" and stage.plan is not None:
+            return _plan_receipts(ctx, stage, source, names, objs, batches, labels, retries)
         if stage.kind == "global":
             features = _gather(global_features.with_options(retries=retries).map(ctx, stage, labels, batch_names,
                                                                                  batch_objs),
@@ -181,6 +202,56 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
             return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), target, {}, None
         futures = map_shards.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs)
         return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, {}, None
+
+
+def _plan_receipts(ctx: RunContext, stage: Stage, source: StageManifest, names: list[str], objs: list[dict],
+                   batches: list[list[int]], labels: list[str], retries: int) -> tuple:
+    """A partitioned global stage: its steps in order (map tasks over shard batches, reduce tasks over the
+    partitions that hold rows, one combine task), then the apply map. Each step's digest feeds the next."""
+    params = stage.params(ctx.config)
+    plan = stage.plan
+    published = None
+    if plan.against_published:
+        published = published_index(ctx.storage, ctx.config.publish.dataset,
+                                     append=ctx.config.publish.mode == "append",
+                                     check=ctx.config.publish.verify_base)
+    counts = partitioned.partition_counts(ctx, stage, partitioned.input_rows(source))
+    inputs = [o.as_json() for o in source.outputs]
+    gen = partitioned.generation(runner.stage_fingerprint(ctx, stage, inputs), counts)
+    upstream = gen
+    batch_names = [[names[i] for i in b] for b in batches]
+    batch_objs = [[objs[i] for i in b] for b in batches]
+    summary, side, made = [], {}, []
+    for step in plan.active_steps(params, published):
+        runs = plan_units.with_options(retries=retries)
+        if isinstance(step, MapStep):
+            futures = runs.map(ctx, stage, step.name, labels, batch_names, batch_objs, gen, counts, upstream,
+                               unmapped(published))
+            receipts = _flat(_gather(futures, f"{stage.name} {step.name}", lambda rs: len(rs), total=len(names)))
+        elif isinstance(step, ReduceStep):
+            units = partitioned.reduce_units(ctx, stage, step, gen, counts)
+            groups = [units[i::ctx.config.runner.workers] for i in range(min(len(units), ctx.config.runner.workers))]
+            groups = [g for g in groups if g]
+            futures = runs.map(ctx, stage, step.name, [_label(g) for g in groups], groups,
+                               [[None] * len(g) for g in groups], gen, counts, upstream, unmapped(published))
+            receipts = _flat(_gather(futures, f"{stage.name} {step.name}", lambda rs: len(rs), "partitions",
+                                     total=len(units)))
+        else:
+            receipts = runs.submit(ctx, stage, step.name, "combine", ["combine"], [None], gen, counts, upstream,
+                                   published).result()
+        summary.append(partitioned.step_summary(step, receipts))
+        for folder, objs_out in partitioned.side_outputs(receipts).items():
+            side[folder] = objs_out
+        made += partitioned.artifacts(receipts)
+        upstream = fingerprint(step.name, partitioned.digest(receipts) if receipts else upstream)
+    futures = plan_apply.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs, gen,
+                                                            counts, upstream)
+    receipts = _flat(_gather(futures, stage.name, _batch_rows, total=len(names)))
+    if made:
+        side["artifacts"] = made
+    log.info(f"{stage.name}: " + "; ".join(f"{s['step']} {s['units']} unit(s) {s['seconds']} s "
+                                          f"{s['bytes_written'] / 1e6:,.1f} MB" for s in summary))
+    return receipts, None, side, {"steps": summary, "partitions": counts}
 
 
 def _batch_rows(receipts: list) -> int:
@@ -209,6 +280,7 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         return manifest
     try:
         decided = None
+        extra: dict = {}
         if stage.kind == "source" and ctx.config.ingest.limit_rows:
             receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
         elif stage.kind == "source":
@@ -219,8 +291,13 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
             receipts, target, side = [r for rs in per_group for r in rs], None, {}
         else:
             receipts, target, side, decided = _shard_receipts(ctx, stage, source)
-        return commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
-                            side_outputs=side, decide_stats=decided)
+            if isinstance(decided, dict) and "steps" in decided:
+                extra, decided = decided, None
+        manifest = commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
+                                side_outputs=side, decide_stats=decided, plan_summary=extra or None)
+        if stage.plan is not None and not ctx.config.runner.keep_work:
+            partitioned.clean_work(ctx, stage)
+        return manifest
     finally:
         lifecycle.release(stage.name)
 

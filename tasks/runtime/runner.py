@@ -441,12 +441,14 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
 
 def commit_stage(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], contracts: Contracts,
                  started: float, replay_of: dict | None = None, sink_target: dict | None = None,
-                 side_outputs: dict[str, list[dict]] | None = None, decide_stats: dict | None = None
-                 ) -> StageManifest:
+                 side_outputs: dict[str, list[dict]] | None = None, decide_stats: dict | None = None,
+                 plan_summary: dict | None = None) -> StageManifest:
     """Reduce step: the manifest is written last — the commit marker — and only when the contract passed; a
     failed contract writes `_contract_failure.json` instead. A sink commits its destination first."""
     manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of,
                               Stats.model_validate(decide_stats) if decide_stats else None)
+    if plan_summary:
+        manifest = manifest.model_copy(update={"plan": plan_summary})
     if side_outputs:
         manifest = manifest.model_copy(update={"side_outputs": {
             name: [DataObject.model_validate(o) for o in objs] for name, objs in side_outputs.items()}})

@@ -122,7 +122,8 @@ class Stage:
     resources: Literal["cpu", "gpu"] = "cpu"
     kind: Kind = "map"
     description: str = ""
-    steps: GlobalSteps | None = None  # kind == "global" only
+    steps: GlobalSteps | None = None  # kind == "global": one decide over every shard's features (small stages)
+    plan: Any = None  # kind == "global": partitioned steps (tasks/runtime/plan.Plan), nothing holds the corpus
     sink: SinkSteps | None = None  # kind == "sink" only
     setup: Callable[[Any], Any] | None = None
     teardown: Callable[[Any], None] | None = None

@@ -213,7 +213,9 @@ DROPPED = ("exact", "near", "exact.published", "near.published", "forgotten")
 def _evidence(drop: pl.DataFrame) -> pl.Expr:
     """Within a run: the cluster and its survivor; against the published index: the version and row matched;
     forgotten content: also the tombstone."""
-    within = pl.struct(cluster=pl.col("cluster"), survivor_id=pl.col("survivor"), similarity=pl.col("similarity"))
+    matched = pl.col("matched") if "matched" in drop.columns else pl.lit(None, pl.String)
+    within = pl.struct(cluster=pl.col("cluster"), survivor_id=pl.col("survivor"), similarity=pl.col("similarity"),
+                       matched_id=matched)
     published = pl.struct(version=pl.col("match_version"), published_id=pl.col("survivor"),
                           similarity=pl.col("similarity"))
     forgotten = pl.struct(tombstone=pl.col("tombstone"), version=pl.col("match_version"),
