@@ -132,16 +132,15 @@ def run_sluice(folder: Path, near) -> tuple[float, set[str], dict[str, str]]:
     import polars as pl
 
     from schemas.config import DedupConfig, SpanDedupConfig
-    from tasks.stages.dedup import apply, decide, features
+    from tasks.runtime.plan import run_in_memory
+    from tasks.stages.dedup import PLAN
 
     cfg = DedupConfig(exact=False, spans=SpanDedupConfig(enabled=False), near=near)  # near-dup only, like the peers
     t = time.perf_counter()  # reading included, as for the peers
     shards = [pl.read_ndjson(f, schema={"id": pl.String, "text": pl.String, "timestamp": pl.String})
               .with_columns(pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
               for f in sorted(folder.glob("*.jsonl"))]
-    feats = pl.concat([features(s, cfg) for s in shards])
-    decisions = decide(feats, cfg)
-    results = [apply(s, decisions, cfg) for s in shards]
+    results, _, _ = run_in_memory(PLAN, shards, cfg, partitions=2)  # the partitioned steps, shuffles in memory
     wall = time.perf_counter() - t
     rejected = pl.concat([r.rejected for r in results])
     survivor = {r["id"]: json.loads(r["evidence"])["survivor_id"] for r in rejected.iter_rows(named=True)}

@@ -81,6 +81,19 @@ def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stage
                     target = stage.sink.open(ctx, stage_inputs)
                     receipts = list(pool.map(lambda a, st=stage, t=target: runner.sink_shard(ctx, st, a[0], a[1][1], t),
                                              enumerate(shards)))
+                elif stage.plan is not None:
+                    from tasks.runtime import partitioned
+
+                    def units(step, names, inputs, gen, counts, upstream, published, st=stage):
+                        return list(pool.map(lambda a: partitioned.run_unit(ctx, st, step.name, a[0], gen, counts,
+                                                                            upstream, a[1], published),
+                                             zip(names, inputs, strict=True)))
+
+                    def applied(gen, counts, upstream, st=stage, sh=shards):
+                        return list(pool.map(lambda s: partitioned.apply_shard(ctx, st, s[0], s[1], gen, counts,
+                                                                               upstream), sh))
+
+                    receipts, _, _ = partitioned.execute(ctx, stage, previous, units, applied)
                 else:
                     decisions = None
                     if stage.kind == "global":

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from dedup_oracle import decide, features
 from judge import judge
 
 from schemas.config import DedupConfig, NearDupConfig, SpanDedupConfig
 from tasks.ops.demo_corpus import kjv_records
-from tasks.stages.dedup import apply, decide, dedup_one_shard, features
+from tasks.runtime.plan import run_in_memory
+from tasks.stages.dedup import PLAN, dedup_one_shard, steps
 
 VERSES = [r["text"] for r in kjv_records()]
 PASSAGES = [" ".join(VERSES[i:i + 8]) for i in range(0, 8 * 400, 8)]
@@ -139,28 +141,52 @@ def test_repeated_paragraphs_are_cut_from_all_but_the_first_document():
     assert untouched.kept.filter(pl.col("id") == "doc-00003")["text"][0].endswith(boiler)
 
 
-def test_global_decision_is_independent_of_shard_order_and_split():
+@pytest.mark.parametrize("partitions", [1, 3, 8])
+def test_partitioned_steps_decide_as_one_pass_over_the_corpus(partitions):
+    """Any shard order and split, any partition count: the same rows removed with the same survivors as the
+    single-process pass Sluice ran before issue 25 (tests/dedup_oracle.py), and the same paragraphs cut."""
     rng = random.Random(1)
-    texts = PASSAGES[:200] + [edit(PASSAGES[i], 0.01, rng) for i in range(50)] + PASSAGES[:20]
+    boiler = "Subscribe to our newsletter for the latest updates from the valley and beyond."
+    texts = (PASSAGES[:200] + [edit(PASSAGES[i], 0.01, rng) for i in range(50)] + PASSAGES[:20]
+             + [edit(PASSAGES[i], 0.05, rng) for i in range(60, 90)] + [f"{PASSAGES[i]}\n\n{boiler}"
+                                                                        for i in range(300, 320)])
     df = frame(texts)
-    cfg = DedupConfig()
-    whole = dedup_one_shard(df, cfg)
+    cfg = DedupConfig(spans=SpanDedupConfig(max_docs=5))
+    oracle = decide(features(df, cfg), cfg)
     shuffled = df.sample(fraction=1.0, shuffle=True, seed=4)
     shards = [shuffled.slice(i, 64) for i in range(0, shuffled.height, 64)]
-    decisions = decide(pl.concat([features(s, cfg) for s in reversed(shards)]), cfg)
-    results = [apply(s, decisions, cfg) for s in shards]
-    kept = sorted(pl.concat([r.kept for r in results])["id"])
-    assert kept == sorted(whole.kept["id"])
-    survivors = {r["id"]: json.loads(r["evidence"])["survivor_id"]
-                 for res in results for r in res.rejected.iter_rows(named=True)}
-    expected = {r["id"]: json.loads(r["evidence"])["survivor_id"] for r in whole.rejected.iter_rows(named=True)}
-    assert survivors == expected
+    results, _, _ = run_in_memory(PLAN, list(reversed(shards)), cfg, partitions=partitions)
+    rejected = pl.concat([r.rejected for r in results])
+    got = {r["id"]: (r["reason"].removeprefix("dedup."), json.loads(r["evidence"])["survivor_id"])
+           for r in rejected.iter_rows(named=True)}
+    expected = {r["id"]: (r["action"], r["survivor"]) for r in oracle.filter(pl.col("action") != "keep")
+                .iter_rows(named=True)}
+    assert got == expected and len(got) > 50
+    cut = pl.concat([r.kept for r in results]).filter(pl.col("dup_paragraphs_removed") > 0)["id"].sort().to_list()
+    assert cut == oracle.filter(pl.col("drop_paragraphs").list.len() > 0)["id"].sort().to_list() != []
+    whole = dedup_one_shard(df, cfg)
+    assert sorted(pl.concat([r.kept for r in results])["id"]) == sorted(whole.kept["id"])
 
 
-def test_features_carry_no_text():
-    f = features(frame(PASSAGES[:5]), DedupConfig())
-    assert "text" not in f.columns
-    assert f["sig"].dtype == pl.Array(pl.UInt64, 100)
+def test_near_duplicate_evidence_is_the_verified_jaccard_of_the_edge_that_merged_it():
+    """Issue 26, item 6: the similarity reported is the exact Jaccard of a verified edge (>= the threshold), with
+    the row it was measured against, never a MinHash estimate below the threshold."""
+    rng = random.Random(3)
+    texts = PASSAGES[:100] + [edit(PASSAGES[i], 0.03, rng) for i in range(40)]
+    res = dedup_one_shard(frame(texts), DedupConfig())
+    near = [json.loads(e) for e in res.rejected.filter(pl.col("reason") == "dedup.near")["evidence"]]
+    assert len(near) >= 30
+    assert all(e["similarity"] >= DedupConfig().near.threshold and e["matched_id"] for e in near)
+
+
+def test_shuffled_rows_carry_no_text():
+    from tasks.runtime.plan import StepInputs
+
+    batch = frame(PASSAGES[:5])
+    inputs = StepInputs({s.name: 2 for s in PLAN.shuffles})
+    for step in (steps.exact_keys, steps.bands, steps.paragraph_keys):
+        for out in step(batch, inputs, DedupConfig()).values():
+            assert "text" not in out.columns and out.height
 
 
 def test_contract_identity_survives_paragraph_cuts_and_suite_follows_params():
@@ -183,8 +209,8 @@ def test_empty_shard_goes_through_every_step():
     empty = frame(["x"]).clear()
     res = dedup_one_shard(empty, DedupConfig())
     assert res.kept.height == 0 and res.rejected.height == 0
-    feats = features(empty, DedupConfig())
-    assert feats.height == 0 and feats["sig"].dtype == pl.Array(pl.UInt64, 100)
+    results, _, _ = run_in_memory(PLAN, [empty, frame(PASSAGES[:3]), empty], DedupConfig(), partitions=4)
+    assert [r.kept.height for r in results] == [0, 3, 0]
 
 
 def test_judge_dedup_alone():

@@ -248,6 +248,45 @@ def _with_shard(produced: Any, shard: str, plan: Plan) -> Any:
     return (tag(p, shard, plan) for p in produced)
 
 
+def execute(ctx: RunContext, stage: Stage, source: StageManifest, run_units, run_apply) -> tuple[list, dict, dict]:
+    """The plan's steps in order, then the apply map; `run_units(step, units, unit_inputs, gen, counts, upstream,
+    published)` runs a step's units (as Prefect tasks, or in a thread pool) and returns their receipts;
+    `run_apply(gen, counts, upstream)` the apply map's shard receipts. Each step's digest feeds the next."""
+    from tasks.io.versions import published_index
+    from tasks.runtime.runner import shards_of, stage_fingerprint
+
+    params = stage.params(ctx.config)
+    plan: Plan = stage.plan
+    published = None
+    if plan.against_published:
+        published = published_index(ctx.storage, ctx.config.publish.dataset,
+                                     append=ctx.config.publish.mode == "append", check=ctx.config.publish.verify_base)
+    counts = partition_counts(ctx, stage, input_rows(source))
+    gen = generation(stage_fingerprint(ctx, stage, [o.as_json() for o in source.outputs]), counts)
+    shards = shards_of(source)
+    upstream = gen
+    summary, side, made = [], {}, []
+    for step in plan.active_steps(params, published):
+        if isinstance(step, MapStep):
+            units, unit_inputs = [s for s, _ in shards], [o for _, o in shards]
+        elif isinstance(step, ReduceStep):
+            units = reduce_units(ctx, stage, step, gen, counts)
+            unit_inputs = [None] * len(units)
+        else:
+            units, unit_inputs = ["combine"], [None]
+        receipts = run_units(step, units, unit_inputs, gen, counts, upstream, published) if units else []
+        summary.append(step_summary(step, receipts))
+        side.update(side_outputs(receipts))
+        made += artifacts(receipts)
+        upstream = fingerprint(step.name, digest(receipts) if receipts else upstream)
+    receipts = run_apply(gen, counts, upstream)
+    if made:
+        side["artifacts"] = made
+    log.info(f"{stage.name}: " + "; ".join(f"{s['step']} {s['units']} unit(s) {s['seconds']} s "
+                                          f"{s['bytes_written'] / 1e6:,.1f} MB" for s in summary))
+    return receipts, side, {"steps": summary, "partitions": counts}
+
+
 def reduce_units(ctx: RunContext, stage: Stage, step: ReduceStep, gen: str, counts: dict[str, int]) -> list[str]:
     """The partitions of a step's shuffle that hold rows (one listing of the shuffle folder)."""
     work = Work(ctx, stage, gen, counts)

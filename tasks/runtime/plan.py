@@ -110,7 +110,7 @@ class StepInputs:
 
     def route(self, name: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
         frame = self.routed.get(name)
-        if frame is not None:
+        if frame is not None and frame.width:
             return frame
         return pl.DataFrame(schema=schema or {})
 

@@ -20,12 +20,10 @@ from tasks.io.interrupt import Interrupted
 from tasks.io.locks import DatasetLocked
 from tasks.io.manifests import StageManifest
 from tasks.io.readers import InputError, Skipped, resolve_inputs
-from tasks.io.versions import published_index
 from tasks.runtime import lifecycle, partitioned, registry, runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts
-from tasks.runtime.fingerprints import fingerprint
-from tasks.runtime.plan import MapStep, ReduceStep
+from tasks.runtime.plan import MapStep
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.stage import Stage, StageContractError
 
@@ -206,52 +204,33 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
 
 def _plan_receipts(ctx: RunContext, stage: Stage, source: StageManifest, names: list[str], objs: list[dict],
                    batches: list[list[int]], labels: list[str], retries: int) -> tuple:
-    """A partitioned global stage: its steps in order (map tasks over shard batches, reduce tasks over the
-    partitions that hold rows, one combine task), then the apply map. Each step's digest feeds the next."""
-    params = stage.params(ctx.config)
-    plan = stage.plan
-    published = None
-    if plan.against_published:
-        published = published_index(ctx.storage, ctx.config.publish.dataset,
-                                     append=ctx.config.publish.mode == "append",
-                                     check=ctx.config.publish.verify_base)
-    counts = partitioned.partition_counts(ctx, stage, partitioned.input_rows(source))
-    inputs = [o.as_json() for o in source.outputs]
-    gen = partitioned.generation(runner.stage_fingerprint(ctx, stage, inputs), counts)
-    upstream = gen
-    batch_names = [[names[i] for i in b] for b in batches]
-    batch_objs = [[objs[i] for i in b] for b in batches]
-    summary, side, made = [], {}, []
-    for step in plan.active_steps(params, published):
+    """A partitioned global stage (tasks/runtime/partitioned.execute): map steps as tasks over the same shard
+    batches as a map stage, reduce steps as tasks over the partitions that hold rows (spread over the workers),
+    a combine step as one task, then the apply map."""
+    workers = ctx.config.runner.workers
+
+    def run_units(step, units, unit_inputs, gen, counts, upstream, published):
         runs = plan_units.with_options(retries=retries)
-        if isinstance(step, MapStep):
-            futures = runs.map(ctx, stage, step.name, labels, batch_names, batch_objs, gen, counts, upstream,
-                               unmapped(published))
-            receipts = _flat(_gather(futures, f"{stage.name} {step.name}", lambda rs: len(rs), total=len(names)))
-        elif isinstance(step, ReduceStep):
-            units = partitioned.reduce_units(ctx, stage, step, gen, counts)
-            groups = [units[i::ctx.config.runner.workers] for i in range(min(len(units), ctx.config.runner.workers))]
-            groups = [g for g in groups if g]
-            futures = runs.map(ctx, stage, step.name, [_label(g) for g in groups], groups,
-                               [[None] * len(g) for g in groups], gen, counts, upstream, unmapped(published))
-            receipts = _flat(_gather(futures, f"{stage.name} {step.name}", lambda rs: len(rs), "partitions",
-                                     total=len(units)))
+        if isinstance(step, MapStep):  # the shard batches of the stage's input, as for a map stage
+            position = {u: i for i, u in enumerate(units)}
+            groups = [[units[position[names[i]]] for i in b] for b in batches]
         else:
-            receipts = runs.submit(ctx, stage, step.name, "combine", ["combine"], [None], gen, counts, upstream,
-                                   published).result()
-        summary.append(partitioned.step_summary(step, receipts))
-        for folder, objs_out in partitioned.side_outputs(receipts).items():
-            side[folder] = objs_out
-        made += partitioned.artifacts(receipts)
-        upstream = fingerprint(step.name, partitioned.digest(receipts) if receipts else upstream)
-    futures = plan_apply.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs, gen,
-                                                            counts, upstream)
-    receipts = _flat(_gather(futures, stage.name, _batch_rows, total=len(names)))
-    if made:
-        side["artifacts"] = made
-    log.info(f"{stage.name}: " + "; ".join(f"{s['step']} {s['units']} unit(s) {s['seconds']} s "
-                                          f"{s['bytes_written'] / 1e6:,.1f} MB" for s in summary))
-    return receipts, None, side, {"steps": summary, "partitions": counts}
+            groups = [g for g in (units[i::workers] for i in range(min(len(units), workers))) if g]
+        given = dict(zip(units, unit_inputs, strict=True))
+        futures = runs.map(ctx, stage, step.name, [_label(g) for g in groups], groups,
+                           [[given[u] for u in g] for g in groups], gen, unmapped(counts), upstream,
+                           unmapped(published))
+        what = "shards" if isinstance(step, MapStep) else "partitions"
+        return _flat(_gather(futures, f"{stage.name} {step.name}", len, what, total=len(units)))
+
+    def run_apply(gen, counts, upstream):
+        futures = plan_apply.with_options(retries=retries).map(
+            ctx, stage, labels, [[names[i] for i in b] for b in batches], [[objs[i] for i in b] for b in batches],
+            gen, unmapped(counts), upstream)
+        return _flat(_gather(futures, stage.name, _batch_rows, total=len(names)))
+
+    receipts, side, summary = partitioned.execute(ctx, stage, source, run_units, run_apply)
+    return receipts, None, side, summary
 
 
 def _batch_rows(receipts: list) -> int:
