@@ -24,7 +24,7 @@ import polars as pl
 
 from schemas.config import DedupConfig
 from tasks.runtime.stage import ROW
-from tasks.stages.dedup.within_run import minhash, normalized, shingles
+from tasks.stages.dedup.within_run import normalized, signatures
 
 SIG_DTYPE = np.uint16
 FOLD = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: folds a band's values into one 64-bit key
@@ -43,7 +43,7 @@ def index_rows(batch: pl.DataFrame, params: DedupConfig, version: int) -> pl.Dat
     out = df.select("id", version=pl.lit(version, pl.Int32), norm_hash=normalized(pl.col("text")).hash(seed=17))
     if params.near.enabled:
         perms = params.near.bands * params.near.rows
-        sig = minhash(shingles(df, params.near.ngram), df.height, perms)
+        sig = signatures(df, params.near.ngram, perms)
         out = out.with_columns(pl.Series("sig16", short_signature(sig), dtype=pl.Array(pl.UInt16, perms)))
     return out
 

@@ -32,7 +32,7 @@ from schemas.config import DedupConfig
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
 from tasks.runtime.stage import ROW
 from tasks.stages.dedup.published import best_matches, index_format, short_signature
-from tasks.stages.dedup.within_run import SMALL_BUCKET, minhash, normalized, shingles
+from tasks.stages.dedup.within_run import SMALL_BUCKET, normalized, shingles, signatures
 
 NEVER = np.iinfo(np.int64).max  # a row without a timestamp comes after every row with one
 
@@ -79,7 +79,7 @@ def bands(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     if alive.height == 0:
         return {}
     perms = params.near.bands * params.near.rows
-    sig = minhash(shingles(alive, params.near.ngram), alive.height, perms)
+    sig = signatures(alive, params.near.ngram, perms)
     base = alive.select("id", _order(alive))
     frames = [base.with_columns(band=pl.lit(b, pl.Int16), bucket=key)
               for b, key in enumerate(_bucket_keys(sig, params))]
@@ -227,7 +227,7 @@ def against(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dic
     new = alive.select("id", norm_hash=normalized(pl.col("text")).hash(seed=17))
     if params.near.enabled:
         perms = params.near.bands * params.near.rows
-        sig = minhash(shingles(alive, params.near.ngram), alive.height, perms)
+        sig = signatures(alive, params.near.ngram, perms)
         new = new.with_columns(pl.Series("sig16", short_signature(sig), dtype=pl.Array(pl.UInt16, perms)))
     found = []
     blocked = published.read_blocked()

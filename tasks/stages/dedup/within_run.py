@@ -46,6 +46,16 @@ def shingles(df: pl.DataFrame, n: int) -> pl.DataFrame:
     return pl.concat([full.select(ROW, "sh"), short]).sort(ROW, maintain_order=True)
 
 
+def signatures(df: pl.DataFrame, ngram: int, num_perm: int, chunk: int = 8_192) -> np.ndarray:
+    """(rows, num_perm) MinHash signatures of `df` (columns ROW = 0..n-1, text), shingled `chunk` documents at a
+    time: the exploded words of a 50,000-row shard would otherwise take ~1 GB at once."""
+    sig = np.empty((df.height, num_perm), dtype=np.uint64)
+    for start in range(0, df.height, chunk):
+        part = df.slice(start, chunk).with_columns(pl.col(ROW) - start)
+        sig[start:start + part.height] = minhash(shingles(part, ngram), part.height, num_perm)
+    return sig
+
+
 def minhash(sh: pl.DataFrame, rows: int, num_perm: int) -> np.ndarray:
     """(rows, num_perm) uint64 signatures: min over shingles of (a*x + b) mod 2^64, per permutation."""
     a, b = _permutations(num_perm)
