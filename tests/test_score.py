@@ -23,6 +23,7 @@ from schemas.config import (
     SluiceConfig,
 )
 from tasks.ops.demo_corpus import kjv_records
+from tasks.runtime.plan import run_in_memory
 from tasks.stages import score
 from tasks.stages.score import batching, embeddings, models, perplexity
 from tasks.stages.score import semantic as sem
@@ -270,7 +271,8 @@ def test_the_quality_head_ranks_held_out_reference_documents_above_junk(loaded, 
     texts = held_out + junk + VERSES[600:700]  # the input sample is the head's negatives
     batch = records(*texts)
     ld = score.load_models(params)
-    decisions, artifacts = score.decide(score.features(batch, params, ld), params, ld)
+    (result,), _, artifacts = run_in_memory(score.PLAN, [batch], params, ld)
+    decisions = pl.concat([result.kept, result.rejected.drop("reason", "evidence")]).sort("id")
     q = dict(zip(decisions["id"], decisions["score_quality"], strict=True))
     good = [q[f"d{i}"] for i in range(len(held_out))]
     bad = [q[f"d{i}"] for i in range(len(held_out), len(held_out) + len(junk))]
@@ -279,7 +281,8 @@ def test_the_quality_head_ranks_held_out_reference_documents_above_junk(loaded, 
     head = tmp_path / "head.safetensors"
     head.write_bytes(artifacts["quality_head.safetensors"])
     reused = params.model_copy(update={"score": params.score.model_copy(update={"head_path": str(head)})})
-    again, made = score.decide(score.features(batch, reused, ld), reused, score.load_models(reused))
+    (again,), _, made = run_in_memory(score.PLAN, [batch], reused, score.load_models(reused))
+    again = pl.concat([again.kept, again.rejected.drop("reason", "evidence")]).sort("id")
     assert made == {} and np.allclose(again["score_quality"].to_numpy(), decisions["score_quality"].to_numpy())
     novelty = dict(zip(decisions["id"], decisions["score_novelty"], strict=True))
     assert np.mean([novelty[f"d{i}"] for i in range(40)]) < np.mean([novelty[f"d{i}"] for i in range(40, 60)])

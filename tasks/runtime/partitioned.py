@@ -61,6 +61,9 @@ def partition_counts(ctx: RunContext, stage: Stage, rows: int) -> dict[str, int]
     budget = ctx.config.runner.task_memory // 4
     counts = {}
     for shuffle in stage.plan.shuffles:
+        if shuffle.partitions:
+            counts[shuffle.name] = shuffle.partitions
+            continue
         need = forced or max(1, math.ceil(rows * shuffle.bytes_per_row / budget))
         counts[shuffle.name] = min(MAX_PARTITIONS, -(-need // workers) * workers if not forced else need)
     return counts
@@ -79,8 +82,8 @@ def digest(receipts: list[dict]) -> str:
 class Work:
     """Paths and I/O of one stage generation's working files."""
 
-    def __init__(self, ctx: RunContext, stage: Stage, gen: str, counts: dict[str, int]):
-        self.ctx, self.stage, self.gen, self.counts = ctx, stage, gen, counts
+    def __init__(self, ctx: RunContext, stage: Stage, gen: str, counts: dict[str, int], rows: int = 0):
+        self.ctx, self.stage, self.gen, self.counts, self.rows = ctx, stage, gen, counts, rows
         self.plan: Plan = stage.plan
 
     def rel(self, *parts: str) -> str:
@@ -161,24 +164,28 @@ class Work:
         return {n.removesuffix(".parquet"): self.ctx.storage.read_parquet(f"{rel}/{n}")
                 for n in self.ctx.storage.listdir(rel) if n.endswith(".parquet")}
 
-    def side(self, folder: str) -> Iterator[pl.DataFrame]:
+    def side(self, folder: str) -> Iterator[tuple[str, pl.DataFrame]]:
         rel = layout.stage_dir(self.ctx.run_id, self.stage.name) + f"/{folder}"
         for name in self.ctx.storage.listdir(rel):
             if name.endswith(".parquet"):
-                yield self.ctx.storage.read_parquet(f"{rel}/{name}")
+                yield layout.shard_of_part(name), self.ctx.storage.read_parquet(f"{rel}/{name}")
+
+    def own_side(self, shard: str, folder: str) -> pl.DataFrame:
+        return self.ctx.storage.read_parquet(layout.features(self.ctx.run_id, self.stage.name, shard, folder))
 
 
 def _inputs(work: Work, unit: str, published: Any, routed: dict | None = None) -> StepInputs:
     params = work.stage.params(work.ctx.config)
     loaded = lifecycle.loaded_for(work.stage, params) if work.stage.setup is not None else None
-    return StepInputs(work.counts, unit, routed or {}, work.globals(), stream=work.stream, side=work.side,
-                      published=published, loaded=loaded)
+    return StepInputs(work.counts, unit, work.rows, routed or {}, work.globals(), stream=work.stream,
+                      side=work.side, own_side=lambda folder: work.own_side(unit, folder), published=published,
+                      loaded=loaded)
 
 
 def run_unit(ctx: RunContext, stage: Stage, step_name: str, unit: str, gen: str, counts: dict[str, int],
              upstream: str, unit_input: Any = None, published: Any = None) -> dict:
     """One unit of one step, resumable: its receipt (fingerprint, outputs written, seconds)."""
-    work = Work(ctx, stage, gen, counts)
+    work = Work(ctx, stage, gen, counts, counts.get("_rows", 0))
     step: Step = next(s for s in stage.plan.steps if s.name == step_name)
     params = stage.params(ctx.config)
     fp = fingerprint(gen, step_name, unit, unit_input, upstream)
@@ -263,6 +270,7 @@ def execute(ctx: RunContext, stage: Stage, source: StageManifest, run_units, run
                                      append=ctx.config.publish.mode == "append", check=ctx.config.publish.verify_base)
     counts = partition_counts(ctx, stage, input_rows(source))
     gen = generation(stage_fingerprint(ctx, stage, [o.as_json() for o in source.outputs]), counts)
+    counts = {**counts, "_rows": input_rows(source)}  # what steps see as `inputs.rows`
     shards = shards_of(source)
     upstream = gen
     summary, side, made = [], {}, []

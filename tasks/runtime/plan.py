@@ -47,6 +47,7 @@ class Shuffle:
     name: str
     bytes_per_row: int  # of the stage's input rows, in this shuffle: sets its partition count
     key: str  # the column a reduce groups by: a split partition keeps each key's rows together
+    partitions: int | None = None  # a fixed count (a bounded sample for a combine step: 1)
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ class StepInputs:
 
     partitions: dict[str, int]
     unit: str = ""  # the shard (map) or partition (reduce) this call is for
+    rows: int = 0  # rows of the stage's input (every shard)
     routed: dict[str, pl.DataFrame] = field(default_factory=dict)
     globals: dict[str, pl.DataFrame] = field(default_factory=dict)
     stream: Callable[[str], Iterator[pl.DataFrame]] | None = None  # combine: a shuffle, one partition at a time
-    side: Callable[[str], Iterator[pl.DataFrame]] | None = None  # combine: a side output, one shard at a time
+    side: Callable[[str], Iterator[tuple[str, pl.DataFrame]]] | None = None  # (shard, frame) of a side output
+    own_side: Callable[[str], pl.DataFrame] | None = None  # map: this shard's side output of an earlier step
     published: Any = None
     loaded: Any = None
 
@@ -139,15 +142,16 @@ def kind_of(name: str, plan: Plan) -> str:
 # ------------------------------------------------------------------------------------------ in-memory executor
 
 def run_in_memory(plan: Plan, shards: list[pl.DataFrame], params: Any, loaded: Any = None, published: Any = None,
-                  partitions: int = 2) -> tuple[list[Any], dict[str, list[pl.DataFrame]], dict[str, bytes]]:
+                  partitions: int = 2) -> tuple[list[Any], dict[str, dict[str, pl.DataFrame]], dict[str, bytes]]:
     """The whole plan on frames: each of `shards` is a shard, every shuffle has `partitions` partitions. Returns the
     apply results per shard, the side outputs and the artifacts."""
     names = [f"{i:05d}" for i in range(len(shards))]
-    counts = {s.name: partitions for s in plan.shuffles}
+    counts = {s.name: s.partitions or partitions for s in plan.shuffles}
+    total = sum(b.height for b in shards)
     shuffled: dict[str, dict[int, list[pl.DataFrame]]] = {}
     routed: dict[str, dict[str, list[pl.DataFrame]]] = {}
     globals_: dict[str, pl.DataFrame] = {}
-    side: dict[str, list[pl.DataFrame]] = {}
+    side: dict[str, dict[str, pl.DataFrame]] = {}
     artifacts: dict[str, bytes] = {}
 
     def keep(outputs: dict[str, Any], shard: str | None = None) -> None:
@@ -158,7 +162,7 @@ def run_in_memory(plan: Plan, shards: list[pl.DataFrame], params: Any, loaded: A
             elif kind == "global":
                 globals_[name.split(":", 1)[1]] = value
             elif kind == "side":
-                side.setdefault(name.split(":", 1)[1], []).append(value)
+                side.setdefault(name.split(":", 1)[1], {})[shard] = value
             elif kind == "shuffle":
                 for (p,), part in value.partition_by(PART, as_dict=True).items():
                     shuffled.setdefault(name, {}).setdefault(int(p), []).append(part.drop(PART))
@@ -182,13 +186,14 @@ def run_in_memory(plan: Plan, shards: list[pl.DataFrame], params: Any, loaded: A
             if frames:
                 yield pl.concat(frames, how="diagonal_relaxed")
 
-    def side_stream(folder: str) -> Iterator[pl.DataFrame]:
-        yield from side.get(folder, [])
+    def side_stream(folder: str) -> Iterator[tuple[str, pl.DataFrame]]:
+        yield from sorted(side.get(folder, {}).items())
 
     for step in plan.active_steps(params, published):
         if isinstance(step, MapStep):
             for shard, batch in zip(names, shards, strict=True):
-                inputs = StepInputs(counts, shard, routed_for(shard, step.reads), globals_, published=published,
+                inputs = StepInputs(counts, shard, total, routed_for(shard, step.reads), globals_,
+                                    own_side=lambda folder, s=shard: side[folder][s], published=published,
                                     loaded=loaded)
                 keep(_with_shard(_as_one(call_step(step, params, inputs, batch)), shard, plan), shard)
         elif isinstance(step, ReduceStep):
@@ -198,10 +203,10 @@ def run_in_memory(plan: Plan, shards: list[pl.DataFrame], params: Any, loaded: A
                     continue
                 also = {name: pl.concat(shuffled.get(name, {}).get(p, [pl.DataFrame()]), how="diagonal_relaxed")
                         for name in step.also}
-                inputs = StepInputs(counts, f"p{p:05d}", also, globals_, published=published, loaded=loaded)
+                inputs = StepInputs(counts, f"p{p:05d}", total, also, globals_, published=published, loaded=loaded)
                 keep(_as_one(call_step(step, params, inputs, pl.concat(frames, how="diagonal_relaxed"))))
         else:
-            inputs = StepInputs(counts, "combine", {}, globals_, stream=stream, side=side_stream,
+            inputs = StepInputs(counts, "combine", total, {}, globals_, stream=stream, side=side_stream,
                                 published=published, loaded=loaded)
             keep(_as_one(call_step(step, params, inputs)))
     results = [plan.apply(batch, routed_for(shard, plan.apply_reads), params)

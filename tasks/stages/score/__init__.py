@@ -5,8 +5,10 @@ A global stage (tasks/runtime/stage.py GlobalSteps), `resources="gpu"`, models l
             `runs/<id>/score/embeddings/part-*.parquet`), perplexity under SmolLM2-135M (token-mean NLL of the first
             `lm.max_tokens` tokens), and each document's nearest benchmark item by embedding cosine (documents cut
             into windows, so a long page holding one item is still caught);
-  decide    once, in numpy/faiss: spherical k-means (fit on a sample), `score_prototypicality` (cosine distance to
-            the nearest centroid), SemDeDup duplicates inside each cluster (cosine >= 1 - eps), survivor by rule;
+  then, as partitioned steps (steps.py): spherical k-means fit on a sample, every shard's rows assigned to their
+            nearest centroid (`score_prototypicality`: cosine distance to it), SemDeDup inside each cluster (cosine
+            >= 1 - eps; survivor by rule) one cluster partition at a time, training dynamics over memory-mapped
+            embeddings;
   apply     per shard: the score_* columns; `dedup.semantic` and (policy drop) `contamination.semantic` rejected
             with evidence (survivor or item, cosine, cluster).
 """
@@ -23,9 +25,9 @@ import polars as pl
 from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
-from tasks.io.versions import PublishedIndex
-from tasks.runtime.stage import GlobalSteps, Stage, StageResult
-from tasks.stages.score import classifier, dynamics, embeddings, models, perplexity, semantic
+from tasks.runtime.plan import run_in_memory
+from tasks.runtime.stage import Stage, StageResult
+from tasks.stages.score import classifier, embeddings, models, perplexity, semantic, steps
 
 ADDS = {
     "score_perplexity": pl.Float64(),
@@ -194,110 +196,6 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = N
     return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
 
 
-def _dynamics(feats: pl.DataFrame, emb: np.ndarray, cfg, loaded: Loaded | None) -> pl.DataFrame:
-    """Training dynamics and label noise for the labeled rows (null elsewhere, and where fewer than 2 labels)."""
-    labeled = feats["label"].is_not_null().to_numpy() if feats.height else np.zeros(0, dtype=bool)
-    names = sorted(feats["label"].drop_nulls().unique().to_list()) if feats.height else []
-    nulls = pl.DataFrame({c: pl.Series([None] * feats.height, dtype=ADDS[c]) for c in DYNAMICS})
-    if not cfg.dynamics.enabled or len(names) < 2:
-        return nulls
-    y = feats["label"].filter(pl.Series(labeled)).cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
-    device = loaded.device if loaded is not None else models.device("cpu")
-    dyn = dynamics.training_dynamics(emb if labeled.all() else emb[labeled], y, len(names), cfg.dynamics, device)
-    issue, quality, pred = dynamics.label_issues(y, dyn, cfg.dynamics.filter_by)
-    rows = np.flatnonzero(labeled)
-
-    def spread(values, dtype) -> pl.Series:  # the labeled rows' values, null elsewhere
-        return pl.repeat(None, feats.height, dtype=dtype, eager=True).scatter(rows, pl.Series(values, dtype=dtype))
-
-    return pl.DataFrame({
-        "score_el2n": spread(dyn.el2n, pl.Float64), "score_grand": spread(dyn.grand, pl.Float64),
-        "score_forgetting": spread(dyn.forgetting, pl.Float64), "score_aum": spread(dyn.aum, pl.Float64),
-        "score_epochs_to_learn": spread(dyn.epochs_to_learn, pl.Float64),
-        "score_label_quality": spread(quality, pl.Float64),
-        "score_label_pred": spread(np.array(names, dtype=object)[pred], pl.String),
-        "label_issue": spread(issue, pl.Boolean)})
-
-
-def _priority(feats: pl.DataFrame, rule: str) -> np.ndarray:
-    """Rank of every row under the survivor rule (0 = survives first); ties always broken by id."""
-    keys = {"earliest": (["timestamp", "id"], [False, False]), "longest": (["length", "id"], [True, False]),
-            "id": (["id"], [False])}[rule]
-    ranked = feats.with_row_index("_r").sort(keys[0], descending=keys[1], nulls_last=True).with_row_index("_rank")
-    return ranked.sort("_r")["_rank"].to_numpy()
-
-
-def _quality(emb: np.ndarray, cfg, loaded: Loaded | None) -> tuple[np.ndarray, dict[str, bytes]]:
-    """score_quality from a reused head, or from one trained now (good reference vs a seeded input sample), which
-    is then kept with the run."""
-    if loaded is None or not cfg.quality_head or (loaded.head is None and loaded.reference_vectors.shape[0] == 0):
-        return np.full(emb.shape[0], np.nan), {}
-    if loaded.head is not None:
-        return classifier.quality(emb, *loaded.head), {}
-    rng = np.random.default_rng(7)
-    sample = emb[rng.choice(emb.shape[0], min(cfg.negatives, emb.shape[0]), replace=False)] if emb.shape[0] else emb
-    w, b = classifier.train_head(loaded.reference_vectors, sample.astype(np.float32))
-    return classifier.quality(emb, w, b), {HEAD_FILE: classifier.head_bytes(w, b)}
-
-
-def decide(feats: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None,
-           published: PublishedIndex | None = None) -> tuple[pl.DataFrame, dict[str, bytes]]:
-    """Once over every shard's features: clusters, prototypicality, semantic duplicates and the quality head, on
-    the scored rows (all of them unless `score.sample` < 1). Appending (`published` has the newest version's
-    index), a row that survives within the run is also a duplicate of a published row at cosine >= 1 - eps."""
-    cfg = params.score
-    emb = (feats["embedding"].to_numpy().reshape(feats.height, -1)  # float16, as stored: see semantic.CHUNK
-           if feats.height else np.zeros((0, 1), dtype=np.float16))
-    # a NaN or infinite embedding is a broken model: zeroed here so the clustering runs, its prototypicality NaN,
-    # and the stage's contract fails at commit naming it (rate_checks), instead of faiss failing on it
-    finite = np.isfinite(emb).all(axis=1) if feats.height else np.ones(0, dtype=bool)
-    if not finite.all():
-        emb = np.where(finite[:, None], emb, 0).astype(emb.dtype)
-    k = semantic.cluster_count(feats.height, cfg.prototype_clusters or cfg.semdedup.clusters)
-    centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample,
-                                         device=loaded.device if loaded is not None else None)
-    proto = np.where(finite, semantic.prototypicality(emb, centroids, nearest), np.nan)
-    survivor = np.full(feats.height, -1)
-    cosine = np.full(feats.height, np.nan)
-    if cfg.semdedup.enabled and feats.height:
-        survivor, cosine = semantic.duplicates(emb, nearest, _priority(feats, cfg.semdedup.survivor),
-                                               cfg.semdedup.eps)
-    pub_id = np.full(feats.height, None, dtype=object)
-    pub_version = np.full(feats.height, None, dtype=object)
-    if cfg.semdedup.enabled and feats.height and published is not None and published.parts:
-        if (published.format or {}).get("embedder") != embedder_identity(cfg):
-            log.warning(f"score: the index of {published.dataset} v{published.version} holds embeddings of another "
-                        "embedder (or none); semantic duplicates of published rows are not looked for")
-        else:
-            alive = np.flatnonzero(survivor < 0)
-            pub_cos, found, ids, versions = semantic.nearest_published(emb[alive], published.read_parts(),
-                                                                       cfg.semdedup.eps)
-            rows = alive[found]
-            cosine[rows] = pub_cos[found]
-            pub_id[rows] = np.asarray(ids, dtype=object)[found]
-            pub_version[rows] = np.asarray(versions, dtype=object)[found]
-    contam = cfg.contamination
-    hit = feats["score_contam_cosine"].fill_null(-1.0).to_numpy() >= contam.threshold
-    if finite.all():
-        quality, artifacts = _quality(emb, cfg, loaded)
-        dyn = _dynamics(feats, emb, cfg, loaded)
-    else:  # nothing is trained on a broken model's output; the contract fails at commit
-        quality, artifacts = np.full(feats.height, np.nan), {}
-        dyn = _dynamics(feats.clear(feats.height).with_columns(label=pl.lit(None, pl.String)), emb, cfg, None)
-    return pl.concat([feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
-                        "score_novelty").with_columns(
-        score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
-        score_prototypicality=pl.Series(proto, dtype=pl.Float64),
-        score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
-        dup_survivor=_lookup(feats["id"], survivor),
-        dup_cosine=pl.Series(cosine).fill_nan(None),
-        dup_published_id=pl.Series(pub_id.tolist(), dtype=pl.String),
-        dup_published_version=pl.Series(pub_version.tolist(), dtype=pl.Int32),
-        contaminated=pl.Series(hit, dtype=pl.Boolean),
-        score_scored=pl.lit(True),
-    ), dyn], how="horizontal"), artifacts
-
-
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> StageResult:
     joined = batch.join(decisions, on="id", how="left", maintain_order="left").with_columns(
         pl.col("score_scored", "contaminated").fill_null(False),  # rows score.sample left out
@@ -335,11 +233,34 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                        rejected=rejected.select(*out_cols, "reason", "evidence").cast(ADDS), stats=stats)
 
 
-def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> StageResult:
-    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for score."""
-    loaded = loaded if loaded is not None else load_models(params)
-    decisions, _ = decide(features(batch, params, loaded), params, loaded)
+DECISIONS = {"id": pl.String, "score_nll": pl.Float64, "score_bits_per_char": pl.Float64,
+             "score_contam_item": pl.String, "score_contam_cosine": pl.Float64, "score_novelty": pl.Float64,
+             "score_quality": pl.Float64, "score_prototypicality": pl.Float64, "score_semantic_cluster": pl.Int64,
+             "contaminated": pl.Boolean, "score_scored": pl.Boolean, "dup_survivor": pl.String,
+             "dup_cosine": pl.Float64, "dup_published_id": pl.String, "dup_published_version": pl.Int32,
+             **{c: ADDS[c] for c in DYNAMICS}}
+
+
+def apply_routed(batch: pl.DataFrame, routed: dict[str, pl.DataFrame], params: ScoreParams) -> StageResult:
+    """The shard's rows with what the steps routed to them: scores (`assigned`), semantic duplicates, dynamics."""
+    decisions = routed.get("assigned")
+    decisions = decisions if decisions is not None and decisions.width else pl.DataFrame(schema={"id": pl.String})
+    for name in ("semantic", "dynamics"):
+        extra = routed.get(name)
+        if extra is not None and extra.width and extra.height:
+            decisions = decisions.join(extra, on="id", how="left")
+    decisions = decisions.select([(pl.col(c) if c in decisions.columns else pl.lit(None)).cast(t).alias(c)
+                                  for c, t in DECISIONS.items()])
     return apply(batch, decisions, params)
+
+
+PLAN = steps.plan(apply_routed)
+
+
+def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> StageResult:
+    """The whole stage on one frame (every step in memory): what `stage.fn(df)` means for score."""
+    (result,), _, _ = run_in_memory(PLAN, [batch], params, loaded if loaded is not None else load_models(params))
+    return result
 
 
 def rate_checks(stats: Stats, rows_in: int, params: ScoreParams) -> list[dict]:
@@ -374,7 +295,7 @@ STAGE = Stage(
     suite="score",
     resources="gpu",
     kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply, folder="embeddings", against_published=True),
+    plan=PLAN,
     setup=load_models,
     teardown=release_models,
     needs=("torch", "transformers", "sentence_transformers", "faiss"),
