@@ -315,7 +315,9 @@ def active(params: DedupConfig, published) -> set[str]:
 
 
 def plan(apply) -> Plan:
-    near_bytes = 20 * 48  # bands x (id, timestamp, band, bucket, shard) in Parquet
+    # in memory, per input row: a row of (id, timestamp, key, shard) is ~90 bytes in polars; the buckets hold one
+    # per band
+    near_bytes = 20 * 90
     return Plan(
         steps=(MapStep("exact-keys", exact_keys), ReduceStep("exact", "hashes", exact),
                MapStep("bands", bands, reads=("exact",)), ReduceStep("candidates", "buckets", candidates),
@@ -325,9 +327,9 @@ def plan(apply) -> Plan:
                MapStep("paragraph-keys", paragraph_keys, reads=("exact", "near")),
                ReduceStep("boilerplate", "paragraph-hashes", boilerplate),
                MapStep("against", against, reads=("exact", "near"))),
-        shuffles=(Shuffle("hashes", 48, "norm_hash"), Shuffle("buckets", near_bytes, "bucket"),
+        shuffles=(Shuffle("hashes", 90, "norm_hash"), Shuffle("buckets", near_bytes, "bucket"),
                   Shuffle("pairs", 16, "a_id"), Shuffle("shingles", 64, "id"), Shuffle("edges", 8, "a_id"),
-                  Shuffle("paragraph-hashes", 48, "para")),
+                  Shuffle("paragraph-hashes", 90, "para")),
         apply=apply, apply_reads=("exact", "near", "cuts", "against"), active=active,
         routed_schemas={"exact": {"id": pl.String, "survivor": pl.String},
                         "needs": {"id": pl.String, "_pv": pl.Int32}},
