@@ -699,7 +699,7 @@ class PublishConfig(Strict):
 class RunnerConfig(Strict):
     workers: int = Field(2, gt=0, le=256, description="concurrent shard tasks (threads, or Dask workers)")
     task_memory: int = Field(
-        1 << 30, ge=16 << 20, description="bytes one task of a global stage may hold (1 GiB: a 2 GB Dask worker, "
+        1 << 30, ge=1 << 20, description="bytes one task of a global stage may hold (1 GiB: a 2 GB Dask worker, "
         "or two threads of a 3 GB local process): sets the partition counts of its shuffles, and a partition that "
         "would exceed it is reduced in parts")
     partitions: int | None = Field(None, ge=1, le=4096, description="force every shuffle's partition count "

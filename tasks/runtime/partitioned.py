@@ -201,13 +201,15 @@ def run_unit(ctx: RunContext, stage: Stage, step_name: str, unit: str, gen: str,
                 produced = _with_shard(call_step(step, params, inputs, rows), unit, work.plan)
                 written = work.write_outputs(unit, produced)
         elif isinstance(step, ReduceStep):
-            written = _reduce(work, step, params, int(unit.removeprefix("p")), unit, published)
+            written, split = _reduce(work, step, params, int(unit.removeprefix("p")), unit, published)
         else:
             inputs = _inputs(work, unit, published)
             with lifecycle.device_slot(stage) if step.loads else _nothing():
                 written = work.write_outputs(unit, call_step(step, params, inputs))
         receipt = {"fingerprint": fp, "unit": unit, "step": step_name, "outputs": written,
                    "seconds": round(time.perf_counter() - started, 4)}
+        if isinstance(step, ReduceStep) and split > 1:
+            receipt["split"] = split
         ctx.storage.write_json(receipt_rel, receipt)
         return receipt
 
@@ -216,11 +218,12 @@ def run_unit(ctx: RunContext, stage: Stage, step_name: str, unit: str, gen: str,
     return receipt
 
 
-def _reduce(work: Work, step: ReduceStep, params: Any, p: int, unit: str, published: Any) -> dict[str, list[dict]]:
+def _reduce(work: Work, step: ReduceStep, params: Any, p: int, unit: str, published: Any
+            ) -> tuple[dict[str, list[dict]], int]:
     """A partition, reduced whole or, when its files would exceed the memory budget, in sub-partitions."""
     files = work.partition_files(step.shuffle, p)
     if not files:
-        return {}
+        return {}, 1
     budget = work.ctx.config.runner.task_memory
     split = max(1, math.ceil(work.partition_bytes(files) * DECODED_PER_STORED / budget))
     if split > 1:
@@ -236,7 +239,7 @@ def _reduce(work: Work, step: ReduceStep, params: Any, p: int, unit: str, publis
                 produced = call_step(step, params, inputs, rows)
                 yield from ([produced] if isinstance(produced, dict) else produced)
 
-    return work.write_outputs(unit, pieces())
+    return work.write_outputs(unit, pieces()), split
 
 
 class _nothing:
@@ -341,7 +344,8 @@ def step_summary(step: Step, receipts: list[dict]) -> dict:
     objs = [o for r in receipts for objs in r["outputs"].values() for o in objs]
     return {"step": step.name, "kind": type(step).__name__.removesuffix("Step").lower(), "units": len(receipts),
             "seconds": round(sum(r.get("seconds", 0.0) for r in receipts), 3),
-            "rows_written": sum(o.get("rows", 0) for o in objs), "bytes_written": sum(o.get("bytes", 0) for o in objs)}
+            "rows_written": sum(o.get("rows", 0) for o in objs), "bytes_written": sum(o.get("bytes", 0) for o in objs),
+            "partitions_split": sum(1 for r in receipts if r.get("split", 1) > 1)}
 
 
 def clean_work(ctx: RunContext, stage: Stage) -> None:
