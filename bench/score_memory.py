@@ -1,120 +1,116 @@
-"""Memory and time of the score stage's decide step (clusters, prototypicality, SemDeDup, training dynamics, label
-noise) and the select stage's decide step on N rows x 384 dims, as the runner hands them their features: float16
-embeddings in a polars frame, 7 labels.
+"""Memory and time of the score stage's partitioned steps after the models (fit, assign, semdedup, dynamics, apply)
+on N rows x 384 dims of random unit vectors with 7 labels, as the runner runs them: 50,000-row shards on local
+storage, two threads, every step a unit of work reading and writing its files. The models' step (embed) is replaced
+by one that writes seeded random embeddings to the side shards, so what is measured is what the corpus size costs.
 
-Each measurement runs in its own process and reports the peak resident memory (VmHWM) above what the features frame
-itself holds (VmRSS once it is built), the seconds, and where score's time goes (seconds per step).
-`--code DIR` measures another checkout of the code (the commit before the float16 streaming, for the baseline).
+Reported: the process's peak resident memory (VmHWM) and seconds per step. Before issue 25 the score stage's decide
+held every embedding (1M x 384 float16: 768 MB) plus the dynamics' state in one process.
 
     .venv/bin/python bench/score_memory.py --rows 1000000
-    .venv/bin/python bench/score_memory.py --rows 1000000 --code /tmp/before   # a `git worktree` of an older commit
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SHARD_ROWS = 50_000
+GENRES = ["law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic"]
 
 
 def _status(key: str) -> int:
-    """A /proc/self/status field in bytes (VmRSS: now, VmHWM: the peak)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
 
 
-def _timed_steps(score) -> dict[str, float]:
-    """Wrap the decide step's parts (looked up as module attributes at call time) to add up their seconds."""
-    spent: dict[str, float] = {}
-    parts = [(score.semantic, "kmeans", "k-means"), (score.semantic, "prototypicality", "prototypicality"),
-             (score.semantic, "duplicates", "SemDeDup"), (score.dynamics, "training_dynamics", "training dynamics"),
-             (score.dynamics, "label_issues", "cleanlab + ranking"), (score, "_quality", "quality head")]
-    def wrap(fn, label):
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
-        return timed
-
-    for module, name, label in parts:
-        setattr(module, name, wrap(getattr(module, name), label))
-    return spent
-
-
-def features(rows: int, dim: int = 384, seed: int = 0):
+def random_embed(batch, inputs, params, loaded=None):
+    """What `steps.embed` writes, with seeded random unit vectors instead of the models' output."""
     import numpy as np
     import polars as pl
 
-    rng = np.random.default_rng(seed)
-    emb = np.empty((rows, dim), dtype=np.float16)
-    for i in range(0, rows, 100_000):  # built in pieces: the bench must not itself hold a float32 copy
-        part = rng.standard_normal((min(100_000, rows - i), dim), dtype=np.float32)
-        emb[i:i + part.shape[0]] = part / np.linalg.norm(part, axis=1, keepdims=True)
-    genres = ["law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic"]
-    frame = pl.DataFrame({
-        "id": [f"r{i}" for i in range(rows)], "timestamp": pl.repeat(None, rows, dtype=pl.Datetime("us", "UTC"),
-                                                                    eager=True),
-        "length": rng.integers(20, 2000, rows), "label": pl.Series(genres).sample(rows, with_replacement=True,
-                                                                               seed=seed),
-        "embedding": pl.Series(emb, dtype=pl.Array(pl.Float16, dim)),
-        "score_nll": rng.random(rows) * 4, "score_bits_per_char": rng.random(rows),
-        "score_contam_item": pl.repeat(None, rows, dtype=pl.String, eager=True),
-        "score_contam_cosine": pl.repeat(None, rows, dtype=pl.Float64, eager=True),
-        "score_novelty": pl.repeat(None, rows, dtype=pl.Float64, eager=True)})
-    del emb
-    return frame
+    from tasks.runtime.plan import PART
+
+    rng = np.random.default_rng(int(inputs.unit.replace("-", "")))
+    emb = rng.standard_normal((batch.height, 384), dtype=np.float32)
+    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+    feats = batch.select("id", "timestamp", "label", length=pl.lit(200, pl.UInt32)).with_columns(
+        pl.Series("embedding", emb, dtype=pl.Array(pl.Float16, 384)),
+        score_nll=pl.lit(2.0), score_bits_per_char=pl.lit(1.0), score_contam_item=pl.lit(None, pl.String),
+        score_contam_cosine=pl.lit(None, pl.Float64), score_novelty=pl.lit(None, pl.Float64))
+    cfg = params.score
+    fraction = min(1.0, max(cfg.semdedup.sample, cfg.negatives) / max(inputs.rows, 1))
+    chosen = feats.filter(pl.col("id").hash(seed=29) % 1_000_000 < round(fraction * 1_000_000))
+    return {"side:embeddings": feats,
+            "fit-sample": chosen.select("id", "embedding").with_columns(pl.lit(0, pl.Int32).alias(PART))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--code", default=str(HERE.parent), help="the checkout whose score stage is measured")
     args = ap.parse_args()
-    sys.path.insert(0, args.code)
+    sys.path.insert(0, str(HERE.parent))
+    import polars as pl
     import torch
 
     torch.set_num_threads(2)
-    from schemas.config import ScoreParams, SluiceConfig
+    from schemas.config import SluiceConfig
+    from tasks.io.manifests import StageManifest
+    from tasks.io.storage import Storage
+    from tasks.runtime import partitioned
+    from tasks.runtime.context import RunContext
+    from tasks.runtime.plan import MapStep
     from tasks.stages import score
 
-    cfg = SluiceConfig()
-    params = ScoreParams(score=cfg.score, decontaminate=cfg.decontaminate)
-    feats = features(args.rows)
-    import gc
-
-    gc.collect()
+    root = tempfile.mkdtemp(prefix="sluice-score-memory-")
+    storage = Storage(root)
+    outputs = []
+    for i, start in enumerate(range(0, args.rows, SHARD_ROWS)):
+        n = min(SHARD_ROWS, args.rows - start)
+        part = pl.DataFrame({"id": [f"r{start + j}" for j in range(n)], "text": [""] * n,
+                             "timestamp": pl.repeat(None, n, dtype=pl.Datetime("us", "UTC"), eager=True),
+                             "label": [GENRES[(start + j) % 7] for j in range(n)]})
+        outputs.append(storage.write_parquet(f"runs/bench/prev/part-{i:05d}-00000.parquet", part))
+    source = StageManifest(stage="prev", run_id="bench", rows_in=args.rows, rows_out=args.rows, rows_rejected=0,
+                           outputs=outputs)
+    stage = replace(score.STAGE, plan=replace(score.PLAN, steps=(MapStep("embed", random_embed),
+                                                                 *score.PLAN.steps[1:])), setup=None)
+    ctx = RunContext(storage, "bench", SluiceConfig())
     held = _status("VmRSS")
-    spent = _timed_steps(score)
+    seconds: dict[str, float] = {}
+    pool = ThreadPoolExecutor(2)
+
+    def units(step, names, inputs, gen, counts, upstream, published):
+        t = time.perf_counter()
+        got = list(pool.map(lambda a: partitioned.run_unit(ctx, stage, step.name, a[0], gen, counts, upstream, a[1],
+                                                           published), zip(names, inputs, strict=True)))
+        seconds[step.name] = time.perf_counter() - t
+        return got
+
+    def applied(gen, counts, upstream):
+        from tasks.runtime.runner import shards_of
+
+        t = time.perf_counter()
+        got = list(pool.map(lambda s: partitioned.apply_shard(ctx, stage, s[0], s[1], gen, counts, upstream),
+                            shards_of(source)))
+        seconds["apply"] = time.perf_counter() - t
+        return got
+
     started = time.perf_counter()
-    decisions, _ = score.decide(feats, params, None)
-    seconds = time.perf_counter() - started
+    receipts, _, summary = partitioned.execute(ctx, stage, source, units, applied)
+    total = time.perf_counter() - started
     peak = _status("VmHWM")
-    print(f"rows {args.rows:,}  code {args.code}  features frame {held / 2**30:.2f} GiB  "
-          f"peak above it {(peak - held) / 2**30:.2f} GiB  total peak {peak / 2**30:.2f} GiB  "
-          f"score decide {seconds:.1f} s  label issues {int(decisions['label_issue'].sum()):,}")
-    print("  where score's decide time goes: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()))
-    try:
-        from schemas.config import SelectConfig, SelectPolicy
-        from tasks.stages import select
-    except ImportError:
-        return
-    rules = SelectConfig(policies=[SelectPolicy(kind="label_noise"),
-                                   SelectPolicy(kind="threshold", column="score_prototypicality", max=1.0),
-                                   SelectPolicy(kind="quota", by=["label"], max_per_group=120_000),
-                                   SelectPolicy(kind="keep_hard", column="score_el2n", fraction=0.7),
-                                   SelectPolicy(kind="random", fraction=0.9)])
-    joined = feats.select("id", "label").join(decisions, on="id")
-    started = time.perf_counter()
-    chosen = select.decide(select.features(joined, rules), rules)
-    print(f"  select decide (label_noise, threshold, quota, keep_hard 70%, random 90%): "
-          f"{time.perf_counter() - started:.1f} s, kept {chosen['reason'].null_count():,}")
+    issues = sum(r.stats.counts.get("score.label_issues", 0) for r in receipts)
+    print(f"rows {args.rows:,}  peak RSS {peak / 2**30:.2f} GiB (before the steps {held / 2**30:.2f} GiB)  "
+          f"{total:.1f} s  label issues {issues:,}  partitions {summary['partitions']}")
+    print("  seconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
 
 
 if __name__ == "__main__":

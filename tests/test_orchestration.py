@@ -226,7 +226,7 @@ def test_dask_runner_gives_byte_identical_outputs(prefect_server, tmp_path):
                 for p in sorted(root.rglob("*.parquet"))}
 
     a, b = digests(tmp_path / "local" / "runs"), digests(tmp_path / "dask" / "runs")
-    assert len(a) > 10 and a == b
+    assert len(a) >= 10 and a == b  # every stage's parts and quarantine (dedup's shuffles are gone after it)
     dedup = json.loads((tmp_path / "dask" / "runs" / "same-run" / "dedup" / "_manifest.json").read_text())
     assert dedup["rejected_by_reason"].get("dedup.exact", 0) >= 100
 

@@ -214,9 +214,7 @@ def run_in_worker(argv: list[str]) -> int | None:
     def suspend(signum, frame):  # Ctrl-Z: the command stops with its client (SIGTSTP is lost on its group)
         with suppress(ProcessLookupError):
             os.kill(child, signal.SIGSTOP)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)
-        signal.signal(signal.SIGTSTP, suspend)
+        os.kill(os.getpid(), signal.SIGSTOP)  # not SIGTSTP: an orphaned process group would discard it
 
     def resume(signum, frame):
         with suppress(ProcessLookupError):
