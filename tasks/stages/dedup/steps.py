@@ -89,18 +89,23 @@ def bands(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
 
 def candidates(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     """Pairs sharing a band bucket: each member with the bucket's earliest row; with verification, buckets of up to
-    SMALL_BUCKET members also yield all their pairs. `a` is the later row of a pair, `b` the earlier."""
-    ranked = rows.sort("ts", "id").with_columns(r=pl.int_range(pl.len(), dtype=pl.Int64))
-    groups = ranked.group_by("band", "bucket").agg(head=pl.col("r").min(), size=pl.len())
-    shared = ranked.join(groups.filter(pl.col("size") > 1), on=["band", "bucket"])
-    pairs = shared.filter(pl.col("r") != pl.col("head")).select(a="r", b="head")
+    SMALL_BUCKET members also yield all their pairs. `a` is the later row of a pair, `b` the earlier. Only the rows
+    of buckets with two or more members are ranked (memory: the partition once, then the few that collide)."""
+    sizes = rows.select("band", "bucket").group_by("band", "bucket").len().filter(pl.col("len") > 1)
+    shared = rows.join(sizes, on=["band", "bucket"], how="inner").rename({"len": "size"})
+    order = shared.select("id", "ts").unique("id").sort("ts", "id").with_columns(
+        r=pl.int_range(pl.len(), dtype=pl.Int64))
+    ranked = shared.join(order.select("id", "r"), on="id")
+    heads = ranked.group_by("band", "bucket").agg(head=pl.col("r").min())
+    ranked = ranked.join(heads, on=["band", "bucket"])
+    pairs = ranked.filter(pl.col("r") != pl.col("head")).select(a="r", b="head")
     if params.near.verify_jaccard:
-        small = shared.filter(pl.col("size") <= SMALL_BUCKET).select("band", "bucket", "r")
+        small = ranked.filter(pl.col("size") <= SMALL_BUCKET).select("band", "bucket", "r")
         within = (small.join(small.rename({"r": "h"}), on=["band", "bucket"]).filter(pl.col("r") > pl.col("h"))
                   .select(a="r", b="h"))
         pairs = pl.concat([pairs, within])
     pairs = pairs.unique()
-    node = ranked.select("r", "id", "ts", SHARD)
+    node = ranked.select("r", "id", "ts", SHARD).unique("r")
     pairs = (pairs.join(node.rename({"r": "a", "id": "a_id", "ts": "a_ts", SHARD: "a_shard"}), on="a")
              .join(node.rename({"r": "b", "id": "b_id", "ts": "b_ts", SHARD: "b_shard"}), on="b")
              .select("a_id", "a_ts", "a_shard", "b_id", "b_ts", "b_shard"))
@@ -128,15 +133,18 @@ def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     sets = inputs.route("shingles")
     if sets.height == 0 or rows.height == 0:
         return {}
-    sets = sets.unique("id")
-    exploded = sets.select("id", s="sh").explode("s")
-    pairs = rows.unique(["a_id", "b_id"])
-    inter = (pairs.select("a_id", "b_id").join(exploded.rename({"id": "a_id"}), on="a_id")
-             .join(exploded.rename({"id": "b_id"}), on=["b_id", "s"]).group_by("a_id", "b_id").len())
-    sizes = sets.select("id", n=pl.col("sh").list.len())
-    scored = (pairs.join(inter, on=["a_id", "b_id"], how="left").fill_null(0)
-              .join(sizes.rename({"id": "a_id", "n": "n_a"}), on="a_id")
-              .join(sizes.rename({"id": "b_id", "n": "n_b"}), on="b_id")
+    # integers, not ids, in the joins: a row's shingles are ~150 a document, and the ids 32 characters each
+    sets = sets.unique("id").with_columns(k=pl.int_range(pl.len(), dtype=pl.Int32))
+    key = sets.select("id", "k")
+    exploded = sets.select("k", s="sh").explode("s")
+    pairs = (rows.unique(["a_id", "b_id"]).join(key.rename({"id": "a_id", "k": "ka"}), on="a_id")
+             .join(key.rename({"id": "b_id", "k": "kb"}), on="b_id"))
+    inter = (pairs.select("ka", "kb").join(exploded.rename({"k": "ka"}), on="ka")
+             .join(exploded.rename({"k": "kb"}), on=["kb", "s"]).group_by("ka", "kb").len())
+    sizes = sets.select("k", n=pl.col("sh").list.len())
+    scored = (pairs.join(inter, on=["ka", "kb"], how="left").fill_null(0)
+              .join(sizes.rename({"k": "ka", "n": "n_a"}), on="ka")
+              .join(sizes.rename({"k": "kb", "n": "n_b"}), on="kb")
               .with_columns(jaccard=pl.col("len") / (pl.col("n_a") + pl.col("n_b") - pl.col("len"))))
     edges = scored.filter(pl.col("jaccard") >= params.near.threshold).select(
         "a_id", "a_ts", "a_shard", "b_id", "b_ts", "b_shard", "jaccard")
@@ -315,9 +323,9 @@ def active(params: DedupConfig, published) -> set[str]:
 
 
 def plan(apply) -> Plan:
-    # in memory, per input row: a row of (id, timestamp, key, shard) is ~90 bytes in polars; the buckets hold one
-    # per band
-    near_bytes = 20 * 90
+    # in memory, per input row: a row of (id, timestamp, key, shard) is ~90 bytes in polars, one per band, and the
+    # reduce works on a copy of what collides: 200 a band
+    near_bytes = 20 * 200
     return Plan(
         steps=(MapStep("exact-keys", exact_keys), ReduceStep("exact", "hashes", exact),
                MapStep("bands", bands, reads=("exact",)), ReduceStep("candidates", "buckets", candidates),
