@@ -156,7 +156,10 @@ def main() -> int:
             dedup = json.loads((out / "runs" / "scale" / "dedup" / "_manifest.json").read_text())
             spilled = sum(s["bytes_written"] for s in dedup["plan"]["steps"])
             row = {"engine": "Sluice", "docs": n, "wall": result["wall"], **peak, "timings": result["timings"],
-                   "spilled_mb": spilled / 2**20, "partitions": dedup["plan"]["partitions"], **recall(out, planted)}
+                   "spilled_mb": spilled / 2**20, "partitions": dedup["plan"]["partitions"],
+                   "steps": {s["step"]: {k: s.get(k) for k in ("units", "seconds", "rows_written", "bytes_written",
+                                                               "files_written")} for s in dedup["plan"]["steps"]},
+                   **recall(out, planted)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not args.keep:

@@ -66,8 +66,10 @@ def test_partition_counts_follow_the_rows_and_the_budget(tmp_path):
         return partition_counts(RunContext(Storage(str(tmp_path)), "r", cfg), STAGE, rows)
 
     small, big = counts(1_000_000, 1 << 30), counts(10_000_000, 1 << 30)
-    assert small["buckets"] == 8 and big["buckets"] == 68  # 10x the rows, 10x the partitions (even, 2 workers)
-    assert counts(1_000_000, 1 << 29)["buckets"] == 14
+    # 10x the rows, 10x the partitions (rounded up to a multiple of the 2 workers); half the memory, twice as many
+    assert small["buckets"] == 16 and big["buckets"] == 150
+    assert counts(1_000_000, 1 << 29)["buckets"] == 30
+    assert small["pairs"] == 2  # a shuffle of few rows stays at one partition per worker
 
 
 def test_a_shuffle_killed_with_minus_9_resumes_to_the_same_bytes(tmp_path):

@@ -340,11 +340,12 @@ def artifacts(receipts: list[dict]) -> list[dict]:
 
 
 def step_summary(step: Step, receipts: list[dict]) -> dict:
-    """Per step, for the manifest: units, seconds, and what it wrote (rows and bytes spilled to storage)."""
+    """Per step, for the manifest: units, seconds, and what it wrote (rows, bytes and files spilled to storage)."""
     objs = [o for r in receipts for objs in r["outputs"].values() for o in objs]
     return {"step": step.name, "kind": type(step).__name__.removesuffix("Step").lower(), "units": len(receipts),
             "seconds": round(sum(r.get("seconds", 0.0) for r in receipts), 3),
             "rows_written": sum(o.get("rows", 0) for o in objs), "bytes_written": sum(o.get("bytes", 0) for o in objs),
+            "files_written": len(objs),
             "partitions_split": sum(1 for r in receipts if r.get("split", 1) > 1)}
 
 

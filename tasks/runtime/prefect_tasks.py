@@ -256,6 +256,8 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
     manifest = runner.committed_manifest(ctx, stage, stage_inputs)
     if manifest is not None:
         log.info(f"{stage.name}: already committed for these inputs and params, skipped")
+        if stage.plan is not None and not ctx.config.runner.keep_work:
+            partitioned.clean_work(ctx, stage)  # a run killed between the commit and the cleaning left them
         return manifest
     try:
         decided = None
