@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: run test install browser lint bench clean
+.PHONY: run test check install browser lint bench clean
 
 $(BIN)/.installed: pyproject.toml requirements.lock requirements-models.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: install browser
 
 lint: install
 	$(BIN)/ruff check .
+
+# The fast loop: lint and the tests that need no server, demo corpus, subprocess pipeline or browser.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" -x
 
 bench: install
 	$(BIN)/python bench/ingest.py

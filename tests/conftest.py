@@ -180,3 +180,17 @@ def lease(root: Path, dataset: str) -> dict | None:
     from tasks.io.storage import Storage
 
     return current(Storage(str(root)), layout.dataset_lock_dir(dataset))
+
+
+SLOW_FIXTURES = {"prefect_server", "prefect_api", "s3_server", "demo_corpus", "demo_run"}
+SLOW_PATHS = ("faults", "test_dask_cluster.py", "test_report_browser.py", "test_prefect_server.py", "test_cli.py",
+              "test_resume.py", "test_orchestration.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: a test that needs a server (Prefect, S3), the demo corpus, a subprocess pipeline or a browser. `make
+    check` runs the rest (`-m "not slow"`); `make test` runs everything."""
+    for item in items:
+        path = str(item.path.relative_to(Path(__file__).parent))
+        if SLOW_FIXTURES & set(item.fixturenames) or path.startswith(SLOW_PATHS[0]) or path.endswith(SLOW_PATHS[1:]):
+            item.add_marker(pytest.mark.slow)

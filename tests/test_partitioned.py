@@ -69,7 +69,8 @@ def test_partition_counts_follow_the_rows_and_the_budget(tmp_path):
     # 10x the rows, 10x the partitions (rounded up to a multiple of the 2 workers); half the memory, twice as many
     assert small["buckets"] == 16 and big["buckets"] == 150
     assert counts(1_000_000, 1 << 29)["buckets"] == 30
-    assert small["pairs"] == 2  # a shuffle of few rows stays at one partition per worker
+    assert small["pairs"] == small["shingles"] == 4 and big["pairs"] == big["shingles"] == 40  # shared numbers
+    assert small["edges"] == 2  # a shuffle of few bytes a row stays at one partition per worker
 
 
 def test_a_shuffle_killed_with_minus_9_resumes_to_the_same_bytes(tmp_path):

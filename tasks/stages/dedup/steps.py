@@ -35,6 +35,12 @@ from tasks.stages.dedup.published import best_matches, index_format, short_signa
 from tasks.stages.dedup.within_run import SMALL_BUCKET, normalized, shingles, signatures
 
 NEVER = np.iinfo(np.int64).max  # a row without a timestamp comes after every row with one
+# per input row, what verify holds: the shingle sets of the rows in candidate pairs (1.2 KB each in memory), whose
+# share grows with the corpus (candidate pairs grow with the square of rows sharing text: 6% of rows at 1M
+# documents of bench/scale.py, 10% at 10M); pairs and shingles share partition numbers (shingle rows carry their
+# pair partition)
+VERIFY_BYTES = 1024
+VERIFY_CHUNK = 20_000  # candidate pairs verified together (x ~150 shingles a side in the joins)
 
 
 def _order(frame: pl.DataFrame) -> pl.Expr:
@@ -128,6 +134,14 @@ def shingle_sets(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -
     return {"shingles": sets.join(needs, on="id").rename({"_pv": PART})}
 
 
+def _intersections(pairs: pl.DataFrame, sets: pl.DataFrame) -> pl.DataFrame:
+    """How many shingles each pair (ka, kb) shares, exploding only the sets these pairs name."""
+    named = pl.concat([pairs["ka"], pairs["kb"]]).unique()
+    exploded = sets.filter(pl.col("k").is_in(named.implode())).select("k", s="sh").explode("s")
+    return (pairs.join(exploded.rename({"k": "ka"}), on="ka")
+            .join(exploded.rename({"k": "kb"}), on=["kb", "s"]).group_by("ka", "kb").len())
+
+
 def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     """Exact Jaccard of each candidate pair's shingle sets (from the `shingles` rows of this same partition)."""
     sets = inputs.route("shingles")
@@ -136,11 +150,12 @@ def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     # integers, not ids, in the joins: a row's shingles are ~150 a document, and the ids 32 characters each
     sets = sets.unique("id").with_columns(k=pl.int_range(pl.len(), dtype=pl.Int32))
     key = sets.select("id", "k")
-    exploded = sets.select("k", s="sh").explode("s")
     pairs = (rows.unique(["a_id", "b_id"]).join(key.rename({"id": "a_id", "k": "ka"}), on="a_id")
              .join(key.rename({"id": "b_id", "k": "kb"}), on="b_id"))
-    inter = (pairs.select("ka", "kb").join(exploded.rename({"k": "ka"}), on="ka")
-             .join(exploded.rename({"k": "kb"}), on=["kb", "s"]).group_by("ka", "kb").len())
+    # the intersections a chunk of pairs at a time: the joins over exploded shingles are ~150 rows a pair, which
+    # for a whole partition of pairs was 23 GB at 10M documents
+    inter = pl.concat([_intersections(chunk, sets) for chunk in pairs.select("ka", "kb").iter_slices(VERIFY_CHUNK)],
+                      how="vertical")
     sizes = sets.select("k", n=pl.col("sh").list.len())
     scored = (pairs.join(inter, on=["ka", "kb"], how="left").fill_null(0)
               .join(sizes.rename({"k": "ka", "n": "n_a"}), on="ka")
@@ -336,7 +351,8 @@ def plan(apply) -> Plan:
                ReduceStep("boilerplate", "paragraph-hashes", boilerplate),
                MapStep("against", against, reads=("exact", "near"))),
         shuffles=(Shuffle("hashes", 90, "norm_hash"), Shuffle("buckets", near_bytes, "bucket"),
-                  Shuffle("pairs", 16, "a_id"), Shuffle("shingles", 64, "id"), Shuffle("edges", 8, "a_id"),
+                  Shuffle("pairs", VERIFY_BYTES, "a_id"), Shuffle("shingles", VERIFY_BYTES, "id"),
+                  Shuffle("edges", 8, "a_id"),
                   Shuffle("paragraph-hashes", 90, "para")),
         apply=apply, apply_reads=("exact", "near", "cuts", "against"), active=active,
         routed_schemas={"exact": {"id": pl.String, "survivor": pl.String},
