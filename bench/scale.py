@@ -46,7 +46,7 @@ def build(folder: Path, n: int, seed: int = 3) -> dict[str, tuple[str, str]]:
 
     verses = pl.Series([r["text"] for r in kjv_records()])
     rng = np.random.default_rng(seed)
-    planted_file = folder / "planted.json"
+    planted_file = folder / ".planted.json"  # hidden: ingest skips it (the answer key is no input)
     if planted_file.exists():
         return json.loads(planted_file.read_text())
     shutil.rmtree(folder, ignore_errors=True)
