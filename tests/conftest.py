@@ -183,14 +183,15 @@ def lease(root: Path, dataset: str) -> dict | None:
 
 
 SLOW_FIXTURES = {"prefect_server", "prefect_api", "s3_server", "demo_corpus", "demo_run"}
-SLOW_PATHS = ("faults", "test_dask_cluster.py", "test_report_browser.py", "test_prefect_server.py", "test_cli.py",
-              "test_resume.py", "test_orchestration.py")
+SLOW_FILES = {"test_dask_cluster.py", "test_report_browser.py", "test_prefect_server.py", "test_cli.py",
+              "test_resume.py", "test_orchestration.py"}
+SLOW_DIRS = ("faults",)
 
 
 def pytest_collection_modifyitems(config, items):
     """`slow`: a test that needs a server (Prefect, S3), the demo corpus, a subprocess pipeline or a browser. `make
     check` runs the rest (`-m "not slow"`); `make test` runs everything."""
     for item in items:
-        path = str(item.path.relative_to(Path(__file__).parent))
-        if SLOW_FIXTURES & set(item.fixturenames) or path.startswith(SLOW_PATHS[0]) or path.endswith(SLOW_PATHS[1:]):
+        folder = item.path.parent.name
+        if SLOW_FIXTURES & set(item.fixturenames) or item.path.name in SLOW_FILES or folder in SLOW_DIRS:
             item.add_marker(pytest.mark.slow)

@@ -153,7 +153,7 @@ def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     pairs = (rows.unique(["a_id", "b_id"]).join(key.rename({"id": "a_id", "k": "ka"}), on="a_id")
              .join(key.rename({"id": "b_id", "k": "kb"}), on="b_id"))
     # the intersections a chunk of pairs at a time: the joins over exploded shingles are ~150 rows a pair, which
-    # for a whole partition of pairs was 23 GB at 10M documents
+    # for a whole partition of pairs went past 22 GiB at 10M documents
     inter = pl.concat([_intersections(chunk, sets) for chunk in pairs.select("ka", "kb").iter_slices(VERIFY_CHUNK)],
                       how="vertical")
     sizes = sets.select("k", n=pl.col("sh").list.len())
