@@ -12,6 +12,7 @@ from judge import judge, records
 
 from schemas.config import SelectConfig, SelectPolicy
 from tasks.io.manifests import Stats
+from tasks.runtime.plan import run_in_memory
 from tasks.stages import select
 
 
@@ -53,7 +54,8 @@ def test_threshold_with_evidence_and_unscored_rows_kept_or_rejected():
 def test_top_fraction_keep_hard_and_keep_easy_rank_by_the_column():
     reasons, evidence = run(frame(), {"kind": "top", "column": "score", "k": 4})
     assert sorted(i for i, r in reasons.items() if r is None) == ["d16", "d17", "d18", "d19", "d3"]
-    assert evidence["d15"]["rank"] == 4 and evidence["d15"]["budget"] == 4
+    assert evidence["d15"] == {"policy": "select.top", "column": "score", "value": 15.0, "cutoff": 16.0,
+                               "budget": 4, "descending": True}  # the 4th kept row's value: 16
     reasons, _ = run(frame(), {"kind": "keep_easy", "column": "score", "fraction": 0.25, "nulls": "reject"})
     assert sorted(i for i, r in reasons.items() if r is None) == ["d0", "d1", "d2", "d4", "d5"]  # 25% of 19 scored
     reasons, _ = run(frame(), {"kind": "keep_hard", "column": "score", "k": 2, "nulls": "reject"})
@@ -88,19 +90,56 @@ def test_rules_compose_in_order_each_on_what_the_previous_kept():
     assert reasons["d19"] == "select.cap" and reasons["d7"] == "select.top"
 
 
-def test_deterministic_under_shuffled_and_re_split_shards():
+def _decisions(shards: list[pl.DataFrame], params: SelectConfig, partitions: int) -> pl.DataFrame:
+    results, _, _ = run_in_memory(select.PLAN, shards, params, partitions=partitions)
+    return pl.concat([r.rejected.select("id", "reason", "evidence") for r in results]).sort("id")
+
+
+def test_deterministic_under_shuffled_and_re_split_shards_and_partitions():
     batch = frame(300).with_columns(score=pl.Series([float(i % 7) for i in range(300)]))  # many ties
     rules = ({"kind": "top", "column": "score", "fraction": 0.4}, {"kind": "random", "fraction": 0.5, "seed": 3},
              {"kind": "quota", "by": ["source"], "max_per_group": 20})
     params = SelectConfig(policies=[SelectPolicy(**r) for r in rules])
-    whole = select.decide(select.features(batch, params), params)
+    whole = _decisions([batch], params, partitions=1)
     order = list(range(300))
     random.Random(5).shuffle(order)
     shuffled = batch[order]
-    shards = [shuffled[i:i + 70] for i in range(0, 300, 70)]
-    split = select.decide(pl.concat([select.features(s, params) for s in shards]), params)
-    assert whole.sort("id").equals(split.sort("id"))
-    assert whole["reason"].is_null().sum() == 40
+    split = _decisions([shuffled[i:i + 70] for i in range(0, 300, 70)], params, partitions=3)
+    assert whole.equals(split)
+    assert 300 - whole.height == 40
+
+
+def test_cutoffs_over_many_partitions_equal_one_sort_of_the_whole_corpus(monkeypatch):
+    """The radix select (windows narrowed pass by pass, then a gather) against ranking every row at once: the same
+    rows kept per rule, with ties, nulls, groups of different sizes, and rules that see only earlier survivors."""
+    import numpy as np
+
+    from tasks.stages.select import cutoffs
+
+    monkeypatch.setattr(cutoffs, "GATHER", 50)  # force the histogram passes on a small corpus
+    rng = np.random.default_rng(8)
+    n = 6000
+    batch = records(*[f"doc {i}" for i in range(n)]).with_columns(
+        score=pl.Series(np.where(rng.random(n) < 0.05, np.nan, rng.integers(0, 40, n)).tolist()).fill_nan(None),
+        quality=pl.Series(rng.normal(size=n)), label=pl.Series(rng.choice(["a", "b", "c"], n, p=[0.6, 0.3, 0.1])))
+    rules = [{"kind": "top", "column": "score", "fraction": 0.5}, {"kind": "quota", "by": ["label"],
+                                                                  "balance": True, "column": "quality"},
+             {"kind": "random", "k": 200, "seed": 4}]
+    params = SelectConfig(policies=[SelectPolicy(**r) for r in rules])
+    got = _decisions([batch[i:i + 700] for i in range(0, n, 700)], params, partitions=5)
+
+    alive = batch.with_columns(tie0=pl.col("id").hash(seed=0), tie4=pl.col("id").hash(seed=4),
+                               key4=pl.col("id").hash(seed=5))
+    scored = alive.filter(pl.col("score").is_not_null())
+    top = scored.sort(["score", "tie0"], descending=[True, False]).head(round(0.5 * scored.height))
+    alive = alive.filter(pl.col("score").is_null() | pl.col("id").is_in(top["id"].implode()))
+    cap = alive.group_by("label").len()["len"].min()
+    alive = alive.sort(["quality", "tie0"], descending=[True, False]).group_by("label", maintain_order=True).head(cap)
+    expected = set(alive.sort(["key4", "tie4"]).head(200)["id"])
+    assert set(batch["id"]) - set(got["id"]) == expected
+    assert got.group_by("reason").len().sort("reason").rows() == [
+        ("select.quota", 3 * 0 + (batch.height - scored.height + top.height) - 3 * cap),
+        ("select.random", 3 * cap - 200), ("select.top", scored.height - top.height)]
 
 
 def test_a_selection_that_empties_a_class_or_keeps_nothing_fails_with_a_message():
@@ -127,7 +166,7 @@ def test_bad_rules_are_refused_by_config_and_unknown_columns_named():
         SelectPolicy(kind="quota", by=["label"])
     params = SelectConfig(policies=[SelectPolicy(kind="threshold", column="score_quality", min=0.5)])
     with pytest.raises(ValueError, match="read column\\(s\\) score_quality, which the data does not have"):
-        select.features(frame(), params)
+        select.select_one_shard(frame(), params)
 
 
 def test_the_stage_runs_through_the_flow_and_its_contract_names_the_emptied_class(prefect_server, tmp_path):

@@ -59,12 +59,14 @@ def partition_counts(ctx: RunContext, stage: Stage, rows: int) -> dict[str, int]
     workers = ctx.config.runner.workers
     forced = ctx.config.runner.partitions
     budget = ctx.config.runner.task_memory // 4
+    params = stage.params(ctx.config)
     counts = {}
     for shuffle in stage.plan.shuffles:
         if shuffle.partitions:
             counts[shuffle.name] = shuffle.partitions
             continue
-        need = forced or max(1, math.ceil(rows * shuffle.bytes_per_row / budget))
+        per_row = shuffle.bytes_per_row(params) if callable(shuffle.bytes_per_row) else shuffle.bytes_per_row
+        need = forced or max(1, math.ceil(rows * per_row / budget))
         counts[shuffle.name] = min(MAX_PARTITIONS, -(-need // workers) * workers if not forced else need)
     return counts
 
@@ -173,12 +175,17 @@ class Work:
     def own_side(self, shard: str, folder: str) -> pl.DataFrame:
         return self.ctx.storage.read_parquet(layout.features(self.ctx.run_id, self.stage.name, shard, folder))
 
+    def other_side(self, shard: str, stage: str, folder: str) -> pl.DataFrame | None:
+        rel = layout.features(self.ctx.run_id, stage, shard, folder)
+        return self.ctx.storage.read_parquet(rel) if self.ctx.storage.exists(rel) else None
+
 
 def _inputs(work: Work, unit: str, published: Any, routed: dict | None = None) -> StepInputs:
     params = work.stage.params(work.ctx.config)
     loaded = lifecycle.loaded_for(work.stage, params) if work.stage.setup is not None else None
     return StepInputs(work.counts, unit, work.rows, routed or {}, work.globals(), stream=work.stream,
-                      side=work.side, own_side=lambda folder: work.own_side(unit, folder), published=published,
+                      side=work.side, own_side=lambda folder: work.own_side(unit, folder),
+                      other_side=lambda stage, folder: work.other_side(unit, stage, folder), published=published,
                       loaded=loaded)
 
 

@@ -45,7 +45,7 @@ def partition(key: pl.Expr, partitions: int, seed: int = 7) -> pl.Expr:
 @dataclass(frozen=True)
 class Shuffle:
     name: str
-    bytes_per_row: int  # of the stage's input rows, in this shuffle: sets its partition count
+    bytes_per_row: int | Callable[[Any], int]  # of the stage's input rows in this shuffle (or of the params)
     key: str  # the column a reduce groups by: a split partition keeps each key's rows together
     partitions: int | None = None  # a fixed count (a bounded sample for a combine step: 1)
 
@@ -108,6 +108,8 @@ class StepInputs:
     stream: Callable[[str], Iterator[pl.DataFrame]] | None = None  # combine: a shuffle, one partition at a time
     side: Callable[[str], Iterator[tuple[str, pl.DataFrame]]] | None = None  # (shard, frame) of a side output
     own_side: Callable[[str], pl.DataFrame] | None = None  # map: this shard's side output of an earlier step
+    # map: (stage, folder) -> this shard's side output of an earlier stage of the run (None when it has none)
+    other_side: Callable[[str, str], pl.DataFrame | None] | None = None
     published: Any = None
     loaded: Any = None
 

@@ -1,11 +1,9 @@
 """Select: which rows stay, by rules composed in config (thresholds, top-k, keep hard/easy, longest, quotas and
 balance, a seeded random baseline), each rejection `select.<rule>` with its evidence.
 
-A global stage (tasks/runtime/stage.py GlobalSteps):
-  features  per shard: the id and only the columns the rules read (a text column a `longest` rule reads becomes
-            its length here: features never carry text);
-  decide    once: the rules in order (tasks/stages/select/policies.py), each on the rows still selected;
-  apply     per shard: kept rows unchanged, removed rows to quarantine with reason and evidence.
+A partitioned global stage (the steps in steps.py: features per shard, each corpus-wide rule's cutoff or picks
+found by streaming the rows partition by partition, the decisions per partition; no step holds every row), then
+apply per shard: kept rows unchanged, removed rows to quarantine with reason and evidence.
 Counts per class (`select.label`) feed the contract: a selection that keeps no row, or empties a class, fails.
 """
 
@@ -16,55 +14,9 @@ import polars as pl
 from schemas.config import SelectConfig
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
-from tasks.runtime.stage import GlobalSteps, SideInput, Stage, StageResult
-from tasks.stages.select import policies
-from tasks.stages.select.policies import ALIVE
-
-
-def _read_columns(params: SelectConfig, available: list[str]) -> list[str]:
-    cols = []
-    for p in params.policies:
-        cols += [c for c in (policies.column_of(p), *p.by) if c is not None]
-        if p.kind == "label_noise":
-            cols += list(policies.LABEL_NOISE_COLUMNS)
-    if params.label in available:
-        cols.append(params.label)
-    return list(dict.fromkeys(c for c in cols if c != "id"))
-
-
-def side_inputs(params: SelectConfig) -> list[SideInput]:
-    """A k_center rule reads the score stage's embeddings (joined on id by the runner before `decide`)."""
-    wanted = {policies.column_of(p) for p in params.policies if p.kind == "k_center"}
-    return [SideInput("score", "embeddings", ("embedding",))] if "embedding" in wanted else []
-
-
-def features(batch: pl.DataFrame, params: SelectConfig) -> pl.DataFrame:
-    """The id and the columns the rules read; the score stage's embeddings come to `decide` as a side input, or
-    from the batch itself when it carries them (a frame selected on its own)."""
-    if params.label not in batch.columns:
-        raise ValueError(f"select.label = {params.label!r} names no column of the data (columns: "
-                         f"{', '.join(batch.columns)}): no class could be protected from being emptied")
-    side = {c for s in side_inputs(params) for c in s.columns if c not in batch.columns}
-    cols = [c for c in _read_columns(params, batch.columns) if c not in side]
-    missing = [c for c in cols if c not in batch.columns]
-    if missing:
-        raise ValueError(f"select: the rules read column(s) {', '.join(missing)}, which the data does not have "
-                         f"(columns: {', '.join(batch.columns)}); is the stage that adds them in `stages`?")
-    lengths = {policies.column_of(p) for p in params.policies if p.kind == "longest"}
-    return batch.select("id", *[pl.col(c).str.len_chars().alias(c) if c in lengths and batch.schema[c] == pl.String
-                                else pl.col(c) for c in cols])
-
-
-def decide(feats: pl.DataFrame, params: SelectConfig) -> pl.DataFrame:
-    frame = feats.with_columns(pl.lit(True).alias(ALIVE), reason=pl.lit(None, pl.String),
-                               evidence=pl.lit(None, pl.String))
-    for policy in params.policies:
-        removed, evidence = policies.judge(frame, policy)
-        frame = frame.with_columns(
-            reason=pl.when(removed).then(pl.lit(policies.reason(policy))).otherwise(pl.col("reason")),
-            evidence=pl.when(removed).then(evidence).otherwise(pl.col("evidence")),
-        ).with_columns(pl.col(ALIVE) & removed.not_())
-    return frame.select("id", "reason", "evidence")
+from tasks.runtime.plan import run_in_memory
+from tasks.runtime.stage import Stage, StageResult
+from tasks.stages.select import policies, steps
 
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: SelectConfig) -> StageResult:
@@ -81,10 +33,18 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: SelectConfig) ->
                        stats=Stats(counts=counts))
 
 
+def apply_routed(batch: pl.DataFrame, routed: dict[str, pl.DataFrame], params: SelectConfig) -> StageResult:
+    return apply(batch, routed.get("decisions", pl.DataFrame(schema=steps.DECISIONS)), params)
+
+
+PLAN = steps.plan(apply_routed)
+
+
 def select_one_shard(batch: pl.DataFrame, params: SelectConfig) -> StageResult:
-    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for select (a k_center
-    rule then needs the embeddings in the frame)."""
-    return apply(batch, decide(features(batch, params), params), params)
+    """The whole stage on one frame (every step in memory): what `stage.fn(df)` means for select (a k_center rule
+    then needs the embeddings in the frame)."""
+    (result,), _, _ = run_in_memory(PLAN, [batch], params)
+    return result
 
 
 def rate_checks(stats: Stats, rows_in: int, params: SelectConfig) -> list[dict]:
@@ -120,7 +80,7 @@ STAGE = Stage(
     adds={},
     suite="select",
     kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply, side_inputs=side_inputs),
+    plan=PLAN,
     rate_checks=rate_checks,
     summarize=summarize,
     description="rules composed in config: thresholds, top-k, keep hard/easy, longest, quotas, k-center, random "
