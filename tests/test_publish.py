@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import polars as pl
 import pytest
-from judge import judge
+from judge import judge, records
+from judge import run as run_stage
 
 from schemas.config import SluiceConfig
 from tasks.io.storage import Storage
@@ -44,5 +46,9 @@ def test_exclusive_create_never_overwrites(tmp_path):
 
 
 def test_judge_publish_alone():
-    """Publishing removes nothing: every row of the last stage is published as it is."""
+    """Publishing removes nothing: every row of the last stage is published as it is, counted per source."""
     assert judge("publish", "one document", "another document") == [None, None]
+    batch = records("one", "two", "three").with_columns(source=pl.Series(["a", "b", "a"]))
+    result = run_stage("publish", batch)
+    assert result.kept.equals(batch) and result.rejected.height == 0
+    assert result.stats.tallies["rows_by_source"] == {"a": 2, "b": 1}
