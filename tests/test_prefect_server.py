@@ -216,3 +216,31 @@ def test_the_warm_worker_runs_commands_as_fresh_processes_would(shared_home, tmp
     finally:
         os.utime(source, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert prefect_server.status()[1] and server_processes(prefect_server.Server.read().port) == 1
+
+
+def test_the_printed_flow_run_page_shows_the_run_in_a_browser(shared_home, tmp_path):
+    """The "View at" link of a run opens in headless Chromium and the UI, which reads its API URL from
+    /ui-settings, finds the flow run (Prefect's default API URL names port 4200, where nothing listens)."""
+    import re
+    import shutil
+
+    import httpx
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it; .ci/run too)")
+    done = sluice("run", "--input", str(tiny_input(tmp_path)), "--output", str(tmp_path / "out"), "--stages",
+                  "ingest")
+    assert done.returncode == 0, done.stderr
+    ui = re.search(r"Prefect: (http://127\.0\.0\.1:(\d+))", done.stdout)  # the summary's link
+    assert ui is not None, done.stdout[-2000:]
+    server = prefect_server.Server.read()
+    assert int(ui.group(2)) == server.port
+    assert httpx.get(f"{ui.group(1)}/ui-settings").json()["api_url"] == server.url
+    (run,) = httpx.post(f"{server.url}/flow_runs/filter", json={"limit": 5}).json()
+    name, url = run["name"], f"{ui.group(1)}/runs/flow-run/{run['id']}"  # what Prefect prints as "View at"
+    page = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+                           url], capture_output=True, text=True, timeout=180)
+    assert "Can't connect to Server API" not in page.stdout
+    assert name in page.stdout, page.stdout[-2000:]

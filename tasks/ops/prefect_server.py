@@ -212,7 +212,9 @@ def status() -> tuple[Server | None, bool]:
 def supervise(port: int, idle_seconds: int) -> int:
     """The supervisor: runs the server, stops it after `idle_seconds` without a user, or on SIGTERM."""
     state, _, users, _ = _paths()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # the UI's JavaScript calls the API at the URL /ui-settings gives it: Prefect's default names port 4200
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
     child = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
