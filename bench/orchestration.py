@@ -95,12 +95,7 @@ def run_direct(inputs: list[str], out: str, config_path: str, run_id: str, stage
 
                     receipts, _, _ = partitioned.execute(ctx, stage, previous, units, applied)
                 else:
-                    decisions = None
-                    if stage.kind == "global":
-                        feats = list(pool.map(lambda s, st=stage: runner.global_features(ctx, st, *s), shards))
-                        decisions = runner.global_decide(ctx, stage, feats)
-                    receipts = list(pool.map(lambda s, st=stage, d=decisions: runner.map_shard(ctx, st, s[0], s[1], d),
-                                             shards))
+                    receipts = list(pool.map(lambda s, st=stage: runner.map_shard(ctx, st, s[0], s[1]), shards))
             previous = runner.commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target)
             lifecycle.release(name)
             manifests.append(previous)

@@ -22,7 +22,7 @@ def test_stage_conforms(name):
     stage = STAGES[name]
     assert stage.name == name and stage.description
     assert stage.kind in ("source", "map", "global", "sink") and stage.resources in ("cpu", "gpu")
-    assert (stage.steps is not None or stage.plan is not None) == (stage.kind == "global")
+    assert (stage.plan is not None) == (stage.kind == "global")
     assert (stage.sink is not None) == (stage.kind == "sink")
     params = stage.params(SluiceConfig())
     assert isinstance(params, BaseModel), f"{name}: params must be a pydantic model of the config"

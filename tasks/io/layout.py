@@ -7,7 +7,8 @@ manifest in it still resolves. Nothing else in the code spells out a path under 
     runs/<run>/<stage>/part-<shard>.parquet          kept rows
     runs/<run>/<stage>/rejected/part-<shard>.parquet quarantined rows
     runs/<run>/<stage>/_shards/<shard>.json          shard receipt (the shard's commit marker)
-    runs/<run>/<stage>/_features|_decisions*         a global stage's map and reduce outputs
+    runs/<run>/<stage>/_work/<generation>/           a global stage's shuffles, routes and receipts (deleted
+                                                     once the stage is committed, unless runner.keep_work)
     runs/<run>/<stage>/_manifest.json                the stage's commit marker, written last
     runs/<run>/<stage>/_contract_failure.json        what would have been the manifest, when the contract failed
     runs/<run>/report/                               index.html, card.md, contracts/ (GE Data Docs)
@@ -83,18 +84,6 @@ def features(run_id: str, stage: str, shard: str, folder: str = "_features") -> 
     """A global stage's per-shard features (the score stage's are its embeddings: `score/embeddings/part-*`)."""
     name = f"part-{shard}.parquet" if not folder.startswith("_") else f"{shard}.parquet"
     return _join(RUNS, run_id, stage, folder, name)
-
-
-def features_receipt(run_id: str, stage: str, shard: str, folder: str = "_features") -> str:
-    return _join(RUNS, run_id, stage, folder, "_receipts" if not folder.startswith("_") else "", f"{shard}.json")
-
-
-def decisions(run_id: str, stage: str) -> str:
-    return _join(RUNS, run_id, stage, "_decisions.parquet")
-
-
-def decisions_receipt(run_id: str, stage: str) -> str:
-    return _join(RUNS, run_id, stage, "_decisions.json")
 
 
 def stage_artifact(run_id: str, stage: str, name: str) -> str:

@@ -76,18 +76,13 @@ def _list_inputs(inputs: list[str], s3_options: dict) -> list:
     return files
 
 
-def _map_shards(ctx: RunContext, stage: Stage, label: str, shards: list[str], objs: list[dict],
-                decisions: dict | None = None) -> list:
-    return [runner.map_shard(ctx, stage, shard, obj, decisions) for shard, obj in zip(shards, objs, strict=True)]
+def _map_shards(ctx: RunContext, stage: Stage, label: str, shards: list[str], objs: list[dict]) -> list:
+    return [runner.map_shard(ctx, stage, shard, obj) for shard, obj in zip(shards, objs, strict=True)]
 
 
 def _sink_shards(ctx: RunContext, stage: Stage, label: str, indexes: list[int], objs: list[dict], target: dict
                  ) -> list:
     return [runner.sink_shard(ctx, stage, index, obj, target) for index, obj in zip(indexes, objs, strict=True)]
-
-
-def _global_features(ctx: RunContext, stage: Stage, label: str, shards: list[str], objs: list[dict]) -> list:
-    return [runner.global_features(ctx, stage, shard, obj) for shard, obj in zip(shards, objs, strict=True)]
 
 
 def task_batches(objs: list[dict], task_rows: int, workers: int) -> list[list[int]]:
@@ -118,8 +113,6 @@ source_group = _io_task("source-group", runner.source_group, "{stage.name}-files
 map_shard = _io_task("map-shard", runner.map_shard, "{stage.name}-{shard}")
 map_shards = _io_task("map-shards", _map_shards, "{stage.name}-{label}")
 sink_shards = _io_task("sink-shards", _sink_shards, "{stage.name}-{label}")
-global_features = _io_task("global-features", _global_features, "{stage.name}-features-{label}")
-global_decide = _io_task("global-decide", runner.global_decide, "{stage.name}-decide", retries=1)
 
 
 def _plan_units(ctx: RunContext, stage: Stage, step_name: str, label: str, units: list[str], unit_inputs: list,
@@ -166,8 +159,8 @@ def _resources(stage: Stage):
 def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
                     ) -> tuple[list, dict | None, dict, dict | None]:
     """Map the stage's shard tasks by kind; returns the receipts, a sink's claimed destination, side outputs (a
-    global stage's features when they are public, like the score stage's embeddings) and what a global stage's
-    decide step counted."""
+    global stage's public per-shard outputs, like the score stage's embeddings) and a global stage's plan summary
+    (its steps and partitions, for the manifest)."""
     retries = ctx.config.runner.retries
     shards = runner.shards_of(source)
     names, objs = [s for s, _ in shards], [o for _, o in shards]
@@ -176,22 +169,8 @@ def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
     batch_names = [[names[i] for i in b] for b in batches]
     batch_objs = [[objs[i] for i in b] for b in batches]
     with _resources(stage):
-        if stage.kind == "global" and stage.plan is not None:
-            return _plan_receipts(ctx, stage, source, names, objs, batches, labels, retries)
         if stage.kind == "global":
-            features = _gather(global_features.with_options(retries=retries).map(ctx, stage, labels, batch_names,
-                                                                                 batch_objs),
-                               f"{stage.name} features", lambda fs: sum(f.get("rows", 0) for f in fs), total=len(names))
-            features = _flat(features)
-            decisions = global_decide(ctx, stage, features)
-            futures = map_shards.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs,
-                                                                   unmapped(decisions))
-            side = {} if stage.steps.folder.startswith("_") else {
-                stage.steps.folder: [{k: f[k] for k in ("path", "rows", "sha256", "bytes")} for f in features]}
-            if decisions.get("artifacts"):
-                side["artifacts"] = decisions["artifacts"]
-            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, side, \
-                decisions.get("stats")
+            return _plan_receipts(ctx, stage, source, names, objs, batches, labels, retries)
         if stage.kind == "sink":
             target = stage.sink.open(ctx, objs)
             indexes = [_label([str(i) for i in b]) for b in batches]  # `publish-3`: the part it writes
@@ -260,8 +239,7 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
             partitioned.clean_work(ctx, stage)  # a run killed between the commit and the cleaning left them
         return manifest
     try:
-        decided = None
-        extra: dict = {}
+        summary = None
         if stage.kind == "source" and ctx.config.ingest.limit_rows:
             receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
         elif stage.kind == "source":
@@ -271,11 +249,9 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
             per_group = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "file groups")
             receipts, target, side = [r for rs in per_group for r in rs], None, {}
         else:
-            receipts, target, side, decided = _shard_receipts(ctx, stage, source)
-            if isinstance(decided, dict) and "steps" in decided:
-                extra, decided = decided, None
+            receipts, target, side, summary = _shard_receipts(ctx, stage, source)
         manifest = commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
-                                side_outputs=side, decide_stats=decided, plan_summary=extra or None)
+                                side_outputs=side, plan_summary=summary)
         if stage.plan is not None and not ctx.config.runner.keep_work:
             partitioned.clean_work(ctx, stage)
         return manifest

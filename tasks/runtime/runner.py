@@ -11,7 +11,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -22,12 +21,11 @@ from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.readers.frames import Rechunker
 from tasks.io.storage import sha256_bytes
-from tasks.io.versions import published_index
 from tasks.runtime import lifecycle
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
 from tasks.runtime.fingerprints import fingerprint, reuse_or_redo
-from tasks.runtime.stage import SideInput, Stage, StageResult, check_declaration
+from tasks.runtime.stage import Stage, StageResult, check_declaration
 
 log = logging.getLogger("sluice")
 
@@ -235,17 +233,12 @@ def shards_of(manifest: StageManifest) -> list[tuple[str, dict]]:
     return [(layout.shard_of_part(obj.path), obj.as_json()) for obj in manifest.outputs]
 
 
-def map_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict, decisions: dict | None = None) -> Receipt:
-    """Map step of a map stage, or the apply step of a global stage (with the reduce step's decisions)."""
+def map_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) -> Receipt:
+    """One shard of a map stage."""
     def load() -> pl.DataFrame:
         return ctx.storage.read_parquet(input_obj["path"])
 
-    if decisions is None:
-        return process_shard(ctx, stage, shard, load, [input_obj])
-    table = ctx.storage.read_parquet(decisions["path"])
-    apply = stage.steps.apply
-    applied = replace(stage, fn=lambda batch, params: apply(batch, table, params), setup=None)
-    return process_shard(ctx, applied, shard, load, [input_obj, {"decisions": decisions["sha256"]}])
+    return process_shard(ctx, stage, shard, load, [input_obj])
 
 
 def sink_shard(ctx: RunContext, stage: Stage, index: int, input_obj: dict, target: dict) -> Receipt:
@@ -275,102 +268,6 @@ def sink_shard(ctx: RunContext, stage: Stage, index: int, input_obj: dict, targe
         return written
 
     return process_shard(ctx, stage, f"{index:05d}", lambda: batch, [input_obj, {"target": target}], write)
-
-
-def global_features(ctx: RunContext, stage: Stage, shard: str, input_obj: dict) -> dict:
-    """Map step of a global stage: per-shard features (no text), committed like a shard, resumable."""
-    params = stage.params(ctx.config)
-    fp = fingerprint(stage.name, "features", input_obj, params.model_dump(mode="json"), ctx.code_version)
-    receipt_rel = layout.features_receipt(ctx.run_id, stage.name, shard, stage.steps.folder)
-
-    def redo() -> dict:
-        interrupt.check()
-        batch = ctx.storage.read_parquet(input_obj["path"])
-        if stage.setup is not None:  # the features are model outputs (the score stage's embeddings)
-            with lifecycle.device_slot(stage):
-                feats = stage.steps.features(batch, params, lifecycle.loaded_for(stage, params))
-        else:
-            feats = stage.steps.features(batch, params)
-        written = ctx.storage.write_parquet(layout.features(ctx.run_id, stage.name, shard, stage.steps.folder),
-                                            feats)
-        receipt = {"fingerprint": fp, "shard": shard, **written.as_json()}
-        ctx.storage.write_json(receipt_rel, receipt)
-        return receipt
-
-    receipt, _ = reuse_or_redo(lambda: ctx.storage.read_json_if_exists(receipt_rel), fp,
-                               lambda r: r.get("fingerprint"), redo)
-    return receipt
-
-
-def side_input_objects(ctx: RunContext, stage: Stage, params: Any) -> list[tuple[SideInput, list[dict]]]:
-    """The committed side outputs of other stages in this run that the stage's decide step reads (by params)."""
-    wanted = stage.steps.side_inputs(params) if stage.steps.side_inputs else []
-    found = []
-    for side in wanted:
-        manifest = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, side.stage))
-        if manifest is None or side.folder not in manifest.side_outputs:
-            raise ValueError(f"{stage.name} reads the {side.folder} of stage {side.stage} ({', '.join(side.columns)})"
-                             f", and run {ctx.run_id} has none committed: put {side.stage} before {stage.name} in "
-                             "`stages`")
-        found.append((side, [o.as_json() for o in manifest.side_outputs[side.folder]]))
-    return found
-
-
-def _with_side_inputs(ctx: RunContext, features: pl.DataFrame, sides: list[tuple[SideInput, list[dict]]]
-                      ) -> pl.DataFrame:
-    for side, objs in sides:
-        frame = pl.concat([ctx.storage.read_parquet(o["path"], columns=["id", *side.columns]) for o in objs],
-                          how="vertical")
-        features = features.join(frame, on="id", how="left", maintain_order="left")
-    return features
-
-
-def global_decide(ctx: RunContext, stage: Stage, feature_receipts: list[dict]) -> dict:
-    """Reduce step of a global stage: all shards' features (plus other stages' side outputs it reads) -> one
-    decisions table (resumable by fingerprint)."""
-    params = stage.params(ctx.config)
-    receipts = sorted(feature_receipts, key=lambda r: r["shard"])
-    sides = side_input_objects(ctx, stage, params)
-    extra = {}
-    if stage.steps.against_published:
-        extra["published"] = published_index(ctx.storage, ctx.config.publish.dataset,
-                                             append=ctx.config.publish.mode == "append",
-                                             check=ctx.config.publish.verify_base)
-    fp = fingerprint(stage.name, "decide", [r["sha256"] for r in receipts], params.model_dump(mode="json"),
-                     ctx.code_version, *([o["sha256"] for o in objs] for _, objs in sides),
-                     *(extra["published"].fingerprint() if extra else []))
-    receipt_rel = layout.decisions_receipt(ctx.run_id, stage.name)
-
-    def redo() -> dict:
-        features = _with_side_inputs(ctx, pl.concat([ctx.storage.read_parquet(r["path"]) for r in receipts],
-                                                    how="vertical"), sides)
-        started = time.perf_counter()
-        if stage.setup is not None:
-            decided = stage.steps.decide(features, params, lifecycle.loaded_for(stage, params), **extra)
-        else:
-            decided = stage.steps.decide(features, params, **extra)
-        decisions, artifacts, decide_stats = (*decided, Stats())[:3] if isinstance(decided, tuple) else (
-            decided, {}, Stats())
-        written = ctx.storage.write_parquet(layout.decisions(ctx.run_id, stage.name), decisions)
-        made = []
-        for name, data in sorted(artifacts.items()):  # e.g. a trained head, kept with the run
-            rel = layout.stage_artifact(ctx.run_id, stage.name, name)
-            ctx.storage.write_bytes(rel, data)
-            made.append({"path": rel, "rows": 0, "sha256": sha256_bytes(data), "bytes": len(data)})
-        receipt = {"fingerprint": fp, **written.as_json(), "artifacts": made, "stats": decide_stats.as_json(),
-                   "seconds": round(time.perf_counter() - started, 3)}
-        ctx.storage.write_json(receipt_rel, receipt)
-        against = extra.get("published")
-        if against is not None and not against.empty:
-            log.info(f"{stage.name}: also compared with {against.dataset}"
-                     + (f" v{against.version} ({sum(o.rows for o in against.parts):,} published rows)"
-                        if against.version else "") + f" and {len(against.blocked)} takedown(s)")
-        log.info(f"{stage.name}: decided over {features.height} rows in {receipt['seconds']} s")
-        return receipt
-
-    receipt, _ = reuse_or_redo(lambda: ctx.storage.read_json_if_exists(receipt_rel), fp,
-                               lambda r: r.get("fingerprint"), redo)
-    return receipt
 
 
 def committed_manifest(ctx: RunContext, stage: Stage, inputs: list[dict]) -> StageManifest | None:
@@ -406,8 +303,7 @@ def rejected_share_check(contracts_cfg, stage_name: str, rows_in: int, rows_reje
 
 
 def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], started: float,
-                   contracts: Contracts, replay_of: dict | None = None, decide_stats: Stats | None = None
-                   ) -> StageManifest:
+                   contracts: Contracts, replay_of: dict | None = None) -> StageManifest:
     """Reconcile the receipts, run the stage-wide contract, and build the manifest (not yet written)."""
     receipts = sorted(receipts, key=lambda r: r.shard)
     rows_in = sum(r.rows_in for r in receipts)
@@ -420,7 +316,7 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
     by_reason: Counter = Counter()
     for r in receipts:
         by_reason.update(r.rejected_by_reason)
-    stats = Stats.merge([*(r.stats for r in receipts), *([decide_stats] if decide_stats else [])])
+    stats = Stats.merge([r.stats for r in receipts])
     params = stage.params(ctx.config)
     checks = stage.rate_checks(stats, rows_in, params) if stage.rate_checks else []
     checks += rejected_share_check(ctx.config.contracts, stage.name, rows_in, rows_rejected)
@@ -441,12 +337,11 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
 
 def commit_stage(ctx: RunContext, stage: Stage, receipts: list[Receipt], inputs: list[dict], contracts: Contracts,
                  started: float, replay_of: dict | None = None, sink_target: dict | None = None,
-                 side_outputs: dict[str, list[dict]] | None = None, decide_stats: dict | None = None,
-                 plan_summary: dict | None = None) -> StageManifest:
+                 side_outputs: dict[str, list[dict]] | None = None, plan_summary: dict | None = None
+                 ) -> StageManifest:
     """Reduce step: the manifest is written last — the commit marker — and only when the contract passed; a
     failed contract writes `_contract_failure.json` instead. A sink commits its destination first."""
-    manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of,
-                              Stats.model_validate(decide_stats) if decide_stats else None)
+    manifest = build_manifest(ctx, stage, receipts, inputs, started, contracts, replay_of)
     if plan_summary:
         manifest = manifest.model_copy(update={"plan": plan_summary})
     if side_outputs:

@@ -56,35 +56,6 @@ class StageResult:
 
 
 @dataclass(frozen=True)
-class SideInput:
-    """Columns of another stage's public features (its side outputs in this run) that a global stage's decide step
-    reads, joined on id: select's k-center rule reads the score stage's embeddings, which never travel with rows."""
-
-    stage: str
-    folder: str
-    columns: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class GlobalSteps:
-    """A stage whose decision needs the whole corpus (dedup, clustering): map -> reduce -> apply.
-
-    `features(batch, params)` runs per shard and returns a small frame (hashes, signatures; never text);
-    `decide(features, params)` sees every shard's features at once and returns per-row decisions;
-    `apply(batch, decisions, params)` runs per shard again and returns kept/rejected like a map stage.
-    """
-
-    features: Callable[..., pl.DataFrame]  # (batch, params), or (batch, params, loaded) for a stage with setup
-    decide: Callable[..., Any]  # -> decisions, or (decisions, {file name: bytes}) to keep artifacts with the run
-    apply: Callable[[pl.DataFrame, pl.DataFrame, Any], StageResult]
-    folder: str = "_features"  # where the features go under the stage (a public name makes them an output)
-    side_inputs: Callable[[Any], list[SideInput]] | None = None  # (params) -> what decide also reads
-    # decide also gets `published=` the dataset's index (tasks/io/versions.PublishedIndex): the newest version's
-    # rows when the run appends, and what was forgotten
-    against_published: bool = False
-
-
-@dataclass(frozen=True)
 class SinkSteps:
     """Where a sink's rows go and how that destination is committed (publish: a dataset version).
 
@@ -122,7 +93,6 @@ class Stage:
     resources: Literal["cpu", "gpu"] = "cpu"
     kind: Kind = "map"
     description: str = ""
-    steps: GlobalSteps | None = None  # kind == "global": one decide over every shard's features (small stages)
     plan: Any = None  # kind == "global": partitioned steps (tasks/runtime/plan.Plan), nothing holds the corpus
     sink: SinkSteps | None = None  # kind == "sink" only
     setup: Callable[[Any], Any] | None = None

@@ -1,12 +1,13 @@
 """Augment: synthetic rows for scarce slices, each through a gate, each with its provenance.
 
-A global stage (tasks/runtime/stage.py GlobalSteps):
-  features  per shard: id, slice membership, label, a hash of the normalized text (for the duplicate check), and
-            the text only of rows in a slice (the parents and their neighbours) or in the proxy classifier's
-            hashed sample of labeled rows: scarce slices are small, so the features stay small;
-  decide    once, with the models loaded: each slice's shortfall under its target and the share cap, one request
-            per missing row (tasks/stages/augment/plan.py), generation (generators.py, cached), the gate
-            (gate.py); the decisions table is the generated rows, passed or failed;
+A partitioned global stage (the steps in steps.py; no step holds every row):
+  features  per shard: slice counts; the text of rows in a slice (the parents and their neighbours) or in the
+            proxy classifier's hashed sample; every row's normalized-text hash, partitioned by hash;
+  generate  each slice's shortfall under its target and the share cap, one request per missing row
+            (tasks/stages/augment/plan.py), generation (generators.py, cached), the gate's checks before
+            `duplicate` (gate.py);
+  duplicates  per hash partition: the candidates a real row already says;
+  gate      `duplicate` and the checks after it; the decisions are the generated rows, passed or failed;
   apply     per shard: real rows unchanged (provenance columns null, `label_source` human where labeled), the
             generated rows whose parent is in the shard: passed ones join as synthetic rows, failed ones go to
             quarantine as `augment.gate.<check>`, so rows_in + rows_synthetic == rows_out + rows_rejected.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
@@ -25,8 +26,9 @@ import polars as pl
 from schemas.config import AugmentParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
-from tasks.runtime.stage import PROVENANCE, GlobalSteps, Stage, StageResult
-from tasks.stages.augment import gate, generators, plan
+from tasks.runtime.plan import run_in_memory
+from tasks.runtime.stage import PROVENANCE, Stage, StageResult
+from tasks.stages.augment import gate, generators, plan, steps
 from tasks.stages.augment.plan import SLICE
 
 log = logging.getLogger("sluice")
@@ -90,9 +92,9 @@ def release(loaded: Loaded) -> None:
     loaded.models = gate.GateModels()
 
 
-def features(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> pl.DataFrame:
-    """Small per-shard features; `loaded` is unused here (the runner hands it to every step of a stage with a
-    setup), the models work in `decide`."""
+def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float | None = None) -> pl.DataFrame:
+    """Per-shard features: every row's id, slice, label and text hash, and the text of the rows in a slice or in
+    the proxy classifier's hashed sample (`proxy_fraction` of labeled rows, default `gate.proxy_sample`)."""
     from tasks.stages.dedup import normalized
 
     cfg = params.augment
@@ -104,7 +106,8 @@ def features(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None =
     synthetic = pl.col("syn_origin").is_not_null() if "syn_origin" in batch.columns else pl.lit(False)
     bucket = pl.col("id").hash(seed=13) % 1_000_000
     framed = batch.with_columns(plan.membership(cfg))
-    proxy = label.is_not_null() & ~synthetic & (bucket < int(cfg.gate.proxy_sample * 1_000_000))
+    fraction = cfg.gate.proxy_sample if proxy_fraction is None else proxy_fraction
+    proxy = label.is_not_null() & ~synthetic & (bucket < int(fraction * 1_000_000))
     return framed.select(
         "id", SLICE, label=label, _synthetic=synthetic, _proxy=proxy,
         _hash=normalized(pl.col("text")).hash(seed=0),
@@ -125,56 +128,78 @@ def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded):
         classes
 
 
-def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None
-           ) -> tuple[pl.DataFrame, dict[str, bytes]]:
-    loaded = loaded if loaded is not None else load(params)
+def generate(pool: pl.DataFrame, slice_counts: pl.DataFrame, params: AugmentParams, loaded: Loaded
+             ) -> tuple[pl.DataFrame, dict]:
+    """Each slice's shortfall (from the corpus's slice counts), one request per candidate, generation (cached) and
+    the gate's checks before `duplicate`. `pool`: the features of the rows in a slice or the proxy sample.
+    Returns the candidates (reason/evidence set where a check failed) and the plan's report so far."""
     cfg = params.augment
     tmpl, prompt_sha = plan.template(cfg)
-    shortfall = plan.shortfalls(feats, cfg)
-    req = plan.requests(feats, cfg, shortfall)
+    shortfall = plan.shortfalls_of(slice_counts, cfg)
+    req = plan.requests(pool, cfg, shortfall)
     if cfg.generator == "eda":
-        slice_texts = feats.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic"))["text"]
+        slice_texts = pool.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic"))["text"]
         words = sorted(set(" ".join(slice_texts.to_list()).split()))
-        generate, inputs = generators.WordLevel(words), req["parent_text"].to_list()
-        params_key = generate.params
+        generate_fn, inputs = generators.WordLevel(words), req["parent_text"].to_list()
+        params_key = generate_fn.params
         prompt_sha = hashlib.sha256(orjson.dumps(params_key, option=orjson.OPT_SORT_KEYS)).hexdigest()  # no prompt
     else:
-        generate, params_key = loaded.generator, loaded.generator.params
+        generate_fn, params_key = loaded.generator, loaded.generator.params
         inputs = [plan.render(tmpl, t, lab, shots) for t, lab, shots in
                   zip(req["parent_text"], req["label"], req["shots"], strict=True)]
     cache = generators.GenerationCache(loaded.cache_root, loaded.identity, params_key)
-    got = generators.cached_generate(cache, inputs, req["seed"].to_list(), generate, cfg.batch_size)
+    got = generators.cached_generate(cache, inputs, req["seed"].to_list(), generate_fn, cfg.batch_size)
     for error in got.errors[:5]:
         log.warning(f"augment: a generation request failed after retries: {error}")
     made = req.with_columns(text=pl.Series(got.texts, dtype=pl.String)).filter(pl.col("text").is_not_null())
     made = made.with_columns(  # a one-paragraph parent gets one paragraph back: small LMs append commentary
         text=pl.when(pl.col("parent_text").str.contains("\n\n", literal=True)).then(pl.col("text"))
         .otherwise(pl.col("text").str.split("\n\n").list.first().str.strip_chars()))
-    backtranslate = cfg.task == "backtranslate"
     made = made.with_columns(
         id=pl.concat_str(pl.lit("syn-"), pl.col("parent_id"), pl.lit("-"), pl.col("variant").cast(pl.String),
                          pl.lit("-"), pl.lit(hashlib.sha256(orjson.dumps(loaded.identity, option=orjson.OPT_SORT_KEYS)
-                                                            ).hexdigest()[:8])))
-    real = feats.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic")).select("id", "text", SLICE)
-    judged = gate.run(made, real, feats["_hash"], loaded.models, params, _proxy(feats, params, loaded),
-                      limits={p["slice"]: p["asked"] for p in shortfall})
+                                                            ).hexdigest()[:8]))).drop("shots")
+    real = pool.filter(pl.col(SLICE).is_not_null() & ~pl.col("_synthetic")).select("id", "text", SLICE)
+    candidates = gate.before_duplicates(made, real, loaded.models, params)
+    report = {"slices": shortfall, "requested": req.height, "generated": made.height,
+              "not_generated": req.height - made.height, "cached": got.cached, "tokens": got.tokens,
+              "cost": round(got.cost, 6), "stopped": got.stopped, "errors": len(got.errors),
+              "generator": loaded.identity, "prompt_sha256": prompt_sha, "error_samples": got.errors[:5]}
+    return candidates, report
+
+
+def judge(candidates: pl.DataFrame, real_dup_ids: pl.Series, pool: pl.DataFrame, report: dict,
+          params: AugmentParams, loaded: Loaded) -> tuple[pl.DataFrame, dict[str, bytes], Stats]:
+    """The gate's checks from `duplicate` on (`real_dup_ids`: candidates whose text a real row has), the decisions
+    table (every generated row, passed or failed, with provenance), the plan's report and the request counts."""
+    cfg = params.augment
+    judged = gate.from_duplicates(candidates, real_dup_ids, loaded.models, params, _proxy(pool, params, loaded),
+                                  limits={p["slice"]: p["asked"] for p in report["slices"]})
+    backtranslate = cfg.task == "backtranslate"
     decisions = judged.select(
         "id", "slice", "label", "reason", "evidence",
         text=pl.col("parent_text") if backtranslate else pl.col("text"),
         syn_instruction=pl.col("text") if backtranslate else pl.lit(None, pl.String),
         syn_origin=pl.lit(f"augment.{cfg.task}"), syn_generator=pl.lit(_identity_text(loaded.identity)),
-        syn_parent_id=pl.col("parent_id"), syn_prompt_sha256=pl.lit(prompt_sha),
+        syn_parent_id=pl.col("parent_id"), syn_prompt_sha256=pl.lit(report["prompt_sha256"]),
         syn_seed=pl.col("seed"), label_source=pl.lit("weak" if cfg.generator == "eda" else "llm"))
-    report = {"slices": shortfall, "requested": req.height, "generated": made.height,
-              "not_generated": req.height - made.height, "cached": got.cached, "tokens": got.tokens,
-              "cost": round(got.cost, 6), "stopped": got.stopped, "errors": len(got.errors),
-              "generator": loaded.identity, "prompt_sha256": prompt_sha,
-              "rejected_by_check": dict(judged.group_by("reason").len().drop_nulls().iter_rows())}
-    log.info(f"augment: {made.height} of {req.height} candidates generated ({got.cached} from the cache), "
-             f"{int(judged['reason'].is_null().sum())} passed the gate")
-    failed = Stats(counts={"augment.requests": req.height, "augment.requests_failed": len(got.errors)},
-                   records={"generation_errors": [{"error": e} for e in got.errors[:5]]})
+    errors = report.pop("error_samples", [])
+    report = {**report, "rejected_by_check": dict(judged.group_by("reason").len().drop_nulls().iter_rows())}
+    log.info(f"augment: {report['generated']} of {report['requested']} candidates generated ({report['cached']} "
+             f"from the cache), {int(judged['reason'].is_null().sum())} passed the gate")
+    failed = Stats(counts={"augment.requests": report["requested"], "augment.requests_failed": report["errors"]},
+                   records={"generation_errors": [{"error": e} for e in errors]})
     return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}, failed
+
+
+def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None
+           ) -> tuple[pl.DataFrame, dict[str, bytes], Stats]:
+    """The whole decision over one frame of features (what the plan's steps do apart, in memory)."""
+    loaded = loaded if loaded is not None else load(params)
+    pool = feats.filter(pl.col(SLICE).is_not_null() | pl.col("_proxy"))
+    candidates, report = generate(pool, plan.slice_counts(feats), params, loaded)
+    real_dup_ids = candidates.filter(gate.text_hash(candidates).is_in(feats["_hash"].implode()))["id"]
+    return judge(candidates, real_dup_ids, pool, report, params, loaded)
 
 
 def _synthetic_rows(batch: pl.DataFrame, generated: pl.DataFrame, label_col: str) -> pl.DataFrame:
@@ -218,11 +243,31 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: AugmentParams) -
                        synthetic=passed if passed.height else None, synthetic_rejected=failed.height)
 
 
+def apply_routed(batch: pl.DataFrame, routed: dict[str, pl.DataFrame], params: AugmentParams) -> StageResult:
+    """The shard's rows with the generated rows routed to it; the one shard that gets `requests` also counts the
+    generation requests (once for the stage)."""
+    generated = routed.get("generated")
+    result = apply(batch, generated if generated is not None and generated.width else _NO_DECISIONS, params)
+    requests = routed.get("requests")
+    if requests is None or not requests.height:
+        return result
+    asked = Stats.model_validate(orjson.loads(requests["stats"][0]))
+    return replace(result, stats=Stats.merge([result.stats, asked]))
+
+
+_NO_DECISIONS = pl.DataFrame(schema={"id": pl.String, "slice": pl.String, "label": pl.String, "reason": pl.String,
+                                     "evidence": pl.String, "text": pl.String, "syn_instruction": pl.String,
+                                     "syn_origin": pl.String, "syn_generator": pl.String,
+                                     "syn_parent_id": pl.String, "syn_prompt_sha256": pl.String,
+                                     "syn_seed": pl.Int64, "label_source": pl.String})
+PLAN = steps.plan_of(apply_routed)
+
+
 def augment_one_shard(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> StageResult:
-    """The whole stage on one frame (features, decide, apply): what `stage.fn(df)` means for augment."""
+    """The whole stage on one frame (every step in memory): what `stage.fn(df)` means for augment."""
     loaded = loaded if loaded is not None else load(params)
-    decisions, *_ = decide(features(batch, params), params, loaded)
-    return apply(batch, decisions, params)
+    (result,), _, _ = run_in_memory(PLAN, [batch], params, loaded=loaded)
+    return result
 
 
 def rate_checks(stats: Stats, rows_in: int, params: AugmentParams) -> list[dict]:
@@ -268,7 +313,7 @@ STAGE = Stage(
     suite="augment",
     resources="gpu",
     kind="global",
-    steps=GlobalSteps(features=features, decide=decide, apply=apply),
+    plan=PLAN,
     setup=load,
     teardown=release,
     needs=("torch", "transformers", "sentence_transformers", "rapidfuzz", "openai"),

@@ -84,13 +84,18 @@ def novelty(rows: pl.DataFrame, real: pl.DataFrame, models: GateModels, cfg) -> 
     return failed, evidence
 
 
-def duplicates(rows: pl.DataFrame, real_hashes: pl.Series) -> tuple[np.ndarray, list]:
+def text_hash(rows: pl.DataFrame) -> pl.Series:
+    """The duplicate check's key: dedup's normalization, hashed as the augment features hash every real row."""
     from tasks.stages.dedup import normalized
 
-    hashed = rows.select(h=normalized(pl.col("text").fill_null("")).hash(seed=0))["h"]
-    known = real_hashes.unique().implode()
-    real_dup = hashed.is_in(known).to_numpy()
-    again = ~hashed.is_first_distinct().to_numpy()
+    return rows.select(h=normalized(pl.col("text").fill_null("")).hash(seed=0))["h"]
+
+
+def duplicates(rows: pl.DataFrame, real_dup_ids: pl.Series) -> tuple[np.ndarray, list]:
+    """`real_dup_ids`: the candidates whose text hash some real row has (found against every row's hash, a
+    partition at a time); an earlier synthetic row with the same text is found here."""
+    real_dup = rows["id"].is_in(real_dup_ids.implode()).to_numpy()
+    again = ~text_hash(rows).is_first_distinct().to_numpy()
     evidence = [_json(duplicates="a real row") if r else _json(duplicates="an earlier synthetic row") if a else None
                 for r, a in zip(real_dup, again, strict=True)]
     return real_dup | again, evidence
@@ -156,45 +161,56 @@ def share_cap(rows: pl.DataFrame, limits: dict[str, int]) -> tuple[np.ndarray, l
                     for s, n, f in zip(rows["slice"].to_list(), limit, failed, strict=True)]
 
 
+def _check(frame: pl.DataFrame, name: str, fn) -> pl.DataFrame:
+    """`fn` on the rows still passing; those it fails get `name` and its evidence."""
+    alive = frame.filter(pl.col("reason").is_null())
+    if not alive.height:
+        return frame
+    failed, evidence = fn(alive)
+    positions = np.flatnonzero(frame["reason"].is_null().to_numpy())
+    full_failed = np.zeros(frame.height, dtype=bool)
+    full_failed[positions] = failed
+    full_evidence = np.full(frame.height, None, dtype=object)
+    full_evidence[positions] = evidence
+    return _fail(frame, full_failed, name, full_evidence.tolist())
+
+
+def before_duplicates(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, models: GateModels, params
+                      ) -> pl.DataFrame:
+    """The checks before `duplicate` (empty, novelty): they need only the slice's real rows."""
+    frame = rows.with_columns(reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String))
+    empty = frame["text"].fill_null("").str.strip_chars().str.len_chars().to_numpy() == 0
+    frame = _fail(frame, empty, "empty", [_json(detail="the generator returned no text")] * frame.height)
+    return _check(frame, "novelty", lambda r: novelty(r, real_slice_rows, models, params.augment.gate))
+
+
+def from_duplicates(frame: pl.DataFrame, real_dup_ids: pl.Series, models: GateModels, params, proxy=None,
+                    limits: dict[str, int] | None = None) -> pl.DataFrame:
+    """`duplicate` and the checks after it, on the rows `before_duplicates` left passing."""
+    cfg = params.augment.gate
+    frame = _check(frame, "duplicate", lambda r: duplicates(r, real_dup_ids))
+    if cfg.decontaminate and models.benchmark_index is not None:
+        frame = _check(frame, "contamination", lambda r: contamination(r, models, params))
+    if cfg.quality:
+        frame = _check(frame, "quality", lambda r: quality(r, models, params))
+    if cfg.max_perplexity is not None and models.lm is not None:
+        frame = _check(frame, "perplexity", lambda r: perplexity(r, models, cfg.max_perplexity))
+    if proxy is not None and models.embed is not None:
+        frame = _check(frame, "label", lambda r: label(r, proxy[0], proxy[1], models, cfg.min_label_probability))
+    if limits is not None:
+        frame = _check(frame, "share_cap", lambda r: share_cap(r, limits))
+    return frame
+
+
 def run(rows: pl.DataFrame, real_slice_rows: pl.DataFrame, real_hashes: pl.Series, models: GateModels, params,
         proxy=None, limits: dict[str, int] | None = None) -> pl.DataFrame:
     """`rows` (id, text, parent_text, slice, label) with `reason`/`evidence` set for those that fail; the checks
     run on the rows still passing, in CHECKS order. `proxy`: (probabilities function, class names) or None.
-    `limits`: rows asked per slice; passing candidates beyond them fail `share_cap` (none: no limit)."""
-    cfg = params.augment.gate
-    frame = rows.with_columns(reason=pl.lit(None, pl.String), evidence=pl.lit(None, pl.String))
-    empty = frame["text"].fill_null("").str.strip_chars().str.len_chars().to_numpy() == 0
-    frame = _fail(frame, empty, "empty", [_json(detail="the generator returned no text")] * frame.height)
-
-    def passing() -> pl.DataFrame:
-        return frame.filter(pl.col("reason").is_null())
-
-    def check(name: str, fn) -> None:
-        nonlocal frame
-        alive = passing()
-        if not alive.height:
-            return
-        failed, evidence = fn(alive)
-        positions = np.flatnonzero(frame["reason"].is_null().to_numpy())
-        full_failed = np.zeros(frame.height, dtype=bool)
-        full_failed[positions] = failed
-        full_evidence = np.full(frame.height, None, dtype=object)
-        full_evidence[positions] = evidence
-        frame = _fail(frame, full_failed, name, full_evidence.tolist())
-
-    check("novelty", lambda r: novelty(r, real_slice_rows, models, cfg))
-    check("duplicate", lambda r: duplicates(r, real_hashes))
-    if cfg.decontaminate and models.benchmark_index is not None:
-        check("contamination", lambda r: contamination(r, models, params))
-    if cfg.quality:
-        check("quality", lambda r: quality(r, models, params))
-    if cfg.max_perplexity is not None and models.lm is not None:
-        check("perplexity", lambda r: perplexity(r, models, cfg.max_perplexity))
-    if proxy is not None and models.embed is not None:
-        check("label", lambda r: label(r, proxy[0], proxy[1], models, cfg.min_label_probability))
-    if limits is not None:
-        check("share_cap", lambda r: share_cap(r, limits))
-    return frame
+    `limits`: rows asked per slice; passing candidates beyond them fail `share_cap` (none: no limit). The stage
+    runs the two halves apart, with the duplicate check against every row's hash partitioned between them."""
+    frame = before_duplicates(rows, real_slice_rows, models, params)
+    real_dup_ids = frame.filter(text_hash(frame).is_in(real_hashes.implode()))["id"]
+    return from_duplicates(frame, real_dup_ids, models, params, proxy, limits)
 
 
 def content_sha256() -> pl.Expr:

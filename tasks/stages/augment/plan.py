@@ -59,12 +59,23 @@ def request_seed(seed: int, parent: str, variant: int) -> int:
     return int.from_bytes(digest[:7], "big")  # fits an Int64
 
 
+def slice_counts(feats: pl.DataFrame) -> pl.DataFrame:
+    """Per slice (null: no slice): real rows, synthetic rows, all rows; sums of these over shards are the corpus's."""
+    synthetic = pl.col("_synthetic")
+    return feats.group_by(SLICE).agg(real=(~synthetic).sum().cast(pl.Int64), syn=synthetic.sum().cast(pl.Int64),
+                                     rows=pl.len().cast(pl.Int64))
+
+
 def shortfalls(feats: pl.DataFrame, cfg: AugmentConfig) -> list[dict]:
     """Per slice: real and already-synthetic rows, the target, the shortfall and how many rows this run asks for
     (capped by the share cap and the run's row budget, in config order)."""
-    total = feats.height
-    synthetic = pl.col("_synthetic")
-    counts = {r[SLICE]: r for r in feats.group_by(SLICE).agg(real=(~synthetic).sum(), syn=synthetic.sum())
+    return shortfalls_of(slice_counts(feats), cfg)
+
+
+def shortfalls_of(slice_counts: pl.DataFrame, cfg: AugmentConfig) -> list[dict]:
+    """`shortfalls` from the corpus's slice counts (summed over shards)."""
+    total = int(slice_counts["rows"].sum())
+    counts = {r[SLICE]: r for r in slice_counts.group_by(SLICE).agg(pl.col("real", "syn").sum())
               .iter_rows(named=True)}
     budget, out = cfg.max_rows, []
     cap = cfg.gate.max_synthetic_share

@@ -1,6 +1,6 @@
 """Score: model scores on torch, as columns the select stage decides on, and what embeddings catch that n-grams miss.
 
-A global stage (tasks/runtime/stage.py GlobalSteps), `resources="gpu"`, models loaded once per worker by `setup`:
+A partitioned global stage (steps.py), `resources="gpu"`, models loaded once per worker by `setup`:
   features  per shard, on the device: L2-normalized embeddings (all-MiniLM-L6-v2, written as float16 side shards
             `runs/<id>/score/embeddings/part-*.parquet`), perplexity under SmolLM2-135M (token-mean NLL of the first
             `lm.max_tokens` tokens), and each document's nearest benchmark item by embedding cosine (documents cut
