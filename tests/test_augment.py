@@ -453,3 +453,43 @@ def test_diff_reports_the_synthetic_share_per_class():
     assert d["synthetic"] == {"apocalyptic": {"a": {"synthetic": 0, "rows": 0, "share": 0.0},
                                               "b": {"synthetic": 1, "rows": 3, "share": 0.333333}}}
     assert diff_frames(version(0), version(0))["synthetic"] == {}
+
+
+def test_partitioned_plan_finds_a_copy_of_a_real_row_in_another_shard_and_counts_requests_once(loaded, tmp_path):
+    """Across 4 shards and 3 hash partitions: a candidate whose text is a real row held by another shard fails the
+    duplicate check (found in that row's hash partition), the generated rows go to their parents' shards, and the
+    request counts are merged into the stage's stats exactly once."""
+    from dataclasses import replace
+
+    from tasks.io.manifests import Stats
+    from tasks.runtime.plan import run_in_memory
+
+    batch = corpus()
+    law = batch.filter(pl.col("label") == "law")["text"][0]
+    fresh = "A new song of the lamb upon the mountain, sung by all the nations at the end of days."
+
+    class Copier:
+        params = {"copier": 1}
+
+        def __call__(self, prompts, seeds):
+            return generators.Generated(texts=[law if i == 0 else f"{fresh} ({s % 97})" for i, s in enumerate(seeds)],
+                                        tokens=len(prompts))
+
+    p = params(generator="local", gate={"max_edit_similarity": 1.0, "quality": False, "max_perplexity": None,
+                                        "min_label_probability": 0.0})
+    ld = replace(loaded, generator=Copier(), identity={"generator": "copier"}, cache_root=tmp_path)
+    law_rows = batch.filter(pl.col("label") == "law")
+    others = batch.filter(pl.col("label") != "law")
+    shards = [law_rows.head(1), law_rows.slice(1), others.gather_every(2), others.gather_every(2, offset=1)]
+    results, _, artifacts = run_in_memory(augment.PLAN, shards, p, loaded=ld, partitions=3)
+    failed = pl.concat([r.rejected for r in results if r.rejected.height])
+    assert failed["reason"].to_list() == ["augment.gate.duplicate"]
+    assert json.loads(failed["evidence"][0]) == {"duplicates": "a real row"}
+    assert sum(r.rows_synthetic for r in results) == 2 and sum(r.kept.height for r in results) == batch.height
+    parents = set(batch.filter(pl.col("label") == "apocalyptic")["id"])
+    for shard, result in zip(shards, results, strict=True):
+        if result.synthetic is not None:  # a generated row lands in its parent's shard
+            assert set(result.synthetic["syn_parent_id"]) <= set(shard["id"]) & parents
+    stats = Stats.merge([r.stats for r in results])
+    assert stats.counts["augment.requests"] == 2 and stats.counts["augment.requests_failed"] == 0
+    assert json.loads(artifacts["augment_plan.json"])["rejected_by_check"] == {"augment.gate.duplicate": 1}
