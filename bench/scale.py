@@ -129,6 +129,7 @@ def main() -> int:
     parser.add_argument("--peer", type=int, default=1_000_000, help="run datatrove at this size (0: no)")
     parser.add_argument("--work", default=str(RESULTS / "scale-work"))
     parser.add_argument("--keep", action="store_true", help="keep each size's output root")
+    parser.add_argument("--shard-rows", type=int, default=None, help="ingest.shard_rows (default: Sluice's)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     os.environ.update({"AWS_EC2_METADATA_DISABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -136,7 +137,8 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     config = work / "scale.toml"
-    config.write_text('[publish]\ndataset = "scale"\n')
+    config.write_text('[publish]\ndataset = "scale"\n'
+                      + (f"[ingest]\nshard_rows = {args.shard_rows}\n" if args.shard_rows else ""))
     import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
@@ -155,7 +157,8 @@ def main() -> int:
             result = json.loads(done.stdout.split("RESULT", 1)[1])
             dedup = json.loads((out / "runs" / "scale" / "dedup" / "_manifest.json").read_text())
             spilled = sum(s["bytes_written"] for s in dedup["plan"]["steps"])
-            row = {"engine": "Sluice", "docs": n, "wall": result["wall"], **peak, "timings": result["timings"],
+            engine = "Sluice" + (f", shard_rows {args.shard_rows:,}" if args.shard_rows else "")
+            row = {"engine": engine, "docs": n, "wall": result["wall"], **peak, "timings": result["timings"],
                    "spilled_mb": spilled / 2**20, "partitions": dedup["plan"]["partitions"],
                    "steps": {s["step"]: {k: s.get(k) for k in ("units", "seconds", "rows_written", "bytes_written",
                                                                "files_written")} for s in dedup["plan"]["steps"]},

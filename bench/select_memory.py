@@ -37,6 +37,7 @@ def _status(key: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--task-memory", type=int, default=None, help="runner.task_memory in bytes (default Sluice's)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE.parent))
     import numpy as np
@@ -67,7 +68,8 @@ def main() -> None:
         outputs.append(storage.write_parquet(f"runs/bench/prev/part-{i:05d}-00000.parquet", part))
     source = StageManifest(stage="prev", run_id="bench", rows_in=args.rows, rows_out=args.rows, rows_rejected=0,
                            outputs=outputs)
-    config = SluiceConfig(select={"policies": [SelectPolicy(**r) for r in RULES]})
+    config = SluiceConfig(select={"policies": [SelectPolicy(**r) for r in RULES]},
+                          **({"runner": {"task_memory": args.task_memory}} if args.task_memory else {}))
     ctx = RunContext(storage, "bench", config)
     stage = select.STAGE
     passes = {"n": 0}
@@ -103,7 +105,8 @@ def main() -> None:
     kept = sum(r.stats.counts.get("select.kept", 0) for r in receipts)
     per_class = {c: sum(r.stats.counts.get(f"select.kept.{c}", 0) for r in receipts) for c in LABELS}
     partitions = summary["partitions"]["rows"]
-    print(f"rows {args.rows:,}  peak RSS {peak / 2**30:.2f} GiB (before the steps {held / 2**30:.2f} GiB)  "
+    print(f"rows {args.rows:,}  task_memory {config.runner.task_memory / 2**20:,.0f} MiB  "
+          f"peak RSS {peak / 2**30:.2f} GiB (before the steps {held / 2**30:.2f} GiB)  "
           f"{total:.1f} s ({total / args.rows * 1e6:.1f} s per 1M rows)  kept {kept:,} {per_class}  "
           f"partitions {partitions}  partition reads in histogram/gather passes {passes['n']:,} "
           f"({passes['n'] / max(partitions, 1):.0f} passes)")

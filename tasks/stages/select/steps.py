@@ -36,9 +36,10 @@ def _read_columns(params: SelectConfig, available: list[str]) -> list[str]:
 
 
 def bytes_per_row(params: SelectConfig) -> int:
-    """What a row weighs in the `rows` shuffle: its id and values, and 4 bytes per embedding dimension when a
-    k_center rule reads them (MiniLM: 384)."""
-    return 96 + 16 * len(_read_columns(params, [])) + (
+    """What a row of the `rows` shuffle costs a `decide` unit in memory: measured at ~750 bytes with 3 columns
+    (bench/select_memory.py: 455k rows a partition held 0.34 GiB; the evidence JSON of removed rows is most of it),
+    16 more per column read, and 4 per embedding dimension when a k_center rule reads them (MiniLM: 384)."""
+    return 700 + 16 * len(_read_columns(params, [])) + (
         1600 if any(p.kind == "k_center" for p in params.policies) else 0)
 
 
