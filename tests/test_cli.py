@@ -120,3 +120,27 @@ def test_version_and_a_closed_pipe_end_quietly(tmp_path):
                           text=True)
     os.close(write)
     assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_an_unexpected_error_in_a_stage_is_exit_1_naming_the_stage(prefect_server, tmp_path, monkeypatch, capsys):
+    """A plain ValueError from inside a stage (numpy's, polars') is a bug, not bad input: exit 1 naming the stage,
+    never 2; a stage's own message about the input stays exit 2 (issue 26 item 5)."""
+    from tasks.runtime import runner
+
+    def broken(stage, batch, result):
+        if stage.name == "quality":
+            raise ValueError("all the input array dimensions except for the concatenation axis must match exactly")
+
+    monkeypatch.setattr(runner, "check_declaration", broken)
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"text": "A sentence that is long enough to be kept by every rule here."}) + "\n")
+    code = main(["run", "--input", str(data), "--output", str(tmp_path / "o"), "--stages", "ingest,quality"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "stage quality failed: ValueError: all the input array dimensions" in err
+    select = tmp_path / "select.toml"
+    select.write_text('[select]\nlabel = "genre"\n[[select.policies]]\nkind = "random"\nk = 1\n')
+    monkeypatch.undo()
+    code = main(["run", "--input", str(data), "--output", str(tmp_path / "o2"), "--config", str(select), "--stages",
+                 "ingest,select"])
+    assert code == 2 and "select.label = 'genre' names no column" in capsys.readouterr().err

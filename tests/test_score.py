@@ -410,3 +410,22 @@ def test_the_stage_flags_label_issues_that_select_can_drop_with_evidence(loaded)
     evidence = json.loads(chosen.rejected["evidence"][0])
     assert set(evidence) >= {"policy", "label", "predicted", "label_quality", "el2n", "aum"}
     assert evidence["policy"] == "select.label_noise" and evidence["label"] != evidence["predicted"]
+
+
+def test_a_sample_that_picks_no_row_passes_every_row_through(prefect_server, tmp_path):
+    """30 rows at `score.sample = 0.01`: no row is scored (the k-means fit has no sample at all); the run succeeds
+    with every row passed through unscored, instead of crashing in the fit (issue 26 item 5)."""
+    from flows.curate import run_curate
+    from tasks.io.manifests import StageManifest
+    from tasks.io.storage import Storage
+
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Row {i}: a sentence long enough to keep, with words."}) + "\n"
+                            for i in range(30)))
+    cfg = tmp_path / "score.toml"
+    cfg.write_text('[score]\ndevice = "cpu"\nsample = 0.01\n')
+    run = run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="none", stages=["ingest", "score"])
+    assert run["status"] == "succeeded"
+    m = Storage(str(tmp_path / "out")).read_record(StageManifest, "runs/none/score/_manifest.json")
+    kept = pl.read_parquet(tmp_path / "out" / m.outputs[0].path)
+    assert (m.rows_in, m.rows_out) == (30, 30) and not kept["score_scored"].any()

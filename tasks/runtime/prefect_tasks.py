@@ -25,7 +25,7 @@ from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts
 from tasks.runtime.plan import MapStep
 from tasks.runtime.progress import StageProgress
-from tasks.runtime.stage import Stage, StageContractError
+from tasks.runtime.stage import Stage, StageContractError, StageFailed, StageInputError, deliberate
 
 log = logging.getLogger("sluice")
 NOT_RETRIED = (ContractError, StageContractError, InputError, ValueError, Interrupted, DatasetLocked)
@@ -138,7 +138,7 @@ def previous_manifest(ctx: RunContext, stage: Stage) -> StageManifest:
         manifest = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, name))
         if manifest is not None:
             return manifest
-    raise ValueError(f"stage {stage.name} needs the output of an earlier stage, and run {ctx.run_id} has none "
+    raise StageInputError(f"stage {stage.name} needs the output of an earlier stage, and run {ctx.run_id} has none "
                      "committed")
 
 
@@ -255,6 +255,10 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
         if stage.plan is not None and not ctx.config.runner.keep_work:
             partitioned.clean_work(ctx, stage)
         return manifest
+    except Exception as exc:
+        if deliberate(exc):
+            raise
+        raise StageFailed(stage.name, exc) from exc
     finally:
         lifecycle.release(stage.name)
 

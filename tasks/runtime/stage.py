@@ -116,6 +116,33 @@ class Stage:
         return [pkg for pkg in self.needs if importlib.util.find_spec(pkg) is None]
 
 
+class StageInputError(ValueError):
+    """The data or the config does not fit what a stage needs (a column its rules read is missing, an earlier stage
+    it reads is not in the run): bad input, exit 2, with the message saying what to change."""
+
+
+class StageFailed(RuntimeError):
+    """An exception no stage raises on purpose, raised again naming the stage it came from (exit 1, a bug to
+    report), so a numpy or polars error is never mistaken for bad input."""
+
+    def __init__(self, stage: str, error: BaseException):
+        super().__init__(f"stage {stage} failed: {type(error).__name__}: {error}")
+        self.stage = stage
+
+
+def deliberate(error: BaseException) -> bool:
+    """Errors raised on purpose, with a message for the user: every ValueError subclass (input, config, a
+    benchmark, a model pin), and the runtime's own kinds (contract, storage, lock, interrupt)."""
+    from tasks.io.interrupt import Interrupted
+    from tasks.io.locks import DatasetLocked
+    from tasks.io.storage import StorageError
+    from tasks.runtime.contracts import ContractError
+
+    if isinstance(error, ValueError):
+        return type(error) is not ValueError
+    return isinstance(error, ContractError | StorageError | Interrupted | DatasetLocked | OSError | StageFailed)
+
+
 class StageContractError(TypeError):
     """A stage broke its own declaration (a programming error, not bad data)."""
 

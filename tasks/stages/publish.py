@@ -32,7 +32,7 @@ from tasks.io import layout
 from tasks.io.locks import assert_current
 from tasks.io.manifests import DataObject, StageManifest, Stats, render
 from tasks.io.versions import index_objects
-from tasks.runtime.stage import SinkSteps, Stage, StageResult
+from tasks.runtime.stage import SinkSteps, Stage, StageInputError, StageResult
 
 log = logging.getLogger("sluice")
 EVENT = "sluice.dataset.published"
@@ -133,8 +133,9 @@ def conform_to_base(target: dict, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.select([pl.col(c).cast(t) if c in frame.columns else pl.lit(None, t).alias(c)
                              for c, t in schema.items()])
     except pl.exceptions.PolarsError as exc:
-        raise ValueError(f"publish: this run's rows do not fit the schema of {target['dataset']} v{target['base']} "
-                         f"({exc}); publish with --publish-mode replace to start a new schema") from exc
+        raise StageInputError(f"publish: this run's rows do not fit the schema of {target['dataset']} "
+                              f"v{target['base']} ({exc}); publish with --publish-mode replace to start a new "
+                              "schema") from exc
 
 
 def write_index_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None:

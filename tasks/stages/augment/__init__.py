@@ -27,7 +27,7 @@ from schemas.config import AugmentParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
 from tasks.runtime.plan import run_in_memory
-from tasks.runtime.stage import PROVENANCE, Stage, StageResult
+from tasks.runtime.stage import PROVENANCE, Stage, StageInputError, StageResult
 from tasks.stages.augment import gate, generators, plan, steps
 from tasks.stages.augment.plan import SLICE
 
@@ -100,7 +100,7 @@ def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float |
     cfg = params.augment
     missing = [c for c in plan.columns_read(cfg) if c not in batch.columns and c != cfg.label]
     if missing:
-        raise ValueError(f"augment: the slices read column(s) {', '.join(missing)}, which the data does not have "
+        raise StageInputError(f"augment: the slices read column(s) {', '.join(missing)}, which the data does not have "
                          f"(columns: {', '.join(batch.columns)})")
     label = pl.col(cfg.label).cast(pl.String) if cfg.label in batch.columns else pl.lit(None, pl.String)
     synthetic = pl.col("syn_origin").is_not_null() if "syn_origin" in batch.columns else pl.lit(False)

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from tasks.runtime.stage import StageInputError
 from tasks.stages.score.semantic import float32_chunks
 
 BUILTIN_REFERENCE = "builtin:python-docs"
@@ -29,7 +30,7 @@ def reference_texts(spec: str, min_words: int = 30) -> list[str]:
         data = fh.read()
     frame = pl.read_parquet(io.BytesIO(data)) if spec.endswith(".parquet") else pl.read_ndjson(io.BytesIO(data))
     if "text" not in frame.columns:
-        raise ValueError(f"reference set {spec} has no `text` field")
+        raise StageInputError(f"reference set {spec} has no `text` field")
     return [t for t in frame["text"].drop_nulls().to_list() if t.strip()]
 
 

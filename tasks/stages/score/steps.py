@@ -48,7 +48,8 @@ def embed(batch: pl.DataFrame, inputs: StepInputs, params: ScoreParams, loaded) 
 
 def fit(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
     cfg = params.score
-    sample = pl.concat(list(inputs.stream("fit-sample")), how="vertical") if inputs.rows else pl.DataFrame()
+    frames = list(inputs.stream("fit-sample"))  # none when `score.sample` picked no row of any shard
+    sample = pl.concat(frames, how="vertical") if frames else pl.DataFrame()
     if sample.height == 0:
         return {}
     sample = sample.sort("id")

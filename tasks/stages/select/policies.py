@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import SelectPolicy
+from tasks.runtime.stage import StageInputError
 from tasks.stages.select import coreset, cutoffs
 
 ALIVE = "_alive"
@@ -59,7 +60,7 @@ def check_columns(frame: pl.DataFrame, policy: SelectPolicy) -> None:
         if col not in frame.columns:
             hint = ("; label noise comes from the score stage on labeled rows (put score before select)"
                     if policy.kind == "label_noise" else "")
-            raise ValueError(f"select policy {reason(policy)}: column {col!r} is not in the data (columns: "
+            raise StageInputError(f"select policy {reason(policy)}: column {col!r} is not in the data (columns: "
                              f"{', '.join(c for c in frame.columns if not c.startswith('_'))}){hint}")
 
 

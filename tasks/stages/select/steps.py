@@ -18,6 +18,7 @@ import polars as pl
 
 from schemas.config import SelectConfig
 from tasks.runtime.plan import SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
+from tasks.runtime.stage import StageInputError
 from tasks.stages.select import cutoffs, policies
 from tasks.stages.select.policies import ALIVE
 
@@ -47,14 +48,14 @@ def features(batch: pl.DataFrame, inputs: StepInputs, params: SelectConfig) -> d
     """The id and the columns the rules read; the score stage's embeddings come from its side shard of this shard,
     or from the batch itself when it carries them (a frame selected on its own)."""
     if params.label not in batch.columns:
-        raise ValueError(f"select.label = {params.label!r} names no column of the data (columns: "
+        raise StageInputError(f"select.label = {params.label!r} names no column of the data (columns: "
                          f"{', '.join(batch.columns)}): no class could be protected from being emptied")
     wants_embedding = any(p.kind == "k_center" and policies.column_of(p) == "embedding" for p in params.policies)
     side = wants_embedding and "embedding" not in batch.columns
     cols = [c for c in _read_columns(params, batch.columns) if not (side and c == "embedding")]
     missing = [c for c in cols if c not in batch.columns]
     if missing:
-        raise ValueError(f"select: the rules read column(s) {', '.join(missing)}, which the data does not have "
+        raise StageInputError(f"select: the rules read column(s) {', '.join(missing)}, which the data does not have "
                          f"(columns: {', '.join(batch.columns)}); is the stage that adds them in `stages`?")
     lengths = {policies.column_of(p) for p in params.policies if p.kind == "longest"}
     frame = batch.select("id", *[pl.col(c).str.len_chars().alias(c) if c in lengths and batch.schema[c] == pl.String
@@ -62,7 +63,7 @@ def features(batch: pl.DataFrame, inputs: StepInputs, params: SelectConfig) -> d
     if side:
         embeddings = inputs.other_side("score", "embeddings") if inputs.other_side else None
         if embeddings is None:
-            raise ValueError(f"select reads the embeddings of stage score (embedding) for its k_center rule, and "
+            raise StageInputError(f"select reads the embeddings of stage score (embedding) for its k_center rule, and "
                              f"this run has none for shard {inputs.unit}: put score before select in `stages`")
         frame = frame.join(embeddings.select("id", "embedding"), on="id", how="left", maintain_order="left")
     return {"rows": frame.with_columns(partition(pl.col("id"), inputs.count("rows")))}
