@@ -44,3 +44,13 @@ def test_stage_conforms(name):
 def test_registry_is_the_one_stage_order():
     assert [n for n in ORDER if n in DEFAULT_PIPELINE] == DEFAULT_PIPELINE
     assert ORDER[0] == "ingest" and STAGES[ORDER[-1]].kind == "sink"
+
+
+@pytest.mark.parametrize("name", [n for n in STAGES if STAGES[n].kind != "source"])
+def test_every_stage_takes_an_empty_shard(name):
+    """A shard with no rows (a filter upstream took them all) is a shard: nothing kept, nothing rejected, no error."""
+    from judge import records
+    from judge import run as run_stage
+
+    result = run_stage(name, records())
+    assert (result.kept.height, result.rejected.height, result.rows_synthetic) == (0, 0, 0)
