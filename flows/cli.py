@@ -71,6 +71,8 @@ def _print_run(run: dict) -> None:
     if run.get("published"):
         p = run["published"]
         print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
+    elif (run.get("trial") or {}).get("published") is False:
+        print("trial run: nothing published, no retrain event (--publish publishes a trial run)")
     if run.get("report"):
         print(f"report:  {run['report']}")
     from tasks.ops import prefect_server
@@ -86,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     run = run_curate(args.input, args.output, args.config, args.run_id, stages, args.workers, args.runner,
-                     args.dask_address, limit=args.limit, publish_mode=args.publish_mode)
+                     args.dask_address, limit=args.limit, publish_mode=args.publish_mode, trial=args.dry_run,
+                     publish=args.publish)
     _print_run(run)
     return 0
 
@@ -505,7 +508,13 @@ def _run_commands(sub) -> None:
     p.add_argument("--dask-address", metavar="tcp://HOST:8786",
                    help="scheduler of an existing Dask cluster; without it --runner dask starts a LocalCluster")
     p.add_argument("--limit", type=int, metavar="N",
-                   help="read only the first N input rows (files in sorted order), to try a config quickly")
+                   help="read only the first N input rows (files in sorted order), to try a config quickly: a trial "
+                        "run, which publishes nothing unless --publish")
+    p.add_argument("--dry-run", action="store_true",
+                   help="a trial run over all the input: every stage and the report, but no published version and "
+                        "no retrain event (unless --publish)")
+    p.add_argument("--publish", action="store_true",
+                   help="publish a trial run anyway (--limit or --dry-run); its version says it came from one")
     p.add_argument("--publish-mode", choices=["replace", "append"],
                    help="append: the new version = the previous version's rows + this run's, new rows deduplicated "
                         "against everything published; replace: this run's rows only (default: config publish.mode)")

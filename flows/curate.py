@@ -126,22 +126,28 @@ def _progress(artifact_id, done: int, total: int) -> None:
 @flow(name="curate", flow_run_name="curate-{run_id}", validate_parameters=True)
 def curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
            stages: list[str] | None = None, replay: dict | None = None, limit: int | None = None,
-           publish_mode: str | None = None) -> dict:
+           publish_mode: str | None = None, trial: bool = False, publish: bool = False) -> dict:
     """Run the selected stages over `inputs`, committing each stage under `<output>/runs/<run_id>/`.
 
     Parameters are plain strings (a config *path*, never its contents; secrets in it are references), so no
     credential ever reaches the Prefect API. `replay` = {run_id, stage, reason}: the first stage re-runs those
     quarantined rows of that run on top of its kept rows (tasks/ops/replay.py). `limit`: read only the first N
     input rows (sets ingest.limit_rows, so it is part of the fingerprints and run.json's config). `publish_mode`
-    overrides publish.mode ('auto' resolves to replace here; the watch flow asks for append).
+    overrides publish.mode ('auto' resolves to replace here; the watch flow asks for append). A trial run (`limit`,
+    `ingest.limit_rows` or `trial`) runs every stage but the sink, unless `publish` asks for it: a sample of the
+    input must not become a dataset version that retrains a model.
     """
     config = with_publish_mode(with_limit(load_config(config_path), limit), publish_mode)
     names = registry.preflight(config, stages)
+    trial = trial or bool(config.ingest.limit_rows)
+    held_back = [n for n in names if trial and not publish and registry.STAGES[n].kind == "sink"]
+    names = [n for n in names if n not in held_back]
     run_id = run_id or new_run_id()
     s3 = config.storage.s3_options()
     ctx = RunContext(Storage(output, s3), run_id, config, s3)
     run = {"run_id": run_id, "status": "running", "inputs": [redact_url(u) for u in inputs], "stages": names,
            **({"replay_of": replay} if replay else {}), "config": config.model_dump(mode="json"),
+           **({"trial": {"limit_rows": config.ingest.limit_rows, "published": not held_back}} if trial else {}),
            "code_version": CODE_VERSION, "started_at": datetime.now(UTC).isoformat(), "timings": {}}
     with _sluice_logs_to_prefect():
         leases = _leases(ctx, names)
@@ -151,6 +157,10 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
             ctx.storage.write_json(layout.run_json(run_id), run)
             get_run_logger().info(f"run {run_id}: stages {', '.join(names)} -> "
                                   f"{ctx.storage.uri(layout.run_dir(run_id))}")
+            if held_back:
+                get_run_logger().warning(
+                    f"trial run ({_trial_words(config)}): {', '.join(held_back)} skipped, nothing is published and "
+                    "no retrain event fires; add --publish to publish it")
             contracts = contracts_for(run_id)
             for lease in leases[1:]:
                 lease.acquire(wait_seconds=lock_wait_seconds(config))
@@ -198,6 +208,10 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                 _quietly("writing run.json and the report", _finish, ctx, run, manifests)
                 _quietly(f"releasing the lease on {leases[0].what}", leases[0].release)
     return run
+
+
+def _trial_words(config) -> str:
+    return f"the first {config.ingest.limit_rows:,} rows" if config.ingest.limit_rows else "--dry-run"
 
 
 def _api_url_for_workers() -> str:
@@ -255,7 +269,7 @@ def lock_wait_seconds(config) -> float:
 def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
                stages: list[str] | None = None, workers: int | None = None, runner: str | None = None,
                dask_address: str | None = None, replay: dict | None = None, limit: int | None = None,
-               publish_mode: str | None = None) -> dict:
+               publish_mode: str | None = None, trial: bool = False, publish: bool = False) -> dict:
     """Entry point for the CLI: picks the task runner (config, overridden by arguments) and runs the flow."""
     for uri in inputs:  # before anything logs it or hands it to Prefect as a flow parameter
         check_uri(uri, "input")
@@ -275,5 +289,5 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     with api, tags("sluice", f"dataset:{config.publish.dataset}"):
         return curate.with_options(task_runner=chosen)(
             inputs=inputs, output=output, config_path=config_path, run_id=run_id or new_run_id(), stages=stages,
-            replay=replay, limit=limit, publish_mode=publish_mode
+            replay=replay, limit=limit, publish_mode=publish_mode, trial=trial, publish=publish
         )

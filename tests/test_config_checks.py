@@ -112,3 +112,37 @@ def test_limit_reads_the_first_n_rows_across_files_in_order(tmp_path, prefect_se
     assert run["config"]["ingest"]["limit_rows"] == 45
     whole = run_curate([str(folder)], str(out), None, "unlimited", ["ingest"])
     assert whole["manifests"][0]["rows_in"] == 60
+
+
+def test_a_trial_run_publishes_nothing_unless_asked_and_then_says_so(tmp_path, prefect_server, capsys):
+    """`--limit` and `--dry-run` run every stage but publish: no version, no retrain event, run.json and the summary
+    say so; with `--publish` the version is made, and its manifest and card say it came from the first N rows
+    (issue 26 item 4: a 500-row trial had become v1 and the real run v2 "changed 567%")."""
+    import json
+
+    from flows.cli import main
+
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Line {i}: a sentence that is long enough to keep here."}) + "\n"
+                            for i in range(40)))
+    out = tmp_path / "out"
+    stages = "ingest,dedup,publish"
+
+    def versions() -> list:
+        return list((out / "datasets").rglob("_manifest.json")) if (out / "datasets").exists() else []
+
+    assert main(["run", "--input", str(data), "--output", str(out), "--stages", stages, "--run-id", "try",
+                 "--limit", "10"]) == 0
+    assert "trial run: nothing published" in capsys.readouterr().out
+    assert versions() == []
+    run = json.loads((out / "runs" / "try" / "run.json").read_text())
+    assert run["trial"] == {"limit_rows": 10, "published": False} and "publish" not in run["stages"]
+    assert run["status"] == "succeeded" and (out / "runs" / "try" / "dedup" / "_manifest.json").exists()
+    assert main(["run", "--input", str(data), "--output", str(out), "--stages", stages, "--run-id", "dry",
+                 "--dry-run"]) == 0
+    assert versions() == []
+    assert main(["run", "--input", str(data), "--output", str(out), "--stages", stages, "--run-id", "kept",
+                 "--limit", "10", "--publish"]) == 0
+    [manifest] = list((out / "datasets").rglob("v1/_manifest.json"))
+    assert json.loads(manifest.read_text())["published"]["trial"] == {"limit_rows": 10}
+    assert "a trial run**: made from only the first 10 input rows" in (manifest.parent / "README.md").read_text()

@@ -45,7 +45,8 @@ def test_kill_9_then_resume_is_byte_identical(prefect_server, demo_corpus, tmp_p
     config.write_text(CONFIG)
     env = subprocess_env(prefect_server)
     # the first 16,000 rows (20 ingest shards of 800): enough to kill mid-ingest, a third of the demo's time
-    common = ["--input", str(demo_corpus), "--config", str(config), "--run-id", "resume-me", "--limit", "16000"]
+    common = ["--input", str(demo_corpus), "--config", str(config), "--run-id", "resume-me", "--limit", "16000",
+              "--publish"]
 
     clean = tmp_path / "clean"
     done = _run([*common, "--output", str(clean)], env)

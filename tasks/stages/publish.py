@@ -224,7 +224,8 @@ def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
                  "rows_by_source": manifest.stats.tallies.get("rows_by_source", {}),
                  "rows_by_language": manifest.stats.tallies.get("rows_by_language", {}),
                  "columns_left_out": target.get("drop", []),
-                 "run": {"rows_in": manifest.rows_in, "rows_out": manifest.rows_out}}
+                 "run": {"rows_in": manifest.rows_in, "rows_out": manifest.rows_out},
+                 **({"trial": {"limit_rows": ctx.config.ingest.limit_rows}} if ctx.config.ingest.limit_rows else {})}
     update: dict = {}
     if target.get("base"):
         from tasks.io.versions import version_manifest

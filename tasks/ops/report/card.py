@@ -102,6 +102,8 @@ def dataset_card(version: StageManifest, run_manifests: list[StageManifest], pub
         f"- rows: {version.rows_out:,}",
         f"- published: {published['published_at']}",
         f"- code version: `{version.code_version}`",
+        *([f"- **a trial run**: made from only the first {published['trial']['limit_rows']:,} input rows "
+           "(`--limit`), published with `--publish`"] if published.get("trial") else []),
         ("- data: `data/*.parquet` (polars, duckdb, pandas, pyarrow.dataset, `datasets.load_dataset` on this folder)"
          if files == [f"{layout.VERSION_DATA}/*.parquet"] else
          f"- data: {len(files)} files, some shared with earlier versions (listed in the front matter and in "
