@@ -740,9 +740,15 @@ def _console_logging(level: str) -> None:
                                       if n.startswith(("prefect", "sluice")))]
     console = [h for logger in loggers for h in getattr(logger, "handlers", [])
                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    from tasks.runtime.progress import ClearLiveLine, QuietLibraries
+
     for handler in console:
         if level != "debug" and not isinstance(handler.formatter, _WithoutTraceback):
             handler.setFormatter(_WithoutTraceback(handler.formatter))
+        wanted = [ClearLiveLine, *([QuietLibraries] if level != "debug" else [])]
+        for kind in wanted:
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
     logging.getLogger("sluice").setLevel(level.upper())
 
 

@@ -144,3 +144,29 @@ def test_an_unexpected_error_in_a_stage_is_exit_1_naming_the_stage(prefect_serve
     code = main(["run", "--input", str(data), "--output", str(tmp_path / "o2"), "--config", str(select), "--stages",
                  "ingest,select"])
     assert code == 2 and "select.label = 'genre' names no column" in capsys.readouterr().err
+
+
+def test_a_run_on_a_non_terminal_prints_stage_lines_not_rows(prefect_server, tmp_path):
+    """What `sluice run` prints when its output is a file or a pipe (issue 27 item 2): a line per stage commit and
+    the summary; no per-shard lines, no sample of rejected rows (they are in the quarantine and the report), no
+    "Finished in state Completed()" per Prefect task run, no model-loading bars."""
+    data = tmp_path / "in.jsonl"
+    from tasks.ops.demo_corpus import kjv_records
+
+    verses = [r["text"] for r in kjv_records()]
+    lines = [orjson.dumps({"text": " ".join(verses[4 * i:4 * i + 4])}) for i in range(200)]
+    lines[5], lines[50] = b"{not json", b'{"text": 3}'
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    config = tmp_path / "c.toml"
+    config.write_text("[ingest]\nshard_rows = 20\n[runner]\ntask_rows = 0\n")
+    proc = subprocess.run([SLUICE, "run", "--input", str(data), "--output", str(tmp_path / "o"), "--config",
+                           str(config), "--stages", "ingest,decontaminate,quality,dedup,publish"],
+                          env=subprocess_env(prefect_server, PREFECT_LOGGING_LEVEL="INFO"),  # a user's default
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = (proc.stdout + proc.stderr).splitlines()
+    assert len(printed) <= 25, "\n".join(printed)
+    text = "\n".join(printed)
+    assert text.count(" committed: ") == 5 and "ingest.json.invalid" not in text and " shard 0" not in text
+    assert text.count("Finished in state Completed()") == 1  # the flow's own, not one per task run
+    assert "Loading weights" not in text and "ingest         in       200" in text

@@ -28,13 +28,71 @@ def test_a_terminal_gets_one_line_redrawn_in_place():
     assert frames[-1].startswith("quality: 4/4 shards (100%), 10,000 rows, ") and "ETA 0:00" in frames[-1]
 
 
-def test_a_log_gets_at_most_a_line_per_tenth_of_the_shards(caplog):
-    progress = StageProgress("dedup", 100, stream=io.StringIO())
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _logged(caplog, stage: str, step_seconds: float, monkeypatch, shards: int = 100) -> list[str]:
+    from tasks.runtime import progress as module
+
+    clock = Clock()
+    monkeypatch.setattr(module.time, "perf_counter", clock)
+    progress = StageProgress(stage, shards, stream=io.StringIO())
     with caplog.at_level(logging.INFO, logger="sluice"):
-        for _ in range(100):
+        for _ in range(shards):
+            clock.now += step_seconds
             progress.advance(10)
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dedup: ")]
-    assert 10 <= len(lines) <= 11 and lines[-1].startswith("dedup: 100/100 shards (100%), 1,000 rows")
+    progress.close()
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{stage}: ")]
+
+
+def test_a_log_gets_at_most_a_line_per_tenth_of_the_shards_and_per_30_seconds(caplog, monkeypatch):
+    slow = _logged(caplog, "dedup", 10.0, monkeypatch)  # 1,000 s: a line per tenth
+    assert len(slow) == 10 and slow[-1].startswith("dedup: 100/100 shards (100%), 1,000 rows")
+    fast = _logged(caplog, "quality", 1.0, monkeypatch)  # 100 s: a line per 30 s at most
+    assert [line.split(" (")[0] for line in fast] == ["quality: 30/100 shards", "quality: 60/100 shards",
+                                                      "quality: 90/100 shards"]
+    assert _logged(caplog, "ingest", 0.1, monkeypatch) == []  # 10 s: the stage's commit line says enough
+
+
+def test_a_long_silent_stage_logs_while_nothing_finishes(caplog, monkeypatch):
+    import time
+
+    from tasks.runtime import progress as module
+
+    monkeypatch.setattr(module, "QUIET_SECONDS", 0.3)
+    with caplog.at_level(logging.INFO, logger="sluice"):
+        progress = StageProgress("score embed", 1, stream=io.StringIO())
+        time.sleep(0.8)
+        progress.close()
+    beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("score embed: ")]
+    assert beats and beats[0].startswith("score embed: 0/1 shards (0%), 0 rows") and "ETA" not in beats[0]
+
+
+def test_a_log_line_on_a_terminal_is_never_glued_to_the_live_line():
+    from tasks.runtime.progress import ClearLiveLine
+
+    screen = Terminal()
+    handler = logging.StreamHandler(screen)
+    handler.setFormatter(logging.Formatter("%(levelname)s | %(message)s"))
+    handler.addFilter(ClearLiveLine())
+    logger = logging.getLogger("sluice.test-glue")
+    logger.addHandler(handler)
+    try:
+        progress = StageProgress("quality", 4, stream=screen)
+        progress.advance(100)
+        logger.warning("something to say")
+        progress.advance(100)
+        progress.close()
+    finally:
+        logger.removeHandler(handler)
+    text = screen.getvalue()
+    assert "ETA 0:00\r\033[KWARNING | something to say\n" in text  # erased, then the record on its own line
+    assert text.endswith("\n") and "0:00WARNING" not in text
 
 
 def test_prefect_sees_named_task_runs_tags_and_artifacts(tmp_path, prefect_server):

@@ -300,7 +300,7 @@ def execute(ctx: RunContext, stage: Stage, source: StageManifest, run_units, run
     receipts = run_apply(gen, counts, upstream)
     if made:
         side["artifacts"] = made
-    log.info(f"{stage.name}: " + "; ".join(f"{s['step']} {s['units']} unit(s) {s['seconds']} s "
+    log.debug(f"{stage.name}: " + "; ".join(f"{s['step']} {s['units']} unit(s) {s['seconds']} s "
                                           f"{s['bytes_written'] / 1e6:,.1f} MB" for s in summary))
     return receipts, side, {"steps": summary, "partitions": counts}
 

@@ -51,10 +51,12 @@ def _io_task(name: str, fn, run_name: str, retries: int = 3):
 
 def _gather(futures: list, stage: str, rows_of, what: str = "shards", total: int | None = None) -> list:
     """Results in submission order, with the stage's progress advanced as each task finishes. With `total`, each
-    result is a list (a batch of shards) and progress counts its items."""
+    result is a list (a batch of shards) and progress counts its items. `rows_of` None: the units' rows are not
+    known (a plan step's receipts), and progress counts units only."""
     from prefect.futures import as_completed
 
-    progress = StageProgress(stage, len(futures) if total is None else total, what)
+    progress = StageProgress(stage, len(futures) if total is None else total, what, rows=rows_of is not None)
+    rows_of = rows_of or (lambda result: 0)
     position = {id(f): i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
@@ -200,7 +202,7 @@ def _plan_receipts(ctx: RunContext, stage: Stage, source: StageManifest, names: 
                            [[given[u] for u in g] for g in groups], gen, unmapped(counts), upstream,
                            unmapped(published))
         what = "shards" if isinstance(step, MapStep) else "partitions"
-        return _flat(_gather(futures, f"{stage.name} {step.name}", len, what, total=len(units)))
+        return _flat(_gather(futures, f"{stage.name} {step.name}", None, what, total=len(units)))
 
     def run_apply(gen, counts, upstream):
         futures = plan_apply.with_options(retries=retries).map(

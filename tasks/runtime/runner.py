@@ -104,10 +104,10 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
             stats=result.stats, contract=contract.as_dict(), seconds=round(time.perf_counter() - started, 4))
         ctx.storage.write_record(receipt_rel, receipt)
         synthetic = f", {result.rows_synthetic} synthetic" if result.rows_synthetic else ""
-        log.info(f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept{synthetic}, "
-                 f"{result.rejected.height} quarantined")
-        for line in _reason_examples(result.rejected):
-            log.warning(f"{stage.name} shard {shard}: {line}")
+        log.debug(f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept{synthetic}, "
+                  f"{result.rejected.height} quarantined")
+        for line in _reason_examples(result.rejected):  # the rows themselves: `sluice quarantine`, the report
+            log.debug(f"{stage.name} shard {shard}: {line}")
         return receipt
 
     receipt, _ = reuse_or_redo(lambda: _read_receipt(ctx, receipt_rel), fp, lambda r: r.fingerprint, redo)

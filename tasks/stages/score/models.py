@@ -150,10 +150,18 @@ def embedder_folder(cfg: EmbedderConfig) -> Path:
     return Path(cfg.path).expanduser() if cfg.path else package_dir(EMBEDDER_PACKAGE) / EMBEDDER_FOLDER
 
 
+def _quiet_loading() -> None:
+    """transformers draws a tqdm bar for every model it loads ("Loading weights: 100%|…"): noise in a run's log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_embedder(cfg: EmbedderConfig, dev):
     """The sentence-transformers model (its transformer, tokenizer and pooling), on `dev`, in eval mode."""
     from sentence_transformers import SentenceTransformer
 
+    _quiet_loading()
     folder = embedder_folder(cfg)
     verify(folder, cfg.sha256)
     model = SentenceTransformer(str(folder), device=str(dev), local_files_only=True,
@@ -243,6 +251,7 @@ def load_lm(cfg: LanguageModelConfig, dev):
     """(model, tokenizer) of the causal LM, in eval mode on `dev`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_loading()
     folder = lm_folder(cfg)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)
