@@ -86,7 +86,7 @@ def test_select_label_naming_no_column_is_an_error():
 
     batch = pl.DataFrame({"id": ["a"], "text": ["x"], "label": ["pos"]})
     with pytest.raises(ValueError, match="select.label = 'lable' names no column"):
-        select.features(batch, SelectConfig(label="lable"))
+        select.select_one_shard(batch, SelectConfig(label="lable"))
 
 
 class _Garbage(http.server.BaseHTTPRequestHandler):
