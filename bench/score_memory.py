@@ -14,21 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARD_ROWS = 50_000
 GENRES = ["law", "history", "wisdom", "prophets", "gospels", "letters", "apocalyptic"]
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def random_embed(batch, inputs, params, loaded=None):
@@ -60,11 +51,12 @@ def main() -> None:
     import polars as pl
     import torch
 
+    from bench.plan_memory import run_plan, status
+
     torch.set_num_threads(2)
     from schemas.config import SluiceConfig
     from tasks.io.manifests import StageManifest
     from tasks.io.storage import Storage
-    from tasks.runtime import partitioned
     from tasks.runtime.context import RunContext
     from tasks.runtime.plan import MapStep
     from tasks.stages import score
@@ -83,30 +75,9 @@ def main() -> None:
     stage = replace(score.STAGE, plan=replace(score.PLAN, steps=(MapStep("embed", random_embed),
                                                                  *score.PLAN.steps[1:])), setup=None)
     ctx = RunContext(storage, "bench", SluiceConfig())
-    held = _status("VmRSS")
-    seconds: dict[str, float] = {}
-    pool = ThreadPoolExecutor(2)
-
-    def units(step, names, inputs, gen, counts, upstream, published):
-        t = time.perf_counter()
-        got = list(pool.map(lambda a: partitioned.run_unit(ctx, stage, step.name, a[0], gen, counts, upstream, a[1],
-                                                           published), zip(names, inputs, strict=True)))
-        seconds[step.name] = time.perf_counter() - t
-        return got
-
-    def applied(gen, counts, upstream):
-        from tasks.runtime.runner import shards_of
-
-        t = time.perf_counter()
-        got = list(pool.map(lambda s: partitioned.apply_shard(ctx, stage, s[0], s[1], gen, counts, upstream),
-                            shards_of(source)))
-        seconds["apply"] = time.perf_counter() - t
-        return got
-
-    started = time.perf_counter()
-    receipts, _, summary = partitioned.execute(ctx, stage, source, units, applied)
-    total = time.perf_counter() - started
-    peak = _status("VmHWM")
+    held = status("VmRSS")
+    receipts, summary, seconds, total = run_plan(ctx, stage, source)
+    peak = status("VmHWM")
     issues = sum(r.stats.counts.get("score.label_issues", 0) for r in receipts)
     print(f"rows {args.rows:,}  peak RSS {peak / 2**30:.2f} GiB (before the steps {held / 2**30:.2f} GiB)  "
           f"{total:.1f} s  label issues {issues:,}  partitions {summary['partitions']}")

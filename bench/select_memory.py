@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,13 +25,6 @@ RULES = [{"kind": "threshold", "column": "score_quality", "min": -2.5},
          {"kind": "random", "fraction": 0.1, "seed": 1}]
 
 
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -43,12 +34,11 @@ def main() -> None:
     import numpy as np
     import polars as pl
 
+    from bench.plan_memory import run_plan, status
     from schemas.config import SelectPolicy, SluiceConfig
     from tasks.io.manifests import StageManifest
     from tasks.io.storage import Storage
-    from tasks.runtime import partitioned
     from tasks.runtime.context import RunContext
-    from tasks.runtime.runner import shards_of
     from tasks.stages import select
     from tasks.stages.select import cutoffs
 
@@ -80,28 +70,9 @@ def main() -> None:
         return inner(piece, state)
 
     cutoffs._inside = counted
-    held = _status("VmRSS")
-    seconds: dict[str, float] = {}
-    pool = ThreadPoolExecutor(2)
-
-    def units(step, names, inputs, gen, counts, upstream, published):
-        t = time.perf_counter()
-        got = list(pool.map(lambda a: partitioned.run_unit(ctx, stage, step.name, a[0], gen, counts, upstream, a[1],
-                                                           published), zip(names, inputs, strict=True)))
-        seconds[step.name] = time.perf_counter() - t
-        return got
-
-    def applied(gen, counts, upstream):
-        t = time.perf_counter()
-        got = list(pool.map(lambda s: partitioned.apply_shard(ctx, stage, s[0], s[1], gen, counts, upstream),
-                            shards_of(source)))
-        seconds["apply"] = time.perf_counter() - t
-        return got
-
-    started = time.perf_counter()
-    receipts, _, summary = partitioned.execute(ctx, stage, source, units, applied)
-    total = time.perf_counter() - started
-    peak = _status("VmHWM")
+    held = status("VmRSS")
+    receipts, summary, seconds, total = run_plan(ctx, stage, source)
+    peak = status("VmHWM")
     kept = sum(r.stats.counts.get("select.kept", 0) for r in receipts)
     per_class = {c: sum(r.stats.counts.get(f"select.kept.{c}", 0) for r in receipts) for c in LABELS}
     partitions = summary["partitions"]["rows"]
