@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   sluice runs --output ./sluice-data
   sluice show RUN_ID --output ./sluice-data
   sluice quarantine RUN_ID --output ./sluice-data --reason ingest.json.invalid
+  sluice edits RUN_ID --output ./sluice-data --stage quality --rule quality.c4.line_filter
   sluice replay RUN_ID --output ./sluice-data --stage ingest --reason ingest.record.oversize --config raised.toml
   sluice diff curated 1 2 --output ./sluice-data
   sluice deploy --config sluice.toml && sluice serve --config sluice.toml
@@ -463,6 +464,67 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edits(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tasks.ops import edits_view
+
+    loaded = _load_run(args)
+    if loaded is None:
+        return 2
+    storage, run = loaded
+    m, _ = _stage_record(storage, args.run_id, args.stage)
+    if m is None:
+        print(f"error: run {args.run_id} has no committed stage {args.stage} (its stages: "
+              f"{', '.join(run.get('stages', []))})", file=sys.stderr)
+        return 2
+    df = edits_view.ledger(storage, m, args.rule)
+    if not df.height:
+        print(f"stage {args.stage} of run {args.run_id} edited no kept row" + (f" by {args.rule}" if args.rule else ""))
+        return 0
+    df = df.with_columns(fraction=pl.col("chars_removed") / pl.col("chars_before")).sort(
+        "fraction", "id", descending=[True, False])
+    shown_ids = df["id"].unique(maintain_order=True).head(args.limit)
+    shown = df.filter(pl.col("id").is_in(shown_ids.implode()))
+    texts = {r["id"]: r for r in edits_view.before_after(storage, args.run_id, args.stage, shown).iter_rows(named=True)}
+    if args.format == "text":
+        chars_in = m.stats.counts.get("edits.chars_in", 0)
+        edited = df["id"].n_unique()
+        print(f"{edited:,} row{'s' if edited != 1 else ''} edited by {args.stage}"
+              + (f", {df['chars_removed'].sum():,} of {chars_in:,} characters removed" if chars_in else ""))
+        for r in edits_view.summary(df).iter_rows(named=True):
+            print(f"  {r['rule']:<28} {r['rows']:>8,} rows  {r['chars_removed']:>11,} chars  "
+                  f"{r['units_removed']:>8,} {r['unit']}s  (median {r['median_removed']:.0%} of a row)")
+        print("\nlargest edits first; [-removed-] {+inserted+}")
+    for ident in shown_ids.to_list():
+        rules = shown.filter(pl.col("id") == ident).select(
+            "rule", "chars_before", "chars_removed", "chars_inserted", "units_removed", "unit").to_dicts()
+        row = texts.get(ident)
+        removed, inserted = edits_view.spans(row["before"], row["after"] or "") if row else ([], [])
+        if args.format == "jsonl":
+            sys.stdout.write(orjson_line({"id": ident, "stage": args.stage, "rules": rules,
+                                          "before": row and row["before"], "after": row and row["after"],
+                                          "removed": removed, "inserted": inserted}))
+            continue
+        what = ", ".join(f"{x['rule']} -{x['chars_removed']:,} of {x['chars_before']:,} chars "
+                         f"({x['units_removed']} {x['unit']}s)" for x in rules)
+        print(f"\n[{args.stage}] id={ident}: {what}")
+        if row is None:
+            print("    (the shard's input is no longer in the run: text not shown)")
+            continue
+        body = edits_view.marked(row["before"], removed, inserted)
+        print("    " + body[:args.chars].replace("\n", "\n    ") + ("…" if len(body) > args.chars else ""))
+    if args.format == "text" and df["id"].n_unique() > args.limit:
+        print(f"\n... {df['id'].n_unique() - args.limit:,} more rows (use --limit, --rule)")
+    return 0
+
+
+def orjson_line(obj: dict) -> str:
+    import orjson
+
+    return orjson.dumps(obj).decode() + "\n"
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
@@ -531,7 +593,7 @@ def _run_commands(sub) -> None:
 
 
 def _inspect_commands(sub) -> None:
-    """runs, show, quarantine: read what runs wrote."""
+    """runs, show, quarantine, edits, sample: read what runs wrote."""
     add = _adder(sub)
     p = add("runs", "list runs under an output root",
             "List the runs under an output root (oldest first) with status (running, succeeded, failed), the stages "
@@ -555,6 +617,21 @@ def _inspect_commands(sub) -> None:
     p.add_argument("--limit", type=int, default=20, help="rows to print (default 20)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every row")
     p.set_defaults(fn=cmd_quarantine)
+
+    p = add("edits", "show what a stage's rewrites removed from the rows it kept",
+            "The edit ledger of a stage: per rule the rows edited and the characters and lines (paragraphs, spans) "
+            "removed, then rows before and after with the removed spans marked [-like this-] and inserted text "
+            "{+like this+}, largest edits first. Rows a rewrite would have cut too far are not here: they are in "
+            "the quarantine (reason ...removed_too_much).")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _output_and_config(p)
+    p.add_argument("--stage", required=True, help="whose edits (quality, dedup, decontaminate, ...)")
+    p.add_argument("--rule", help="only this rule (or rules starting with it), e.g. quality.c4.line_filter")
+    p.add_argument("--limit", type=int, default=5, help="rows to show (default 5)")
+    p.add_argument("--chars", type=int, default=3000, help="characters of each row to print (default 3000)")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text",
+                   help="jsonl: one object per row with before, after and the removed spans (offsets into before)")
+    p.set_defaults(fn=cmd_edits)
 
     p = add("sample", "show kept rows of a stage of a run",
             "Print rows a stage kept (its output, what the next stage read): the text and the columns the stage "

@@ -212,6 +212,9 @@ class C4Config(Strict):
 
     enabled: bool = True
     rewrite_text: bool = True
+    max_removed_fraction: float = Field(0.5, ge=0, le=1, description="a row the line filter would cut by more than "
+                                        "this share of its characters is rejected (quality.c4.line_filter."
+                                        "removed_too_much), not published as a fragment")
     min_num_sentences: int = 5
     min_words_per_line: int = 3
     max_word_length: int = 1000
@@ -268,6 +271,8 @@ class PIIConfig(Strict):
 
     enabled: bool = True
     mode: Literal["redact", "flag"] = "redact"
+    max_removed_fraction: float = Field(0.5, ge=0, le=1, description="a row whose redaction replaces more than this "
+                                        "share of its characters is rejected (quality.pii.redact.removed_too_much)")
     kinds: list[Literal["email", "ipv4", "ipv6", "phone", "card"]] = ["email", "ipv4", "ipv6", "phone", "card"]
 
 
@@ -278,6 +283,8 @@ class QualityConfig(Strict):
     fineweb: FineWebConfig = FineWebConfig()
     language: LanguageConfig = LanguageConfig()
     pii: PIIConfig = PIIConfig()
+    reflow_wrapped: bool = Field(True, description="line rules (C4, FineWeb) judge a hard-wrapped paragraph as one "
+                                 "line; the published text keeps its line breaks (tasks/text/wrapped.py)")
     disable: list[str] = Field(default_factory=list, description="rules to skip, e.g. 'gopher.stop_words'")
 
 
@@ -298,6 +305,9 @@ class NearDupConfig(Strict):
 class SpanDedupConfig(Strict):
     enabled: bool = True
     max_docs: int = Field(100, ge=1, description="a paragraph in more documents than this is boilerplate")
+    max_removed_fraction: float = Field(0.5, ge=0, le=1, description="a row whose boilerplate cuts would remove more "
+                                        "than this share of its characters is rejected (dedup.spans."
+                                        "removed_too_much)")
 
 
 class DedupConfig(Strict):
@@ -343,6 +353,9 @@ class DecontaminateConfig(Strict):
     redact_window_chars: int = Field(200, ge=0, description="cut this much around a matched span (GPT-3)")
     redact_min_chars: int = Field(200, ge=0, description="pieces shorter than this are dropped after a cut")
     redact_max_cuts: int = Field(10, ge=1, description="a doc cut more often than this is dropped")
+    redact_max_removed_fraction: float = Field(0.5, ge=0, le=1, description="a redaction that would remove more "
+                                               "than this share of a doc rejects it (decontaminate.redact."
+                                               "removed_too_much)")
     warn_rate: float = Field(0.001, ge=0, le=1, description="per benchmark: hit rate that is logged as a warning")
     max_rate: float = Field(0.05, ge=0, le=1, description="per benchmark: hit rate that fails the contract")
 
@@ -665,13 +678,19 @@ class ContractConfig(Strict):
     allow_reject_all: list[str] = Field(default_factory=list, description="stages allowed to reject every row; "
                                         "any other stage that does fails its contract (a config that keeps nothing "
                                         "is almost always a mistake, e.g. a language name instead of a code)")
+    warn_removed_chars_rate: float = Field(0.2, ge=0, le=1, description="a stage whose edits (line filters, "
+                                           "redaction, boilerplate cuts) remove more than this share of all the "
+                                           "characters it reads warns (log, manifest, report)")
+    max_removed_chars_rate: dict[str, float] = Field(default_factory=dict, description="per stage: the largest "
+                                                     "share of characters its edits may remove before the "
+                                                     "contract fails")
 
-    @field_validator("max_reject_rate")
+    @field_validator("max_reject_rate", "max_removed_chars_rate")
     @classmethod
-    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+    def _rates(cls, v: dict[str, float], info) -> dict[str, float]:
         for stage, rate in v.items():
             if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"max_reject_rate.{stage} = {rate} must be within [0, 1]")
+                raise ValueError(f"{info.field_name}.{stage} = {rate} must be within [0, 1]")
         return v
 
 
@@ -689,6 +708,9 @@ class PublishConfig(Strict):
         "auto", description="before an append builds on the newest version, its files are checked against its "
         "manifest: 'size' (always; one listing per folder), 'hash' (sha256 of every file), 'auto' = hash for a "
         "local root, size on S3 (hashing there downloads every file). A damaged base is exit 5 naming the file")
+    keep_original_text: bool = Field(False, description="publish a `text_original` column: a row's text as it "
+                                     "arrived, for the rows a stage edited (null for the others). Off by default: "
+                                     "the edit ledger (`sluice edits`) already says what was removed")
 
     @field_validator("dataset")
     @classmethod

@@ -12,7 +12,7 @@ from conftest import SLUICE, subprocess_env
 from flows.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "runs", "show", "quarantine"])
+@pytest.mark.parametrize("command", ["run", "demo", "runs", "show", "quarantine", "edits"])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

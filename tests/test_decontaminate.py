@@ -123,6 +123,19 @@ def test_redact_removes_the_span_and_window_and_keeps_the_rest():
     [dropped] = result.rejected.to_dicts()
     assert dropped["reason"] == "contamination.gsm8k"
     assert json.loads(dropped["evidence"])["action"] == "redact_dropped"
+    [edit] = result.edits.to_dicts()  # the redaction is in the edit ledger, with what it cut
+    assert edit["id"] == kept["id"] and edit["rule"] == "decontaminate.redact" and edit["units_removed"] == 1
+    assert edit["chars_before"] == len(long_doc) and edit["chars_removed"] == len(long_doc) - len(kept["text"])
+    # a redaction that would leave a fragment (the item and its windows are most of the doc) rejects it instead
+    mostly = f"{filler(4300, 600)}\n{g['question']} {g['answer']}\n{filler(4400, 250)}"
+    bounded = decontaminate(frame([mostly]), cfg)
+    assert bounded.kept.height == 0 and bounded.edits.height == 0
+    [row] = bounded.rejected.to_dicts()
+    ev = json.loads(row["evidence"])
+    assert row["reason"] == "decontaminate.redact.removed_too_much" and row["text"] == mostly
+    assert ev["action"] == "redact_too_much" and ev["removed_fraction"] > 0.5 and ev["max_removed_fraction"] == 0.5
+    loose = decontaminate(frame([mostly]), cfg.model_copy(update={"redact_max_removed_fraction": 0.9}))
+    assert loose.kept["contam_action"].to_list() == ["redacted"]
 
 
 def test_flag_policy_keeps_and_marks_and_temporal_evidence():

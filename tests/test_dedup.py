@@ -135,10 +135,33 @@ def test_repeated_paragraphs_are_cut_from_all_but_the_first_document():
     assert kept["doc-00000"].endswith(boiler)  # first occurrence stays
     for i in range(1, 6):
         assert kept[f"doc-{i:05d}"] == PASSAGES[i]
-    assert res.rejected.filter(pl.col("id") == "doc-00006")["reason"].to_list() == ["dedup.spans.empty"]
-    assert res.stats.counts["dedup.paragraphs_removed"] == 6
+    emptied = res.rejected.filter(pl.col("id") == "doc-00006")
+    assert emptied["reason"].to_list() == ["dedup.spans.empty"]
+    assert emptied["text"].to_list() == [boiler]  # the quarantine keeps the row as it arrived
+    assert res.stats.counts["dedup.paragraphs_removed"] == 5
+    ledger = res.edits.sort("id")  # every cut recorded: the row, the rule, what went
+    assert ledger["id"].to_list() == [f"doc-{i:05d}" for i in range(1, 6)]
+    assert set(ledger["rule"]) == {"dedup.spans"} and set(ledger["unit"]) == {"paragraph"}
+    assert ledger["units_removed"].to_list() == [1] * 5
+    assert ledger["chars_removed"].to_list() == [len(boiler) + 2] * 5
     untouched = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=10)))
     assert untouched.kept.filter(pl.col("id") == "doc-00003")["text"][0].endswith(boiler)
+
+
+def test_a_cut_that_would_leave_a_fragment_rejects_the_row_instead():
+    """spans.max_removed_fraction (0.5): a short post under a long repeated footer is not published as a stub."""
+    footer = " ".join(PASSAGES[390:392])  # twice a post's length, in every post (Jaccard ~0.5: not near-dups)
+    texts = [f"{PASSAGES[i]}\n\n{footer}" for i in range(6)]
+    res = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=3)))
+    bounded = res.rejected.filter(pl.col("reason") == "dedup.spans.removed_too_much")
+    assert bounded.height == 5 and res.kept["id"].to_list() == ["doc-00000"]
+    ev = json.loads(bounded["evidence"][0])
+    assert ev["rule"] == "dedup.spans" and ev["max_removed_fraction"] == 0.5 and ev["paragraphs_removed"] == 1
+    assert ev["removed_fraction"] > 0.5 and ev["chars_removed"] == len(footer) + 2
+    assert bounded["text"][0] == texts[1]  # as it arrived, not the fragment
+    assert res.edits.height == 0
+    loose = dedup_one_shard(frame(texts), DedupConfig(spans=SpanDedupConfig(max_docs=3, max_removed_fraction=1.0)))
+    assert loose.kept.height == 6 and loose.edits.height == 5
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 8])

@@ -71,6 +71,10 @@ def rejected_part(run_id: str, stage: str, shard: str) -> str:
     return _join(RUNS, run_id, stage, "rejected", f"part-{shard}.parquet")
 
 
+def edits_part(run_id: str, stage: str, shard: str) -> str:
+    return _join(RUNS, run_id, stage, "edits", f"part-{shard}.parquet")
+
+
 def shard_receipt(run_id: str, stage: str, shard: str) -> str:
     return _join(RUNS, run_id, stage, "_shards", f"{shard}.json")
 

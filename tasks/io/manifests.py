@@ -102,6 +102,7 @@ class Receipt(Record):
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
     outputs: list[DataObject] = Field(default_factory=list)
     rejected: list[DataObject] = Field(default_factory=list)
+    edits: list[DataObject] = Field(default_factory=list)  # the shard's edit ledger (tasks/runtime/edits.py)
     stats: Stats = Field(default_factory=Stats)
     contract: dict = Field(default_factory=dict)
     seconds: float = 0.0
@@ -129,6 +130,7 @@ class StageManifest(Record):
     inputs: list[dict] = Field(default_factory=list)
     outputs: list[DataObject] = Field(default_factory=list)
     rejected: list[DataObject] = Field(default_factory=list)
+    edits: list[DataObject] = Field(default_factory=list)  # the edit ledger's parts: `sluice edits`
     shards: int = 0
     shards_resumed: int = 0
     stats: Stats = Field(default_factory=Stats)

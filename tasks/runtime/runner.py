@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -21,11 +22,11 @@ from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.readers.frames import Rechunker
 from tasks.io.storage import sha256_bytes
-from tasks.runtime import lifecycle
+from tasks.runtime import edits, lifecycle
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
 from tasks.runtime.fingerprints import fingerprint, reuse_or_redo
-from tasks.runtime.stage import Stage, StageResult, check_declaration
+from tasks.runtime.stage import Stage, StageContractError, StageResult, check_declaration
 
 log = logging.getLogger("sluice")
 
@@ -66,6 +67,26 @@ def evidence_detail(ev: dict) -> str:
     return text if len(text) <= 200 else text[:199] + "…"
 
 
+ORIGINAL = "text_original"  # publish.keep_original_text: a row's text as it arrived, where a stage edited it
+
+
+def _ledger_checked(stage: Stage, batch: pl.DataFrame, result: StageResult, keep_original: bool) -> StageResult:
+    """Holds the stage to its edit ledger (a changed kept row with no ledger row is a bug in the stage) and, with
+    `publish.keep_original_text`, keeps the text an edited row had before its first edit."""
+    missing = edits.unrecorded(batch, result.kept, result.edits)
+    if missing:
+        raise StageContractError(f"stage {stage.name} changed the text of kept rows without recording the edit "
+                                 f"(ids {', '.join(map(str, missing))}): a rewrite returns its ledger "
+                                 "(tasks/runtime/edits.py)")
+    if not keep_original or result.edits is None or not result.edits.height or ORIGINAL not in result.kept.columns:
+        return result
+    originals = (batch.select("id", pl.col("text").alias("_original"))
+                 .join(result.edits.select("id").unique(), on="id", how="semi"))
+    kept = (result.kept.join(originals, on="id", how="left", maintain_order="left")
+            .with_columns(pl.coalesce(ORIGINAL, "_original").alias(ORIGINAL)).drop("_original"))
+    return replace(result, kept=kept)
+
+
 def _read_receipt(ctx: RunContext, rel: str) -> Receipt | None:
     receipt = ctx.storage.read_record_if_exists(Receipt, rel)
     return receipt.model_copy(update={"resumed": True}) if receipt is not None else None
@@ -83,9 +104,13 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
         interrupt.check()  # a stopped run starts no new shard
         started = time.perf_counter()
         batch = load()
+        keep_original = ctx.config.publish.keep_original_text and "text" in batch.columns
+        if keep_original and ORIGINAL not in batch.columns:
+            batch = batch.with_columns(pl.lit(None, pl.String).alias(ORIGINAL))
         with lifecycle.device_slot(stage):
             result = stage.call(batch, params, lifecycle.loaded_for(stage, params))
         check_declaration(stage, batch, result)
+        result = _ledger_checked(stage, batch, result, keep_original)
         output = result.output()
         contract = validate_shard(ctx, stage.name, stage.suite_for(params), shard, output)
         if write is not None:
@@ -96,12 +121,16 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
         if result.rejected.height:
             rejected.append(ctx.storage.write_parquet(layout.rejected_part(ctx.run_id, stage.name, shard),
                                                       result.rejected))
+        ledger = []
+        if result.edits is not None and result.edits.height:
+            ledger.append(ctx.storage.write_parquet(layout.edits_part(ctx.run_id, stage.name, shard), result.edits))
+        stats = Stats.merge([result.stats, Stats(counts=edits.counts(result.edits, batch))])
         by_reason = Counter(result.rejected["reason"].to_list()) if result.rejected.height else Counter()
         receipt = Receipt(
             shard=shard, fingerprint=fp, inputs=inputs, rows_in=batch.height, rows_out=output.height,
             rows_rejected=result.rejected.height, rows_synthetic=result.rows_synthetic,
-            rejected_by_reason=dict(sorted(by_reason.items())), outputs=[kept], rejected=rejected,
-            stats=result.stats, contract=contract.as_dict(), seconds=round(time.perf_counter() - started, 4))
+            rejected_by_reason=dict(sorted(by_reason.items())), outputs=[kept], rejected=rejected, edits=ledger,
+            stats=stats, contract=contract.as_dict(), seconds=round(time.perf_counter() - started, 4))
         ctx.storage.write_record(receipt_rel, receipt)
         synthetic = f", {result.rows_synthetic} synthetic" if result.rows_synthetic else ""
         log.debug(f"{stage.name} shard {shard}: {batch.height} in, {result.kept.height} kept{synthetic}, "
@@ -320,6 +349,7 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
     params = stage.params(ctx.config)
     checks = stage.rate_checks(stats, rows_in, params) if stage.rate_checks else []
     checks += rejected_share_check(ctx.config.contracts, stage.name, rows_in, rows_rejected)
+    checks += edits.removed_share_check(ctx.config.contracts, stage.name, stats.counts)
     outputs = [o for r in receipts for o in r.outputs]
     result = validate_stage(ctx, contracts, stage.name, stage.suite_for(params), outputs,
                             [(r.shard, r.contract) for r in receipts], rows_in, rows_rejected, checks)
@@ -327,7 +357,8 @@ def build_manifest(ctx: RunContext, stage: Stage, receipts: list[Receipt], input
         format=FORMAT, stage=stage.name, run_id=ctx.run_id, fingerprint=stage_fingerprint(ctx, stage, inputs),
         rows_in=rows_in, rows_out=rows_out, rows_rejected=rows_rejected, rows_synthetic=rows_synthetic,
         invariant_holds=True, rejected_by_reason=dict(sorted(by_reason.items())), inputs=inputs, outputs=outputs,
-        rejected=[o for r in receipts for o in r.rejected], shards=len(receipts),
+        rejected=[o for r in receipts for o in r.rejected], edits=[o for r in receipts for o in r.edits],
+        shards=len(receipts),
         shards_resumed=sum(1 for r in receipts if r.resumed), stats=stats, contract=result.as_dict(),
         warnings=_warnings(stage.name, checks, rows_in), rates=checks,
         summary=stage.summarize(stats, params) if stage.summarize else None,

@@ -36,13 +36,15 @@ class StageResult:
     """`kept` continues downstream; `rejected` goes to quarantine and must carry `reason` and `evidence`;
     `synthetic` are new rows (same columns as `kept`, provenance filled) that join the output after `kept`.
     `synthetic_rejected` counts the generated rows that failed a gate: they are among `rejected` (provenance
-    filled), so generated rows are never lost either: in + generated = out + rejected."""
+    filled), so generated rows are never lost either: in + generated = out + rejected. `edits` records what a
+    rewrite removed from kept rows, so parts of rows are never lost silently either."""
 
     kept: pl.DataFrame
     rejected: pl.DataFrame
     stats: Stats = field(default_factory=Stats)
     synthetic: pl.DataFrame | None = None
     synthetic_rejected: int = 0
+    edits: pl.DataFrame | None = None  # the edit ledger of kept rows whose text changed (tasks/runtime/edits.py)
 
     @property
     def rows_synthetic(self) -> int:

@@ -17,9 +17,10 @@ import polars as pl
 from schemas.config import QualityConfig
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
+from tasks.runtime import edits
 from tasks.runtime.stage import ROW, Stage, StageResult
-from tasks.text import tokens
-from tasks.text.pii import find_and_redact
+from tasks.text import tokens, wrapped
+from tasks.text.pii import PLACEHOLDER, find_and_redact
 
 C4_CITATION = r"\[\d*]|\[edit]|\[citation needed]"
 C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -168,10 +169,13 @@ def gopher_quality_rules(cfg) -> list[tuple[str, pl.Expr]]:
     ]
 
 
-def c4(df: pl.DataFrame, cfg) -> pl.DataFrame:
-    """C4 line filtering (which also rewrites the text, as the paper and datatrove do) and its document rules."""
-    lines = df.select(ROW, line=tokens.lines(pl.col("text"))).with_columns(
-        li=pl.int_ranges(pl.col("line").list.len())).explode("line", "li").drop_nulls("line")
+def c4(df: pl.DataFrame, cfg, reflow: bool = True) -> pl.DataFrame:
+    """C4 line filtering (which also rewrites the text, as the paper and datatrove do) and its document rules.
+
+    The rules judge logical lines: a hard-wrapped paragraph is one (tasks/text/wrapped.py), any other line is
+    itself. The rewrite keeps or drops the physical lines of each, so the text keeps its line breaks."""
+    physical = wrapped.physical_lines(df, "text", reflow)
+    lines = wrapped.logical_lines(physical).rename({"lg": "unit"})
     stripped = pl.col("line").str.strip_chars()
     n_words = stripped.str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
     longest = stripped.str.extract_all(r"\S+").list.eval(pl.element().str.len_chars()).list.max().fill_null(0)
@@ -195,13 +199,24 @@ def c4(df: pl.DataFrame, cfg) -> pl.DataFrame:
         keep=reach & ~pl.col("lorem") & ~pl.col("javascript") & ~pl.col("curly") & ~pl.col("policy"),
     )
     per_doc = lines.group_by(ROW).agg(
+        q_c4_sentences=pl.col("sentences").filter(pl.col("keep")).sum(),
+        # what FineWeb's line rules read: the kept lines with each wrapped paragraph on one line
+        c4_reflowed=pl.col("cleaned").filter(pl.col("keep")).str.join("\n").str.strip_chars(),
+        first_lorem=pl.col("unit").filter(pl.col("lorem_hit")).min(),
+        first_curly=pl.col("unit").filter(pl.col("curly_hit")).min(),
+    )
+    # a wrapped row keeps the blank lines between its paragraphs (runs of them left by a cut become one)
+    kept_lines = physical.join(lines.select(ROW, pl.col("unit").alias("lg"), "keep"), on=[ROW, "lg"], how="left")
+    kept_lines = kept_lines.with_columns(
+        keep=pl.col("keep") | (pl.col("wrapped") & (pl.col("line").str.strip_chars() == "")))
+    joined = pl.col("line").str.strip_chars().str.replace_all(C4_CITATION, "").filter(pl.col("keep")).str.join("\n")
+    per_doc = per_doc.join(kept_lines.group_by(ROW).agg(
+        c4_wrapped=pl.col("wrapped").first(),
         q_c4_lines=pl.len(),
         q_c4_lines_kept=pl.col("keep").sum(),
-        q_c4_sentences=pl.col("sentences").filter(pl.col("keep")).sum(),
-        first_lorem=pl.col("li").filter(pl.col("lorem_hit")).min(),
-        first_curly=pl.col("li").filter(pl.col("curly_hit")).min(),
-        c4_text=pl.col("cleaned").filter(pl.col("keep")).str.join("\n").str.strip_chars(),
-    )
+        c4_text=pl.when(pl.col("wrapped").first()).then(joined.str.replace_all(r"\n{3,}", "\n\n"))
+        .otherwise(joined).str.strip_chars(),
+    ), on=ROW, how="left")
     return df.select(ROW).join(per_doc, on=ROW, how="left", maintain_order="left").with_columns(
         q_c4_lorem_ipsum=pl.col("first_lorem").is_not_null()
         & (pl.col("first_curly").is_null() | (pl.col("first_lorem") < pl.col("first_curly"))),
@@ -211,6 +226,7 @@ def c4(df: pl.DataFrame, cfg) -> pl.DataFrame:
         q_c4_lines_removed=(pl.col("q_c4_lines").fill_null(0) - pl.col("q_c4_lines_kept").fill_null(0))
         .cast(pl.Int64),
         c4_text=pl.col("c4_text").fill_null(""),
+        c4_reflowed=pl.col("c4_reflowed").fill_null(""),
     ).drop("first_lorem", "first_curly", "q_c4_lines", "q_c4_lines_kept")
 
 
@@ -345,14 +361,15 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
         rules += [("gopher", n, e) for n, e in gopher_quality_rules(params.gopher_quality)]
     c4_on = params.c4.enabled
     if c4_on:
-        frames.append(c4(df, params.c4))
+        frames.append(c4(df, params.c4, params.reflow_wrapped))
         rules += [("c4", n, e) for n, e in c4_rules(params.c4)]
     joined = frames[0]
     for f in frames[1:]:
         joined = joined.join(f, on=ROW, how="left", maintain_order="left")
-    text_after_c4 = "c4_text" if c4_on else "text"
-    if params.fineweb.enabled:
-        joined = joined.join(fineweb(joined, text_after_c4, params.fineweb), on=ROW, how="left", maintain_order="left")
+    if params.fineweb.enabled:  # its line rules, too, read a wrapped paragraph as one line
+        if not c4_on:
+            joined = joined.with_columns(wrapped.reflowed(joined, "text", params.reflow_wrapped).alias("c4_reflowed"))
+        joined = joined.join(fineweb(joined, "c4_reflowed", params.fineweb), on=ROW, how="left", maintain_order="left")
         rules += [("fineweb", n, e) for n, e in fineweb_rules(params.fineweb)]
     if params.language.enabled and language_model is None:
         language_model = load_language_model(params)
@@ -370,13 +387,18 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
         code = f"quality.{fam}.{name}"
         reason = pl.when(expr.fill_null(False)).then(pl.lit(code)).otherwise(reason)
         evidence = pl.when(pl.col("reason") == code).then(rule_evidence(code, expr)).otherwise(evidence)
-    judged = joined.with_columns(reason=reason).with_columns(evidence=evidence)
+    judged = joined.with_columns(reason=reason).with_columns(evidence=evidence, _arrived=pl.col("text"))
     if c4_on and params.c4.rewrite_text:  # kept rows only: quarantine keeps the text as it arrived
-        judged = judged.with_columns(
-            text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text")).otherwise(pl.col("text")))
+        judged = _line_filter(judged, params.c4)
+    judged = judged.with_columns(_pre_pii=pl.col("text"))
     if params.pii.enabled:
         # after judging (placeholders must not change word counts), on kept and quarantined rows alike
-        judged = find_and_redact(judged, list(params.pii.kinds), params.pii.mode == "redact")
+        judged = _redaction(judged, params.pii)
+    final = judged.filter(pl.col("reason").is_null())
+    ledgers = [edits.record(final, C4_RULE, "_arrived", "_pre_pii", pl.col("q_c4_lines_removed"), "line")]
+    if params.pii.enabled and params.pii.mode == "redact":
+        ledgers.append(edits.record(final, PII_RULE, "_pre_pii", "text", _pii_findings(params.pii), "span",
+                                    _placeholders(pl.col("text")) - _placeholders(pl.col("_pre_pii"))))
     for col, dtype in ADDS.items():
         if col not in judged.columns:
             judged = judged.with_columns(pl.lit(None, dtype).alias(col))
@@ -386,7 +408,65 @@ def quality(batch: pl.DataFrame, params: QualityConfig, language_model=None) -> 
     rejected = judged.filter(pl.col("reason").is_not_null()).select(*out_cols, "reason", "evidence")
     counts = {f"pii.{k}": int(judged[f"q_pii_{k}"].sum()) for k in params.pii.kinds} if params.pii.enabled else {}
     counts["c4.lines_removed"] = int(judged["q_c4_lines_removed"].sum() or 0) if c4_on else 0
-    return StageResult(kept=kept, rejected=rejected, stats=Stats(counts=counts))
+    counts["c4.wrapped_rows"] = int(judged["c4_wrapped"].sum() or 0) if c4_on else 0
+    return StageResult(kept=kept, rejected=rejected, stats=Stats(counts=counts), edits=pl.concat(ledgers))
+
+
+C4_RULE = "quality.c4.line_filter"
+PII_RULE = "quality.pii.redact"
+
+
+def _line_filter(judged: pl.DataFrame, cfg) -> pl.DataFrame:
+    """C4's rewrite of the rows every rule kept, bounded: a row it would cut by more than `max_removed_fraction`
+    is rejected with what the cut would have been, not published as a fragment."""
+    kept = pl.col("reason").is_null()
+    over = kept & edits.over_bound(pl.col("text"), pl.col("c4_text"), cfg.max_removed_fraction)
+    evidence = edits.bound_evidence(C4_RULE, pl.col("text"), pl.col("c4_text"), cfg.max_removed_fraction,
+                                    pl.col("q_c4_lines_removed"), "line")
+    judged = _reject_where(judged, over, edits.bound_reason(C4_RULE), evidence)
+    return judged.with_columns(text=pl.when(pl.col("reason").is_null()).then(pl.col("c4_text"))
+                               .otherwise(pl.col("text")))
+
+
+def _placeholders(text: pl.Expr) -> pl.Expr:
+    """Characters of redaction placeholders in `text` (what a redaction inserted, once the text before is known)."""
+    return pl.sum_horizontal(*(text.str.count_matches(p, literal=True) * len(p) for p in PLACEHOLDER.values()))
+
+
+def _pii_findings(cfg) -> pl.Expr:
+    return pl.sum_horizontal(*(pl.col(f"q_pii_{k}") for k in cfg.kinds))
+
+
+def _redaction(judged: pl.DataFrame, cfg) -> pl.DataFrame:
+    """PII found (and redacted) in every row; a kept row whose redaction would replace more than
+    `max_removed_fraction` of it (a contact list) is rejected, its text as it arrived, redacted."""
+    judged = find_and_redact(judged, list(cfg.kinds), cfg.mode == "redact")
+    if cfg.mode != "redact":
+        return judged
+    inserted = _placeholders(pl.col("text")) - _placeholders(pl.col("_pre_pii"))
+    over = pl.col("reason").is_null() & edits.over_bound(pl.col("_pre_pii"), pl.col("text"),
+                                                         cfg.max_removed_fraction, inserted)
+    evidence = edits.bound_evidence(PII_RULE, pl.col("_pre_pii"), pl.col("text"), cfg.max_removed_fraction,
+                                    _pii_findings(cfg), "span", inserted)
+    rows = judged.filter(over)[ROW]
+    if not rows.len():
+        return judged
+    judged = _reject_where(judged, over, edits.bound_reason(PII_RULE), evidence)
+    # the quarantine keeps the text as it arrived (not C4's rewrite of it), redacted as every row is
+    arrived = find_and_redact(judged.filter(pl.col(ROW).is_in(rows.implode())).select(ROW, text=pl.col("_arrived")),
+                              list(cfg.kinds), True)
+    return (judged.join(arrived.select(ROW, _redacted=pl.col("text")), on=ROW, how="left", maintain_order="left")
+            .with_columns(text=pl.coalesce("_redacted", "text")).drop("_redacted"))
+
+
+def _reject_where(judged: pl.DataFrame, over: pl.Expr, reason: str, evidence: pl.Expr) -> pl.DataFrame:
+    """Rejects the rows where `over` holds, with `evidence` computed for those rows only (few; JSON is costly)."""
+    hit = judged.filter(over).select(ROW, _why=evidence)
+    if not hit.height:
+        return judged
+    return (judged.join(hit, on=ROW, how="left", maintain_order="left")
+            .with_columns(reason=pl.when(pl.col("_why").is_not_null()).then(pl.lit(reason)).otherwise(pl.col("reason")),
+                          evidence=pl.coalesce("_why", "evidence")).drop("_why"))
 
 
 STAGE = Stage(

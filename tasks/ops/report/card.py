@@ -8,15 +8,16 @@ from tasks.io.manifests import StageManifest
 
 def summary_rows(manifests: list[StageManifest]) -> list[dict]:
     return [{"stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out, "rows_rejected": m.rows_rejected,
+             "rows_edited": m.stats.counts.get("edits.rows", 0),
              "contract": "passed" if m.contract_passed else "failed", "seconds": m.seconds} for m in manifests]
 
 
 def markdown_summary(run: dict, manifests: list[StageManifest]) -> str:
     lines = [f"# Sluice run `{run['run_id']}` — {run['status']}", ""]
-    lines += ["| stage | in | out | quarantined | contract | seconds |", "|---|---:|---:|---:|---|---:|"]
+    lines += ["| stage | in | out | quarantined | edited | contract | seconds |", "|---|---:|---:|---:|---:|---|---:|"]
     for r in summary_rows(manifests):
         lines.append(f"| {r['stage']} | {r['rows_in']:,} | {r['rows_out']:,} | {r['rows_rejected']:,} | "
-                     f"{r['contract']} | {r['seconds']:.2f} |")
+                     f"{r['rows_edited']:,} | {r['contract']} | {r['seconds']:.2f} |")
     if run.get("error"):
         lines += ["", f"**Error:** {run['error']}"]
     warnings = [f"- {m.stage}: {w}" for m in manifests for w in m.warnings]

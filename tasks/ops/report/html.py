@@ -41,7 +41,9 @@ def _section(anchor: str, title: str, build) -> tuple[str, str]:
 
 def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
     by = {m.stage: m for m in manifests}
-    parts: list[tuple[str, str]] = [_section("funnel", "Funnel", lambda: sections.funnel(manifests))]
+    parts: list[tuple[str, str]] = [_section("funnel", "Funnel", lambda: sections.funnel(manifests)),
+                                    _section("edits", "Edits: what rewrites removed from kept rows",
+                                             lambda: sections.edits(manifests, run["run_id"]))]
     if storage is not None:
         parts.append(_section("quarantine", "Quarantine",
                               lambda: sections.quarantine(storage, manifests, run["run_id"])))
@@ -67,9 +69,11 @@ def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
                               lambda: sections.change_vs_previous(storage, run)))
     parts = [p for p in parts if p[1]]
     stages = _table(
-        ["stage", "rows in", "synthetic", "rows out", "quarantined", "contract", "seconds", "shards (resumed)"],
+        ["stage", "rows in", "synthetic", "rows out", "quarantined", "edited", "chars removed by edits", "contract",
+         "seconds", "shards (resumed)"],
         [[m.stage, f"{m.rows_in:,}", f"{m.rows_synthetic:,}", f"{m.rows_out:,}", f"{m.rows_rejected:,}",
-          "passed" if m.contract_passed else "FAILED", m.seconds, f"{m.shards} ({m.shards_resumed})"]
+          f"{sections.edited_rows(m):,}", sections.chars_removed(m), "passed" if m.contract_passed else "FAILED",
+          m.seconds, f"{m.shards} ({m.shards_resumed})"]
          for m in manifests],
     )
     reasons = _table(

@@ -41,8 +41,41 @@ def funnel(manifests: list[StageManifest]) -> str:
         return ""
     labels = ["input", *(m.stage for m in manifests)]
     values = [manifests[0].rows_in, *(m.rows_out for m in manifests)]
-    return bars("funnel", "Rows after each stage", labels, {"rows": values},
-                note="input = rows the first stage read; synthetic rows count in the stage that made them")
+    series = {"rows": values}
+    note = "input = rows the first stage read; synthetic rows count in the stage that made them"
+    edited = [edited_rows(m) for m in manifests]
+    if any(edited):
+        series["rows it edited (kept, text changed)"] = [0, *edited]
+        removed = ", ".join(f"{m.stage} {chars_removed(m)}" for m in manifests if edited_rows(m))
+        note += f"; characters removed by edits: {removed} (sluice edits RUN --stage S)"
+    return bars("funnel", "Rows after each stage", labels, series, note=note)
+
+
+def edited_rows(m: StageManifest) -> int:
+    return m.stats.counts.get("edits.rows", 0)
+
+
+def chars_removed(m: StageManifest) -> str:
+    """Characters the stage's edits removed, and their share of all it read."""
+    removed, read = m.stats.counts.get("edits.chars_removed", 0), m.stats.counts.get("edits.chars_in", 0)
+    return f"{removed:,} ({removed / read:.1%})" if read else f"{removed:,}"
+
+
+def edits(manifests: list[StageManifest], run_id: str) -> str:
+    """Per stage and rule: rows edited and characters removed (the edit ledger's counts)."""
+    rows = []
+    for m in manifests:
+        counts = m.stats.counts
+        for key in sorted(k for k in counts if k.startswith("edits.") and k.endswith(".rows") and k != "edits.rows"):
+            rule = key.removeprefix("edits.").removesuffix(".rows")
+            rows.append(f"<tr><td>{html.escape(m.stage)}</td><td>{html.escape(rule)}</td>"
+                        f"<td>{counts[key]:,}</td><td>{counts.get(f'edits.{rule}.chars_removed', 0):,}</td></tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>stage</th><th>rule</th><th>rows edited</th><th>characters removed</th></tr>"
+            + "".join(rows) + f"</table><p>Each row before and after, removed spans marked: <code>sluice edits "
+            f"{html.escape(run_id)} --stage STAGE</code>. Rows a rule would have cut by more than its "
+            "max_removed_fraction are in the quarantine (reason …removed_too_much), not here.</p>")
 
 
 def quarantine(storage, manifests: list[StageManifest], run_id: str) -> str:

@@ -23,6 +23,7 @@ from schemas.benchmarks import BUILTINS
 from schemas.config import DecontaminateConfig
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
+from tasks.runtime import edits
 from tasks.runtime.stage import ROW, Stage, StageResult
 from tasks.stages.decontaminate.benchmarks import BenchmarkError, builtin_path, resolved_benchmarks
 from tasks.stages.decontaminate.index import Index, build_index
@@ -87,20 +88,29 @@ def _decide_document(text: str, hits: list[dict], params: DecontaminateConfig) -
         spans = spans_for_redaction(offsets, ranges)
         new_text, cuts = redact(text, spans, params) if spans is not None else (None, 0)
         decision.update(text=new_text, cuts=cuts, action="redacted" if new_text else "redact_dropped")
+        removed = 1 - len(new_text) / len(text) if new_text else 1.0
+        if new_text and removed > params.redact_max_removed_fraction:  # a fragment: rejected, not published
+            decision.update(action="redact_too_much", removed_fraction=round(removed, 4))
     else:
         decision["action"] = "dropped" if top["policy"] == "drop" else "flagged"
     return decision
 
 
-def _decisions_frame(decisions: dict[int, dict]) -> pl.DataFrame:
+REDACT_RULE = "decontaminate.redact"
+
+
+def _decisions_frame(decisions: dict[int, dict], params: DecontaminateConfig) -> pl.DataFrame:
     return pl.DataFrame(
         [{ROW: r, "contam_benchmark": ",".join(sorted({e["benchmark"] for e in d["evidence"]})),
           "contam_item": d["top"]["item_id"], "contam_coverage": d["top"]["coverage"],
           "contam_span_words": d["top"]["span_words"], "contam_predates_release": d["top"]["predates"],
           "contam_action": d["action"], "new_text": d["text"],
           "reason": f"contamination.{d['top']['benchmark']}" if d["action"] in ("dropped", "redact_dropped")
-          else None,
-          "evidence": orjson.dumps({"action": d["action"], "cuts": d.get("cuts"), "matches": d["evidence"]}).decode()}
+          else edits.bound_reason(REDACT_RULE) if d["action"] == "redact_too_much" else None,
+          "evidence": orjson.dumps({"action": d["action"], "cuts": d.get("cuts"), "matches": d["evidence"],
+                                    **({"rule": REDACT_RULE, "removed_fraction": d["removed_fraction"],
+                                        "max_removed_fraction": params.redact_max_removed_fraction}
+                                       if d["action"] == "redact_too_much" else {})}).decode()}
          for r, d in decisions.items()],
         schema={ROW: pl.UInt32, **ADDS, "new_text": pl.String, "reason": pl.String, "evidence": pl.String})
 
@@ -125,7 +135,7 @@ def decontaminate(batch: pl.DataFrame, params: DecontaminateConfig, index: Index
     hits = [{"id": ids[row], "benchmark": h["benchmark"], "item_id": h["item_id"]}  # one per (document, item)
             for (row,), matched in m.group_by(ROW, maintain_order=True) for h in matched.to_dicts()]
     docs = [{"id": ids[row], "benchmark": d["top"]["benchmark"], "action": d["action"]} for row, d in decisions.items()]
-    joined = df.join(_decisions_frame(decisions), on=ROW, how="left", maintain_order="left")
+    joined = df.join(_decisions_frame(decisions, params), on=ROW, how="left", maintain_order="left")
     rejected = (joined.filter(pl.col("reason").is_not_null())
                 .select(*batch.columns, *ADDS, "reason", "evidence"))
     kept = (joined.filter(pl.col("reason").is_null())
@@ -134,7 +144,12 @@ def decontaminate(batch: pl.DataFrame, params: DecontaminateConfig, index: Index
                           contam_action=pl.when(pl.col("contam_action").is_in(["redacted", "flagged"]))
                           .then(pl.col("contam_action")))
             .select(*batch.columns, *ADDS))
-    return StageResult(kept=kept, rejected=rejected, stats=Stats(records={"hits": hits, "docs": docs}))
+    before = batch.select("id", _arrived="text").join(
+        kept.filter(pl.col("contam_action") == "redacted").select("id", "text"), on="id")
+    ledger = edits.record(before.join(joined.select("id", "evidence"), on="id"), REDACT_RULE, "_arrived", "text",
+                          pl.col("evidence").str.json_path_match("$.cuts").cast(pl.Int64), "span")
+    return StageResult(kept=kept, rejected=rejected, stats=Stats(records={"hits": hits, "docs": docs}),
+                       edits=ledger)
 
 
 def _docs_hit(stats: Stats) -> dict[str, int]:
@@ -163,7 +178,7 @@ def summarize(stats: Stats, params: DecontaminateConfig) -> dict:
         actions = [d["action"] for d in stats.records.get("docs", []) if d["benchmark"] == b.name]
         out[b.name] = {"policy": b.policy, "items_found": len(items), "items": items[:100],
                        "docs_hit": hit.get(b.name, 0),
-                       "docs_dropped": actions.count("dropped") + actions.count("redact_dropped"),
+                       "docs_dropped": sum(actions.count(a) for a in ("dropped", "redact_dropped", "redact_too_much")),
                        "docs_redacted": actions.count("redacted"), "docs_flagged": actions.count("flagged")}
     return out
 

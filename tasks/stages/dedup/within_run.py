@@ -10,6 +10,7 @@ import polars as pl
 
 from schemas.config import DedupConfig
 from tasks.io.manifests import Stats
+from tasks.runtime import edits
 from tasks.runtime.stage import ROW, StageResult
 from tasks.text import tokens
 from tasks.text.normalize import normalize
@@ -97,21 +98,29 @@ def _evidence(drop: pl.DataFrame) -> pl.Expr:
 
 def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: DedupConfig) -> StageResult:
     d = batch.join(decisions, on="id", how="left", maintain_order="left")
-    d = d.with_columns(norm=normalized(pl.col("text")), drop_paragraphs=pl.col("drop_paragraphs").fill_null([]))
+    d = d.with_columns(norm=normalized(pl.col("text")), drop_paragraphs=pl.col("drop_paragraphs").fill_null([]),
+                       _before=pl.col("text"))
     drop = d.filter(pl.col("action").is_in(DROPPED))
     keep = d.filter(~pl.col("action").is_in(DROPPED) | pl.col("action").is_null())
-    removed = pl.lit(0, pl.Int32)
     if params.spans.enabled and keep.height:
         keep = _cut_paragraphs(keep, params)
-        removed = pl.col("dup_paragraphs_removed")
+    else:
+        keep = keep.with_columns(dup_paragraphs_removed=pl.lit(0, pl.Int32))
     keep = keep.with_columns(
         # the identity exact dedup judged (before any paragraph cut): unique among survivors by construction
         dup_norm_hash=pl.col("norm").hash(seed=17),
         dup_cluster=pl.col("cluster"),
-        dup_paragraphs_removed=removed.cast(pl.Int32),
+        dup_paragraphs_removed=pl.col("dup_paragraphs_removed").cast(pl.Int32),
     )
-    emptied = keep.filter(pl.col("text").str.strip_chars().str.len_chars() == 0)
-    keep = keep.filter(pl.col("text").str.strip_chars().str.len_chars() > 0)
+    # a cut that empties a row, or removes more than its bound, rejects it; the quarantine keeps it as it arrived
+    empty_after = pl.col("text").str.strip_chars().str.len_chars() == 0
+    over = ~empty_after & edits.over_bound(pl.col("_before"), pl.col("text"), params.spans.max_removed_fraction)
+    emptied = keep.filter(empty_after)
+    bounded = keep.filter(over).with_columns(
+        evidence=edits.bound_evidence(SPANS_RULE, pl.col("_before"), pl.col("text"), params.spans.max_removed_fraction,
+                                      pl.col("dup_paragraphs_removed"), "paragraph"))
+    keep = keep.filter(~empty_after & ~over)
+    ledger = edits.record(keep, SPANS_RULE, "_before", "text", pl.col("dup_paragraphs_removed"), "paragraph")
     out_cols = list(batch.columns) + list(ADDS)
     rejected = pl.concat([
         drop.with_columns(
@@ -122,11 +131,14 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: DedupConfig) -> 
         emptied.with_columns(reason=pl.lit("dedup.spans.empty"),
                              evidence=pl.struct(paragraphs_removed=pl.col("dup_paragraphs_removed"))
                              .struct.json_encode()),
-    ], how="diagonal_relaxed").select(*out_cols, "reason", "evidence")
-    removed_paragraphs = (int(keep["dup_paragraphs_removed"].sum() or 0)
-                          + int(emptied["dup_paragraphs_removed"].sum() or 0))
+        bounded.with_columns(reason=pl.lit(edits.bound_reason(SPANS_RULE))),
+    ], how="diagonal_relaxed").with_columns(text=pl.col("_before")).select(*out_cols, "reason", "evidence")
+    removed_paragraphs = int(keep["dup_paragraphs_removed"].sum() or 0)
     return StageResult(kept=keep.select(out_cols), rejected=rejected,
-                       stats=Stats(counts={"dedup.paragraphs_removed": removed_paragraphs}))
+                       stats=Stats(counts={"dedup.paragraphs_removed": removed_paragraphs}), edits=ledger)
+
+
+SPANS_RULE = "dedup.spans"
 
 
 def _cut_paragraphs(keep: pl.DataFrame, params: DedupConfig) -> pl.DataFrame:
