@@ -61,21 +61,26 @@ def _load_run(args: argparse.Namespace):
     return storage, run
 
 
-def _print_run(run: dict) -> None:
-    print(f"run id:  {run['run_id']}")
-    print(f"status:  {run['status']}")
+def run_summary(run: dict) -> list[str]:
+    """What `sluice run` and `sluice demo` print at the end (infra/readme_sample.py puts it in the README)."""
+    lines = [f"run id:  {run['run_id']}", f"status:  {run['status']}"]
     for m in run.get("manifests", []):
-        print(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  "
-              f"quarantined {m['rows_rejected']:>7,}")
+        lines.append(f"  {m['stage']:<14} in {m['rows_in']:>9,}  out {m['rows_out']:>9,}  "
+                     f"quarantined {m['rows_rejected']:>7,}")
         if m.get("note"):
-            print(f"  {'':<14} {m['note']}")
+            lines.append(f"  {'':<14} {m['note']}")
     if run.get("published"):
         p = run["published"]
-        print(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
+        lines.append(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
     elif (run.get("trial") or {}).get("published") is False:
-        print("trial run: nothing published, no retrain event (--publish publishes a trial run)")
+        lines.append("trial run: nothing published, no retrain event (--publish publishes a trial run)")
     if run.get("report"):
-        print(f"report:  {run['report']}")
+        lines.append(f"report:  {run['report']}")
+    return lines
+
+
+def _print_run(run: dict) -> None:
+    print("\n".join(run_summary(run)))
     from tasks.ops import prefect_server
 
     server, up = prefect_server.status()

@@ -42,3 +42,19 @@ def test_output_is_required_unless_sluice_output_is_set(demo_run):
     assert bare.returncode == 2 and "--output" in bare.stderr
     listed = sluice("runs", env={"SLUICE_OUTPUT": str(out)})
     assert listed.returncode == 0 and "demo-run" in listed.stdout
+
+
+def test_the_readme_sample_is_what_the_demo_prints(demo_run):
+    """README.md's sample output is generated from a real `make run` (infra/readme_sample.py --write); the suite's
+    run of the demo uses the same config, so a change to what the demo does fails here until it is regenerated."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "infra"))
+    from readme_sample import in_readme, normalized, sample
+
+    out, _ = demo_run
+    printed = sample(str(out), "demo-run")
+    assert "/…/sluice-data/runs/demo-run/report/index.html" in printed and "publish " in printed
+    assert normalized(in_readme((REPO / "README.md").read_text())) == normalized(printed)
