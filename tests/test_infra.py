@@ -35,3 +35,16 @@ def test_scheduled_and_triggered_deployments_are_declared():
     assert spec["new-data"]["entrypoint"] == "flows/watch.py:watch" and spec["new-data"]["schedules"][0]["interval"]
     [trigger] = spec["on-publish"]["triggers"]
     assert trigger["expect"] == [EVENT] and trigger["match"] == {"sluice.retrain": "true"}
+
+
+def test_the_readme_opens_with_the_product_and_keeps_history_in_the_changelog():
+    """The first screen says what Sluice is, for whom, and the two commands; issue numbers live in CHANGELOG.md."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    first = "\n".join(readme.splitlines()[:20])
+    assert "curates training data" in first and "engineers" in first
+    assert re.search(r"^make run\s+#", first, re.M) and re.search(r"^make test\s+#", first, re.M)
+    history = re.findall(r".{30}\b(?:issues? \d+|#\d+\b).{0,30}", readme)
+    assert history == [], history
+    assert "(issue 26)" in (REPO / "CHANGELOG.md").read_text()

@@ -222,9 +222,15 @@ def _cache_problem(folder: Path) -> str | None:
 
 def _convert_gguf(source: Path, dest: Path) -> None:
     """Dequantize the GGUF through transformers and write it as safetensors; atomic (a temp folder renamed)."""
+    import functools
+
     import safetensors.torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # its tensor loop draws its own tqdm bar (not transformers' switchable one) on the first run's console
+    if not isinstance(gguf_utils.tqdm, functools.partial):
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
