@@ -11,7 +11,7 @@ import html
 
 import numpy as np
 
-KEPT, REJECTED, THRESHOLD = "#3b7dd8", "#d8613b", "#222"
+KEPT, REJECTED, OTHERS, THRESHOLD = "#3b7dd8", "#d8613b", "#e8b89c", "#222"
 WIDTH, LABEL_W = 720, 230
 
 
@@ -56,51 +56,73 @@ def bars(chart_id: str, title: str, labels: list[str], series: dict[str, list[fl
 
 
 def histogram(chart_id: str, title: str, kept: np.ndarray, rejected: np.ndarray | None = None,
-              thresholds: list[float] | None = None, bins: int = 30, names: tuple[str, str] = ("kept", "rejected"),
-              note: str = "") -> str:
-    """A signal's distribution, kept and rejected rows stacked per bin on one axis, thresholds as dashed lines.
-    Values past the 0.5th/99.5th percentiles are clipped into the end bins so one outlier cannot flatten it."""
-    rejected = rejected if rejected is not None else np.zeros(0)
-    kept, rejected = (np.asarray(a, dtype=np.float64) for a in (kept, rejected))
-    kept, rejected = kept[np.isfinite(kept)], rejected[np.isfinite(rejected)]
-    both = np.concatenate([kept, rejected])
+              thresholds: list[float] | None = None, bins: int = 30, names: tuple[str, ...] = ("kept", "rejected"),
+              note: str = "", others: np.ndarray | None = None, x_title: str = "value") -> str:
+    """A signal's distribution: kept rows, rows rejected (by this signal's rule, when `others` holds the rows
+    rejected by any other rule) stacked per bin; thresholds as dashed lines; axis titles. Values past the 0.5th and
+    99.5th percentiles are clipped into the end bins so one outlier cannot flatten the rest; a heavy right tail
+    (non-negative values whose 99.5th percentile is over 100x the median and over 100) is drawn on a log axis.
+    A threshold outside every value (Gopher's 100,000 words) is named in the caption instead of stretching the axis."""
+    groups = [np.asarray(a if a is not None else np.zeros(0), dtype=np.float64) for a in (kept, rejected, others)]
+    groups = [a[np.isfinite(a)] for a in groups]
+    both = np.concatenate(groups)
     if both.size == 0:
         return _figure(chart_id, title, '<p class="muted">no values</p>', note)
-    lo, hi = np.percentile(both, [0.5, 99.5])
+    lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5]))
+    median = float(np.median(both))
+    log = lo >= 0 and hi > 100 and hi > 100 * max(median, 1e-12)
     marks = [t for t in (thresholds or []) if np.isfinite(t)]
+    outside = [t for t in marks if not both.min() <= t <= both.max()]
+    marks = [t for t in marks if both.min() <= t <= both.max()]
     lo, hi = min([lo, *marks]), max([hi, *marks])
-    if hi <= lo:
-        hi = lo + 1.0
-    edges = np.linspace(lo, hi, bins + 1)
-    counts = [np.histogram(np.clip(a, lo, hi), edges)[0] for a in (kept, rejected)]
-    top = max(int((counts[0] + counts[1]).max()), 1)
-    plot_w, plot_h, left, base = WIDTH - 70, 150, 50, 175
+    if outside:
+        note = (note + "; " if note else "") + "threshold " + ", ".join(_fmt(t) for t in outside) + \
+            " beyond the data's range (not drawn)"
+    scale = (lambda v: np.log10(np.asarray(v, dtype=np.float64) + 1.0)) if log else (lambda v: np.asarray(v))
+    slo, shi = float(scale(lo)), float(scale(hi))
+    if shi <= slo:
+        shi = slo + 1.0
+    edges = np.linspace(slo, shi, bins + 1)
+    counts = [np.histogram(np.clip(scale(a), slo, shi), edges)[0] for a in groups]
+    top = max(int(sum(counts).max()), 1)
+    plot_w, plot_h, left, base = WIDTH - 80, 150, 60, 175
     bw = plot_w / bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="215" role="img">',
+    colors = [KEPT, REJECTED, OTHERS]
+    unscale = (lambda x: 10 ** x - 1.0) if log else (lambda x: x)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="240" role="img">',
              f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#999"/>',
              f'<text x="{left - 4}" y="{base - plot_h + 8}" font-size="10" text-anchor="end">{top:,}</text>',
-             f'<text x="{left - 4}" y="{base}" font-size="10" text-anchor="end">0</text>']
+             f'<text x="{left - 4}" y="{base}" font-size="10" text-anchor="end">0</text>',
+             f'<text class="axis-title" x="12" y="{base - plot_h / 2}" font-size="10" text-anchor="middle" '
+             f'transform="rotate(-90 12 {base - plot_h / 2})">rows</text>',
+             f'<text class="axis-title" x="{left + plot_w / 2}" y="{base + 28}" font-size="10" text-anchor="middle">'
+             f'{html.escape(x_title)}{" (log scale)" if log else ""}</text>']
     for b in range(bins):
-        x = left + b * bw
-        h0 = plot_h * counts[0][b] / top
-        h1 = plot_h * counts[1][b] / top
-        tip = f"{_fmt(edges[b])} to {_fmt(edges[b + 1])}: {counts[0][b]:,} {names[0]}, {counts[1][b]:,} {names[1]}"
-        parts.append(f'<g><title>{html.escape(tip)}</title>'
-                     f'<rect x="{x:.1f}" y="{base - h0:.1f}" width="{bw - 1:.1f}" height="{h0:.1f}" fill="{KEPT}"/>'
-                     f'<rect x="{x:.1f}" y="{base - h0 - h1:.1f}" width="{bw - 1:.1f}" height="{h1:.1f}" '
-                     f'fill="{REJECTED}"/></g>')
+        x, y = left + b * bw, base
+        tip = f"{_fmt(unscale(edges[b]))} to {_fmt(unscale(edges[b + 1]))}: " + ", ".join(
+            f"{c[b]:,} {n}" for c, n in zip(counts, names, strict=False))
+        rects = []
+        for c, color in zip(counts, colors, strict=False):
+            h = plot_h * c[b] / top
+            if h:
+                rects.append(f'<rect x="{x:.1f}" y="{y - h:.1f}" width="{bw - 1:.1f}" height="{h:.1f}" '
+                             f'fill="{color}"/>')
+                y -= h
+        parts.append(f'<g><title>{html.escape(tip)}</title>{"".join(rects)}</g>')
     for t in marks:
-        x = left + plot_w * (t - lo) / (hi - lo)
+        x = left + plot_w * (float(scale(t)) - slo) / (shi - slo)
+        anchor, dx = ("end", -3) if x > left + plot_w * 0.75 else ("start", 3)
         parts.append(f'<line class="threshold" x1="{x:.1f}" y1="{base - plot_h - 5}" x2="{x:.1f}" y2="{base}" '
-                     f'stroke="{THRESHOLD}" stroke-dasharray="4 3"/><text x="{x + 3:.1f}" y="{base - plot_h + 3}" '
-                     f'font-size="10">threshold {_fmt(t)}</text>')
+                     f'stroke="{THRESHOLD}" stroke-dasharray="4 3"/><text x="{x + dx:.1f}" y="{base - plot_h + 3}" '
+                     f'font-size="10" text-anchor="{anchor}">threshold {_fmt(t)}</text>')
     for frac in (0, 0.5, 1):
         parts.append(f'<text x="{left + plot_w * frac:.1f}" y="{base + 14}" font-size="10" text-anchor="middle">'
-                     f'{_fmt(lo + (hi - lo) * frac)}</text>')
-    parts += [f'<rect x="{left}" y="196" width="10" height="10" fill="{KEPT}"/><text x="{left + 14}" y="205" '
-              f'font-size="11">{names[0]} ({kept.size:,})</text>']
-    if rejected.size:
-        parts += [f'<rect x="{left + 170}" y="196" width="10" height="10" fill="{REJECTED}"/><text x="{left + 184}" '
-                  f'y="205" font-size="11">{names[1]} ({rejected.size:,})</text>']
+                     f'{_fmt(unscale(slo + (shi - slo) * frac))}</text>')
+    x = left
+    for a, n, color in zip(groups, names, colors, strict=False):
+        if a.size or n == names[0]:
+            parts.append(f'<rect x="{x}" y="221" width="10" height="10" fill="{color}"/><text x="{x + 14}" y="230" '
+                         f'font-size="11">{html.escape(n)} ({a.size:,})</text>')
+            x += 200
     parts.append("</svg>")
     return _figure(chart_id, title, "".join(parts), note)

@@ -144,18 +144,84 @@ def _numeric(df: pl.DataFrame, prefix: str) -> list[str]:
     return [c for c, t in df.schema.items() if c.startswith(prefix) and (t.is_numeric() or t == pl.Boolean)]
 
 
+def rules_reading(manifest: StageManifest) -> dict[str, set[str]]:
+    """signal column -> the quality reason codes whose rule reads it (so its chart can tell its own rejections)."""
+    from schemas.config import QualityConfig
+    from tasks.stages.quality import FAMILY_RULES
+
+    params = QualityConfig(**manifest.params) if manifest.params else QualityConfig()
+    sections = {"gopher_repetition": params.gopher_repetition, "gopher": params.gopher_quality, "c4": params.c4,
+                "fineweb": params.fineweb}
+    found: dict[str, set[str]] = {"q_lang": {"quality.language.not_allowed"},
+                                  "q_lang_score": {"quality.language.low_score"},
+                                  "q_c4_lines_removed": {"quality.c4.line_filter.removed_too_much"}}
+    for family, rules in FAMILY_RULES.items():
+        for name, expr in rules(sections[family]):
+            for signal in expr.meta.root_names():
+                found.setdefault(signal, set()).add(f"quality.{family}.{name}")
+    return found
+
+
+CATEGORIES = 30  # an integer column with at most this many distinct values is drawn as bars (a cluster id, a count)
+
+
 def signals(storage, m: StageManifest, prefix: str, marks: dict[str, list[float]]) -> str:
-    """A histogram per numeric signal column the stage added, kept vs rejected rows."""
+    """One chart per numeric signal column the stage added: kept rows, rows rejected by the rule that reads this
+    signal, rows rejected by other rules. Flags and small integer categories as bars; columns with one value
+    everywhere (all-zero PII counts) are named in a note instead of drawn."""
     kept = read_columns(storage, m.outputs, _all_columns(storage, m.outputs, prefix))
-    rejected = read_columns(storage, m.rejected, kept.columns) if m.rejected and kept.width else pl.DataFrame()
-    out = []
+    rejected = (read_columns(storage, m.rejected, [*kept.columns, "reason"]) if m.rejected and kept.width
+                else pl.DataFrame())
+    own = rules_reading(m) if m.stage == "quality" else {}
+    out, constant = [], []
     for col in _numeric(kept, prefix):
-        k = kept[col].cast(pl.Float64).drop_nulls().to_numpy()
-        r = rejected[col].cast(pl.Float64).drop_nulls().to_numpy() if col in rejected.columns else np.zeros(0)
-        if k.size + r.size == 0:
+        values = pl.concat([kept[col].cast(pl.Float64), rejected[col].cast(pl.Float64)]
+                           if col in rejected.columns else [kept[col].cast(pl.Float64)]).drop_nulls()
+        if values.len() == 0:
             continue
-        out.append(histogram(f"{m.stage}-{col}", f"{col}", k, r, marks.get(col)))
+        if values.n_unique() == 1:
+            constant.append(f"{col} (all {_value(values[0])})")
+            continue
+        if col in rejected.columns and "reason" in rejected.columns:
+            mine = rejected["reason"].is_in(sorted(own.get(col, set())))
+            r_own, r_other = rejected.filter(mine)[col], rejected.filter(~mine)[col]
+        else:
+            r_own = r_other = pl.Series(col, [], dtype=kept[col].dtype)
+        chart_id, labels = f"{m.stage}-{col}", ("kept", "rejected by this rule", "rejected by other rules")
+        if not own.get(col):
+            labels = ("kept", "rejected", "rejected by other rules")
+            r_own, r_other = pl.concat([r_own, r_other]), r_other.clear()
+        if kept[col].dtype == pl.Boolean or (kept[col].dtype.is_integer() and values.n_unique() <= CATEGORIES
+                                             and col not in marks):
+            out.append(_category_bars(chart_id, col, kept[col], r_own, r_other, labels))
+            continue
+        out.append(histogram(chart_id, col, _finite(kept[col]), _finite(r_own), marks.get(col), names=labels,
+                             others=_finite(r_other), x_title=col))
+    if constant:
+        out.append(f'<p class="muted">Not drawn, one value in every row: {html.escape(", ".join(constant))}.</p>')
     return "".join(out)
+
+
+def _finite(series: pl.Series) -> np.ndarray:
+    return series.cast(pl.Float64).drop_nulls().to_numpy()
+
+
+def _value(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
+
+
+def _category_bars(chart_id: str, col: str, kept: pl.Series, r_own: pl.Series, r_other: pl.Series,
+                   labels: tuple[str, ...]) -> str:
+    """A flag or a category: rows per value, kept and rejected (two series at most: other rules' rejections join
+    the rejected ones)."""
+    rejected = pl.concat([r_own.cast(kept.dtype), r_other.cast(kept.dtype)])
+    keys = sorted(set(kept.drop_nulls().to_list()) | set(rejected.drop_nulls().to_list()))
+    k_counts = dict(kept.drop_nulls().value_counts().iter_rows())
+    r_counts = dict(rejected.drop_nulls().value_counts().iter_rows()) if rejected.len() else {}
+    series = {"kept": [k_counts.get(v, 0) for v in keys]}
+    if r_counts:
+        series["rejected"] = [r_counts.get(v, 0) for v in keys]
+    return bars(chart_id, f"{col} (rows per value)", [str(v) for v in keys], series)
 
 
 def _all_columns(storage, objects: list, prefix: str) -> list[str]:

@@ -121,7 +121,9 @@ def checked_bfloat16(run, agreement, name: str, forced: bool) -> tuple[str, floa
         log.info("score: %s runs in bfloat16 on the CPU (agreement with float32 on %d calibration texts: %.5f)%s",
                  name, len(texts), measure, "" if ok else " (outside tolerance; kept: asked for explicitly)")
         return "bfloat16", measure
-    log.warning("score: %s in bfloat16 disagrees with float32 (%.5f); it runs in float32", name, measure)
+    # the automatic choice working as designed (float32 is the reference), so not a warning
+    log.info("score: %s runs in float32 on the CPU (bfloat16 measured %.5f against it on %d calibration texts, "
+             "outside tolerance)", name, measure, len(texts))
     return "float32", measure
 
 
