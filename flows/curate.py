@@ -45,9 +45,10 @@ class _PrefectLogBridge(logging.Handler):
         self.target.log(record.levelno, record.getMessage())
 
 
-def _artifact_key(run_id: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes."""
-    return "sluice-run-" + re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")[:60]
+def _artifact_key(dataset: str) -> str:
+    """One key per dataset, so Prefect keeps every run's summary as the history of one artifact (the run id is in
+    the description). Prefect artifact keys allow lowercase letters, digits and dashes."""
+    return "sluice-" + re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-")[:60]
 
 
 @contextmanager
@@ -98,7 +99,7 @@ def _finish(ctx: RunContext, run: dict, manifests: list) -> None:
     if contracts is not None:
         contracts.close()
     try:
-        key = _artifact_key(ctx.run_id)
+        key = _artifact_key(ctx.config.publish.dataset)
         create_markdown_artifact(key=key, markdown=markdown_summary(run, manifests),
                                  description=f"Sluice run {ctx.run_id}")
         create_table_artifact(key=f"{key}-counts", table=summary_rows(manifests),
@@ -107,6 +108,12 @@ def _finish(ctx: RunContext, run: dict, manifests: list) -> None:
                              description="report/index.html: charts of what the run did to the data")
     except Exception as exc:  # the artifacts are a convenience; the report on storage is the record
         get_run_logger().warning(f"could not create the run artifacts: {exc}")
+
+
+def _absolute(uri: str) -> str:
+    """A local path as an absolute one in the flow run's parameters, so a rerun from the Prefect UI (or from
+    another folder) reads and writes the same place; URLs (s3://) pass as they are."""
+    return uri if "://" in uri else str(Path(uri).expanduser().absolute())
 
 
 def _link(uri: str) -> str:
@@ -288,6 +295,7 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
         api = temporary_settings({PREFECT_API_URL: chosen.cluster_kwargs["env"]["PREFECT_API_URL"]})
     with api, tags("sluice", f"dataset:{config.publish.dataset}"):
         return curate.with_options(task_runner=chosen)(
-            inputs=inputs, output=output, config_path=config_path, run_id=run_id or new_run_id(), stages=stages,
+            inputs=[_absolute(u) for u in inputs], output=_absolute(output),
+            config_path=_absolute(config_path) if config_path else None, run_id=run_id or new_run_id(), stages=stages,
             replay=replay, limit=limit, publish_mode=publish_mode, trial=trial, publish=publish
         )

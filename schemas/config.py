@@ -694,6 +694,16 @@ class ContractConfig(Strict):
         return v
 
 
+class PublishColumns(Strict):
+    """Column names or glob patterns (`q_*`). A column goes out when it matches `include` and not `exclude`; `id`
+    and `text` always go. The default leaves out the pipeline's bookkeeping (where a row was read from, dedup's
+    hash and cluster) and keeps the signals: `sluice diff` compares them between versions, and a trainer filters
+    on them (`q_lang`, `score_perplexity`)."""
+
+    include: list[str] = ["*"]
+    exclude: list[str] = ["src_file", "src_line", "dup_norm_hash", "dup_cluster", "dup_paragraphs_removed"]
+
+
 class PublishConfig(Strict):
     dataset: str = "curated"
     description: str = Field("", max_length=20_000, description="the card's description (copied into run.json and "
@@ -708,6 +718,8 @@ class PublishConfig(Strict):
         "auto", description="before an append builds on the newest version, its files are checked against its "
         "manifest: 'size' (always; one listing per folder), 'hash' (sha256 of every file), 'auto' = hash for a "
         "local root, size on S3 (hashing there downloads every file). A damaged base is exit 5 naming the file")
+    columns: PublishColumns = Field(default_factory=lambda: PublishColumns(), description="which columns a "
+                                    "version carries (the run keeps them all)")
     keep_original_text: bool = Field(False, description="publish a `text_original` column: a row's text as it "
                                      "arrived, for the rows a stage edited (null for the others). Off by default: "
                                      "the edit ledger (`sluice edits`) already says what was removed")

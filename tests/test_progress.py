@@ -118,7 +118,7 @@ def test_prefect_sees_named_task_runs_tags_and_artifacts(tmp_path, prefect_serve
         assert {"dedup-00000-00000", "dedup-00000-00002"} <= names, sorted(names)
         dedup = [t for t in tasks if t.name.startswith("dedup-")]
         assert all("stage:dedup" in t.tags and "dataset:named" in t.tags for t in dedup)
-        key = "sluice-run-prefect-names"
+        key = "sluice-named"  # the dataset's key: every run of `named` is a version of these artifacts
         artifacts = {a.key: a for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key, f"{key}-counts", f"{key}-report"])))}
         assert set(artifacts) == {key, f"{key}-counts", f"{key}-report"}

@@ -86,8 +86,11 @@ def open_version(ctx, inputs: list[dict]) -> dict:
     previous version's instead: columns it lacks are left out (with a warning when they hold values)."""
     dataset = ctx.config.publish.dataset
     paths = [o["path"] for o in inputs]
-    drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY]
-    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop,
+    excluded = excluded_columns(ctx.storage.parquet_empty(paths[0]).columns if paths else [],
+                                ctx.config.publish.columns)
+    drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY and c not in excluded]
+    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": sorted({*drop, *excluded}),
+              "excluded": excluded,
               "mode": ctx.config.publish.mode, "base": None, "embeddings": _embedding_parts(ctx, inputs)}
     base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
     if base:
@@ -99,14 +102,25 @@ def open_version(ctx, inputs: list[dict]) -> dict:
         if schema is not None:
             columns = ctx.storage.parquet_empty(paths[0]).columns if paths else []
             extra = [c for c in columns if c not in schema.columns]
-            filled = [c for c in extra if c not in drop]
+            filled = [c for c in extra if c not in target["drop"]]
             if filled:
                 log.warning(f"publish: appending to {dataset} v{base}, whose files have no column "
                             f"{', '.join(filled)}: those values are left out (publish with --publish-mode replace "
                             "to change the schema)")
-            target.update(drop=sorted(set(drop) | set(extra)), schema=_schema_ipc(schema))
+            target.update(drop=sorted(set(target["drop"]) | set(extra)), schema=_schema_ipc(schema))
         target["base"] = base
     return target
+
+
+def excluded_columns(columns: list[str], cfg) -> list[str]:
+    """The columns `publish.columns` leaves out of a version (never id or text: readers and the index need them)."""
+    from fnmatch import fnmatchcase
+
+    def matches(name: str, patterns: list[str]) -> bool:
+        return any(fnmatchcase(name, p) for p in patterns)
+
+    return [c for c in columns if c not in ("id", "text")
+            and (not matches(c, cfg.include) or matches(c, cfg.exclude))]
 
 
 def _embedding_parts(ctx, inputs: list[dict]) -> list[str | None]:
@@ -184,7 +198,8 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
                                f"is v{newest}; rerun to append to it")
         committed = version_record(ctx, manifest, target)
         published = committed.published
-        card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish, _features(ctx, manifest))
+        card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish, _features(ctx, manifest),
+                            _examples(ctx, manifest))
         ctx.storage.write_bytes(layout.version_card(dataset, version), card.encode())
         if not ctx.storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
             raise RuntimeError(f"dataset {dataset} v{version} was committed by someone else while publishing")
@@ -223,7 +238,8 @@ def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
                  "rows_added": manifest.rows_out,
                  "rows_by_source": manifest.stats.tallies.get("rows_by_source", {}),
                  "rows_by_language": manifest.stats.tallies.get("rows_by_language", {}),
-                 "columns_left_out": target.get("drop", []),
+                 "columns_left_out": [c for c in target.get("drop", []) if c not in target.get("excluded", [])],
+                 "columns_excluded": target.get("excluded", []),
                  "run": {"rows_in": manifest.rows_in, "rows_out": manifest.rows_out},
                  **({"trial": {"limit_rows": ctx.config.ingest.limit_rows}} if ctx.config.ingest.limit_rows else {})}
     update: dict = {}
@@ -266,6 +282,15 @@ def _index_object(ctx, dataset: str, version: int, i: int, rows: int) -> DataObj
 def _features(ctx, manifest: StageManifest) -> dict[str, str]:
     """column -> Arrow type of the published parts (for the card's `dataset_info.features`)."""
     return ctx.storage.parquet_schema(manifest.outputs[0].path) if manifest.outputs else {}
+
+
+def _examples(ctx, manifest: StageManifest, n: int = 3) -> list[dict]:
+    """The first rows of the version's first part, for the card."""
+    if not manifest.outputs:
+        return []
+    have = ctx.storage.parquet_schema(manifest.outputs[0].path)
+    columns = [c for c in ("id", "source", "label", "text") if c in have]
+    return ctx.storage.read_parquet(manifest.outputs[0].path, columns=columns).head(n).to_dicts()
 
 
 def fence(ctx) -> None:
