@@ -22,7 +22,7 @@ def _manifest(out: Path, run_id: str, stage: str) -> dict:
 
 def test_demo_corpus_is_real_text_at_scale(demo_corpus):
     files = sorted(demo_corpus.glob("*.jsonl.gz"))
-    assert len(files) == 7  # 6 shards + the empty one
+    assert len(files) == 9  # 8 shards + the empty one
     assert len(kjv_records()) == 31_102 and len(quote_records()) == 13_438
     assert kjv_records()[0]["text"] == "In the beginning God created the heaven and the earth."
 

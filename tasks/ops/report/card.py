@@ -81,12 +81,21 @@ def front_matter(published: dict, rows: int, publish_cfg, features: dict[str, st
 
 def _limitations(published: dict, run_manifests: list[StageManifest]) -> list[str]:
     """What a user of this version should know before training on it, from what the run did."""
-    out = ["- The quality rules (Gopher, C4, FineWeb) and their thresholds were made for English web pages; on other "
-           "text they reject and keep differently (the run's report shows each signal against its threshold).",
-           "- Duplicates are found by exact normalized text and MinHash at Jaccard ≥ the configured threshold; "
-           "paraphrases below it remain. Benchmark contamination is found by 13-gram overlap (and, where the score "
-           "stage ran, embedding similarity); a benchmark not configured is not checked."]
     by = {m.stage: m for m in run_manifests}
+    out = []
+    if "quality" in by:
+        out.append("- The quality rules (Gopher, C4, FineWeb) and their thresholds were made for English web pages; "
+                   "on other text they reject and keep differently (the run's report shows each signal against its "
+                   "threshold).")
+    if "dedup" in by:
+        out.append("- Duplicates are found by exact normalized text and MinHash at Jaccard ≥ the configured "
+                   "threshold; paraphrases below it remain.")
+    if "decontaminate" in by:
+        out.append("- Benchmark contamination is found by 13-gram overlap (and, where the score stage ran, embedding "
+                   "similarity); a benchmark not configured is not checked.")
+    skipped = [s for s in ("decontaminate", "quality", "dedup") if s not in by]
+    if skipped:
+        out.append(f"- Not run for this version: {', '.join(skipped)}; its rows were not checked for that.")
     if "score" in by and (by["score"].summary or {}).get("sample", 1.0) < 1.0:
         out.append(f"- Model scores cover a sample of rows only ({by['score'].summary['note']}); rows outside it "
                    "have null scores.")
