@@ -113,11 +113,13 @@ def local_result(prefect_server, tmp_path_factory):
     return corpus, config, _published(tmp / "out")
 
 
-@pytest.fixture()
-def cluster(prefect_server, tmp_path):
+@pytest.fixture(scope="module")
+def cluster(prefect_server, tmp_path_factory):
+    """One scheduler and two workers for the module (starting them is most of a test's time on 2 cores); the
+    test that kills a worker runs last."""
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1",
            "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
-    c = Cluster(tmp_path, env)
+    c = Cluster(tmp_path_factory.mktemp("dask-cluster"), env)
     try:
         c.wait()
         yield c
