@@ -74,9 +74,9 @@ def test_partition_counts_follow_the_rows_and_the_budget(tmp_path):
 
 
 def test_a_shuffle_killed_with_minus_9_resumes_to_the_same_bytes(tmp_path):
-    corpus = _corpus(tmp_path / "in", docs=6000)
+    corpus = _corpus(tmp_path / "in", docs=3000)
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[ingest]\nshard_rows = 300\n[runner]\npartitions = 4\nkeep_work = true\n")
+    cfg.write_text("[ingest]\nshard_rows = 200\n[runner]\npartitions = 4\nkeep_work = true\n")
     env = {**os.environ, "SLUICE_WARM_WORKER": "off"}
     clean = subprocess.run([SLUICE, "run", "--input", str(corpus), "--output", str(tmp_path / "clean"), "--config",
                             str(cfg), "--stages", "ingest,dedup", "--run-id", "r"], capture_output=True, text=True,

@@ -195,7 +195,9 @@ def _canonical_frame(n: int, empty: tuple[str, ...]) -> pl.DataFrame:
 
 
 def test_publish_is_a_sink_committed_by_the_runner(tmp_path):
-    ctx = _ctx(tmp_path, "pub-ok")
+    # every column goes out (publish.columns excludes none): the part is copied byte for byte
+    ctx = RunContext(Storage(str(tmp_path / "out")), "pub-ok",
+                     SluiceConfig.model_validate({"publish": {"columns": {"exclude": []}}}))
     source = committed(ctx, "dedup", _canonical_frame(7, empty=()))
     manifest = publish_by_hand(ctx, source)
     assert manifest.published["dataset"] == "curated" and manifest.published["version"] == 1
@@ -214,8 +216,10 @@ def test_publish_leaves_out_the_columns_no_row_fills_and_says_so_in_the_card(tmp
     source = committed(ctx, "dedup", _canonical_frame(5, empty=("url", "prompt", "response")))
     manifest = publish_by_hand(ctx, source)
     assert manifest.published["columns_left_out"] == ["url", "prompt", "response"]
+    assert manifest.published["columns_excluded"] == ["src_file", "src_line"]  # publish.columns' default
     part = ctx.storage.read_parquet(layout.version_part("curated", 1, 0))
-    assert part.columns == [c for c in CANONICAL if c not in ("url", "prompt", "response")] and part.height == 5
+    assert part.columns == [c for c in CANONICAL if c not in ("url", "prompt", "response", "src_file", "src_line")]
+    assert part.height == 5
     assert manifest.outputs[0].sha256 == hashlib.sha256(ctx.storage.read_bytes(manifest.outputs[0].path)).hexdigest()
     card = ctx.storage.read_bytes(layout.version_card("curated", 1)).decode()
     assert card.startswith("---\nlicense: unknown\n") and "`url`, `prompt`, `response`" in card

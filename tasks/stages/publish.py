@@ -89,7 +89,7 @@ def open_version(ctx, inputs: list[dict]) -> dict:
     excluded = excluded_columns(ctx.storage.parquet_empty(paths[0]).columns if paths else [],
                                 ctx.config.publish.columns)
     drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY and c not in excluded]
-    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": sorted({*drop, *excluded}),
+    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop + excluded,
               "excluded": excluded,
               "mode": ctx.config.publish.mode, "base": None, "embeddings": _embedding_parts(ctx, inputs)}
     base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
