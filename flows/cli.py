@@ -333,18 +333,27 @@ def _stage_record(storage, run_id: str, stage: str):
     return storage.read_record_if_exists(StageManifest, layout.contract_failure(run_id, stage)), False
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import polars as pl
-
+def _load_stage(args: argparse.Namespace):
+    """(storage, manifest) of stage --stage of RUN_ID; None after printing the error when there is none."""
     loaded = _load_run(args)
     if loaded is None:
-        return 2
+        return None
     storage, run = loaded
     m, _ = _stage_record(storage, args.run_id, args.stage)
     if m is None:
         print(f"error: run {args.run_id} has no committed stage {args.stage} (its stages: "
               f"{', '.join(run.get('stages', []))})", file=sys.stderr)
+        return None
+    return storage, m
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    loaded = _load_stage(args)
+    if loaded is None:
         return 2
+    storage, m = loaded
     frames, rows = [], 0
     for obj in m.outputs:  # first parts only, unless sampling at random (then every part, as a person would expect)
         if rows >= args.rows and not args.random:
@@ -474,15 +483,10 @@ def cmd_edits(args: argparse.Namespace) -> int:
 
     from tasks.ops import edits_view
 
-    loaded = _load_run(args)
+    loaded = _load_stage(args)
     if loaded is None:
         return 2
-    storage, run = loaded
-    m, _ = _stage_record(storage, args.run_id, args.stage)
-    if m is None:
-        print(f"error: run {args.run_id} has no committed stage {args.stage} (its stages: "
-              f"{', '.join(run.get('stages', []))})", file=sys.stderr)
-        return 2
+    storage, m = loaded
     df = edits_view.ledger(storage, m, args.rule)
     if not df.height:
         print(f"stage {args.stage} of run {args.run_id} edited no kept row" + (f" by {args.rule}" if args.rule else ""))

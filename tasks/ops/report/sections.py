@@ -120,21 +120,29 @@ def _failed(evidence: str | None) -> str:
     return f"<small>{html.escape(json.dumps(ev)[:240])}</small>"
 
 
-def thresholds(manifest: StageManifest) -> dict[str, list[float]]:
-    """signal -> the thresholds its rules test, read from the quality rules as the run configured them."""
+def _quality_rules(manifest: StageManifest) -> tuple:
+    """(params, [(family, rule, expression)]): the quality stage's rules as the run configured them."""
     from schemas.config import QualityConfig
-    from tasks.stages.quality import FAMILY_RULES, rule_test
+    from tasks.stages.quality import FAMILY_RULES
 
     params = QualityConfig(**manifest.params) if manifest.params else QualityConfig()
     sections = {"gopher_repetition": params.gopher_repetition, "gopher": params.gopher_quality, "c4": params.c4,
                 "fineweb": params.fineweb}
+    return params, [(family, name, expr) for family, rules in FAMILY_RULES.items()
+                    for name, expr in rules(sections[family])]
+
+
+def thresholds(manifest: StageManifest) -> dict[str, list[float]]:
+    """signal -> the thresholds its rules test, read from the quality rules as the run configured them."""
+    from tasks.stages.quality import rule_test
+
+    params, rules = _quality_rules(manifest)
     found: dict[str, list[float]] = {}
-    for family, rules in FAMILY_RULES.items():
-        for name, expr in rules(sections[family]):
-            if f"{family}.{name}" in params.disable:
-                continue
-            for signal, value in _THRESHOLD.findall(rule_test(expr)):
-                found.setdefault(signal, []).append(float(value))
+    for family, name, expr in rules:
+        if f"{family}.{name}" in params.disable:
+            continue
+        for signal, value in _THRESHOLD.findall(rule_test(expr)):
+            found.setdefault(signal, []).append(float(value))
     if params.language.enabled:
         found["q_lang_score"] = [params.language.min_score]
     return found
@@ -146,19 +154,12 @@ def _numeric(df: pl.DataFrame, prefix: str) -> list[str]:
 
 def rules_reading(manifest: StageManifest) -> dict[str, set[str]]:
     """signal column -> the quality reason codes whose rule reads it (so its chart can tell its own rejections)."""
-    from schemas.config import QualityConfig
-    from tasks.stages.quality import FAMILY_RULES
-
-    params = QualityConfig(**manifest.params) if manifest.params else QualityConfig()
-    sections = {"gopher_repetition": params.gopher_repetition, "gopher": params.gopher_quality, "c4": params.c4,
-                "fineweb": params.fineweb}
     found: dict[str, set[str]] = {"q_lang": {"quality.language.not_allowed"},
                                   "q_lang_score": {"quality.language.low_score"},
                                   "q_c4_lines_removed": {"quality.c4.line_filter.removed_too_much"}}
-    for family, rules in FAMILY_RULES.items():
-        for name, expr in rules(sections[family]):
-            for signal in expr.meta.root_names():
-                found.setdefault(signal, set()).add(f"quality.{family}.{name}")
+    for family, name, expr in _quality_rules(manifest)[1]:
+        for signal in expr.meta.root_names():
+            found.setdefault(signal, set()).add(f"quality.{family}.{name}")
     return found
 
 
