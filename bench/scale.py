@@ -161,7 +161,8 @@ def main() -> int:
             row = {"engine": engine, "docs": n, "wall": result["wall"], **peak, "timings": result["timings"],
                    "spilled_mb": spilled / 2**20, "partitions": dedup["plan"]["partitions"],
                    "steps": {s["step"]: {k: s.get(k) for k in ("units", "seconds", "rows_written", "bytes_written",
-                                                               "files_written")} for s in dedup["plan"]["steps"]},
+                                                               "files_written", "peak_rss_mb")}
+                             for s in dedup["plan"]["steps"]},
                    **recall(out, planted)}
             rows.append(row)
             print(json.dumps(row), flush=True)

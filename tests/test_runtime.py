@@ -278,3 +278,33 @@ def test_a_copied_root_still_resolves(demo_run, tmp_path, capsys):
     assert "quarantined rows" in capsys.readouterr().out
     manifest = orjson.loads((copy / "runs" / "demo-run" / "quality" / "_manifest.json").read_bytes())
     assert all(not o["path"].startswith("/") for o in manifest["outputs"] + manifest["rejected"])
+
+
+def test_stage_wide_uniqueness_is_checked_in_groups_through_storage(tmp_path):
+    """Over the task memory budget, the ids are split into hash groups on storage and checked one group at a time:
+    a duplicate in two different shards is still found, named once, and the group files are gone afterwards."""
+    from tasks.io.manifests import DataObject
+    from tasks.runtime.contracts import _groups, validate_stage
+
+    ctx = RunContext(Storage(str(tmp_path / "out")), "grouped", SluiceConfig(runner={"task_memory": 1 << 20}))
+    shards = [_records(1_000, prefix=f"s{i}-") for i in range(3)]
+    shards[2] = shards[2].with_columns(id=pl.when(pl.col("id") == "s2-7").then(pl.lit("s0-5")).otherwise("id"))
+    outputs = []
+    for i, frame in enumerate(shards):
+        outputs.append(DataObject(**{**ctx.storage.write_parquet(f"runs/grouped/ingest/part-{i}.parquet",
+                                                                 frame).as_json(), "rows": frame.height}))
+    assert _groups(ctx, 3_000) == 5
+    contracts = contracts_for("grouped")
+    failed = validate_stage(ctx, contracts, "ingest", "ingest", outputs, [], 3_000, 0)
+    assert not failed.success
+    assert [f for f in failed.failures if "expect_column_values_to_be_unique" in f] != []
+    unique = [r for r in failed.results if r["expectation"] == "expect_column_values_to_be_unique"]
+    assert len(unique) == 1 and not unique[0]["success"]
+    assert (unique[0]["result"]["element_count"], unique[0]["result"]["unexpected_count"]) == (3_000, 2)
+    assert ctx.storage.listdir("runs/grouped/ingest/_work") in ([], ["contracts"]) and \
+        ctx.storage.listdir("runs/grouped/ingest/_work/contracts") == []
+    clean = outputs[:2]
+    passed = validate_stage(ctx, contracts, "ingest", "ingest", clean, [], 2_000, 0)
+    unique = [r for r in passed.results if r["expectation"] == "expect_column_values_to_be_unique"]
+    assert passed.success and unique[0]["result"] == {"unexpected_count": 0, "element_count": 2_000}
+    close_contracts("grouped")

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ import pandas as pd
 import polars as pl
 
 from schemas.expectations import columns_of, load_suite, scoped
+from tasks.io import layout
 from tasks.io.manifests import DataObject
 
 if TYPE_CHECKING:
@@ -239,31 +240,68 @@ def _read_columns(ctx: RunContext, outputs: Iterable[DataObject], columns: list[
 
 UNIQUENESS = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique",
               "expect_select_column_values_to_be_unique_within_record"}
+GE_BYTES_PER_ROW = 400  # what GE holds per row of a uniqueness check (pandas objects and its own index)
+
+
+def _groups(ctx: RunContext, rows: int) -> int:
+    """Groups of rows checked one at a time: a quarter of the task memory budget's worth of GE rows each."""
+    return max(1, -(-rows * GE_BYTES_PER_ROW // max(1, ctx.config.runner.task_memory // 4)))
+
+
+def _grouped_columns(ctx: RunContext, stage_name: str, outputs: list[DataObject], cols: list[str], groups: int
+                     ) -> Iterator[pl.DataFrame]:
+    """The named columns of the stage's output, one hash group at a time (equal values share a group). More than
+    one group is a shuffle through the run's storage: each output's columns are split once into per-group files
+    under the stage's `_work/contracts`, then each group is read back alone, so no step holds a column of the whole
+    corpus (10M ids and their hashes were ~0.5 GB in the committing process)."""
+    if groups == 1:
+        yield _read_columns(ctx, outputs, cols)
+        return
+    folder = layout.stage_dir(ctx.run_id, stage_name) + "/_work/contracts"
+    ctx.storage.delete(folder)
+    for i, obj in enumerate(outputs):
+        part = _read_columns(ctx, [obj], cols)
+        split = part.with_columns(_group=pl.struct(cols).hash(seed=1) % groups).partition_by(
+            "_group", as_dict=True, include_key=False, maintain_order=True)
+        for (g,), piece in split.items():
+            ctx.storage.write_parquet(f"{folder}/g{g:05d}/{i:06d}.parquet", piece)
+    try:
+        for g in range(groups):
+            names = ctx.storage.listdir(f"{folder}/g{g:05d}")
+            frames = [ctx.storage.read_parquet(f"{folder}/g{g:05d}/{n}") for n in sorted(names)]
+            yield pl.concat(frames, how="vertical") if frames else pl.DataFrame(
+                schema={c: pl.String for c in cols})
+    finally:
+        ctx.storage.delete(folder)
 
 
 def _validate_global(ctx: RunContext, contracts: Contracts, stage_name: str, suite: dict, outputs: list[DataObject]
                      ) -> ContractResult:
-    """Stage-wide expectations. Uniqueness is checked in hash buckets of at most `shard_rows` rows (equal values
-    share a bucket, so per-bucket uniqueness is exact): GE holds ~400 bytes a row while checking, the bucketed
-    column itself stays in Arrow (~40 bytes a row for a 32-char id)."""
-    frame = _read_columns(ctx, outputs, columns_of(suite))
+    """Stage-wide expectations. Uniqueness is checked in hash groups sized by `runner.task_memory` (read back
+    from storage one at a time), and within a group in buckets of at most `shard_rows` rows for GE (equal values
+    share a group and a bucket, so per-bucket uniqueness is exact). Other stage-wide expectations (none of the
+    packaged suites has one) need the columns whole."""
     partitioned = {**suite, "expectations": [e for e in suite["expectations"] if e["type"] in UNIQUENESS]}
     whole = {**suite, "expectations": [e for e in suite["expectations"] if e["type"] not in UNIQUENESS]}
     parts: list[tuple[str, dict]] = []
     if whole["expectations"]:
+        frame = _read_columns(ctx, outputs, columns_of(whole))
         res = contracts.validate(f"{ctx.run_id}.{stage_name}.global", whole, frame.to_pandas())
         parts.append(("all", res.as_dict()))
     if partitioned["expectations"]:
-        buckets = max(1, -(-frame.height // ctx.config.ingest.shard_rows))
         cols = columns_of(partitioned)
-        keyed = frame.select(cols).with_columns(
-            (pl.struct(cols).hash(seed=0) % buckets).alias("_bucket")
-        ).partition_by("_bucket", as_dict=True, include_key=False, maintain_order=True)
-        for b in range(buckets):
-            part = keyed.get((b,), frame.select(cols).clear())
-            res = contracts.validate(f"{ctx.run_id}.{stage_name}.unique-{b}", partitioned, part.to_pandas(),
-                                     docs=buckets == 1)
-            parts.append((f"bucket {b}", res.as_dict()))
+        groups = _groups(ctx, sum(o.rows for o in outputs))
+        for g, frame in enumerate(_grouped_columns(ctx, stage_name, outputs, cols, groups)):
+            buckets = max(1, -(-frame.height // ctx.config.ingest.shard_rows))
+            keyed = frame.select(cols).with_columns(
+                (pl.struct(cols).hash(seed=0) % buckets).alias("_bucket")
+            ).partition_by("_bucket", as_dict=True, include_key=False, maintain_order=True)
+            for b in range(buckets):
+                part = keyed.get((b,), frame.select(cols).clear())
+                label = f"bucket {b}" if groups == 1 else f"group {g} bucket {b}"
+                res = contracts.validate(f"{ctx.run_id}.{stage_name}.unique-{g}-{b}", partitioned, part.to_pandas(),
+                                         docs=buckets == 1 and groups == 1)
+                parts.append((label, res.as_dict()))
     merged = ContractResult.merge(suite["name"], [p for _, p in parts], [label for label, _ in parts])
     merged.failures = [f.replace("[shard ", "[") for f in merged.failures]
     for r in merged.results:

@@ -214,7 +214,7 @@ def run_unit(ctx: RunContext, stage: Stage, step_name: str, unit: str, gen: str,
             with lifecycle.device_slot(stage) if step.loads else _nothing():
                 written = work.write_outputs(unit, call_step(step, params, inputs))
         receipt = {"fingerprint": fp, "unit": unit, "step": step_name, "outputs": written,
-                   "seconds": round(time.perf_counter() - started, 4)}
+                   "seconds": round(time.perf_counter() - started, 4), "peak_rss_mb": peak_rss_mb()}
         if isinstance(step, ReduceStep) and split > 1:
             receipt["split"] = split
         ctx.storage.write_json(receipt_rel, receipt)
@@ -353,7 +353,16 @@ def step_summary(step: Step, receipts: list[dict]) -> dict:
             "seconds": round(sum(r.get("seconds", 0.0) for r in receipts), 3),
             "rows_written": sum(o.get("rows", 0) for o in objs), "bytes_written": sum(o.get("bytes", 0) for o in objs),
             "files_written": len(objs),
-            "partitions_split": sum(1 for r in receipts if r.get("split", 1) > 1)}
+            "partitions_split": sum(1 for r in receipts if r.get("split", 1) > 1),
+            "peak_rss_mb": max((r.get("peak_rss_mb", 0) for r in receipts), default=0)}
+
+
+def peak_rss_mb() -> int:
+    """The process's peak resident memory so far (MB). Monotonic, so across a stage's steps the first step whose
+    units report the final value is where the peak was reached; with several units per process it is shared."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def clean_work(ctx: RunContext, stage: Stage) -> None:

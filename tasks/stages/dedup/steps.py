@@ -40,7 +40,7 @@ NEVER = np.iinfo(np.int64).max  # a row without a timestamp comes after every ro
 # documents of bench/scale.py, 10% at 10M); pairs and shingles share partition numbers (shingle rows carry their
 # pair partition)
 VERIFY_BYTES = 1024
-VERIFY_CHUNK = 20_000  # candidate pairs verified together (x ~150 shingles a side in the joins)
+VERIFY_CHUNK = 20_000  # candidate pairs verified together (each with copies of its two shingle sets)
 
 
 def _order(frame: pl.DataFrame) -> pl.Expr:
@@ -135,11 +135,13 @@ def shingle_sets(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -
 
 
 def _intersections(pairs: pl.DataFrame, sets: pl.DataFrame) -> pl.DataFrame:
-    """How many shingles each pair (ka, kb) shares, exploding only the sets these pairs name."""
-    named = pl.concat([pairs["ka"], pairs["kb"]]).unique()
-    exploded = sets.filter(pl.col("k").is_in(named.implode())).select("k", s="sh").explode("s")
-    return (pairs.join(exploded.rename({"k": "ka"}), on="ka")
-            .join(exploded.rename({"k": "kb"}), on=["kb", "s"]).group_by("ka", "kb").len())
+    """How many shingles each pair (ka, kb) shares: both sets joined onto the pair and intersected as lists (the
+    sets are already unique). Joining exploded shingles instead held ~150 rows a pair side in two hash joins:
+    on 100,000 pairs over 100,000 sets 1.8 s and 1.3 GiB, against 0.4 s and 0.44 GiB this way."""
+    lists = sets.select("k", "sh")
+    return (pairs.join(lists.rename({"k": "ka", "sh": "sa"}), on="ka")
+            .join(lists.rename({"k": "kb", "sh": "sb"}), on="kb")
+            .select("ka", "kb", len=pl.col("sa").list.set_intersection("sb").list.len().cast(pl.UInt32)))
 
 
 def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
@@ -152,8 +154,7 @@ def verify(rows: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     key = sets.select("id", "k")
     pairs = (rows.unique(["a_id", "b_id"]).join(key.rename({"id": "a_id", "k": "ka"}), on="a_id")
              .join(key.rename({"id": "b_id", "k": "kb"}), on="b_id"))
-    # the intersections a chunk of pairs at a time: the joins over exploded shingles are ~150 rows a pair, which
-    # for a whole partition of pairs went past 22 GiB at 10M documents
+    # a chunk of pairs at a time: each pair holds copies of both its sets while it is intersected
     inter = pl.concat([_intersections(chunk, sets) for chunk in pairs.select("ka", "kb").iter_slices(VERIFY_CHUNK)],
                       how="vertical")
     sizes = sets.select("k", n=pl.col("sh").list.len())
