@@ -27,7 +27,7 @@ from tasks.io.readers import resolve_inputs
 from tasks.io.storage import Storage, check_uri
 from tasks.ops.report import markdown_summary, write_report
 from tasks.ops.report.card import summary_rows
-from tasks.runtime import registry
+from tasks.runtime import lifecycle, registry
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, close_contracts, contracts_for
 from tasks.runtime.fingerprints import CODE_VERSION, new_run_id
@@ -273,6 +273,16 @@ def lock_wait_seconds(config) -> float:
     return 1800 if config.publish.mode == "append" else 0
 
 
+def _preload_models(config, names: list[str]) -> None:
+    """The first model stage's models load in this process while the stages before it run (the local runner
+    runs every shard here; Dask workers load their own)."""
+    for name in names[1:]:
+        stage = registry.STAGES[name]
+        if stage.resources == "gpu" and stage.setup is not None:
+            lifecycle.preload(stage, stage.params(config))
+            return
+
+
 def run_curate(inputs: list[str], output: str, config_path: str | None = None, run_id: str | None = None,
                stages: list[str] | None = None, workers: int | None = None, runner: str | None = None,
                dask_address: str | None = None, replay: dict | None = None, limit: int | None = None,
@@ -288,6 +298,8 @@ def run_curate(inputs: list[str], output: str, config_path: str | None = None, r
     kind = runner or config.runner.kind
     address = dask_address or config.runner.dask_address
     chosen = task_runner(kind, workers or config.runner.workers, address)
+    if kind == "local" and config.runner.preload_models:
+        _preload_models(config, names)
     api = nullcontext()
     if kind == "dask" and not address:  # this process reports to the API its LocalCluster workers were given
         from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -738,6 +738,9 @@ class RunnerConfig(Strict):
         "would exceed it is reduced in parts")
     partitions: int | None = Field(None, ge=1, le=4096, description="force every shuffle's partition count "
                                    "(default: from the rows and task_memory)")
+    preload_models: bool = Field(True, description="with the local runner, load the first model stage's models "
+                                 "(score or augment) in the background while the earlier stages run; it holds "
+                                 "their memory (~0.7 GB for the packaged ones) from the start of the run")
     keep_work: bool = Field(False, description="keep a global stage's shuffle files after it is committed "
                             "(runs/<id>/<stage>/_work/), for inspection")
     retries: int = Field(3, ge=0, le=10, description="retries of I/O tasks, with exponential backoff")

@@ -147,6 +147,43 @@ def test_setup_runs_once_per_process_and_teardown_frees_it(tmp_path):
     close_contracts("rt-model")
 
 
+def test_preloaded_models_are_the_ones_the_stage_uses_and_block_no_other_stage():
+    """`preload` loads in the background; the stage's own call waits for that load (one setup, one object), and
+    another stage's setup runs meanwhile instead of queueing behind it."""
+    import threading
+
+    started, release_slow = threading.Event(), threading.Event()
+    calls = {"slow": 0, "fast": 0}
+
+    def slow_setup(params):
+        calls["slow"] += 1
+        started.set()
+        release_slow.wait(10)
+        return {"model": "slow"}
+
+    def fast_setup(params):
+        calls["fast"] += 1
+        return {"model": "fast"}
+
+    def stage(name, setup):
+        return Stage(name=name, fn=lambda b, p, m: StageResult(kept=b, rejected=b.clear()), params=lambda c: c,
+                     requires={}, adds={}, suite="publish", setup=setup)
+
+    slow, fast = stage("preload-slow", slow_setup), stage("preload-fast", fast_setup)
+    thread = lifecycle.preload(slow, {"k": 1})
+    assert started.wait(5)
+    assert lifecycle.loaded_for(fast, {"k": 1}) == {"model": "fast"}  # not behind the slow load
+    with ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(lifecycle.loaded_for, slow, {"k": 1})
+        time.sleep(0.1)
+        assert not waiting.done()
+        release_slow.set()
+        assert waiting.result(5) == {"model": "slow"}
+    thread.join(5)
+    assert calls == {"slow": 1, "fast": 1}
+    assert lifecycle.release("preload-slow") == 1 and lifecycle.release("preload-fast") == 1
+
+
 def test_gpu_stage_runs_one_shard_at_a_time_per_device(tmp_path):
     running, peak, lock = [0], [0], threading.Lock()
 
