@@ -220,11 +220,12 @@ def _print_forget_plan(plan: dict) -> None:
 
 def cmd_files(args: argparse.Namespace) -> int:
     from schemas.config import check_safe_name
-    from tasks.io.versions import version_files
+    from tasks.io.versions import token_files, version_files
 
     check_safe_name(args.dataset, "dataset name")
     version = _version_number(args.version) if args.version else None
-    for uri in version_files(_storage(args.output, args.config), args.dataset, version):
+    listed = token_files if args.tokens else version_files
+    for uri in listed(_storage(args.output, args.config), args.dataset, version):
         print(uri)
     return 0
 
@@ -706,9 +707,11 @@ def _ops_commands(sub) -> None:
     p = add("files", "print the data files of a published version, one URI a line",
             "A version made by appending shares files with the versions before it; this prints exactly the files "
             "of one version, for readers given a file list: duckdb read_parquet([...]), polars.read_parquet, "
-            "pyarrow.dataset.dataset.")
+            "pyarrow.dataset.dataset. With --tokens, its token shards instead (publish.tokens): .bin files of "
+            "token ids, each with its .idx of document offsets and .docs.parquet beside it.")
     p.add_argument("dataset")
     p.add_argument("--version", metavar="N", help="e.g. 3 or v3 (default: the newest)")
+    p.add_argument("--tokens", action="store_true", help="list the token shards (.bin) instead of the Parquet files")
     _output_and_config(p)
     p.set_defaults(fn=cmd_files)
 

@@ -34,6 +34,7 @@ CONTRACT_FAILURE = "_contract_failure.json"
 DIFF = "_diff.json"
 CARD = "README.md"
 VERSION_DATA = "data"
+VERSION_TOKENS = "tokens"
 _VERSION = re.compile(r"^v(\d+)(?:\.json)?$")  # a version folder `v3`, or its claim `v3.json`
 
 
@@ -126,6 +127,12 @@ def version_dir(dataset: str, version: int) -> str:
 
 def version_part(dataset: str, version: int, index: int) -> str:
     return _join(DATASETS, dataset, f"v{version}", VERSION_DATA, f"part-{index:05d}.parquet")
+
+
+def token_part(dataset: str, version: int, index: int) -> str:
+    """The token shard of `version_part(dataset, version, index)`, without its suffix (.bin, .idx, .docs.parquet;
+    tasks/text/token_shards.py)."""
+    return _join(DATASETS, dataset, f"v{version}", VERSION_TOKENS, f"part-{index:05d}")
 
 
 def version_manifest(dataset: str, version: int) -> str:

@@ -114,6 +114,17 @@ def version_files(storage: Storage, dataset: str, version: int | None = None) ->
     return [storage.uri(o.path) for o in version_manifest(storage, dataset, version).outputs]
 
 
+def token_files(storage: Storage, dataset: str, version: int | None = None) -> list[str]:
+    """URIs of a version's token shards (.bin; the .idx and .docs.parquet beside each), in order."""
+    version = version if version is not None else newest_version(storage, dataset)
+    if version is None:
+        raise VersionNotFound(f"dataset {dataset} has no published version under {storage.uri(layout.DATASETS)}")
+    tokens = (version_manifest(storage, dataset, version).published or {}).get("tokens")
+    if not tokens:
+        raise VersionNotFound(f"dataset {dataset} v{version} has no token shards (publish.tokens.enabled was off)")
+    return [storage.uri(p["bin"]["path"]) for p in tokens["parts"]]
+
+
 def index_objects(manifest: StageManifest) -> list[DataObject]:
     return [DataObject.model_validate(o) for o in ((manifest.published or {}).get("index") or {}).get("parts", [])]
 

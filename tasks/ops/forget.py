@@ -162,8 +162,11 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
         outputs: list[DataObject] = []
         new_index: list[DataObject] = []
         forgotten: list[pl.DataFrame] = []
+        rewritten: dict[int, tuple[int, pl.DataFrame]] = {}  # position in outputs -> (new part number, rows)
+        kept_from: list[int] = []  # position in outputs -> the part of `before` it is (or was cut from)
         for i, obj in enumerate(before.outputs):
             if i not in hits:
+                kept_from.append(i)
                 outputs.append(obj)
                 if index:
                     new_index.append(index[i])
@@ -173,9 +176,11 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
             old_index = storage.read_parquet(index[i].path) if index else index_rows(frame, config.dedup, base)
             if kept.height:  # a file left empty is dropped from the version, not rewritten
                 k = len([o for o in outputs if o.path.startswith(layout.version_dir(dataset, version) + "/")])
+                kept_from.append(i)
                 outputs.append(storage.write_parquet(layout.version_part(dataset, version, k), kept))
                 new_index.append(storage.write_parquet(layout.index_part(dataset, version, k),
                                                        old_index.filter(~hit)))
+                rewritten[len(outputs) - 1] = (k, kept)
             forgotten.append(old_index.filter(hit).with_columns(content_sha256=gone["content_sha256"],
                                                                 tombstone=pl.lit(tomb_id)))
         rows_forgotten = sum(f.height for f in forgotten)
@@ -194,6 +199,11 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
                             if n - by_source.get(s, 0) > 0},
             index={**(published.get("index") or {}), "parts": [o.as_json() for o in new_index]})
         published.pop("run", None)
+        recorded = published.pop("tokens", None)
+        tokens = _forget_tokens(ctx, recorded, rewritten, kept_from, len(outputs), dataset, version,
+                                part_for_part=bool(recorded) and len(recorded["parts"]) == len(before.outputs))
+        if tokens:
+            published["tokens"] = tokens
         rows_out = sum(o.rows for o in outputs)
         committed = before.model_copy(update={
             "stage": "forget", "run_id": tomb_id, "rows_in": before.rows_out, "rows_out": rows_out,
@@ -217,6 +227,38 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
                 "rows": rows_out, "tombstone": storage.uri(layout.tombstone(dataset, stamp)), "diff": diff}
     finally:
         lease.release()
+
+
+def _forget_tokens(ctx: RunContext, recorded: dict | None, rewritten: dict[int, tuple[int, pl.DataFrame]],
+                   kept_from: list[int], parts: int, dataset: str, version: int, part_for_part: bool
+                   ) -> dict | None:
+    """The new version's token shards: a part forget did not touch keeps its shard, a part it cut is tokenized
+    again from the rows it kept. When this config cannot make shards like the recorded ones (tokens off, another
+    tokenizer, packing or seed), or the recorded shards are not one per data part (an append's new rows only), the
+    version has none rather than shards that still hold forgotten rows."""
+    from tasks.stages.publish import same_tokens_settings, token_part_entry, tokens_summary, write_token_part
+
+    if not recorded:
+        return None
+    if not part_for_part or not same_tokens_settings(ctx, recorded):
+        log.warning(f"{dataset} v{version}: the token shards of the version before were made with settings this "
+                    "config does not have (publish.tokens); this version has no token shards, so none holds a "
+                    "forgotten row. Publish again with publish.tokens to make them")
+        return None
+    entries, by_source = [], {}
+    for position in range(parts):
+        if position in rewritten:
+            k, kept = rewritten[position]
+            write_token_part(ctx, {"dataset": dataset, "version": version}, k, kept)
+            entry, sources = token_part_entry(ctx, layout.token_part(dataset, version, k))
+        else:
+            entry = recorded["parts"][kept_from[position]]
+            docs = ctx.storage.read_parquet(entry["docs_parquet"]["path"], columns=["source", "tokens"])
+            sources = {str(a): int(b) for a, b in docs.group_by("source").agg(pl.col("tokens").sum()).iter_rows()}
+        entries.append(entry)
+        for source, n in sources.items():
+            by_source[source] = by_source.get(source, 0) + n
+    return tokens_summary(ctx, entries, by_source)
 
 
 def lift(storage: Storage, dataset: str, tombstone: str, reason: str, by: str | None = None) -> dict:

@@ -22,6 +22,7 @@ import base64
 import io
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import polars as pl
@@ -163,6 +164,105 @@ def write_index_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None
     ctx.storage.write_parquet(layout.index_part(target["dataset"], target["version"], index), rows)
 
 
+TOKEN_FILES = (".bin", ".idx", ".docs.parquet")
+
+
+def tokenizer_of(ctx):
+    """(tokenizer, identity) for publish.tokens: the packaged SmolLM2 tokenizer (its cached conversion, made on
+    first use) or the pinned local tokenizer.json."""
+    from tasks.io.storage import sha256_bytes
+    from tasks.text import token_shards
+
+    cfg = ctx.config.publish.tokens
+    if cfg.tokenizer == "smollm2":
+        from tasks.stages.score.models import lm_folder
+
+        path = lm_folder(ctx.config.score.lm) / "tokenizer.json"
+        name = "SmolLM2-135M-Instruct"
+    else:
+        path, name = Path(cfg.tokenizer).expanduser(), Path(cfg.tokenizer).name
+    tokenizer = token_shards.load_tokenizer(str(path), cfg.sha256)
+    eos = token_shards.eos_id(tokenizer, cfg.eos_token)
+    return tokenizer, {"name": name, "sha256": cfg.sha256 or sha256_bytes(path.read_bytes()),
+                       "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos,
+                       "dtype": token_shards.dtype_for(tokenizer.get_vocab_size()).name}
+
+
+def write_token_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None:
+    """The part's token shard (.bin, .idx, .docs.parquet), written before its receipt like the index part."""
+    import numpy as np
+
+    from tasks.text import token_shards
+
+    cfg = ctx.config.publish.tokens
+    tokenizer, identity = tokenizer_of(ctx)
+    encoded = token_shards.encode(frame["text"], tokenizer, identity["eos_id"], np.dtype(identity["dtype"]),
+                                  token_shards.order_of(frame.height, cfg.shuffle_seed, index), cfg.seq_len)
+    base = layout.token_part(target["dataset"], target["version"], index)
+    docs = frame.select("id", "source")[encoded.order].with_columns(
+        tokens=pl.Series(np.diff(encoded.offsets).astype(np.int64)))
+    ctx.storage.write_bytes(base + ".bin", encoded.tokens.tobytes())
+    ctx.storage.write_bytes(base + ".idx", encoded.offsets.tobytes())
+    ctx.storage.write_parquet(base + ".docs.parquet", docs)
+
+
+def write_beside_part(ctx, target: dict, index: int, frame: pl.DataFrame) -> None:
+    write_index_part(ctx, target, index, frame)
+    if ctx.config.publish.tokens.enabled:
+        write_token_part(ctx, target, index, frame)
+
+
+def token_part_entry(ctx, rel: str) -> tuple[dict, dict[str, int]]:
+    """One token shard as the manifest lists it (each file's path, sha256 and bytes; documents; tokens), and its
+    tokens by source."""
+    from tasks.io.storage import sha256_bytes
+
+    files = {}
+    for suffix in TOKEN_FILES:
+        data = ctx.storage.read_bytes(rel + suffix)
+        files[suffix.lstrip(".").replace(".", "_")] = {"path": rel + suffix, "sha256": sha256_bytes(data),
+                                                       "bytes": len(data)}
+    docs = ctx.storage.read_parquet(rel + ".docs.parquet", columns=["source", "tokens"])
+    by_source = {str(k): int(n) for k, n in docs.group_by("source").agg(pl.col("tokens").sum()).iter_rows()}
+    return {**files, "documents": docs.height, "tokens": int(docs["tokens"].sum() or 0)}, by_source
+
+
+def tokens_summary(ctx, parts: list[dict], by_source: dict[str, int]) -> dict:
+    """The manifest's `published.tokens`: tokenizer, layout, the parts, tokens in all and by source, and the rows
+    the shards cover (fewer than the version's when an append builds on a version without shards)."""
+    _, identity = tokenizer_of(ctx)
+    cfg = ctx.config.publish.tokens
+    return {"tokenizer": identity, "seq_len": cfg.seq_len, "shuffle_seed": cfg.shuffle_seed,
+            "layout": "tokens/part-NNNNN.bin (ids, EOS after each document) + .idx (uint64 offsets) + .docs.parquet",
+            "parts": parts, "tokens": sum(p["tokens"] for p in parts), "rows": sum(p["documents"] for p in parts),
+            "tokens_by_source": dict(sorted(by_source.items()))}
+
+
+def same_tokens_settings(ctx, recorded: dict) -> bool:
+    """Whether this config tokenizes as the recorded shards were (same tokenizer file, packing and shuffle)."""
+    cfg = ctx.config.publish.tokens
+    return (cfg.enabled and recorded.get("seq_len") == cfg.seq_len and recorded.get("shuffle_seed") == cfg.shuffle_seed
+            and recorded.get("tokenizer", {}).get("sha256") == tokenizer_of(ctx)[1]["sha256"])
+
+
+def tokens_record(ctx, manifest: StageManifest, target: dict, base: StageManifest | None) -> dict | None:
+    """The version's token shards: this run's parts, after the previous version's when appending to one whose
+    shards were made the same way (otherwise the shards cover this run's rows only, and `rows` says so)."""
+    if not ctx.config.publish.tokens.enabled:
+        return None
+    before = ((base.published or {}).get("tokens") or {}) if base is not None else {}
+    if before and not same_tokens_settings(ctx, before):
+        log.warning(f"publish: v{target['base']}'s token shards were made with other settings; v{target['version']}'s "
+                    "shards cover this run's rows only")
+        before = {}
+    parts, by_source = list(before.get("parts", [])), dict(before.get("tokens_by_source", {}))
+    for i, _ in enumerate(manifest.outputs):
+        entry, sources = token_part_entry(ctx, layout.token_part(target["dataset"], target["version"], i))
+        parts.append(entry)
+        by_source = _merged(by_source, sources)
+    return tokens_summary(ctx, parts, by_source)
+
+
 def version_part(target: dict, index: int) -> str:
     return layout.version_part(target["dataset"], target["version"], index)
 
@@ -218,7 +318,8 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
     else:
         fence(ctx)
         emit_published(published, committed.rows_out, ctx.run_id, uri, diff,
-                       worth_retraining(diff, ctx.config.retrain))
+                       worth_retraining(diff, ctx.config.retrain),
+                       [ctx.storage.uri(p["bin"]["path"]) for p in (published.get("tokens") or {}).get("parts", [])])
     return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
 
 
@@ -268,6 +369,14 @@ def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
         if (before_fmt.get("format") or {}).get("embedder"):
             fmt["embedder"] = before_fmt["format"]["embedder"]
     published["index"] = {"format": fmt, "parts": [o.as_json() for o in index]}
+    base_manifest = None
+    if target.get("base"):
+        from tasks.io.versions import version_manifest
+
+        base_manifest = version_manifest(ctx.storage, dataset, target["base"])
+    tokens = tokens_record(ctx, manifest, target, base_manifest)
+    if tokens is not None:
+        published["tokens"] = tokens
     return manifest.model_copy(update={**update, "published": published})
 
 
@@ -299,7 +408,8 @@ def fence(ctx) -> None:
         assert_current(ctx.storage, ctx.fence["folder"], ctx.fence["generation"], ctx.fence["what"])
 
 
-def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict, retrain: bool) -> None:
+def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict, retrain: bool,
+                   token_shards: list[str] | None = None) -> None:
     """The Prefect event the `retrain` deployment triggers on; a no-op outside a Prefect run.
 
     The label `sluice.retrain` carries the retrain hook's threshold decision, so the trigger filters on it and a
@@ -315,7 +425,9 @@ def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict
             payload={"dataset": published["dataset"], "version": published["version"], "uri": uri, "rows": rows,
                      "rows_added": diff.get("rows_added", 0), "rows_removed": diff.get("rows_removed", 0),
                      "rows_forgotten": diff.get("rows_forgotten", 0), "changed_fraction": diff["changed_fraction"],
-                     "rows_by_source": published["rows_by_source"], "run_id": run_id, "diff": diff},
+                     "rows_by_source": published["rows_by_source"], "run_id": run_id, "diff": diff,
+                     **({"token_shards": token_shards, "tokens": published["tokens"]["tokens"]}
+                        if token_shards else {})},
         )
         log.info(f"emitted {EVENT} for {published['dataset']} v{published['version']} "
                  f"(changed {diff['changed_fraction']:.2%}, retrain {'yes' if retrain else 'no: below threshold'})")
@@ -333,6 +445,6 @@ STAGE = Stage(
     suite="publish",
     kind="sink",
     sink=SinkSteps(open=open_version, part=version_part, close=close_version, conform=conform_to_base,
-                   beside_part=write_index_part),
+                   beside_part=write_beside_part),
     description="a versioned dataset: parts copied byte for byte, card, diff, and the published event",
 )

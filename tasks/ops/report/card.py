@@ -119,6 +119,25 @@ def _lineage(published: dict) -> list[str]:
     return []
 
 
+def _token_lines(tokens: dict | None, rows: int) -> list[str]:
+    """The card's section on the token shards: tokenizer, layout, how to read them, tokens by source."""
+    if not tokens:
+        return []
+    tok = tokens["tokenizer"]
+    covers = "every row" if tokens["rows"] == rows else f"{tokens['rows']:,} of the {rows:,} rows"
+    packing = f"packed in rows of {tokens['seq_len']:,} tokens" if tokens["seq_len"] else "documents back to back"
+    order = f"shuffled per part (seed {tokens['shuffle_seed']})" if tokens["shuffle_seed"] is not None else \
+        "in the published order"
+    lines = ["", "## Token shards", "",
+             f"{tokens['tokens']:,} tokens of {covers}, tokenized with {tok['name']} (tokenizer.json sha256 "
+             f"`{tok['sha256'][:16]}…`, {tok['vocab_size']:,} ids, EOS id {tok['eos_id']} after every document), "
+             f"{tok['dtype']}, {packing}, {order}, in {len(tokens['parts'])} part(s) under `tokens/`: "
+             "`part-NNNNN.bin` (`numpy.memmap(path, dtype)`), `part-NNNNN.idx` (uint64 document offsets) and "
+             "`part-NNNNN.docs.parquet` (id, source, tokens per document).", "",
+             "| source | tokens |", "|---|---:|"]
+    return lines + [f"| `{src}` | {n:,} |" for src, n in tokens["tokens_by_source"].items()]
+
+
 def dataset_card(version: StageManifest, run_manifests: list[StageManifest], publish_cfg,
                  features: dict[str, str] | None = None, examples: list[dict] | None = None) -> str:
     """README.md of a published version: Hugging Face front matter, then what it holds, where it came from, what
@@ -150,6 +169,7 @@ def dataset_card(version: StageManifest, run_manifests: list[StageManifest], pub
         "|---|---:|",
     ]
     lines += [f"| `{src}` | {rows:,} |" for src, rows in published.get("rows_by_source", {}).items()]
+    lines += _token_lines(published.get("tokens"), version.rows_out)
     if examples:
         lines += ["", "## Example rows", ""]
         for row in examples:
