@@ -72,6 +72,8 @@ def run_summary(run: dict) -> list[str]:
     if run.get("published"):
         p = run["published"]
         lines.append(f"published: {p['dataset']} v{p['version']} -> {p['uri']}")
+        if p.get("tokens"):
+            lines.append(f"token shards: {p['tokens']:,} tokens (sluice files {p['dataset']} --tokens)")
     elif (run.get("trial") or {}).get("published") is False:
         lines.append("trial run: nothing published, no retrain event (--publish publishes a trial run)")
     if run.get("report"):

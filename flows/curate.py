@@ -190,7 +190,8 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                 _progress(progress, done + 1, len(names))
                 if previous.published:
                     run["published"] = {k: previous.published[k] for k in ("dataset", "version")} | {
-                        "uri": ctx.storage.uri(previous.published["path"])}
+                        "uri": ctx.storage.uri(previous.published["path"])} | (
+                        {"tokens": previous.published["tokens"]["tokens"]} if previous.published.get("tokens") else {})
                 manifests.append(previous)
                 run["timings"][name] = round(time.perf_counter() - started, 3)
             run["status"] = "succeeded"

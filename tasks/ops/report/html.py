@@ -65,6 +65,8 @@ def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
             parts.append(_section("select", "Selection", lambda: sections.selection(storage, by["select"])))
         if "augment" in by:
             parts.append(_section("augment", "Augmentation", lambda: sections.augment_share(by["augment"])))
+        if "publish" in by and (by["publish"].published or {}).get("tokens"):
+            parts.append(_section("tokens", "Token shards", lambda: sections.tokens_by_source(by["publish"])))
         parts.append(_section("change", "Change against the previous version",
                               lambda: sections.change_vs_previous(storage, run)))
     parts = [p for p in parts if p[1]]

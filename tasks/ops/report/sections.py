@@ -339,6 +339,19 @@ def augment_share(m: StageManifest) -> str:
                 note=note)
 
 
+def tokens_by_source(publish: StageManifest) -> str:
+    """Rows and tokens per source of the published version's token shards."""
+    tokens = publish.published["tokens"]
+    rows = publish.published.get("rows_by_source", {})
+    names = list(tokens["tokens_by_source"])
+    tok = tokens["tokenizer"]
+    return bars("tokens-by-source", "Tokens per source in the version's token shards", names,
+                {"tokens": [tokens["tokens_by_source"][n] for n in names]},
+                note=f"{tokens['tokens']:,} tokens of {tokens['rows']:,} rows, {tok['name']} ({tok['dtype']}); "
+                     + ", ".join(f"{n}: {tokens['tokens_by_source'][n] / max(rows.get(n, 0), 1):,.1f} tokens a row"
+                                 for n in names))
+
+
 def change_vs_previous(storage, run: dict) -> str:
     published = run.get("published")
     if not published:
