@@ -222,6 +222,36 @@ def _cache_problem(folder: Path) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF three times (tokenizer, config, weights) and rebuilds gguf's tensor-name map
+    once per submodule (397 times for SmolLM2): with one reader per file and one map per (arch, layers) the
+    first-run conversion takes ~11 s instead of ~24 s on 2 cores, and writes the same files (both are read-only
+    lookups; the originals are back afterwards)."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[str, object] = {}
+    maps: dict[tuple, object] = {}
+
+    def one_reader(path, mode="r"):
+        key = f"{os.fspath(path)}|{mode}"
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    def one_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[(arch, n_blocks)] = name_map(arch, n_blocks)
+        return maps[(arch, n_blocks)]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = one_reader, one_map
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _convert_gguf(source: Path, dest: Path) -> None:
     """Dequantize the GGUF through transformers and write it as safetensors; atomic (a temp folder renamed)."""
     import functools
@@ -233,8 +263,9 @@ def _convert_gguf(source: Path, dest: Path) -> None:
     # its tensor loop draws its own tqdm bar (not transformers' switchable one) on the first run's console
     if not isinstance(gguf_utils.tqdm, functools.partial):
         gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
