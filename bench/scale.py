@@ -85,8 +85,9 @@ def sampled(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dic
     import psutil
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"largest_mb": 0.0, "total_mb": 0.0}
+    peak = {"largest_mb": 0.0, "total_mb": 0.0, "peak_at_s": 0.0, "timeline": []}
     done = threading.Event()
+    started = time.perf_counter()
 
     def watch() -> None:
         root = psutil.Process(proc.pid)
@@ -97,8 +98,12 @@ def sampled(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, dic
             except psutil.Error:
                 rss = []
             if rss:
-                peak["largest_mb"] = max(peak["largest_mb"], max(rss) / 2**20)
+                now = time.perf_counter() - started
+                if max(rss) / 2**20 > peak["largest_mb"]:
+                    peak["largest_mb"], peak["peak_at_s"] = max(rss) / 2**20, round(now, 1)
                 peak["total_mb"] = max(peak["total_mb"], sum(rss) / 2**20)
+                if not peak["timeline"] or now - peak["timeline"][-1][0] >= 10:  # (s, MB) every 10 s
+                    peak["timeline"].append((round(now), round(max(rss) / 2**20)))
             done.wait(0.5)
 
     thread = threading.Thread(target=watch, daemon=True)

@@ -330,7 +330,7 @@ def test_stage_wide_uniqueness_is_checked_in_groups_through_storage(tmp_path):
     for i, frame in enumerate(shards):
         outputs.append(DataObject(**{**ctx.storage.write_parquet(f"runs/grouped/ingest/part-{i}.parquet",
                                                                  frame).as_json(), "rows": frame.height}))
-    assert _groups(ctx, 3_000) == 5
+    assert _groups(ctx, 3_000) == 2
     contracts = contracts_for("grouped")
     failed = validate_stage(ctx, contracts, "ingest", "ingest", outputs, [], 3_000, 0)
     assert not failed.success

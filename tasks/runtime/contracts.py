@@ -247,12 +247,13 @@ def _read_columns(ctx: RunContext, outputs: Iterable[DataObject], columns: list[
 
 UNIQUENESS = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique",
               "expect_select_column_values_to_be_unique_within_record"}
-GE_BYTES_PER_ROW = 400  # what GE holds per row of a uniqueness check (pandas objects and its own index)
+GROUP_BYTES_PER_ROW = 100  # a group holds its columns in Arrow (an id ~40 bytes), their hash and a split copy
 
 
 def _groups(ctx: RunContext, rows: int) -> int:
-    """Groups of rows checked one at a time: a quarter of the task memory budget's worth of GE rows each."""
-    return max(1, -(-rows * GE_BYTES_PER_ROW // max(1, ctx.config.runner.task_memory // 4)))
+    """Groups of rows checked one at a time, each a quarter of the task memory budget (GE itself then sees one
+    bucket of `shard_rows` rows at a time)."""
+    return max(1, -(-rows * GROUP_BYTES_PER_ROW // max(1, ctx.config.runner.task_memory // 4)))
 
 
 def _grouped_columns(ctx: RunContext, stage_name: str, outputs: list[DataObject], cols: list[str], groups: int

@@ -40,6 +40,10 @@ NEVER = np.iinfo(np.int64).max  # a row without a timestamp comes after every ro
 # documents of bench/scale.py, 10% at 10M); pairs and shingles share partition numbers (shingle rows carry their
 # pair partition)
 VERIFY_BYTES = 1024
+# a (key, id, timestamp, shard) row as the exact and boilerplate reduces hold it while grouping: the row is ~90
+# bytes in polars, but at 10M documents (4 partitions of 2.5M rows, two reduced at once) they took the process
+# from 1.34 to 1.74 GiB (exact) and 1.74 to 2.09 GiB (boilerplate), ~3x the row; sized at 300 bytes a row
+KEY_BYTES = 300
 VERIFY_CHUNK = 20_000  # candidate pairs verified together (each with copies of its two shingle sets)
 
 
@@ -351,10 +355,10 @@ def plan(apply) -> Plan:
                MapStep("paragraph-keys", paragraph_keys, reads=("exact", "near")),
                ReduceStep("boilerplate", "paragraph-hashes", boilerplate),
                MapStep("against", against, reads=("exact", "near"))),
-        shuffles=(Shuffle("hashes", 90, "norm_hash"), Shuffle("buckets", near_bytes, "bucket"),
+        shuffles=(Shuffle("hashes", KEY_BYTES, "norm_hash"), Shuffle("buckets", near_bytes, "bucket"),
                   Shuffle("pairs", VERIFY_BYTES, "a_id"), Shuffle("shingles", VERIFY_BYTES, "id"),
                   Shuffle("edges", 8, "a_id"),
-                  Shuffle("paragraph-hashes", 90, "para")),
+                  Shuffle("paragraph-hashes", KEY_BYTES, "para")),
         apply=apply, apply_reads=("exact", "near", "cuts", "against"), active=active,
         routed_schemas={"exact": {"id": pl.String, "survivor": pl.String},
                         "needs": {"id": pl.String, "_pv": pl.Int32}},
