@@ -236,7 +236,14 @@ def _forget_tokens(ctx: RunContext, recorded: dict | None, rewritten: dict[int, 
     again from the rows it kept. When this config cannot make shards like the recorded ones (tokens off, another
     tokenizer, packing or seed), or the recorded shards are not one per data part (an append's new rows only), the
     version has none rather than shards that still hold forgotten rows."""
-    from tasks.stages.publish import same_tokens_settings, token_part_entry, tokens_summary, write_token_part
+    from tasks.stages.publish import (
+        merged_counts,
+        same_tokens_settings,
+        token_part_entry,
+        tokens_by_source,
+        tokens_summary,
+        write_token_part,
+    )
 
     if not recorded:
         return None
@@ -253,11 +260,10 @@ def _forget_tokens(ctx: RunContext, recorded: dict | None, rewritten: dict[int, 
             entry, sources = token_part_entry(ctx, layout.token_part(dataset, version, k))
         else:
             entry = recorded["parts"][kept_from[position]]
-            docs = ctx.storage.read_parquet(entry["docs_parquet"]["path"], columns=["source", "tokens"])
-            sources = {str(a): int(b) for a, b in docs.group_by("source").agg(pl.col("tokens").sum()).iter_rows()}
+            sources = tokens_by_source(ctx.storage.read_parquet(entry["docs_parquet"]["path"],
+                                                                columns=["source", "tokens"]))
         entries.append(entry)
-        for source, n in sources.items():
-            by_source[source] = by_source.get(source, 0) + n
+        by_source = merged_counts(by_source, sources)
     return tokens_summary(ctx, entries, by_source)
 
 

@@ -19,6 +19,7 @@ next append run deduplicates against.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 from datetime import UTC, datetime
@@ -169,21 +170,29 @@ TOKEN_FILES = (".bin", ".idx", ".docs.parquet")
 
 def tokenizer_of(ctx):
     """(tokenizer, identity) for publish.tokens: the packaged SmolLM2 tokenizer (its cached conversion, made on
-    first use) or the pinned local tokenizer.json."""
+    first use) or the pinned local tokenizer.json. Resolved once per process and settings: finding the packaged
+    one checks the whole model cache's hashes (~1 s), which every published part would otherwise repeat."""
+    cfg = ctx.config.publish.tokens
+    lm = ctx.config.score.lm.model_dump_json() if cfg.tokenizer == "smollm2" else ""
+    return _tokenizer(cfg.tokenizer, cfg.sha256, cfg.eos_token, lm)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(spec: str, sha256: str | None, eos_token: str | None, lm_json: str):
+    from schemas.config import LanguageModelConfig
     from tasks.io.storage import sha256_bytes
     from tasks.text import token_shards
 
-    cfg = ctx.config.publish.tokens
-    if cfg.tokenizer == "smollm2":
+    if spec == "smollm2":
         from tasks.stages.score.models import lm_folder
 
-        path = lm_folder(ctx.config.score.lm) / "tokenizer.json"
+        path = lm_folder(LanguageModelConfig.model_validate_json(lm_json)) / "tokenizer.json"
         name = "SmolLM2-135M-Instruct"
     else:
-        path, name = Path(cfg.tokenizer).expanduser(), Path(cfg.tokenizer).name
-    tokenizer = token_shards.load_tokenizer(str(path), cfg.sha256)
-    eos = token_shards.eos_id(tokenizer, cfg.eos_token)
-    return tokenizer, {"name": name, "sha256": cfg.sha256 or sha256_bytes(path.read_bytes()),
+        path, name = Path(spec).expanduser(), Path(spec).name
+    tokenizer = token_shards.load_tokenizer(str(path), sha256)
+    eos = token_shards.eos_id(tokenizer, eos_token)
+    return tokenizer, {"name": name, "sha256": sha256 or sha256_bytes(path.read_bytes()),
                        "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos,
                        "dtype": token_shards.dtype_for(tokenizer.get_vocab_size()).name}
 
@@ -223,8 +232,12 @@ def token_part_entry(ctx, rel: str) -> tuple[dict, dict[str, int]]:
         files[suffix.lstrip(".").replace(".", "_")] = {"path": rel + suffix, "sha256": sha256_bytes(data),
                                                        "bytes": len(data)}
     docs = ctx.storage.read_parquet(rel + ".docs.parquet", columns=["source", "tokens"])
-    by_source = {str(k): int(n) for k, n in docs.group_by("source").agg(pl.col("tokens").sum()).iter_rows()}
-    return {**files, "documents": docs.height, "tokens": int(docs["tokens"].sum() or 0)}, by_source
+    return {**files, "documents": docs.height, "tokens": int(docs["tokens"].sum() or 0)}, tokens_by_source(docs)
+
+
+def tokens_by_source(docs: pl.DataFrame) -> dict[str, int]:
+    """A shard's tokens per source, from its .docs.parquet rows."""
+    return {str(k): int(n) for k, n in docs.group_by("source").agg(pl.col("tokens").sum()).iter_rows()}
 
 
 def tokens_summary(ctx, parts: list[dict], by_source: dict[str, int]) -> dict:
@@ -259,7 +272,7 @@ def tokens_record(ctx, manifest: StageManifest, target: dict, base: StageManifes
     for i, _ in enumerate(manifest.outputs):
         entry, sources = token_part_entry(ctx, layout.token_part(target["dataset"], target["version"], i))
         parts.append(entry)
-        by_source = _merged(by_source, sources)
+        by_source = merged_counts(by_source, sources)
     return tokens_summary(ctx, parts, by_source)
 
 
@@ -323,7 +336,7 @@ def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
     return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
 
 
-def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+def merged_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in sorted(set(a) | set(b))}
 
 
@@ -350,8 +363,8 @@ def version_record(ctx, manifest: StageManifest, target: dict) -> StageManifest:
         base = version_manifest(ctx.storage, dataset, target["base"])
         before = base.published or {}
         index = index_objects(base) + index
-        published.update(rows_by_source=_merged(before.get("rows_by_source", {}), published["rows_by_source"]),
-                         rows_by_language=_merged(before.get("rows_by_language", {}),
+        published.update(rows_by_source=merged_counts(before.get("rows_by_source", {}), published["rows_by_source"]),
+                         rows_by_language=merged_counts(before.get("rows_by_language", {}),
                                                   published["rows_by_language"]),
                          columns_left_out=sorted(set(before.get("columns_left_out", []))
                                                  | set(published["columns_left_out"])))
