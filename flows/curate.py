@@ -172,6 +172,7 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
             for lease in leases[1:]:
                 lease.acquire(wait_seconds=lock_wait_seconds(config))
                 ctx.fence = {"folder": lease.folder, "generation": lease.generation, "what": lease.what}
+            run["setup_seconds"] = {"great_expectations": contracts.ready()}  # not any stage's time
             previous = None
             try:
                 progress = create_progress_artifact(progress=0.0, description=f"stages of run {run_id} done")

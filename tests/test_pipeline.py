@@ -161,6 +161,8 @@ def test_contract_violation_stops_the_run_before_publish(prefect_server, tmp_pat
     assert lease(out, "dups")["released"]  # released on failure
     run = json.loads((out / "runs" / "dup-run" / "run.json").read_text())
     assert run["status"] == "failed" and "expect_column_values_to_be_unique" in run["error"]
+    # the GE context was ready before ingest started: its build is recorded apart, never in a stage's time
+    assert run["setup_seconds"]["great_expectations"] >= 0 and set(run["timings"]) <= {"ingest"}
 
 
 def test_reject_rate_ceiling_is_part_of_the_contract(prefect_server, tmp_path):
