@@ -26,6 +26,11 @@ LEDGER: dict[str, pl.DataType] = {
 }
 
 
+# Rules that convert a format rather than cut content (HTML to its main text removes the markup of every page):
+# recorded like any edit, but not part of the stage-wide share of characters removed, which they would always top.
+CONVERSIONS = ("extract.main_text",)
+
+
 def empty() -> pl.DataFrame:
     return pl.DataFrame(schema=LEDGER)
 
@@ -84,8 +89,8 @@ def record(frame: pl.DataFrame, rule: str, before: str, after: str, units: pl.Ex
 
 def unrecorded(before: pl.DataFrame, kept: pl.DataFrame, ledger: pl.DataFrame | None) -> list[str]:
     """Ids of kept rows whose text differs from their input (beyond whitespace) and that have no ledger row (a
-    stage's bug)."""
-    if "text" not in before.columns or "text" not in kept.columns or "id" not in kept.columns:
+    stage's bug). A source stage's input is raw file content, not rows with ids: nothing to compare."""
+    if any(c not in f.columns for f in (before, kept) for c in ("id", "text")):
         return []
     pairs = kept.select("id", "text").join(before.select("id", pl.col("text").alias("_before")), on="id")
     changed = _changed(pairs, "_before", "text").select("id")
@@ -113,7 +118,8 @@ def removed_share_check(contracts_cfg, stage_name: str, stats_counts: dict[str, 
     """Stage-wide: the share of all input characters the stage's edits removed. Above the warning level it warns
     loudly (log, manifest, report); above the stage's `max_removed_chars_rate` the contract fails."""
     chars_in = stats_counts.get("edits.chars_in", 0)
-    removed = stats_counts.get("edits.chars_removed", 0)
+    removed = stats_counts.get("edits.chars_removed", 0) - sum(
+        stats_counts.get(f"edits.{rule}.chars_removed", 0) for rule in CONVERSIONS)
     if not chars_in or not removed:
         return []
     rate = removed / chars_in

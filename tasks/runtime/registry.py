@@ -7,10 +7,10 @@ brings its suite, params model, README row and unit test).
 from __future__ import annotations
 
 from tasks.runtime.stage import Stage
-from tasks.stages import augment, decontaminate, dedup, ingest, publish, quality, score, select
+from tasks.stages import augment, decontaminate, dedup, extract, ingest, publish, quality, score, select
 
-STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, decontaminate.STAGE, quality.STAGE, dedup.STAGE,
-                                                score.STAGE, select.STAGE, augment.STAGE,
+STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, extract.STAGE, decontaminate.STAGE, quality.STAGE,
+                                                dedup.STAGE, score.STAGE, select.STAGE, augment.STAGE,
                                                 publish.STAGE)}
 ORDER = list(STAGES)
 DEFAULT_PIPELINE = ["ingest", "decontaminate", "quality", "dedup", "publish"]

@@ -7,7 +7,8 @@ damage, and every record after it that can be located, is still read. Each row s
 rows) it covers, and `FileRead.audit` compares those with what the file holds (tasks/io/readers/audit.py).
 
 Rooms: files.py (what an --input names, formats, opening), decode.py (bounded decompression), frames.py (the row
-shape, shard-sized frames), jsonl.py, delimited.py (CSV), parquet.py.
+shape, shard-sized frames), jsonl.py, delimited.py (CSV), parquet.py, warc.py (WARC/WET/ARC), html.py
+(saved pages), text.py (a page's bytes to text: charsets).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from tasks.io.readers.files import (
     resolve_inputs,
 )
 from tasks.io.readers.frames import RAW_SCHEMA, READER_COLUMNS, error_frame
+from tasks.io.readers.html import read_html
 from tasks.io.readers.jsonl import read_jsonl
 from tasks.io.readers.parquet import read_parquet
+from tasks.io.readers.warc import read_warc
 
 __all__ = ["RAW_SCHEMA", "READER_COLUMNS", "Audit", "FileRead", "InputError", "InputFile", "Skipped",
            "detect_format", "error_frame", "input_root", "open_input", "read_batches", "resolve_inputs"]
@@ -61,9 +64,14 @@ def read_batches(file: InputFile, fmt: str, compression: str | None, params, s3_
         batches = read_parquet(file, params, s3_options, audit, content)
     elif fmt == "csv":
         batches = read_csv(file, compression, params, s3_options, audit, content)
+    elif fmt == "warc":
+        batches = read_warc(file, params, s3_options, audit, content)
+    elif fmt == "html":
+        batches = read_html(file, compression, params, s3_options, audit, content)
     else:
         ext = os.path.basename(file.uri)
         batches = iter([error_frame(file.name, 0, "ingest.read.unsupported",
-                                    f"no reader for {ext!r}: Sluice reads .jsonl/.json/.ndjson, .csv and .parquet, "
+                                    f"no reader for {ext!r}: Sluice reads .jsonl/.json/.ndjson, .csv, .parquet, "
+                                    "WARC/WET/ARC (.warc, .arc, .wet; .gz per record) and .html/.htm pages, "
                                     "optionally .gz, .zst, .bz2 or .xz compressed (set ingest.format to force one)")])
     return FileRead(file, batches, audit)

@@ -15,6 +15,8 @@ from tasks.io.storage import _io, check_uri, filesystem, is_s3
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
 CSV_EXT = (".csv",)
 PARQUET_EXT = (".parquet", ".pq")
+WARC_EXT = (".warc", ".arc", ".wet", ".warc.wet")  # gzip per record (.warc.gz) is undone by the WARC reader itself
+HTML_EXT = (".html", ".htm", ".xhtml")
 COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 
 
@@ -167,6 +169,10 @@ def detect_format(uri: str, configured: str = "auto") -> tuple[str, str | None]:
         return "csv", compression
     if name.endswith(PARQUET_EXT):
         return ("parquet", None) if compression is None else ("unsupported", compression)
+    if name.endswith(WARC_EXT):
+        return ("warc", None) if compression in (None, "gzip") else ("unsupported", compression)
+    if name.endswith(HTML_EXT):
+        return "html", compression
     return "unsupported", compression
 
 
