@@ -38,6 +38,9 @@ def _crawl(gzip: bool) -> tuple[bytes, list[int]]:
         response("http://a.example/logo.png", b"\x89PNG\r\n\x1a\n....", content_type="image/png"),
         response("http://a.example/gone", b"<html>gone</html>", status="404 Not Found"),
         response("http://a.example/plain", b"Plain text is a document too.", content_type="text/plain"),
+        # the header says UTF-8, the bytes are windows-1252 and the page says so itself
+        response("http://a.example/lies", b'<html><head><meta charset="windows-1252"></head><body>'
+                 + "Gr\u00fc\u00dfe aus M\u00fcnchen".encode("cp1252") + b"</body></html>"),
     ], gzip=gzip)
 
 
@@ -48,13 +51,15 @@ def test_every_record_is_a_row_a_quarantine_row_with_its_offset_or_counted(tmp_p
         path.write_bytes(data)
         fmt, kept, rejected, audit = _read(str(path))
         assert fmt == "warc"
-        assert kept["url"].to_list() == ["http://a.example/1", "http://a.example/latin", "http://a.example/plain"]
-        assert kept["text"].to_list() == [PAGE.decode(), "<html><body><p>café crème brûlée</p></body></html>",
-                                          "Plain text is a document too."]
+        assert kept["url"].to_list() == ["http://a.example/1", "http://a.example/latin", "http://a.example/plain",
+                                         "http://a.example/lies"]
+        assert kept["text"].to_list()[:3] == [PAGE.decode(), "<html><body><p>café crème brûlée</p></body></html>",
+                                              "Plain text is a document too."]
+        assert "Grüße aus München" in kept["text"][3] and "\ufffd" not in kept["text"][3]
         assert str(kept["timestamp"][0]) == "2024-05-01 10:00:00+00:00"
         meta = kept["meta"].str.json_decode().to_list()
-        assert [m["charset"] for m in meta] == ["utf-8", "cp1252", "utf-8"]
-        assert [m["warc_offset"] for m in meta] == [offsets[1], offsets[2], offsets[6]]
+        assert [m["charset"] for m in meta] == ["utf-8", "cp1252", "utf-8", "cp1252"]
+        assert [m["warc_offset"] for m in meta] == [offsets[1], offsets[2], offsets[6], offsets[7]]
         assert all(m["warc_record_id"].startswith("<urn:uuid:") for m in meta)
         reasons = dict(zip(rejected["reason"], rejected["evidence"].str.json_decode().struct.field("detail"),
                            strict=True))
@@ -67,8 +72,8 @@ def test_every_record_is_a_row_a_quarantine_row_with_its_offset_or_counted(tmp_p
             f"byte {offsets[4]:,}: " + reasons["ingest.warc.not_html"].split(": ", 1)[1])
         assert "content type 'image/png' is not HTML or text" in reasons["ingest.warc.not_html"]
         assert "HTTP status 404" in reasons["ingest.warc.http_status"]
-        # 1 warcinfo + 1 request skipped; 3 rows; 3 quarantined (the garbage counts as one record)
-        assert (audit.unit, audit.read, audit.covered, audit.skipped, audit.unaccounted) == ("records", 8, 6, 2, 0)
+        # 1 warcinfo + 1 request skipped; 4 rows; 3 quarantined (the garbage counts as one record)
+        assert (audit.unit, audit.read, audit.covered, audit.skipped, audit.unaccounted) == ("records", 9, 7, 2, 0)
 
 
 def test_a_record_cut_by_the_end_of_the_file_is_quarantined_as_truncated(tmp_path):

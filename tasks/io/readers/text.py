@@ -1,6 +1,6 @@
 """Bytes of a web page to text: the charset the server declared, else the one the page declares in its first bytes
-(`<meta charset>`, an XML declaration), else UTF-8 when the bytes are valid UTF-8, else charset_normalizer's guess;
-the charset used is returned beside the text, so a wrong guess can be traced."""
+(`<meta charset>`, an XML declaration), else UTF-8, each only if the bytes decode in it; else charset_normalizer's
+guess. The charset used is returned beside the text, so a wrong guess can be traced."""
 
 from __future__ import annotations
 
@@ -24,20 +24,24 @@ def declared_charset(payload: bytes) -> str | None:
     return _known((match.group(1) or match.group(2)).decode("ascii", "replace")) if match else None
 
 
+def _whatwg(name: str | None) -> str | None:
+    """Browsers read the labels ascii and latin-1 as windows-1252 (WHATWG Encoding); so does Sluice."""
+    return "cp1252" if name in ("ascii", "iso8859-1", "latin-1") else name
+
+
 def decoded(payload: bytes, server_charset: str | None) -> tuple[str, str]:
-    """(text, charset): never raises; bytes a charset cannot decode become U+FFFD."""
+    """(text, charset): never raises. A declared charset the bytes do not decode in (a header that lies) is passed
+    over for the next candidate; bytes no candidate decodes become U+FFFD in the best guess."""
     if payload.startswith(codecs.BOM_UTF8):
         return payload[3:].decode("utf-8", "replace"), "utf-8"
-    charset = _known(server_charset) or declared_charset(payload)
-    if charset is None:
+    candidates = [_whatwg(_known(server_charset)), _whatwg(declared_charset(payload)), "utf-8"]
+    for charset in dict.fromkeys(c for c in candidates if c):
         try:
-            return payload.decode("utf-8"), "utf-8"
+            return payload.decode(charset), charset
         except UnicodeDecodeError:
-            from charset_normalizer import from_bytes
+            continue
+    from charset_normalizer import from_bytes
 
-            best = from_bytes(payload[:1 << 16]).best()
-            charset = _known(best.encoding) if best is not None else None
-            charset = charset or "cp1252"
-    if charset in ("ascii", "iso8859-1", "latin-1"):  # browsers read these labels as windows-1252 (WHATWG)
-        charset = "cp1252"
+    best = from_bytes(payload[:1 << 16]).best()
+    charset = _whatwg(_known(best.encoding) if best is not None else None) or "cp1252"
     return payload.decode(charset, "replace"), charset
