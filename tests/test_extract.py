@@ -107,3 +107,37 @@ def test_warc_to_published_rows(prefect_server, tmp_path):
     assert manifest["rejected_by_reason"] == {"extract.empty": 1}
     assert manifest["stats"]["counts"]["edits.extract.main_text.rows"] == 3
     assert not manifest["warnings"]  # markup removal is a conversion, not a share of content cut
+
+
+def test_web_demo_from_warc_records_to_token_shards(prefect_server, tmp_path):
+    """`sluice demo --web`'s corpus and config: every planted record ends where it should, no boilerplate reaches
+    the published text, and the token shards count both crawls."""
+    from conftest import REPO
+
+    from flows.curate import run_curate
+    from tasks.ops import web_demo
+
+    info = web_demo.build(tmp_path / "corpus")
+    assert web_demo.is_current(tmp_path / "corpus") and set(info["files"]) == set(web_demo.FILES)
+    assert web_demo.build(tmp_path / "again")["files"] == info["files"]  # deterministic
+    for name in web_demo.FILES:
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "corpus" / name).read_bytes()
+    run = run_curate([str(tmp_path / "corpus")], str(tmp_path / "out"), str(REPO / "infra" / "demo-web.toml"),
+                     run_id="web-demo")
+    assert run["status"] == "succeeded"
+    stage = {s: json.loads((tmp_path / "out" / "runs" / "web-demo" / s / "_manifest.json").read_text())
+             for s in ("ingest", "extract")}
+    assert stage["ingest"]["rejected_by_reason"] == {"ingest.warc.not_html": 2, "ingest.warc.http_status": 2,
+                                                     "ingest.warc.malformed": 1, "ingest.warc.truncated": 1}
+    assert stage["ingest"]["stats"]["counts"]["input.unaccounted"] == 0
+    assert stage["extract"]["rejected_by_reason"] == {"extract.empty": 4, "extract.url.blocked_domain": 4}
+    rows = pl.read_parquet(tmp_path / "out" / "datasets" / "demo-web" / "v1" / "data")
+    text = "\n".join(rows["text"].to_list())
+    for boilerplate in ("cookies", "Sponsored", "Privacy policy", "Sign in", "analytics"):
+        assert boilerplate not in text
+    assert "In the beginning God created the heaven and the earth." in text
+    assert "\ufffd" not in text and "Ã" not in text  # the page whose header lies about its charset
+    assert sorted(rows["source"].unique().to_list()) == sorted(web_demo.FILES)
+    published = json.loads((tmp_path / "out" / "runs" / "web-demo" / "publish" / "_manifest.json").read_text())
+    by_source = published["published"]["tokens"]["tokens_by_source"]
+    assert set(by_source) == set(web_demo.FILES) and all(n > 100_000 for n in by_source.values())
