@@ -172,8 +172,14 @@ min_changed_fraction = 0.05
         return api_post(prefect_api, "/events/filter", body)["events"]
 
     try:
-        wait_for(lambda: httpx.get(f"{prefect_api}/deployments/name/retrain/on-publish", timeout=5).status_code
-                 == 200, 120, "sluice serve to register its deployments")
+        deployment = wait_for(lambda: (r := httpx.get(f"{prefect_api}/deployments/name/retrain/on-publish",
+                                                     timeout=5)).status_code == 200 and r.json(), 120,
+                              "sluice serve to register its deployments")
+        # the trigger is an automation created after the deployment: an event published before the server's
+        # triggers service holds it would be missed (seen once in CI under load), so wait for it too
+        wait_for(lambda: httpx.get(f"{prefect_api}/automations/related-to/prefect.deployment.{deployment['id']}",
+                                   timeout=5).json(), 120, "the retrain trigger's automation")
+        time.sleep(3)
         run("first")  # v1: a first version always retrains
         lines = wait_for(lambda: marker.exists() and marker.read_text().splitlines(), 180, "the retrain hook")
         assert lines == [f"1 {out / 'datasets' / 'trained' / 'v1'} trained"]

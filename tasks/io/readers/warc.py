@@ -44,7 +44,7 @@ def _charset(value: str | None) -> str | None:
 
 
 class _Rows:
-    """The rows and quarantine rows of one file, gathered into frames."""
+    """A file's document rows, gathered into frames (up to 1,000 at a time)."""
 
     def __init__(self, name: str):
         self.name = name
