@@ -7,7 +7,9 @@ Documents: the first --docs rows of the 100k dedup holdout's JSONL (bench/result
 when asked for more. Tokenizer: the packaged SmolLM2-135M-Instruct tokenizer.json (49,152 ids, EOS
 <|endoftext|>), from Sluice's model cache. Each engine reads the same JSONL and writes its shards to disk:
   sluice      read the JSONL with polars, encode in parts of 50,000 rows (publish's shard size), write .bin + .idx
-              + .docs.parquet per part; one process (the tokenizer's own threads use both cores)
+              + .docs.parquet per part; one process (the engine's own threads use both cores). Twice: with the
+              engine publish picks (tiktoken loaded with the tokenizer's merges) and with `tokenizers` forced;
+              the two runs' .bin files must be byte-identical
   datatrove   JsonlReader -> DocumentTokenizer(shuffle_documents=False), 2 tasks on 2 workers (LocalPipelineExecutor),
               timed inside its script (its pipeline, not the interpreter's start and imports)
   plain loop  `Tokenizer.encode_batch` over batches of 1,024, ids appended to a Python list (no files)
@@ -60,7 +62,7 @@ def corpus(folder: Path, n: int) -> Path:
     return folder
 
 
-def sluice(folder: Path, out: Path, tokenizer_path: str) -> tuple[float, int]:
+def sluice(folder: Path, out: Path, tokenizer_path: str, force_tokenizers: bool = False) -> tuple[float, int]:
     import numpy as np
     import polars as pl
 
@@ -72,11 +74,13 @@ def sluice(folder: Path, out: Path, tokenizer_path: str) -> tuple[float, int]:
     tok = token_shards.load_tokenizer(tokenizer_path, None)
     eos = token_shards.eos_id(tok)
     dtype = token_shards.dtype_for(tok.get_vocab_size())
+    encoder = token_shards.TokenizersBPE(tok) if force_tokenizers else token_shards.encoder_for(tok)
     total, part = 0, 0
     for f in sorted(folder.glob("*.jsonl")):
         frame = pl.read_ndjson(f)
         for piece in frame.iter_slices(PART_ROWS):
-            enc = token_shards.encode(piece["text"], tok, eos, dtype, token_shards.order_of(piece.height, None, part))
+            enc = token_shards.encode(piece["text"], tok, eos, dtype, token_shards.order_of(piece.height, None, part),
+                                      encoder=encoder)
             (out / f"part-{part:05d}.bin").write_bytes(enc.tokens.tobytes())
             (out / f"part-{part:05d}.idx").write_bytes(enc.offsets.tobytes())
             piece.select("id").with_columns(tokens=pl.Series(np.diff(enc.offsets).astype(np.int64))).write_parquet(
@@ -131,7 +135,10 @@ def main() -> int:
     work = Path(args.work)
     folder = corpus(work / "corpus", args.docs)
     rows = []
-    for name, run in (("Sluice token shards", lambda: sluice(folder, work / "sluice", tokenizer_path)),
+    for name, run in (("Sluice token shards (tiktoken engine)",
+                       lambda: sluice(folder, work / "sluice", tokenizer_path)),
+                      ("Sluice token shards, `tokenizers` forced",
+                       lambda: sluice(folder, work / "sluice-hf", tokenizer_path, force_tokenizers=True)),
                       ("datatrove 0.10.1 DocumentTokenizer", lambda: datatrove(folder, work / "dt", tokenizer_path)),
                       ("plain encode_batch loop", lambda: plain_loop(folder, tokenizer_path))):
         seconds, tokens = run()
@@ -144,8 +151,11 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['engine']} | {r['seconds']:,} | {r['tokens']:,} | {r['tokens_per_s']:,} | "
                      f"{r['seconds'] / base['seconds']:.2f}x |")
-    agree = len({r["tokens"] for r in rows}) == 1
-    lines += ["", f"Token counts agree: {'yes' if agree else 'NO: ' + str([r['tokens'] for r in rows])}"]
+    same_ids = all((work / "sluice" / f.name).read_bytes() == f.read_bytes()
+                   for f in sorted((work / "sluice-hf").glob("*.bin")))
+    agree = len({r["tokens"] for r in rows}) == 1 and same_ids
+    lines += ["", f"Token counts agree: {'yes' if agree else 'NO: ' + str([r['tokens'] for r in rows])}; "
+              f"the two Sluice engines' .bin files byte-identical: {'yes' if same_ids else 'NO'}"]
     (RESULTS / "tokens.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "tokens.json").write_text(json.dumps({"docs": args.docs, "rows": rows}, indent=2))
     print("\n".join(lines))

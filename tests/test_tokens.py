@@ -15,6 +15,7 @@ from schemas.config import SluiceConfig
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
 from tasks.io.storage import Storage
+from tasks.ops import announce
 from tasks.ops.forget import Selector, forget
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import close_contracts
@@ -88,6 +89,7 @@ def test_token_shards_decode_back_to_the_published_text(tmp_path, tokenizer_file
     tokens = version.published["tokens"]
     assert tokens["tokens"] == total and tokens["rows"] == 5 and len(tokens["parts"]) == 2
     assert tokens["tokenizer"]["sha256"] == tokenizer_file[1] and tokens["tokenizer"]["dtype"] == "uint16"
+    assert tokens["tokenizer"]["engine"] == "tiktoken"  # a byte-level BPE: the ids above came from tiktoken
     assert sum(tokens["tokens_by_source"].values()) == total and set(tokens["tokens_by_source"]) == {"bible", "web"}
     bin0 = tokens["parts"][0]["bin"]
     assert bin0["sha256"] == hashlib.sha256(ctx.storage.read_bytes(bin0["path"])).hexdigest()
@@ -132,10 +134,12 @@ def test_an_append_tokenizes_only_its_rows_and_lists_the_earlier_shards(tmp_path
     close_contracts("tok-3b")
 
 
-def test_forget_remakes_the_shard_of_a_part_it_cuts(tmp_path, tokenizer_file):
+def test_forget_remakes_the_shard_of_a_part_it_cuts(tmp_path, tokenizer_file, monkeypatch):
     ctx = _ctx(tmp_path, tokenizer_file, "tok-4")
     parts = [_rows("a", TEXTS[:3], "bible"), _rows("b", TEXTS[3:], "web")]
     publish_by_hand(ctx, _source(ctx, parts))
+    events = []
+    monkeypatch.setattr(announce, "emit_published", lambda published, *args: events.append(args) or {"sent": 1})
     summary = forget(ctx.storage, ctx.config, "tok", Selector(where="id = 'a1'"), "a takedown", by="test",
                      max_fraction=0.5)
     assert summary["rows_forgotten"] == 1
@@ -151,6 +155,12 @@ def test_forget_remakes_the_shard_of_a_part_it_cuts(tmp_path, tokenizer_file):
     assert TEXTS[1] not in decoded and sorted(decoded) == sorted([TEXTS[0], *TEXTS[2:]])
     assert tokens["rows"] == v2.rows_out == 4
     assert tokens["parts"][1]["bin"]["path"] == layout.token_part("tok", 1, 1) + ".bin"  # untouched part: kept
+    # the forget's published event hands the trainer the new version's shards, as a publish's does, and only once
+    (rows, run_id, uri, diff, retrain, shards), = events
+    assert shards == [ctx.storage.uri(p["bin"]["path"]) for p in tokens["parts"]] and rows == 4
+    assert diff["rows_forgotten"] == 1 and ctx.storage.read_json(layout.version_event("tok", 2))["sent"]
+    announce.announce_version(ctx.storage, ctx.config, "tok", 2, run_id)
+    assert len(events) == 1
     close_contracts("tok-4")
 
 
@@ -161,3 +171,54 @@ def test_a_tokenizer_file_must_be_pinned_and_unchanged(tmp_path, tokenizer_file)
         SluiceConfig(publish={"tokens": {"tokenizer": "/etc/passwd", "sha256": "0" * 64}})
     with pytest.raises(token_shards.TokenizerError, match="not the pinned"):
         token_shards.load_tokenizer(tokenizer_file[0], "0" * 64)
+
+
+def _scripts(n: int, seed: int) -> list[str]:
+    """n random strings over Latin, Greek, Cyrillic, Hebrew, Arabic, Devanagari, kana, CJK, Hangul, emoji, digits,
+    punctuation, whitespace and control characters: where two BPE implementations would part ways."""
+    import random
+
+    rng = random.Random(seed)
+    pools = [range(32, 127), range(0xA0, 0x250), range(0x370, 0x400), range(0x400, 0x500), range(0x590, 0x700),
+             range(0x900, 0x980), range(0x3040, 0x3100), range(0x4E00, 0x4F00), range(0xAC00, 0xAD00),
+             range(0x1F300, 0x1F650), range(0, 32), [9, 10, 13, 32, 32, 32, 0xA0, 0x200B]]
+    return ["".join(chr(rng.choice(rng.choice(pools))) for _ in range(rng.randint(0, 80))) for _ in range(n)]
+
+
+def test_tiktoken_gives_the_packaged_tokenizers_ids_exactly():
+    """SmolLM2's tokenizer through tiktoken: the same ids as `tokenizers` on 5,000 strings of many scripts (control
+    characters the vocabulary lacks are dropped by both), special tokens in text included."""
+    from tokenizers import Tokenizer
+
+    from tasks.stages.score.models import lm_folder
+
+    path = lm_folder(SluiceConfig().score.lm) / "tokenizer.json"
+    tok = token_shards.load_tokenizer(str(path), None)
+    encoder = token_shards.encoder_for(tok)
+    assert encoder.engine == "tiktoken"
+    texts = [*_scripts(5000, seed=3), "a\x04b the\x1d end", "<|endoftext|>x<|im_start|>", TEXTS[4] * 50]
+    flat, sizes = encoder.encode(texts)
+    want = [e.ids for e in Tokenizer.from_file(str(path)).encode_batch(texts, add_special_tokens=False)]
+    assert sizes.tolist() == [len(ids) for ids in want]
+    assert flat.tolist() == [i for ids in want for i in ids]
+    assert sizes[-2] == 3 and flat[sizes[:-2].sum():sizes[:-1].sum()][[0, 2]].tolist() == [0, 1]
+
+
+def test_a_tokenizer_tiktoken_cannot_run_is_encoded_by_tokenizers(tmp_path):
+    """A BPE with a normalizer (lower-casing) is not byte-level GPT-2 splitting: `tokenizers` encodes it, and its
+    shards still decode to the text it normalizes."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXTS * 5, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    loaded = token_shards.load_tokenizer(str(path), None)
+    assert token_shards.encoder_for(loaded).engine == "tokenizers"
+    eos = token_shards.eos_id(loaded)
+    encoded = token_shards.encode(pl.Series(TEXTS), loaded, eos, np.dtype("<u2"), np.arange(len(TEXTS)))
+    assert token_shards.decode(encoded.tokens, encoded.offsets, loaded, eos) == [t.lower() for t in TEXTS]
