@@ -115,7 +115,7 @@ def cli_runs(args) -> int:
     `--repeat` times."""
     import subprocess
 
-    from tasks.ops import prefect_server
+    from flows.launcher import prefect_server
 
     work = Path(args.work)
     corpus = work / "corpus"
@@ -169,7 +169,7 @@ def cli_runs(args) -> int:
 
 
 def _wait_for_worker(timeout: float = 120) -> None:
-    from tasks.ops import warm_worker
+    from flows.launcher import warm_worker
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,6 +10,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from schemas.errors import BadInput
+
 EXAMPLES = """examples:
   sluice run --input 'data/*.jsonl.gz' --output ./sluice-data
   sluice run --input s3://raw/crawl/ --output s3://curated/ --config sluice.toml --stages ingest
@@ -83,7 +85,7 @@ def run_summary(run: dict) -> list[str]:
 
 def _print_run(run: dict) -> None:
     print("\n".join(run_summary(run)))
-    from tasks.ops import prefect_server
+    from flows.launcher import prefect_server
 
     server, up = prefect_server.status()
     if up and os.environ.get("PREFECT_API_URL") == server.url:
@@ -125,7 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _version_number(text: str) -> int:
     digits = text.removeprefix("v")
     if not digits.isdigit():
-        raise ValueError(f"version {text!r} is not a version number (write 3 or v3)")
+        raise BadInput(f"version {text!r} is not a version number (write 3 or v3)")
     return int(digits)
 
 
@@ -234,13 +236,13 @@ def cmd_files(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from schemas.config import check_safe_name
-    from tasks.io.versions import DamagedVersion, newest_version, verify_version
+    from tasks.io.versions import DamagedVersion, VersionNotFound, newest_version, verify_version
 
     check_safe_name(args.dataset, "dataset name")
     storage = _storage(args.output, args.config)
     version = _version_number(args.version) if args.version else newest_version(storage, args.dataset)
     if version is None:
-        raise ValueError(f"dataset {args.dataset} has no published version under {storage.uri('datasets')}")
+        raise VersionNotFound(f"dataset {args.dataset} has no published version under {storage.uri('datasets')}")
     problems = verify_version(storage, args.dataset, version, args.check)
     for problem in problems:
         print(f"damaged: {problem}")
@@ -910,7 +912,7 @@ def _prefect_api() -> None:
     its settings once."""
     if os.environ.get("PREFECT_API_URL") or os.environ.get("SLUICE_PREFECT") == "ephemeral":
         return
-    from tasks.ops import prefect_server
+    from flows.launcher import prefect_server
 
     os.environ["PREFECT_API_URL"] = prefect_server.ensure()
 
@@ -919,7 +921,7 @@ WARM_COMMANDS = ("run", "demo", "replay", "status")
 
 
 def _in_warm_worker(argv: list[str]) -> int | None:
-    """Run this command in the shared server's warm worker (tasks/ops/warm_worker.py), which has everything
+    """Run this command in the shared server's warm worker (flows/launcher/warm_worker.py), which has everything
     imported: its exit code, or None to run it here. Only the console script comes here, not main([...]) calls."""
     if not argv or argv[0] not in WARM_COMMANDS or {"-h", "--help"} & set(argv):
         return None
@@ -931,7 +933,7 @@ def _in_warm_worker(argv: list[str]) -> int | None:
         _prefect_api()
     except (RuntimeError, OSError):
         return None  # the command, run here, reports it
-    from tasks.ops import warm_worker
+    from flows.launcher import warm_worker
 
     return warm_worker.run_in_worker(argv)
 
@@ -939,7 +941,7 @@ def _in_warm_worker(argv: list[str]) -> int | None:
 def cmd_server(args: argparse.Namespace) -> int:
     import time
 
-    from tasks.ops import prefect_server
+    from flows.launcher import prefect_server
 
     if args.action == "start":
         if args.idle_seconds:
@@ -959,7 +961,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"{'running' if up else 'NOT answering'}: {server.url} (pid {server.server_pid}, supervisor "
               f"{server.supervisor_pid}), up {time.time() - server.started_at:,.0f} s, stops after "
               f"{server.idle_seconds} s unused")
-        from tasks.ops import warm_worker
+        from flows.launcher import warm_worker
 
         worker = warm_worker.read_record()
         if worker and prefect_server.alive(worker["pid"]):
@@ -980,13 +982,12 @@ def _main(argv: list[str] | None) -> int:
         except (RuntimeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT["unexpected"]
-    from schemas.config import ConfigError
+    from pydantic import ValidationError
+
     from tasks.io.interrupt import Interrupted
     from tasks.io.locks import DatasetLocked
-    from tasks.io.readers import InputError
     from tasks.io.storage import StorageError
     from tasks.runtime.contracts import ContractError
-    from tasks.runtime.registry import StageSelectionError
 
     debug = args.log_level == "debug"
     _console_logging(args.log_level)
@@ -1001,7 +1002,7 @@ def _main(argv: list[str] | None) -> int:
         return _fail("locked", exc, debug)
     except (Interrupted, KeyboardInterrupt) as exc:
         return _interrupted(exc)
-    except (ConfigError, InputError, StageSelectionError, ValueError) as exc:  # BenchmarkError is a ValueError
+    except (BadInput, ValidationError) as exc:  # about input or config; any other ValueError is a bug: exit 1
         return _fail("bad input or config", exc, debug)
     except (StorageError, OSError) as exc:
         return _fail("storage", exc, debug)

@@ -25,6 +25,7 @@ from tasks.io.interrupt import Interrupted, request_stop, shielded
 from tasks.io.locks import FencedLock, dataset_lock, run_lock
 from tasks.io.readers import resolve_inputs
 from tasks.io.storage import Storage, check_uri
+from tasks.ops.announce import announce_version
 from tasks.ops.report import markdown_summary, write_report
 from tasks.ops.report.card import summary_rows
 from tasks.runtime import lifecycle, registry
@@ -189,7 +190,9 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
                     else:
                         previous = run_stage(ctx, stage, inputs, previous, contracts)
                 _progress(progress, done + 1, len(names))
-                if previous.published:
+                if previous.published:  # a version was committed: its card, diff and event follow
+                    announce_version(ctx.storage, ctx.config, previous.published["dataset"],
+                                     previous.published["version"], run_id, fence=ctx.check_fence)
                     run["published"] = {k: previous.published[k] for k in ("dataset", "version")} | {
                         "uri": ctx.storage.uri(previous.published["path"])} | (
                         {"tokens": previous.published["tokens"]["tokens"]} if previous.published.get("tokens") else {})

@@ -17,7 +17,7 @@ from flows.curate import curate
 from flows.retrain import retrain
 from flows.watch import watch
 from schemas.config import ConfigError, load_config
-from tasks.stages.publish import EVENT
+from tasks.ops.announce import EVENT
 
 RETRAIN_PARAMETERS = {
     "dataset": "{{ event.payload.dataset }}",

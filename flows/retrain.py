@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from schemas.config import load_config
+from schemas.errors import BadInput
 from tasks.io import layout
 from tasks.io.storage import Storage
 from tasks.ops.retrain_hook import outcomes, record_outcome, run_hook, worth_retraining
@@ -20,7 +21,7 @@ def retrain(dataset: str, version: int, uri: str, config_path: str | None = None
     cfg = load_config(config_path)
     root = Storage(uri, cfg.storage.s3_options())
     if root.read_json_if_exists(layout.MANIFEST) is None:
-        raise ValueError(f"{uri} is not a published version of {dataset} (no {layout.MANIFEST})")
+        raise BadInput(f"{uri} is not a published version of {dataset} (no {layout.MANIFEST})")
     diff = root.read_json_if_exists(layout.DIFF)
     base = {"dataset": dataset, "version": version, "uri": uri}
     if not force and diff is not None and not worth_retraining(diff, cfg.retrain):

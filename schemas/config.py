@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.benchmarks import BUILTINS
+from schemas.errors import BadInput
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SECRET_REF = re.compile(r"^(env|prefect-secret):([A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
@@ -25,7 +26,7 @@ SECRET_REF = re.compile(r"^(env|prefect-secret):([A-Za-z0-9][A-Za-z0-9._-]{0,127
 def check_safe_name(value: str, what: str) -> str:
     """Names that become path components: no separators, no '..', no leading dot."""
     if not SAFE_NAME.fullmatch(value) or ".." in value:
-        raise ValueError(
+        raise BadInput(
             f"{what} {value!r} is not allowed: use letters, digits, '.', '_' and '-' "
             "(at most 128 characters, starting with a letter or digit, no '..')"
         )
@@ -36,9 +37,9 @@ def check_path_value(value: str, what: str) -> str:
     """A config value naming a local file the pipeline reads: a plain path to an existing regular file (no URL, no
     NUL byte), so a typo fails when the config loads, naming the key, rather than mid-run."""
     if not value or "\x00" in value or "://" in value:
-        raise ValueError(f"{what} {value!r} must be a local file path")
+        raise BadInput(f"{what} {value!r} must be a local file path")
     if not Path(value).expanduser().is_file():
-        raise ValueError(f"{what}: {value} is not a file")
+        raise BadInput(f"{what}: {value} is not a file")
     return value
 
 
@@ -52,13 +53,13 @@ def check_secret_ref(value: str | None, what: str) -> str | None:
     Config files get committed, copied into run manifests and shown in reports; a reference is safe in all three."""
     if value is None or SECRET_REF.fullmatch(value):
         return value
-    raise ValueError(
+    raise BadInput(
         f"{what} must be a reference, not a plain-text secret: write 'env:VAR_NAME' (an environment variable) or "
         "'prefect-secret:BLOCK_NAME' (a Prefect Secret block)"
     )
 
 
-class SecretNotFound(ValueError):
+class SecretNotFound(BadInput):
     pass
 
 
@@ -82,7 +83,7 @@ def check_no_userinfo(value: str | None, what: str) -> str | None:
     """A URL with `user:password@` carries a secret in plain text: refused like any other (the value is not shown)."""
     parts = urlsplit(value) if value else None
     if parts is not None and (parts.username is not None or parts.password is not None):
-        raise ValueError(f"{what} must not hold credentials (user:password@host); give them as storage.key/secret "
+        raise BadInput(f"{what} must not hold credentials (user:password@host); give them as storage.key/secret "
                          "references (env:VAR or prefect-secret:BLOCK)")
     return value
 
@@ -869,7 +870,7 @@ class SluiceConfig(Strict):
     retrain: RetrainConfig = RetrainConfig()
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A config file that cannot be used; the message names the file and the offending key."""
 
 

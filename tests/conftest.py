@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 def no_server_left_behind():
     """`make test` leaves no shared Prefect server running, whatever a test did."""
     yield
-    from tasks.ops import prefect_server
+    from flows.launcher import prefect_server
 
     prefect_server.stop()
 SLUICE = str(Path(sys.executable).parent / "sluice")

@@ -9,6 +9,7 @@ import polars as pl
 
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
+from tasks.ops.announce import announce_version
 from tasks.runtime import runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import contracts_for
@@ -30,8 +31,11 @@ def publish_by_hand(ctx: RunContext, source: StageManifest) -> StageManifest:
     stage = publish.STAGE
     target = stage.sink.open(ctx, [o.as_json() for o in source.outputs])
     receipts = [runner.sink_shard(ctx, stage, i, obj.as_json(), target) for i, obj in enumerate(source.outputs)]
-    return runner.commit_stage(ctx, stage, receipts, [o.as_json() for o in source.outputs], contracts_for(ctx.run_id),
-                               time.time(), sink_target=target)
+    committed = runner.commit_stage(ctx, stage, receipts, [o.as_json() for o in source.outputs],
+                                    contracts_for(ctx.run_id), time.time(), sink_target=target)
+    announce_version(ctx.storage, ctx.config, target["dataset"], target["version"], ctx.run_id,
+                     fence=ctx.check_fence)  # as the curate flow does after the commit
+    return committed
 
 
 def canonical(n: int, prefix: str = "r", source: str = "test") -> pl.DataFrame:

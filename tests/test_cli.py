@@ -170,3 +170,20 @@ def test_a_run_on_a_non_terminal_prints_stage_lines_not_rows(prefect_server, tmp
     assert text.count(" committed: ") == 5 and "ingest.json.invalid" not in text and " shard 0" not in text
     assert text.count("Finished in state Completed()") == 1  # the flow's own, not one per task run
     assert "Loading weights" not in text and "ingest         in       200" in text
+
+
+def test_only_errors_about_input_exit_2_and_a_bug_exits_1(tmp_path, monkeypatch, capsys):
+    """Exit 2 means "fix what you gave": a `BadInput` (a bad flag value here). A plain ValueError from inside a
+    command is a bug, not bad input: exit 1, with the pointer to the traceback (issue 29 item 5)."""
+    from tasks.io import versions
+
+    assert main(["verify", "ds", "--version", "three", "--output", str(tmp_path)]) == 2
+    assert "version 'three' is not a version number" in capsys.readouterr().err
+
+    def bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(versions, "verify_version", bug)
+    assert main(["verify", "ds", "--version", "1", "--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "ValueError: operands could not be broadcast together" in err and "--log-level debug" in err

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SLUICE
 
-from tasks.ops import prefect_server, warm_worker
+from flows.launcher import prefect_server, warm_worker
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from judge import run as run_stage
 
 from schemas.config import SluiceConfig
 from tasks.io.storage import Storage
-from tasks.runtime.context import RunContext
-from tasks.stages.publish import claim_version
+from tasks.io.versions import claim_version
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
@@ -25,11 +24,10 @@ def test_racing_claims_get_distinct_versions(backend, tmp_path, request):
         root = "s3://race/root"
     else:
         root = str(tmp_path)
-    cfg = SluiceConfig()
-    storage = Storage(root, cfg.storage.s3_options())
+    storage = Storage(root, SluiceConfig().storage.s3_options())
 
     def claim(i: int) -> int:
-        return claim_version(RunContext(storage, f"run-{i}", cfg), "shared")
+        return claim_version(storage, "shared", f"run-{i}")
 
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(claim, range(16)))

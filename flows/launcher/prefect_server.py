@@ -37,13 +37,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.launcher.environment import home, service_env
+
 DEFAULT_IDLE_SECONDS = 900
 START_TIMEOUT = 120
 _users_fd: int | None = None  # this process's shared lock on the users file, held until it exits
-
-
-def home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
 
 
 def _paths() -> tuple[Path, Path, Path, Path]:
@@ -135,7 +133,7 @@ def _free_port() -> int:
 
 
 def _stop(server: Server, wait: float = 30.0) -> None:
-    from tasks.ops import warm_worker
+    from flows.launcher import warm_worker
 
     worker = warm_worker.read_record()
     pids = [server.supervisor_pid, server.server_pid, *([worker["pid"]] if worker else [])]
@@ -154,9 +152,8 @@ def _stop(server: Server, wait: float = 30.0) -> None:
 def _start(idle_seconds: int) -> Server:
     state, _, _, log = _paths()
     port = _free_port()
-    from tasks.ops.warm_worker import service_env
 
-    cmd = [sys.executable, "-P", "-m", "tasks.ops.prefect_server", "supervise", str(port), str(idle_seconds)]
+    cmd = [sys.executable, "-P", "-m", "flows.launcher.prefect_server", "supervise", str(port), str(idle_seconds)]
     # no credentials: the supervisor, the server and the worker outlive this command and serve later ones
     env = {k: v for k, v in service_env(dict(os.environ)).items() if k != "PREFECT_API_URL"}
     with open(log, "ab") as out:
@@ -262,7 +259,7 @@ def _start_worker(env: dict[str, str]) -> subprocess.Popen:
     _, _, _, log = _paths()
     with open(log, "ab") as out:
         # -P: the Prefect home (its working directory) is not on sys.path; a polars.py there is never imported
-        return subprocess.Popen([sys.executable, "-P", "-m", "tasks.ops.warm_worker", "serve", str(os.getpid())],
+        return subprocess.Popen([sys.executable, "-P", "-m", "flows.launcher.warm_worker", "serve", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(home()))
 

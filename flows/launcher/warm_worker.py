@@ -24,7 +24,7 @@ socket; never a predictable /tmp name) and is named in the worker's record. The 
 the socket with lstat (no symlink, its own uid, no access for others) and, once connected, the listener's uid and
 pid (SO_PEERCRED) against its own uid and the record; only then does it send its environment and its stdin, stdout
 and stderr. The worker checks the client's uid the same way. The worker, the server and their supervisor start with
-a scrubbed environment (no credentials: tasks/ops/prefect_server.py), and the worker's sys.path holds no writable
+a scrubbed environment (no credentials: flows/launcher/prefect_server.py), and the worker's sys.path holds no writable
 data directory (`python -P`), so a `polars.py` in the Prefect home or the working directory is never imported.
 
 A command run by the worker is the command a fresh process would be: it runs with the client's resource limits
@@ -53,34 +53,14 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from tasks.ops.prefect_server import home
+from flows.launcher.environment import home, import_time_env
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "tasks", "schemas")
-# read while importing Prefect, polars, numpy, GE or the interpreter itself; everything else (AWS credentials,
-# PATH, ...) is read when used, and the child runs with the client's whole environment anyway
-IMPORT_TIME_PREFIXES = ("PREFECT_", "SLUICE_", "POLARS_", "GX_", "GE_", "PYTHON", "OMP_", "OPENBLAS_", "MKL_",
-                        "NUMEXPR_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "CUDA_", "LC_")
-IMPORT_TIME_NAMES = ("HOME", "USER", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV")
-NOT_IMPORT_TIME = ("SLUICE_SERVER_IDLE_SECONDS",)  # read by the client only
-SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
-# what a service (supervisor, server, worker) needs besides the import-time variables
-SERVICE_NAMES = ("PATH", "TMPDIR", "TMP", "TEMP", "AWS_EC2_METADATA_DISABLED", "SSL_CERT_FILE", "SSL_CERT_DIR",
-                 "REQUESTS_CA_BUNDLE", "NO_PROXY", "no_proxy")
 PREFECT_FILES = (".env", "prefect.toml")
 HEADER = struct.Struct("!I")
 LIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
 PR_SET_PDEATHSIG = 1
-
-
-def secret_name(name: str) -> bool:
-    return any(word in name.upper() for word in SECRET_WORDS)
-
-
-def service_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment the supervisor, the server and the worker start with: what imports read and what a process
-    needs to run, never a credential (the first command's AWS or OpenAI keys would otherwise live on in them)."""
-    return {**import_time_env(env), **{k: env[k] for k in SERVICE_NAMES if k in env}}
 
 
 def socket_dir() -> Path:
@@ -149,12 +129,6 @@ def code_fingerprint() -> str:
                     st = os.stat(path)
                     digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def import_time_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items()
-            if (k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_NAMES) and k not in NOT_IMPORT_TIME
-            and not secret_name(k)}
 
 
 def prefect_settings_file(cwd: str) -> str | None:
@@ -238,6 +212,16 @@ def run_in_worker(argv: list[str]) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------- the worker
+
+ENTRY_POINT = "flows.cli:main"  # the command the worker runs, by name: the launcher does not import the CLI
+
+
+def _entry_point():
+    import importlib
+
+    module, name = ENTRY_POINT.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 def _warm_imports() -> None:
     """Prefect, Great Expectations (pandas, pyarrow) and fastapi: 3.3 s of the ~3.6 s a fresh process spends importing.
@@ -474,9 +458,7 @@ class Worker:
             os.environ.clear()
             os.environ.update(request["env"])
             sys.argv = ["sluice", *request["argv"]]
-            from flows.cli import main
-
-            code = main(request["argv"])
+            code = _entry_point()(request["argv"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:

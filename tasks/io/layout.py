@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import re
 
+from schemas.errors import BadInput
+
 RUNS = "runs"
 DATASETS = "datasets"
 MANIFEST = "_manifest.json"
 CONTRACT_FAILURE = "_contract_failure.json"
 DIFF = "_diff.json"
+EVENT = "_event.json"
 CARD = "README.md"
 VERSION_DATA = "data"
 VERSION_TOKENS = "tokens"
@@ -147,6 +150,11 @@ def version_diff(dataset: str, version: int) -> str:
     return _join(DATASETS, dataset, f"v{version}", DIFF)
 
 
+def version_event(dataset: str, version: int) -> str:
+    """What the published event told subscribers about the version (written once it was sent)."""
+    return _join(DATASETS, dataset, f"v{version}", EVENT)
+
+
 def index_part(dataset: str, version: int, index: int) -> str:
     """The dedup index rows of `version_part(dataset, version, index)`, outside the version folder so that no
     reader of the version meets them."""
@@ -213,4 +221,4 @@ def relative_to_root(uri: str, root: str) -> str:
     at = max(uri.rfind(f"/{RUNS}/"), uri.rfind(f"/{DATASETS}/"))
     if at >= 0:
         return uri[at + 1:]
-    raise ValueError(f"{uri} is not under the storage root {root}, and is not a path under runs/ or datasets/")
+    raise BadInput(f"{uri} is not under the storage root {root}, and is not a path under runs/ or datasets/")

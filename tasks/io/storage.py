@@ -20,6 +20,7 @@ import fsspec
 import orjson
 import polars as pl
 
+from schemas.errors import BadInput
 from tasks.io import layout
 from tasks.io.manifests import DataObject, Record, parse, render
 
@@ -36,7 +37,7 @@ def redact_uri(uri: str) -> str:
     return CREDENTIALS_IN_URI.sub(r"\1***@", uri)
 
 
-class CredentialsInUri(ValueError):
+class CredentialsInUri(BadInput):
     """A URI carrying credentials (`s3://key:secret@bucket/...`): refused before anything logs it or sends it to
     Prefect (flow parameters, logs and events are stored in the server's database)."""
 

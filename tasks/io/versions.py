@@ -9,17 +9,23 @@ reading the files its manifest lists; `version_files` gives their URIs to any Pa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+import orjson
 import polars as pl
 
+from schemas.errors import BadInput
 from tasks.io import layout
-from tasks.io.manifests import DataObject, StageManifest
+from tasks.io.manifests import DataObject, StageManifest, render
 from tasks.io.storage import Storage, StorageError, _io
 
+log = logging.getLogger("sluice")
 
-class VersionNotFound(ValueError):
+
+class VersionNotFound(BadInput):
     pass
 
 
@@ -94,6 +100,57 @@ def published_versions(storage: Storage, dataset: str) -> list[int]:
 def newest_version(storage: Storage, dataset: str) -> int | None:
     found = published_versions(storage, dataset)
     return found[-1] if found else None
+
+
+class VersionConflict(RuntimeError):
+    """A version cannot be committed: a newer one was published meanwhile, the version it builds on is no longer
+    the newest, or another writer committed its number."""
+
+
+def claim_version(storage: Storage, dataset: str, run_id: str) -> int:
+    """The next free version number, taken by exclusive create of `_claims/v<N>.json` (O_EXCL locally, a
+    conditional PUT on S3), so two writers never take the same N. On resume, the number this run already took,
+    unless another run has committed a newer version since: versions never go back in time, so the old claim is
+    abandoned (its number is skipped, never reused) and a new one is taken."""
+    claims = layout.claims_dir(dataset)
+    for n in layout.version_numbers(storage.listdir(claims)):
+        claim = storage.read_json_if_exists(layout.claim(dataset, n))
+        if claim and claim.get("run_id") == run_id:
+            newest = newest_version(storage, dataset) or 0
+            if storage.exists(layout.version_manifest(dataset, n)) or newest < n:
+                return n
+            log.warning(f"dataset {dataset}: this run claimed v{n} before a crash, but v{newest} was published "
+                        f"since; publishing as a newer version instead (v{n} stays unused)")
+            break
+    taken = (layout.version_numbers(storage.listdir(claims))
+             + layout.version_numbers(storage.listdir(layout.dataset_dir(dataset))))
+    n = (max(taken) if taken else 0) + 1
+    body = orjson.dumps({"run_id": run_id, "claimed_at": datetime.now(UTC).isoformat()})
+    while not storage.create_exclusive(layout.claim(dataset, n), body):
+        n += 1
+    return n
+
+
+def commit_version(storage: Storage, record: StageManifest, base: int | None,
+                   fence: Callable[[], None] | None = None) -> None:
+    """Make a claimed version visible: the one place any version (a publish, a forget) is committed. Refused when
+    a newer version exists (an older one is never published after it), when `base` (the version an append or a
+    forget builds on) is no longer the newest, or when the lease `fence` checks was lost; then the exclusive create
+    of `_manifest.json`, the commit marker. Its files, written before, are what the manifest lists; the card, the
+    diff and the published event follow the commit (tasks/ops/announce.py)."""
+    dataset, version = record.published["dataset"], record.published["version"]
+    if fence is not None:
+        fence()
+    newest = newest_version(storage, dataset) or 0
+    if newest > version:
+        raise VersionConflict(f"dataset {dataset}: v{newest} was published while v{version} was being made; an "
+                              f"older version is never published after a newer one. Rerun to publish as "
+                              f"v{newest + 1}.")
+    if base and newest != base:
+        raise VersionConflict(f"dataset {dataset}: v{version} builds on v{base}, but the newest version is "
+                              f"v{newest}; rerun to build on it")
+    if not storage.create_exclusive(layout.version_manifest(dataset, version), render(record)):
+        raise VersionConflict(f"dataset {dataset} v{version} was committed by someone else meanwhile")
 
 
 def version_manifest(storage: Storage, dataset: str, version: int) -> StageManifest:

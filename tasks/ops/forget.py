@@ -20,17 +20,26 @@ from pathlib import Path
 import polars as pl
 
 from schemas.config import SluiceConfig
+from schemas.errors import BadInput
 from tasks.io import layout
 from tasks.io.locks import dataset_lock
-from tasks.io.manifests import DataObject, render
+from tasks.io.manifests import DataObject
 from tasks.io.storage import Storage
-from tasks.io.versions import VersionNotFound, index_objects, newest_version, version_manifest
+from tasks.io.versions import (
+    VersionConflict,
+    VersionNotFound,
+    claim_version,
+    commit_version,
+    index_objects,
+    newest_version,
+    version_manifest,
+)
 from tasks.runtime.context import RunContext
 
 log = logging.getLogger("sluice")
 
 
-class ForgetError(ValueError):
+class ForgetError(BadInput):
     pass
 
 
@@ -106,11 +115,8 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
     """Publish the next version of `dataset` without the selected rows; record the tombstone. Returns a summary.
     Nothing is published when no row matches, on a dry run, when `confirm` declines, or when the rows selected
     exceed `max_fraction` of the version (ForgetError: a selector like `... OR 1=1` must not erase a dataset)."""
-    from tasks.ops.diff import diff_vs_previous
-    from tasks.ops.report.card import dataset_card
-    from tasks.ops.retrain_hook import worth_retraining
+    from tasks.ops.announce import announce_version
     from tasks.stages.dedup.published import index_rows
-    from tasks.stages.publish import claim_version, emit_published
 
     if not reason.strip() and not dry_run:
         raise ForgetError("--reason must say why (it is kept in the tombstone log)")
@@ -158,7 +164,7 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
         if dry_run or (confirm is not None and not confirm(plan)):
             return {**plan, "dry_run": dry_run, "declined": not dry_run}
         ctx = RunContext(storage, tomb_id, config)
-        version = claim_version(ctx, dataset)
+        version = claim_version(storage, dataset, tomb_id)
         outputs: list[DataObject] = []
         new_index: list[DataObject] = []
         forgotten: list[pl.DataFrame] = []
@@ -209,19 +215,11 @@ def forget(storage: Storage, config: SluiceConfig, dataset: str, selector: Selec
             "stage": "forget", "run_id": tomb_id, "rows_in": before.rows_out, "rows_out": rows_out,
             "rows_rejected": rows_forgotten, "rows_synthetic": 0, "rejected_by_reason": {"forget": rows_forgotten},
             "outputs": outputs, "published": published, "seconds": 0.0, "warnings": [], "rates": []})
-        features = storage.parquet_schema(outputs[0].path) if outputs else {}
-        storage.write_bytes(layout.version_card(dataset, version),
-                            dataset_card(committed, [], config.publish, features).encode())
-        lease.check()
-        if newest_version(storage, dataset) != base:
-            raise ForgetError(f"dataset {dataset}: a newer version than v{base} was published meanwhile; forget "
-                              "again on it")
-        if not storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
-            raise ForgetError(f"dataset {dataset} v{version} was committed by someone else meanwhile")
-        diff = diff_vs_previous(storage, dataset, version)
-        storage.write_json(layout.version_diff(dataset, version), diff)
-        emit_published(published, rows_out, tomb_id, storage.uri(layout.version_dir(dataset, version)), diff,
-                       worth_retraining(diff, config.retrain))
+        try:
+            commit_version(storage, committed, base, fence=lease.check)
+        except VersionConflict as exc:
+            raise ForgetError(f"{exc}; forget again on the newest version") from exc
+        diff = announce_version(storage, config, dataset, version, tomb_id, fence=lease.check)
         log.info(f"{dataset}: v{version} = v{base} without {rows_forgotten:,} rows ({selector.describe()})")
         return {**plan, "from_version": base, "version": version, "rows_forgotten": rows_forgotten,
                 "rows": rows_out, "tombstone": storage.uri(layout.tombstone(dataset, stamp)), "diff": diff}

@@ -13,6 +13,7 @@ from dataclasses import replace
 import polars as pl
 
 from schemas.config import IngestConfig
+from schemas.errors import BadInput
 from tasks.io import layout
 from tasks.io.manifests import StageManifest
 from tasks.io.readers import detect_format, read_batches, resolve_inputs
@@ -20,7 +21,7 @@ from tasks.io.storage import Storage
 from tasks.runtime.stage import Stage
 
 
-class ReplayError(ValueError):
+class ReplayError(BadInput):
     pass
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from schemas.config import RetrainConfig, resolve_secret
+from schemas.errors import BadInput
 from tasks.io import layout
 from tasks.io.storage import Storage
 
@@ -26,7 +27,7 @@ log = logging.getLogger("sluice")
 TAIL = 2000
 
 
-class RetrainHookMissing(ValueError):
+class RetrainHookMissing(BadInput):
     pass
 
 

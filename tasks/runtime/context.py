@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.config import SluiceConfig, check_safe_name
+from tasks.io.locks import assert_current
 from tasks.io.storage import Storage
 from tasks.runtime.fingerprints import CODE_VERSION
 
@@ -20,3 +21,8 @@ class RunContext:
 
     def __post_init__(self) -> None:
         check_safe_name(self.run_id, "run id")
+
+    def check_fence(self) -> None:
+        """Only the holder of the dataset's current lease may make a version visible or announce it (LockLost)."""
+        if self.fence:
+            assert_current(self.storage, self.fence["folder"], self.fence["generation"], self.fence["what"])

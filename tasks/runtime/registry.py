@@ -6,6 +6,7 @@ brings its suite, params model, README row and unit test).
 
 from __future__ import annotations
 
+from schemas.errors import BadInput
 from tasks.runtime.stage import Stage
 from tasks.stages import augment, decontaminate, dedup, extract, ingest, publish, quality, score, select
 
@@ -17,7 +18,7 @@ DEFAULT_PIPELINE = ["ingest", "decontaminate", "quality", "dedup", "publish"]
 SINKS = [name for name, s in STAGES.items() if s.kind == "sink"]
 
 
-class StageSelectionError(ValueError):
+class StageSelectionError(BadInput):
     pass
 
 

@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from schemas.config import SluiceConfig
+from schemas.errors import BadInput
 from tasks.io.manifests import Stats
 
 ROW = "_row"  # the positional row index stages attach while they work; never leaves a stage
@@ -118,7 +119,7 @@ class Stage:
         return [pkg for pkg in self.needs if importlib.util.find_spec(pkg) is None]
 
 
-class StageInputError(ValueError):
+class StageInputError(BadInput):
     """The data or the config does not fit what a stage needs (a column its rules read is missing, an earlier stage
     it reads is not in the run): bad input, exit 2, with the message saying what to change."""
 

@@ -1,14 +1,14 @@
 """Publish: the sink. A run's last stage output becomes `datasets/<name>/v<N>/`, visible only once its manifest exists.
 
-Versions are claimed with an exclusive create of `datasets/<name>/_claims/v<N>.json` (O_EXCL locally, a conditional
-PUT on S3), so two concurrent publishes can never take the same N. A run that crashed mid-publish finds its own claim
-on rerun and finishes that version instead of taking a new one. A claimed version whose contract fails is never
-committed: the number is skipped, not reused, so a version number always means one set of bytes.
+The version number is claimed and the version committed by tasks/io/versions.py (claim_version, commit_version),
+as `sluice forget` does. A run that crashed mid-publish finds its own claim on rerun and finishes that version instead
+of taking a new one. A claimed version whose contract fails is never committed: the number is skipped, not reused,
+so a version number always means one set of bytes.
 
 Shards go through the runner like any stage's (receipts, the shard contract, resume); parts are copied byte for byte
-from the stage before. The runner calls `close` once the stage contract has passed: it commits the version
-(`_manifest.json`, exclusive), writes the dataset card and the diff against the previous version, and emits
-`sluice.dataset.published`.
+from the stage before. The runner calls `close` once the stage contract has passed: it commits the version. The
+dataset card, the diff against the previous version and the `sluice.dataset.published` event follow in the flow
+(tasks/ops/announce.py).
 
 Mode `replace`: the version holds this run's rows. Mode `append`: it holds the previous version's data files
 (listed in the manifest, not copied) and this run's parts, written in the previous version's schema so that every
@@ -25,19 +25,16 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import polars as pl
 
 from schemas.config import PublishConfig
 from schemas.record import CANONICAL
 from tasks.io import layout
-from tasks.io.locks import assert_current
-from tasks.io.manifests import DataObject, StageManifest, Stats, render
-from tasks.io.versions import index_objects
+from tasks.io.manifests import DataObject, StageManifest, Stats
+from tasks.io.versions import claim_version, commit_version, index_objects, newest_version
 from tasks.runtime.stage import SinkSteps, Stage, StageInputError, StageResult
 
 log = logging.getLogger("sluice")
-EVENT = "sluice.dataset.published"
 
 
 # What identifies and checks a row stays in the schema even when empty (the publish suite and diffs read them).
@@ -53,35 +50,6 @@ def publish_rows(batch: pl.DataFrame, params: PublishConfig) -> StageResult:
     return StageResult(kept=batch, rejected=batch.clear(), stats=Stats(tallies=tallies))
 
 
-def _newest_committed(ctx, dataset: str) -> int:
-    found = layout.version_numbers(ctx.storage.listdir(layout.dataset_dir(dataset)))
-    return max([v for v in found if ctx.storage.exists(layout.version_manifest(dataset, v))], default=0)
-
-
-def claim_version(ctx, dataset: str) -> int:
-    """The next free version number, taken by exclusive create. On resume, the number this run already took, unless
-    another run has committed a newer version since: versions never go back in time, so the old claim is abandoned
-    (its number is skipped) and a new one is taken."""
-    claims = layout.claims_dir(dataset)
-    for n in layout.version_numbers(ctx.storage.listdir(claims)):
-        claim = ctx.storage.read_json_if_exists(layout.claim(dataset, n))
-        if claim and claim.get("run_id") == ctx.run_id:
-            committed = ctx.storage.exists(layout.version_manifest(dataset, n))
-            newest = _newest_committed(ctx, dataset)
-            if committed or newest < n:
-                return n
-            log.warning(f"dataset {dataset}: this run claimed v{n} before a crash, but v{newest} was published "
-                        f"since; publishing as a newer version instead (v{n} stays unused)")
-            break
-    taken = (layout.version_numbers(ctx.storage.listdir(claims))
-             + layout.version_numbers(ctx.storage.listdir(layout.dataset_dir(dataset))))
-    n = (max(taken) if taken else 0) + 1
-    body = orjson.dumps({"run_id": ctx.run_id, "claimed_at": datetime.now(UTC).isoformat()})
-    while not ctx.storage.create_exclusive(layout.claim(dataset, n), body):
-        n += 1
-    return n
-
-
 def open_version(ctx, inputs: list[dict]) -> dict:
     """Claim the version, and name the columns that no input row fills: they are left out of the published
     schema (a reader should not meet 11 columns of nulls), and the card lists them. Appending, the schema is the
@@ -91,10 +59,10 @@ def open_version(ctx, inputs: list[dict]) -> dict:
     excluded = excluded_columns(ctx.storage.parquet_empty(paths[0]).columns if paths else [],
                                 ctx.config.publish.columns)
     drop = [c for c in ctx.storage.null_only_columns(paths) if c not in KEPT_EVEN_IF_EMPTY and c not in excluded]
-    target = {"dataset": dataset, "version": claim_version(ctx, dataset), "drop": drop + excluded,
+    target = {"dataset": dataset, "version": claim_version(ctx.storage, dataset, ctx.run_id), "drop": drop + excluded,
               "excluded": excluded,
               "mode": ctx.config.publish.mode, "base": None, "embeddings": _embedding_parts(ctx, inputs)}
-    base = _newest_committed(ctx, dataset) if ctx.config.publish.mode == "append" else 0
+    base = (newest_version(ctx.storage, dataset) or 0) if ctx.config.publish.mode == "append" else 0
     if base:
         from tasks.io.versions import require_intact, version_manifest
 
@@ -194,6 +162,7 @@ def _tokenizer(spec: str, sha256: str | None, eos_token: str | None, lm_json: st
     eos = token_shards.eos_id(tokenizer, eos_token)
     return tokenizer, {"name": name, "sha256": sha256 or sha256_bytes(path.read_bytes()),
                        "vocab_size": tokenizer.get_vocab_size(), "eos_id": eos,
+                       "engine": token_shards.encoder_for(tokenizer).engine,
                        "dtype": token_shards.dtype_for(tokenizer.get_vocab_size()).name}
 
 
@@ -280,60 +249,16 @@ def version_part(target: dict, index: int) -> str:
     return layout.version_part(target["dataset"], target["version"], index)
 
 
-def _run_manifests(ctx) -> list[StageManifest]:
-    """The manifests of the stages this run committed before publishing (for the dataset card)."""
-    run = ctx.storage.read_json_if_exists(layout.run_json(ctx.run_id)) or {}
-    found = []
-    for name in run.get("stages", []):
-        m = ctx.storage.read_record_if_exists(StageManifest, layout.stage_manifest(ctx.run_id, name))
-        if m is not None and name != "publish":
-            found.append(m)
-    return found
-
-
 def close_version(ctx, manifest: StageManifest, target: dict) -> dict:
-    """Commit the claimed version (after the stage contract passed), then its card, diff and event."""
-    from tasks.ops.diff import diff_vs_previous
-    from tasks.ops.report.card import dataset_card
-    from tasks.ops.retrain_hook import worth_retraining
-
+    """Commit the claimed version once the stage contract passed (on resume, the version this run committed)."""
     dataset, version = target["dataset"], target["version"]
-    existing = ctx.storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
-    if existing is None:
-        fence(ctx)
-        newest = _newest_committed(ctx, dataset)
-        if newest > version:
-            raise RuntimeError(f"dataset {dataset}: v{newest} was published while this run was publishing v{version}; "
-                               "an older version is never published after a newer one. Rerun to publish as "
-                               f"v{newest + 1}.")
-        if target.get("base") and newest != target["base"]:
-            raise RuntimeError(f"dataset {dataset}: this run appends to v{target['base']}, but the newest version "
-                               f"is v{newest}; rerun to append to it")
+    committed = ctx.storage.read_record_if_exists(StageManifest, layout.version_manifest(dataset, version))
+    if committed is None:
         committed = version_record(ctx, manifest, target)
-        published = committed.published
-        card = dataset_card(committed, _run_manifests(ctx), ctx.config.publish, _features(ctx, manifest),
-                            _examples(ctx, manifest))
-        ctx.storage.write_bytes(layout.version_card(dataset, version), card.encode())
-        if not ctx.storage.create_exclusive(layout.version_manifest(dataset, version), render(committed)):
-            raise RuntimeError(f"dataset {dataset} v{version} was committed by someone else while publishing")
+        commit_version(ctx.storage, committed, target.get("base"), fence=ctx.check_fence)
         added = f" ({manifest.rows_out:,} added to v{target['base']})" if target.get("base") else ""
         log.info(f"published {dataset} v{version}: {committed.rows_out:,} rows{added}")
-    else:  # resumed after the version was committed but before the stage was
-        committed, published = existing, existing.published
-    diff = ctx.storage.read_json_if_exists(layout.version_diff(dataset, version))
-    if diff is None:
-        diff = diff_vs_previous(ctx.storage, dataset, version)
-        ctx.storage.write_json(layout.version_diff(dataset, version), diff)
-    uri = ctx.storage.uri(layout.version_dir(dataset, version))
-    newest = _newest_committed(ctx, dataset)
-    if newest > version:  # resumed after a newer version appeared: no event, so nothing retrains on older data
-        log.warning(f"dataset {dataset}: v{version} is not the newest (v{newest} is); no published event")
-    else:
-        fence(ctx)
-        emit_published(published, committed.rows_out, ctx.run_id, uri, diff,
-                       worth_retraining(diff, ctx.config.retrain),
-                       [ctx.storage.uri(p["bin"]["path"]) for p in (published.get("tokens") or {}).get("parts", [])])
-    return {**published, "path": layout.version_dir(dataset, version), "diff": diff}
+    return {**committed.published, "path": layout.version_dir(dataset, version)}
 
 
 def merged_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -401,53 +326,6 @@ def _index_object(ctx, dataset: str, version: int, i: int, rows: int) -> DataObj
     return DataObject(path=rel, rows=rows, sha256=sha256_bytes(data), bytes=len(data))
 
 
-def _features(ctx, manifest: StageManifest) -> dict[str, str]:
-    """column -> Arrow type of the published parts (for the card's `dataset_info.features`)."""
-    return ctx.storage.parquet_schema(manifest.outputs[0].path) if manifest.outputs else {}
-
-
-def _examples(ctx, manifest: StageManifest, n: int = 3) -> list[dict]:
-    """The first rows of the version's first part, for the card."""
-    if not manifest.outputs:
-        return []
-    have = ctx.storage.parquet_schema(manifest.outputs[0].path)
-    columns = [c for c in ("id", "source", "label", "text") if c in have]
-    return ctx.storage.read_parquet(manifest.outputs[0].path, columns=columns).head(n).to_dicts()
-
-
-def fence(ctx) -> None:
-    """Only the holder of the dataset's current lease may make a version visible or announce it."""
-    if ctx.fence:
-        assert_current(ctx.storage, ctx.fence["folder"], ctx.fence["generation"], ctx.fence["what"])
-
-
-def emit_published(published: dict, rows: int, run_id: str, uri: str, diff: dict, retrain: bool,
-                   token_shards: list[str] | None = None) -> None:
-    """The Prefect event the `retrain` deployment triggers on; a no-op outside a Prefect run.
-
-    The label `sluice.retrain` carries the retrain hook's threshold decision, so the trigger filters on it and a
-    below-threshold publish creates no flow run at all."""
-    try:
-        from prefect.events import emit_event
-
-        emit_event(
-            event=EVENT,
-            resource={"prefect.resource.id": f"sluice.dataset.{published['dataset']}",
-                      "sluice.dataset": published["dataset"], "sluice.version": str(published["version"]),
-                      "sluice.retrain": "true" if retrain else "false"},
-            payload={"dataset": published["dataset"], "version": published["version"], "uri": uri, "rows": rows,
-                     "rows_added": diff.get("rows_added", 0), "rows_removed": diff.get("rows_removed", 0),
-                     "rows_forgotten": diff.get("rows_forgotten", 0), "changed_fraction": diff["changed_fraction"],
-                     "rows_by_source": published["rows_by_source"], "run_id": run_id, "diff": diff,
-                     **({"token_shards": token_shards, "tokens": published["tokens"]["tokens"]}
-                        if token_shards else {})},
-        )
-        log.info(f"emitted {EVENT} for {published['dataset']} v{published['version']} "
-                 f"(changed {diff['changed_fraction']:.2%}, retrain {'yes' if retrain else 'no: below threshold'})")
-    except Exception as exc:  # an event is a notification; the version is already committed
-        log.warning(f"could not emit {EVENT}: {exc}")
-
-
 STAGE = Stage(
     name="publish",
     fn=publish_rows,
@@ -459,5 +337,5 @@ STAGE = Stage(
     kind="sink",
     sink=SinkSteps(open=open_version, part=version_part, close=close_version, conform=conform_to_base,
                    beside_part=write_beside_part),
-    description="a versioned dataset: parts copied byte for byte, card, diff, and the published event",
+    description="a versioned dataset: parts copied byte for byte, committed once the contract passed",
 )

@@ -11,6 +11,7 @@ from tasks.io import layout
 from tasks.io.locks import LockLost, current, dataset_lock
 from tasks.io.manifests import StageManifest
 from tasks.io.storage import Storage
+from tasks.ops import announce
 from tasks.runtime import runner
 from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import close_contracts
@@ -42,7 +43,7 @@ def test_a_run_that_lost_its_lease_does_not_publish(tmp_path):
 
 def test_a_resumed_publish_never_goes_back_in_time(tmp_path, monkeypatch):
     events = []
-    monkeypatch.setattr(publish, "emit_published", lambda published, *a: events.append(published["version"]))
+    monkeypatch.setattr(announce, "emit_published", lambda published, *a: events.append(published["version"]))
     x = _ctx(tmp_path, "run-x")
     source_x = committed(x, "dedup", canonical(4, "x"))
     # X claims v1 and copies its parts, then is killed

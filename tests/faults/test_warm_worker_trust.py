@@ -19,7 +19,7 @@ import pytest
 from conftest import SLUICE
 from test_prefect_server import big_input, shared_home, sluice, tiny_input, warm_worker_record  # noqa: F401
 
-from tasks.ops import prefect_server, warm_worker
+from flows.launcher import prefect_server, warm_worker
 
 
 class Listener:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import fsspec
 
+from schemas.errors import BadInput
 from tasks.io.storage import _io, check_uri, filesystem, is_s3
 
 JSONL_EXT = (".jsonl", ".json", ".ndjson")
@@ -20,7 +21,7 @@ HTML_EXT = (".html", ".htm", ".xhtml")
 COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 
 
-class InputError(ValueError):
+class InputError(BadInput):
     """An --input that cannot be used at all (matched nothing, unknown scheme)."""
 
 

@@ -38,7 +38,10 @@ PLAN_FILE = "augment_plan.json"
 
 
 @dataclass
-class Loaded:
+class AugmentModels:
+    """What `load` loads once per worker process: the gate's models, the generator, and their identity (part of
+    the generation cache's key)."""
+
     models: gate.GateModels
     device: object
     generator: object | None  # LocalLM or Endpoint; the word-level baseline is built in decide (it needs words)
@@ -50,7 +53,7 @@ def _identity_text(identity: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(identity.items()))
 
 
-def load(params: AugmentParams) -> Loaded:
+def load(params: AugmentParams) -> AugmentModels:
     """The gate's models (the score stage's embedder and LM, the quality stage's language ID, the decontaminate
     stage's index) and the generator, once per worker process."""
     from schemas.config import resolve_secret
@@ -84,10 +87,10 @@ def load(params: AugmentParams) -> Loaded:
         identity = {"generator": "endpoint", **generator.identity}
     else:
         generator, identity = None, dict(generators.WordLevel.identity)
-    return Loaded(gate_models, dev, generator, identity, models.cache_root(score.lm) / "generations")
+    return AugmentModels(gate_models, dev, generator, identity, models.cache_root(score.lm) / "generations")
 
 
-def release(loaded: Loaded) -> None:
+def release(loaded: AugmentModels) -> None:
     loaded.generator = None
     loaded.models = gate.GateModels()
 
@@ -114,7 +117,7 @@ def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float |
         text=pl.when(pl.col(SLICE).is_not_null() | proxy).then(pl.col("text")))
 
 
-def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded):
+def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: AugmentModels):
     """The select stage's proxy classifier (score/dynamics.py) on the embedded sample of real labeled rows."""
     from tasks.stages.score import dynamics
 
@@ -128,7 +131,7 @@ def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded):
         classes
 
 
-def generate(pool: pl.DataFrame, slice_counts: pl.DataFrame, params: AugmentParams, loaded: Loaded
+def generate(pool: pl.DataFrame, slice_counts: pl.DataFrame, params: AugmentParams, loaded: AugmentModels
              ) -> tuple[pl.DataFrame, dict]:
     """Each slice's shortfall (from the corpus's slice counts), one request per candidate, generation (cached) and
     the gate's checks before `duplicate`. `pool`: the features of the rows in a slice or the proxy sample.
@@ -168,8 +171,8 @@ def generate(pool: pl.DataFrame, slice_counts: pl.DataFrame, params: AugmentPara
     return candidates, report
 
 
-def judge(candidates: pl.DataFrame, real_dup_ids: pl.Series, pool: pl.DataFrame, report: dict,
-          params: AugmentParams, loaded: Loaded) -> tuple[pl.DataFrame, dict[str, bytes], Stats]:
+def gate_decisions(candidates: pl.DataFrame, real_dup_ids: pl.Series, pool: pl.DataFrame, report: dict,
+          params: AugmentParams, loaded: AugmentModels) -> tuple[pl.DataFrame, dict[str, bytes], Stats]:
     """The gate's checks from `duplicate` on (`real_dup_ids`: candidates whose text a real row has), the decisions
     table (every generated row, passed or failed, with provenance), the plan's report and the request counts."""
     cfg = params.augment
@@ -192,14 +195,14 @@ def judge(candidates: pl.DataFrame, real_dup_ids: pl.Series, pool: pl.DataFrame,
     return decisions, {PLAN_FILE: orjson.dumps(report, option=orjson.OPT_INDENT_2)}, failed
 
 
-def decide(feats: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None
+def decide(feats: pl.DataFrame, params: AugmentParams, loaded: AugmentModels | None = None
            ) -> tuple[pl.DataFrame, dict[str, bytes], Stats]:
     """The whole decision over one frame of features (what the plan's steps do apart, in memory)."""
     loaded = loaded if loaded is not None else load(params)
     pool = feats.filter(pl.col(SLICE).is_not_null() | pl.col("_proxy"))
     candidates, report = generate(pool, plan.slice_counts(feats), params, loaded)
     real_dup_ids = candidates.filter(gate.text_hash(candidates).is_in(feats["_hash"].implode()))["id"]
-    return judge(candidates, real_dup_ids, pool, report, params, loaded)
+    return gate_decisions(candidates, real_dup_ids, pool, report, params, loaded)
 
 
 def _synthetic_rows(batch: pl.DataFrame, generated: pl.DataFrame, label_col: str) -> pl.DataFrame:
@@ -263,7 +266,7 @@ _NO_DECISIONS = pl.DataFrame(schema={"id": pl.String, "slice": pl.String, "label
 PLAN = steps.plan_of(apply_routed)
 
 
-def augment_one_shard(batch: pl.DataFrame, params: AugmentParams, loaded: Loaded | None = None) -> StageResult:
+def augment_one_shard(batch: pl.DataFrame, params: AugmentParams, loaded: AugmentModels | None = None) -> StageResult:
     """The whole stage on one frame (every step in memory): what `stage.fn(df)` means for augment."""
     loaded = loaded if loaded is not None else load(params)
     (result,), _, _ = run_in_memory(PLAN, [batch], params, loaded=loaded)

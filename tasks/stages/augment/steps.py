@@ -86,7 +86,7 @@ def gate_step(inputs: StepInputs, params: AugmentParams, loaded) -> dict:
     pool = _all(inputs, "pool")
     shards = pool.select(syn_parent_id="id", **{SHARD: pl.col(SHARD)}) if pool is not None else None
     dups = _all(inputs, "dups")
-    decisions, artifacts, stats = augment.judge(
+    decisions, artifacts, stats = augment.gate_decisions(
         candidates, dups["id"] if dups is not None else pl.Series("id", [], pl.String),
         pool.drop(SHARD) if pool is not None else pl.DataFrame(), orjson.loads(report["json"][0]), params, loaded)
     out = {f"artifact:{name}": data for name, data in artifacts.items()}

@@ -13,10 +13,11 @@ import polars as pl
 
 from schemas.benchmarks import BUILTINS
 from schemas.config import BenchmarkConfig, DecontaminateConfig
+from schemas.errors import BadInput
 from tasks.io.storage import filesystem
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(BadInput):
     """A benchmark that cannot be used; the message names the benchmark, file, line and field."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DedupConfig
+from schemas.errors import BadInput
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
 from tasks.runtime.stage import ROW
 from tasks.stages.dedup.published import best_matches, index_format, short_signature
@@ -281,7 +282,7 @@ def against(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dic
     return {"against": hits.join(ids, on="i").drop("i").with_columns(pl.lit(inputs.unit).alias(SHARD))}
 
 
-class IndexMismatch(ValueError):
+class IndexMismatch(BadInput):
     pass
 
 

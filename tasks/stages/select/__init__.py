@@ -23,14 +23,12 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: SelectConfig) ->
     joined = batch.join(decisions, on="id", how="left", maintain_order="left")
     rejected = joined.filter(pl.col("reason").is_not_null())
     kept = joined.filter(pl.col("reason").is_null()).select(batch.columns)
-    counts = {"select.kept": kept.height}
+    tallies = {}
     if params.label in batch.columns:  # unlabeled rows (null) are no class
-        for value, n in batch.drop_nulls(params.label).group_by(params.label).len().iter_rows():
-            counts[f"select.in.{value}"] = n
-        for value, n in kept.drop_nulls(params.label).group_by(params.label).len().iter_rows():
-            counts[f"select.kept.{value}"] = n
+        tallies = {name: {str(v): n for v, n in frame.drop_nulls(params.label).group_by(params.label).len().iter_rows()}
+                   for name, frame in (("select.in", batch), ("select.kept", kept))}
     return StageResult(kept=kept, rejected=rejected.select(*batch.columns, "reason", "evidence"),
-                       stats=Stats(counts=counts))
+                       stats=Stats(counts={"select.kept": kept.height}, tallies=tallies))
 
 
 def apply_routed(batch: pl.DataFrame, routed: dict[str, pl.DataFrame], params: SelectConfig) -> StageResult:
@@ -54,20 +52,20 @@ def rate_checks(stats: Stats, rows_in: int, params: SelectConfig) -> list[dict]:
                "warn": 1.0, "max": 0.0,
                "message": f"select would keep 0 of {rows_in:,} rows: loosen the rules "
                           f"({', '.join(policies.reason(p) for p in params.policies)})"}]
-    classes = sorted(k.removeprefix("select.in.") for k in stats.counts if k.startswith("select.in."))
-    for c in classes:
-        emptied = stats.counts.get(f"select.kept.{c}", 0) == 0
-        checks.append({"name": f"select.class.{c}", "count": stats.counts[f"select.in.{c}"],
+    in_by_class, kept_by_class = stats.tallies.get("select.in", {}), stats.tallies.get("select.kept", {})
+    for c in sorted(in_by_class):
+        emptied = kept_by_class.get(c, 0) == 0
+        checks.append({"name": f"select.class.{c}", "count": in_by_class[c],
                        "rate": 1.0 if emptied else 0.0, "warn": 1.0, "max": 0.0,
                        "message": f"select would remove every row of class {params.label} = {c} "
-                                  f"({stats.counts[f'select.in.{c}']:,} rows in); a quota or a per-class rule "
+                                  f"({in_by_class[c]:,} rows in); a quota or a per-class rule "
                                   "keeps classes alive"})
     return checks
 
 
 def summarize(stats: Stats, params: SelectConfig) -> dict:
-    per_class = {k.removeprefix("select.in."): {"in": v, "kept": stats.counts.get(f"select.kept.{k[10:]}", 0)}
-                 for k, v in stats.counts.items() if k.startswith("select.in.")}
+    kept_by_class = stats.tallies.get("select.kept", {})
+    per_class = {c: {"in": n, "kept": kept_by_class.get(c, 0)} for c, n in stats.tallies.get("select.in", {}).items()}
     return {"rules": [policies.reason(p) for p in params.policies], "kept": stats.counts.get("select.kept", 0),
             "per_class": per_class}
 

@@ -3,7 +3,7 @@ budget and the cutoff the budget set).
 
 A rule that needs the whole corpus (a top-k, a quota, a random subset, k-center) is split in two: `resolve`
 streams the rows once or a few times and returns the rule's small global answer (a cutoff per group, the k-center
-picks), and `judge` decides each row from its own values and that answer, partition by partition. Order inside a
+picks), and `removed_by` decides each row from its own values and that answer, partition by partition. Order inside a
 rule is always broken by a hash of the id, so a selection depends on the rows alone, never on how they were
 sharded, partitioned or ordered.
 """
@@ -151,7 +151,7 @@ def _resolve_k_center(policy: SelectPolicy, rule: int, pieces: Callable[[], Iter
     return resolved, picks
 
 
-def judge(frame: pl.DataFrame, policy: SelectPolicy, resolved: pl.DataFrame | None = None,
+def removed_by(frame: pl.DataFrame, policy: SelectPolicy, resolved: pl.DataFrame | None = None,
           picks: pl.DataFrame | None = None, evidence: bool = True) -> tuple[pl.Series, pl.Series | None]:
     """(removed, evidence JSON) for the rows of `frame` whose ALIVE is true, given the rule's resolved answer;
     other rows are never removed."""
@@ -173,15 +173,15 @@ def judge(frame: pl.DataFrame, policy: SelectPolicy, resolved: pl.DataFrame | No
         why = pl.struct(policy=pl.lit(reason(policy)), column=pl.lit(col), value=pl.col(col).cast(pl.Float64),
                         min=pl.lit(policy.min, pl.Float64), max=pl.lit(policy.max, pl.Float64))
     elif kind == "k_center":
-        removed, why = _judge_k_center(frame, policy, col, null, null_removed, resolved, picks)
+        removed, why = _removed_by_k_center(frame, policy, col, null, null_removed, resolved, picks)
     else:
-        removed, why = _judge_ranked(frame, policy, col, null, null_removed, resolved)
+        removed, why = _removed_by_rank(frame, policy, col, null, null_removed, resolved)
     out = frame.select(removed=(removed.fill_null(False) & pl.col(ALIVE)),
                        **({"evidence": why.struct.json_encode()} if evidence else {}))
     return out["removed"], out["evidence"] if evidence else None
 
 
-def _judge_ranked(frame: pl.DataFrame, policy: SelectPolicy, col: str | None, null: pl.Expr, null_removed: pl.Expr,
+def _removed_by_rank(frame: pl.DataFrame, policy: SelectPolicy, col: str | None, null: pl.Expr, null_removed: pl.Expr,
                   resolved: pl.DataFrame) -> tuple[pl.Expr, pl.Expr]:
     """Kept: the rows at or before their group's cutoff in the rule's order."""
     cands = ordered(frame, policy)
@@ -215,7 +215,7 @@ def _judge_ranked(frame: pl.DataFrame, policy: SelectPolicy, col: str | None, nu
     return removed, why
 
 
-def _judge_k_center(frame: pl.DataFrame, policy: SelectPolicy, col: str, null: pl.Expr, null_removed: pl.Expr,
+def _removed_by_k_center(frame: pl.DataFrame, policy: SelectPolicy, col: str, null: pl.Expr, null_removed: pl.Expr,
                     resolved: pl.DataFrame, picks: pl.DataFrame) -> tuple[pl.Expr, pl.Expr]:
     """Kept: the picks; a removed row's evidence is its cosine distance to the nearest pick."""
     picked = frame["id"].is_in(picks["id"].implode()) if picks is not None and picks.height else pl.Series(

@@ -74,7 +74,7 @@ def _alive(frame: pl.DataFrame, params: SelectConfig, answers: list[tuple[pl.Dat
     """The frame with ALIVE after the first len(answers) rules."""
     frame = frame.with_columns(pl.lit(True).alias(ALIVE))
     for policy, (resolved, picks) in zip(params.policies, answers, strict=False):
-        removed, _ = policies.judge(frame, policy, resolved, picks, evidence=False)
+        removed, _ = policies.removed_by(frame, policy, resolved, picks, evidence=False)
         frame = frame.with_columns(pl.col(ALIVE) & removed.not_())
     return frame
 
@@ -113,7 +113,7 @@ def decide(rows: pl.DataFrame, inputs: StepInputs, params: SelectConfig) -> dict
         policies.check_columns(frame, policy)
         own = resolved.filter(pl.col("rule") == i)
         own_picks = picks.filter(pl.col("rule") == i) if picks is not None else None
-        removed, evidence = policies.judge(frame, policy, own, own_picks)
+        removed, evidence = policies.removed_by(frame, policy, own, own_picks)
         frame = frame.with_columns(
             reason=pl.when(removed).then(pl.lit(policies.reason(policy))).otherwise(pl.col("reason")),
             evidence=pl.when(removed).then(evidence).otherwise(pl.col("evidence")),
