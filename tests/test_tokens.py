@@ -197,7 +197,7 @@ def test_tiktoken_gives_the_packaged_tokenizers_ids_exactly():
     encoder = token_shards.encoder_for(tok)
     assert encoder.engine == "tiktoken"
     texts = [*_scripts(5000, seed=3), "a\x04b the\x1d end", "<|endoftext|>x<|im_start|>", TEXTS[4] * 50]
-    flat, sizes = encoder.encode(texts)
+    flat, sizes = encoder.encode(pl.Series(texts))
     want = [e.ids for e in Tokenizer.from_file(str(path)).encode_batch(texts, add_special_tokens=False)]
     assert sizes.tolist() == [len(ids) for ids in want]
     assert flat.tolist() == [i for ids in want for i in ids]

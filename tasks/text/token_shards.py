@@ -26,7 +26,7 @@ import itertools
 import json
 import logging
 import os
-import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +95,9 @@ class TokenizersBPE:
     def ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """(the documents' ids concatenated, int64; each document's count)."""
-        return _flat(self.ids(texts))
+        return _flat(self.ids(texts.to_list()))
 
 
 class TiktokenBPE:
@@ -134,31 +134,41 @@ class TiktokenBPE:
                 self._id_of_rank[rank] = token_id
         for token in added:
             self._id_of_rank[specials[token["content"]]] = token["id"]
-        lacking = [_chars_of_byte(b) for b in range(256) if self._id_of_rank[b] < 0]
-        self._lacking = re.compile("[" + "".join(c for c in lacking if c) + "]") if any(lacking) else None
+        lacking = "".join(_chars_of_byte(b) for b in range(256) if self._id_of_rank[b] < 0)
+        self._lacking = f"[{lacking}]" if lacking else None  # a polars (Rust) regex class
         self._rank_of_id = {int(i): r for r, i in enumerate(self._id_of_rank) if i >= 0}
         self._reference = reference
         self._encoding = tiktoken.Encoding("sluice-bpe", pat_str=GPT2_SPLIT, mergeable_ranks=ranks,
                                            special_tokens=specials)
-        self._threads = max(1, len(os.sched_getaffinity(0)))
+        self._allowed = self._encoding.special_tokens_set
+        self._pool = ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0))), thread_name_prefix="tiktoken")
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """(the documents' ids concatenated, int64; each document's count)."""
-        odd = [i for i, t in enumerate(texts) if self._lacking.search(t)] if self._lacking else []
-        if not odd:
-            flat, sizes = _flat(self._ranks(texts))
-            return self._id_of_rank[flat], sizes
-        plain = sorted(set(range(len(texts))) - set(odd))
-        ranks: list[list[int]] = [[] for _ in texts]
-        for i, found in zip(plain, self._ranks([texts[i] for i in plain]), strict=True):
-            ranks[i] = found
-        for i, ids in zip(odd, self._reference.ids([texts[i] for i in odd]), strict=True):
-            ranks[i] = [self._rank_of_id[t] for t in ids]
-        flat, sizes = _flat(ranks)
+        odd = texts.str.contains(self._lacking).to_numpy() if self._lacking else None
+        if odd is None or not odd.any():
+            ranks = self._ranks(texts.to_list())
+        else:
+            ranks = [np.zeros(0, dtype=np.uint32)] * texts.len()
+            plain = np.flatnonzero(~odd)
+            for i, found in zip(plain, self._ranks(texts.gather(plain).to_list()), strict=True):
+                ranks[i] = found
+            for i, ids in zip(np.flatnonzero(odd), self._reference.ids(texts.filter(odd).to_list()), strict=True):
+                ranks[i] = np.array([self._rank_of_id[t] for t in ids], dtype=np.uint32)
+        sizes = np.fromiter(map(len, ranks), dtype=np.int64, count=len(ranks))
+        flat = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.uint32)
         return self._id_of_rank[flat], sizes
 
-    def _ranks(self, texts: list[str]) -> list[list[int]]:
-        return self._encoding.encode_batch(texts, allowed_special="all", num_threads=self._threads)
+    def _ranks(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's ranks as a uint32 array (tiktoken's buffer: no Python int per token), in threads: tiktoken
+        lets go of the GIL while it encodes."""
+        step = max(1, -(-len(texts) // (4 * self._pool._max_workers)))
+        runs = self._pool.map(self._ranks_of_run, [texts[i:i + step] for i in range(0, len(texts), step)])
+        return [found for run in runs for found in run]
+
+    def _ranks_of_run(self, texts: list[str]) -> list[np.ndarray]:
+        encode, allowed = self._encoding._core_bpe.encode_to_tiktoken_buffer, self._allowed
+        return [np.frombuffer(encode(text, allowed), dtype=np.uint32) for text in texts]
 
     @staticmethod
     def fits(spec: dict) -> bool:
@@ -174,16 +184,17 @@ class TiktokenBPE:
 
 
 def _chars_of_byte(b: int) -> str:
-    """A regex class body for the characters whose UTF-8 form holds byte b ("" for bytes UTF-8 never uses)."""
+    """A regex class body (Rust syntax) for the characters whose UTF-8 form holds byte b ("" for bytes UTF-8 never
+    uses)."""
     if b < 0x80:
-        return re.escape(chr(b))
+        return f"\\x{{{b:x}}}"
     if b < 0xC2 or b > 0xF4:
         if b >= 0xC0:
             return ""
         raise TokenizerError(f"the vocabulary lacks the UTF-8 continuation byte {b:#x}")
     bits, width = (b & 0x1F, 6) if b < 0xE0 else (b & 0x0F, 12) if b < 0xF0 else (b & 0x07, 18)
     low = max(bits << width, 0x80 if width == 6 else 0x800 if width == 12 else 0x10000)
-    return f"{re.escape(chr(low))}-{re.escape(chr(min((bits + 1 << width) - 1, 0x10FFFF)))}"
+    return f"\\x{{{low:x}}}-\\x{{{min((bits + 1 << width) - 1, 0x10FFFF):x}}}"
 
 
 def _flat(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +214,7 @@ def encoder_for(tokenizer) -> TiktokenBPE | TokenizersBPE:
     except TokenizerError as err:
         log.warning("not encoding with tiktoken: %s", err)
         return reference
-    want, got = reference.encode(PROBE), fast.encode(PROBE)
+    want, got = reference.encode(pl.Series(PROBE)), fast.encode(pl.Series(PROBE))
     if not (np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])):
         log.warning("tiktoken disagrees with tokenizers on this tokenizer's probe text; encoding with tokenizers")
         return reference
@@ -242,7 +253,7 @@ def encode(texts: pl.Series, tokenizer, eos: int, dtype: np.dtype, order: np.nda
     chunks: list[np.ndarray] = []
     encoder = encoder or encoder_for(tokenizer)
     for start in range(0, len(texts), BATCH):
-        flat, sizes = encoder.encode(texts.slice(start, BATCH).fill_null("").to_list())
+        flat, sizes = encoder.encode(texts.slice(start, BATCH).fill_null(""))
         ends = np.cumsum(sizes + 1) - 1  # where each document's EOS goes
         chunk = np.empty(flat.size + len(sizes), dtype=dtype)
         text_at = np.ones(chunk.size, dtype=bool)
