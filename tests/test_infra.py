@@ -28,7 +28,7 @@ def test_deployments_point_at_real_flows_with_valid_parameters(monkeypatch):
 
 
 def test_scheduled_and_triggered_deployments_are_declared():
-    from tasks.stages.publish import EVENT
+    from tasks.ops.announce import EVENT
 
     spec = {d["name"]: d for d in yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())["deployments"]}
     assert spec["nightly"]["entrypoint"] == "flows/curate.py:curate" and spec["nightly"]["schedules"][0]["cron"]
