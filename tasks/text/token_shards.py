@@ -136,12 +136,15 @@ class TiktokenBPE:
             self._id_of_rank[specials[token["content"]]] = token["id"]
         lacking = "".join(_chars_of_byte(b) for b in range(256) if self._id_of_rank[b] < 0)
         self._lacking = f"[{lacking}]" if lacking else None  # a polars (Rust) regex class
-        self._rank_of_id = {int(i): r for r, i in enumerate(self._id_of_rank) if i >= 0}
+        known = np.flatnonzero(self._id_of_rank >= 0)
+        self._rank_of_id = np.zeros(int(self._id_of_rank.max()) + 1, dtype=np.uint32)
+        self._rank_of_id[self._id_of_rank[known]] = known
         self._reference = reference
         self._encoding = tiktoken.Encoding("sluice-bpe", pat_str=GPT2_SPLIT, mergeable_ranks=ranks,
                                            special_tokens=specials)
         self._allowed = self._encoding.special_tokens_set
-        self._pool = ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0))), thread_name_prefix="tiktoken")
+        self._workers = max(1, len(os.sched_getaffinity(0)))
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="tiktoken")
 
     def encode(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """(the documents' ids concatenated, int64; each document's count)."""
@@ -154,7 +157,7 @@ class TiktokenBPE:
             for i, found in zip(plain, self._ranks(texts.gather(plain).to_list()), strict=True):
                 ranks[i] = found
             for i, ids in zip(np.flatnonzero(odd), self._reference.ids(texts.filter(odd).to_list()), strict=True):
-                ranks[i] = np.array([self._rank_of_id[t] for t in ids], dtype=np.uint32)
+                ranks[i] = self._rank_of_id[np.asarray(ids, dtype=np.int64)]
         sizes = np.fromiter(map(len, ranks), dtype=np.int64, count=len(ranks))
         flat = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.uint32)
         return self._id_of_rank[flat], sizes
@@ -162,7 +165,7 @@ class TiktokenBPE:
     def _ranks(self, texts: list[str]) -> list[np.ndarray]:
         """Each text's ranks as a uint32 array (tiktoken's buffer: no Python int per token), in threads: tiktoken
         lets go of the GIL while it encodes."""
-        step = max(1, -(-len(texts) // (4 * self._pool._max_workers)))
+        step = max(1, -(-len(texts) // (4 * self._workers)))
         runs = self._pool.map(self._ranks_of_run, [texts[i:i + step] for i in range(0, len(texts), step)])
         return [found for run in runs for found in run]
 
