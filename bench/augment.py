@@ -62,10 +62,10 @@ def endpoint_throughput(prompts: list[str], max_new_tokens: int) -> list[str]:
     import socket
 
     from schemas.config import EndpointConfig, SluiceConfig
+    from tasks.models import loading
     from tasks.stages.augment import generators
-    from tasks.stages.score import models
 
-    folder = models.lm_folder(SluiceConfig().score.lm)
+    folder = loading.lm_folder(SluiceConfig().score.lm)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -71,10 +71,10 @@ def bench_embeddings(docs: list[str]) -> tuple[list[str], np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
     from schemas.config import ScoreConfig
-    from tasks.stages.score import embeddings, models
+    from tasks.models import embeddings, loading
 
     cfg, dev = ScoreConfig().embedder, torch.device("cpu")
-    folder = str(models.embedder_folder(cfg))
+    folder = str(loading.embedder_folder(cfg))
     baseline = SentenceTransformer(folder, device="cpu", local_files_only=True)
     tokens = sum(len(x) for x in baseline.tokenizer(docs, truncation=True, max_length=baseline.max_seq_length)[
         "input_ids"])
@@ -84,11 +84,11 @@ def bench_embeddings(docs: list[str]) -> tuple[list[str], np.ndarray]:
     reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
 
     rows = [("`SentenceTransformer.encode` defaults (float32, batch 32)", t_base, 1.0, 1.0)]
-    model = models.load_embedder(cfg, dev)
+    model = loading.load_embedder(cfg, dev)
     t = time.perf_counter()
-    fast = models.bfloat16_copy(model)
-    chosen, measure = models.checked_bfloat16(lambda x, bf16: embeddings.embed(x, fast if bf16 else model, cfg, dev),
-                                              models.embeddings_agree, "the embedder", False)
+    fast = loading.bfloat16_copy(model)
+    chosen, measure = loading.checked_bfloat16(lambda x, bf16: embeddings.embed(x, fast if bf16 else model, cfg, dev),
+                                              loading.embeddings_agree, "the embedder", False)
     check = time.perf_counter() - t
     for bf16 in (False, True):
         t = time.perf_counter()
@@ -107,8 +107,8 @@ def bench_embeddings(docs: list[str]) -> tuple[list[str], np.ndarray]:
     for name, wall, cmin, cp1 in rows:
         lines.append(f"| {name} | {wall:.1f} | {len(docs) / wall:,.0f} | {tokens / wall:,.0f} | "
                      f"{t_base / wall:.2f}x | {cmin:.5f} | {cp1:.5f} |")
-    lines += ["", f"The stage's calibration check ({len(models.CALIBRATION)} texts, {check:.1f} s at setup): "
-              f"min cosine of bf16 to float32 {measure:.5f} (floor {models.COSINE_FLOOR}) -> {chosen}."]
+    lines += ["", f"The stage's calibration check ({len(loading.CALIBRATION)} texts, {check:.1f} s at setup): "
+              f"min cosine of bf16 to float32 {measure:.5f} (floor {loading.COSINE_FLOOR}) -> {chosen}."]
     return lines, vectors
 
 
@@ -133,11 +133,11 @@ def bench_perplexity(docs: list[str]) -> list[str]:
     import torch
 
     from schemas.config import ScoreConfig
-    from tasks.stages.score import models, perplexity
+    from tasks.models import loading, perplexity
 
     cfg, dev = ScoreConfig().lm, torch.device("cpu")
     t = time.perf_counter()
-    model, tokenizer = models.load_lm(cfg, dev)
+    model, tokenizer = loading.load_lm(cfg, dev)
     load = time.perf_counter() - t
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokens = sum(min(len(x) + 1, cfg.max_tokens) for x in tokenizer(docs, add_special_tokens=False)["input_ids"])
@@ -150,8 +150,8 @@ def bench_perplexity(docs: list[str]) -> list[str]:
     wall = time.perf_counter() - t
     rel = np.abs(ours - reference) / reference
     t = time.perf_counter()
-    chosen, measure = models.checked_bfloat16(lambda x, bf16: perplexity.nll(x, model, tokenizer, cfg, dev, bf16),
-                                              models.nll_agrees, "the LM", False)
+    chosen, measure = loading.checked_bfloat16(lambda x, bf16: perplexity.nll(x, model, tokenizer, cfg, dev, bf16),
+                                              loading.nll_agrees, "the LM", False)
     check = time.perf_counter() - t
     rows.append((f"Sluice, float32{' (what the stage uses here)' if chosen == 'float32' else ''}", wall,
                  float(rel.max()), float(np.mean(rel))))
@@ -167,14 +167,15 @@ def bench_perplexity(docs: list[str]) -> list[str]:
     for name, wall, rmax, rmean in rows:
         lines.append(f"| {name} | {wall:.1f} | {tokens / wall:,.0f} | {t_base / wall:.2f}x | {rmax:.3%} | "
                      f"{rmean:.3%} |")
-    lines += ["", f"The stage's calibration check ({len(models.CALIBRATION)} texts, {check:.1f} s at setup): largest "
-              f"relative NLL difference of bf16 to float32 {measure:.3%} (tolerance {models.NLL_TOLERANCE:.0%}) -> "
+    lines += ["", f"The stage's calibration check ({len(loading.CALIBRATION)} texts, {check:.1f} s at setup): largest "
+              f"relative NLL difference of bf16 to float32 {measure:.3%} (tolerance {loading.NLL_TOLERANCE:.0%}) -> "
               f"{chosen}."]
     return lines
 
 
 def bench_semdedup(base: np.ndarray, n: int) -> list[str]:
     from schemas.config import ScoreConfig
+    from tasks.models import kmeans
     from tasks.stages.score import semantic
 
     cfg = ScoreConfig()
@@ -184,7 +185,7 @@ def bench_semdedup(base: np.ndarray, n: int) -> list[str]:
     priority = np.arange(n)
     t = time.perf_counter()
     k = semantic.cluster_count(n, cfg.semdedup.clusters)
-    centroids, nearest = semantic.kmeans(emb, k, cfg.semdedup.sample)
+    centroids, nearest = kmeans.fit(emb, k, cfg.semdedup.sample)
     t_km = time.perf_counter() - t
     semantic.prototypicality(emb, centroids, nearest)
     survivor, _ = semantic.duplicates(emb, nearest, priority, cfg.semdedup.eps)
@@ -203,11 +204,11 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from tasks.stages.score import models
+    from tasks.models import loading
 
     docs = corpus(args.docs)
     header = [f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-              f"{torch.get_num_threads()} threads; bf16 instructions: {'yes' if models.cpu_has_bf16() else 'no'}.",
+              f"{torch.get_num_threads()} threads; bf16 instructions: {'yes' if loading.cpu_has_bf16() else 'no'}.",
               ""]
     emb_lines, vectors = bench_embeddings(docs)
     lines = header + emb_lines + [""] + bench_perplexity(docs[:args.ppl_docs]) + [""]

@@ -61,15 +61,15 @@ def embed(texts: list[str]) -> np.ndarray:
     import torch
 
     from schemas.config import ScoreConfig
-    from tasks.stages.score import embeddings, models
+    from tasks.models import embeddings, loading
 
     cfg, dev = ScoreConfig(), torch.device("cpu")
-    model = models.load_embedder(cfg.embedder, dev)
-    if models.precision("auto", dev) == "bfloat16":
-        model = models.bfloat16_copy(model)
+    model = loading.load_embedder(cfg.embedder, dev)
+    if loading.precision("auto", dev) == "bfloat16":
+        model = loading.bfloat16_copy(model)
     identity = {"embedder": cfg.embedder.model_dump(), "precision": str(next(model.parameters()).dtype),
                 "bench": "select"}
-    return models.cached_vectors(models.cache_root(cfg.lm), identity, texts,
+    return loading.cached_vectors(loading.cache_root(cfg.lm), identity, texts,
                                  lambda t: embeddings.embed(t, model, cfg.embedder, dev))
 
 
@@ -125,6 +125,7 @@ def main() -> int:
     import torch
 
     from schemas.config import ScoreConfig
+    from tasks.models import kmeans
     from tasks.stages.score import dynamics, semantic
     from tasks.stages.select.coreset import k_center_greedy
 
@@ -191,7 +192,7 @@ def main() -> int:
     lines.append(f"| (a) all, clean labels | {y.size:,} | {accuracy(x, y, all_rows, x_test, y_test):.4f} | |")
     clean_dyn = dynamics.training_dynamics(x, y, len(GENRES), cfg, dev)
     k = semantic.cluster_count(y.size, 0)
-    centroids, nearest = semantic.kmeans(x, k, 200_000)
+    centroids, nearest = kmeans.fit(x, k, 200_000)
     proto = semantic.prototypicality(x, centroids, nearest)
     for pruned in (0.3, 0.5):
         size = int(round((1 - pruned) * y.size))

@@ -129,7 +129,7 @@ def main() -> int:
     parser.add_argument("--work", default=str(RESULTS / "tokens-work"))
     args = parser.parse_args()
     from schemas.config import SluiceConfig
-    from tasks.stages.score.models import lm_folder
+    from tasks.models.loading import lm_folder
 
     tokenizer_path = str(lm_folder(SluiceConfig().score.lm) / "tokenizer.json")
     work = Path(args.work)

@@ -151,6 +151,33 @@ def test_perplexity_bound_uses_the_score_stage_lm(loaded):
     assert json.loads(evidence[1])["perplexity"] > 150 > json.loads(evidence[0])["perplexity"]
 
 
+def test_augment_reuses_the_models_the_score_stage_loaded_and_embeds_a_text_once(loaded):
+    """One embedder and one LM per process and precision (tasks/models/shared.py): the score stage's setup and
+    augment's get the same objects, and the gate's embedding function embeds each distinct text once."""
+    from schemas.config import ScoreParams
+    from tasks.stages import score
+
+    p = params(generator="local")
+    scored = score.load_models(ScoreParams(score=p.score, decontaminate=p.decontaminate))
+    again = augment.load(p)
+    assert again.models.lm.model is scored.lm and again.models.lm.tokenizer is scored.tokenizer
+    assert again.generator.model is scored.lm
+    assert again.models.lm.precision == scored.precision["lm"]
+    assert ("precision" in again.identity) == (scored.precision["lm"] == "bfloat16")  # another generation cache
+    calls: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.arange(len(texts) * 2, dtype=np.float32).reshape(-1, 2) + len(calls) * 100
+
+    once = gate.remembered(embed)
+    first = once(["a", "b", "a"])
+    second = once(["b", "c"])
+    assert calls == [["a", "b"], ["c"]]
+    assert (first[0] == first[2]).all() and (second[0] == first[1]).all()
+    assert once([]).shape == (0, 2)
+
+
 def test_min_human_label_share_is_a_contract():
     p = params(min_human_label_share=0.99)
     from tasks.io.manifests import Stats
@@ -223,9 +250,9 @@ def llm_server(tmp_path_factory):
 
     from conftest import _free_port
 
-    from tasks.stages.score import models
+    from tasks.models import loading
 
-    folder = models.lm_folder(SluiceConfig().score.lm)
+    folder = loading.lm_folder(SluiceConfig().score.lm)
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -32,6 +32,7 @@ shard_rows = 150
 device = "cpu"
 perplexity = false
 cpu_precision = "float32"
+reference = ""  # no quality head: each worker would embed the reference set (the score models are what is tested)
 [score.contamination]
 enabled = false
 [[select.policies]]

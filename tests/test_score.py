@@ -22,10 +22,10 @@ from schemas.config import (
     SemanticContaminationConfig,
     SluiceConfig,
 )
+from tasks.models import batching, embeddings, kmeans, loading, perplexity, sampling
 from tasks.ops.demo_corpus import kjv_records
 from tasks.runtime.plan import run_in_memory
 from tasks.stages import score
-from tasks.stages.score import batching, embeddings, models, perplexity
 from tasks.stages.score import semantic as sem
 
 VERSES = [r["text"] for r in kjv_records()]
@@ -73,8 +73,8 @@ def test_perplexity_orders_fluent_shuffled_random(loaded):
 
 
 def test_scores_do_not_depend_on_batch_order_or_size(loaded):
-    texts = [" ".join(VERSES[i:i + 1 + i % 5]) for i in range(40)]
-    order = list(range(40))
+    texts = [" ".join(VERSES[i:i + 1 + i % 5]) for i in range(16)]  # 256-token batches: several of them
+    order = list(range(16))
     random.Random(3).shuffle(order)
     small = PARAMS.score.lm.model_copy(update={"batch_tokens": 256})
     a, _ = perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device)
@@ -161,16 +161,16 @@ def test_judge_score_alone(loaded):
 
 def test_a_tampered_model_file_fails_its_sha256(tmp_path):
     folder = tmp_path / "minilm"
-    shutil.copytree(models.embedder_folder(ScoreConfig().embedder), folder)
+    shutil.copytree(loading.embedder_folder(ScoreConfig().embedder), folder)
     with open(folder / "model.safetensors", "r+b") as fh:
         fh.seek(4096)
         fh.write(b"\x00\x01")
     cfg = ScoreConfig().embedder.model_copy(update={"path": str(folder)})
-    with pytest.raises(models.ModelError, match="model.safetensors has sha256 .* not the pinned 53aa5117"):
-        models.load_embedder(cfg, models.device("cpu"))
+    with pytest.raises(loading.ModelError, match="model.safetensors has sha256 .* not the pinned 53aa5117"):
+        loading.load_embedder(cfg, loading.device("cpu"))
     (folder / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(models.ModelError, match="pickle weights"):
-        models.verify(folder, {})
+    with pytest.raises(loading.ModelError, match="pickle weights"):
+        loading.verify(folder, {})
 
 
 def test_cuda_is_never_faked():
@@ -178,9 +178,9 @@ def test_cuda_is_never_faked():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: bench/gpu_check.py measures it")
-    with pytest.raises(models.ModelError, match="no CUDA device is visible"):
-        models.device("cuda")
-    assert models.device("auto").type == "cpu"
+    with pytest.raises(loading.ModelError, match="no CUDA device is visible"):
+        loading.device("cuda")
+    assert loading.device("auto").type == "cpu"
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
@@ -198,27 +198,44 @@ def test_prototypicality_and_clusters():
     centers = rng.normal(size=(3, 16))
     emb = np.concatenate([c + 0.05 * rng.normal(size=(40, 16)) for c in centers]).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    centroids, nearest = sem.kmeans(emb, 3, 10_000)
+    centroids, nearest = kmeans.fit(emb, 3, 10_000)
     assert len(set(nearest[:40])) == len(set(nearest[40:80])) == len(set(nearest[80:])) == 1
     proto = sem.prototypicality(emb, centroids, nearest)
     outlier = emb[:1] * 0 + centers[1] * 0.5 + centers[2] * 0.5
     outlier /= np.linalg.norm(outlier)
-    c2, n2 = sem.kmeans(np.concatenate([emb, outlier.astype(np.float32)]), 3, 10_000)
+    c2, n2 = kmeans.fit(np.concatenate([emb, outlier.astype(np.float32)]), 3, 10_000)
     assert sem.prototypicality(np.concatenate([emb, outlier.astype(np.float32)]), c2, n2)[-1] > proto.max()
 
 
-def test_kmeans_in_torch_for_the_gpu_finds_the_clusters_faiss_finds():
-    import torch
-
+def test_kmeans_seeds_once_on_the_cpu_and_is_the_same_on_every_run():
+    """One seeding (k-means++ from a numpy generator) and one Lloyd rule for every device: the seeds fall in five
+    different planted clusters, the clusters found are the planted ones, and a second run is bit-identical."""
     rng = np.random.default_rng(1)
     centers = rng.normal(size=(5, 32))
     emb = np.concatenate([c + 0.1 * rng.normal(size=(60, 32)) for c in centers]).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    c1, n1 = sem.kmeans(emb, 5, 10_000)
-    c2, n2 = sem.kmeans_torch(emb, 5, 10_000, torch.device("cpu"))
-    assert len(set(zip(n1.tolist(), n2.tolist(), strict=True))) == 5  # the same partition, labels aside
-    assert np.allclose(np.linalg.norm(c2, axis=1), 1.0, atol=1e-5)
-    assert sem.kmeans_torch(emb, 5, 100, torch.device("cpu"))[1].shape == (300,)  # fit on a sample, assign all
+    seeds = kmeans.plus_plus(emb, 5, np.random.default_rng(3))
+    assert len(set((seeds @ emb.T).argmax(1) // 60)) == 5  # k-means++: one seed per planted cluster
+    c1, n1 = kmeans.fit(emb, 5, 10_000)
+    assert len(set(zip(n1.tolist(), (np.arange(300) // 60).tolist(), strict=True))) == 5  # the planted partition
+    c2, n2 = kmeans.fit(emb.astype(np.float16), 5, 10_000)  # as the features hold embeddings
+    assert (n1 == n2).all() and np.allclose(np.linalg.norm(c2, axis=1), 1.0, atol=1e-5)
+    again, _ = kmeans.fit(emb, 5, 10_000)
+    assert (again == c1).all()
+    assert kmeans.fit(emb, 5, 100)[1].shape == (300,)  # fit on a sample, assign all
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+def test_kmeans_forms_the_same_clusters_on_cuda_as_on_the_cpu():
+    import torch
+
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(20, 384))
+    emb = np.concatenate([c + 0.5 * rng.normal(size=(500, 384)) for c in centers]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cpu_c, cpu_n = kmeans.fit(emb, 20, 100_000)
+    gpu_c, gpu_n = kmeans.fit(emb, 20, 100_000, device=torch.device("cuda"))
+    assert (cpu_n == gpu_n).mean() >= 0.999 and np.abs(cpu_c - gpu_c).max() < 1e-3
 
 
 def test_the_stage_runs_through_the_flow_with_embeddings_as_side_outputs(prefect_server, tmp_path):
@@ -291,23 +308,24 @@ def test_the_quality_head_ranks_held_out_reference_documents_above_junk(loaded, 
 def test_bfloat16_on_the_cpu_agrees_with_float32_on_text_it_was_not_checked_on():
     import torch
 
-    texts = [" ".join(VERSES[i:i + 1 + i % 6]) for i in range(1000, 1040)]
-    precise = score.load_models(PARAMS.model_copy(update={"score": PARAMS.score.model_copy(
-        update={"cpu_precision": "float32"})}))
-    fast = score.load_models(PARAMS.model_copy(update={"score": PARAMS.score.model_copy(
-        update={"cpu_precision": "bfloat16"})}))
-    assert precise.precision == {"embedder": "float32", "lm": "float32"}
-    assert fast.precision == {"embedder": "bfloat16", "lm": "bfloat16"}  # asked for: used, whatever the check
-    assert next(fast.embedder.parameters()).dtype == torch.bfloat16
-    cfg = PARAMS.score
-    a = embeddings.embed(texts, precise.embedder, cfg.embedder, precise.device)
-    b = embeddings.embed(texts, fast.embedder, cfg.embedder, fast.device)
+    from tasks.models import shared
+
+    texts = [" ".join(VERSES[i:i + 1 + i % 6]) for i in range(1000, 1018)]
+    cfg, dev = PARAMS.score, loading.device("cpu")  # the shared loaders: what score and augment both get
+    precise = shared.embedder(cfg.embedder, dev, "float32"), shared.language_model(cfg.lm, dev, "float32")
+    fast = shared.embedder(cfg.embedder, dev, "bfloat16"), shared.language_model(cfg.lm, dev, "bfloat16")
+    assert [m.precision for m in precise] == ["float32", "float32"]
+    assert [m.precision for m in fast] == ["bfloat16", "bfloat16"]  # asked for: used, whatever the check
+    assert next(fast[0].model.parameters()).dtype == torch.bfloat16
+    assert next(fast[1].model.parameters()).dtype == torch.float32  # the LM: autocast over float32 weights
+    assert shared.embedder(cfg.embedder, dev, "bfloat16") is fast[0]  # loaded once per process and precision
+    a, b = precise[0].embed(texts), fast[0].embed(texts)
     assert 0.99 <= (a * b).sum(1).min() < 0.999999  # close, and really computed another way
-    na, _ = perplexity.nll(texts, precise.lm, precise.tokenizer, cfg.lm, precise.device)
-    nb, _ = perplexity.nll(texts, fast.lm, fast.tokenizer, cfg.lm, fast.device, bf16=True)
+    na, _ = precise[1].nll(texts)
+    nb, _ = fast[1].nll(texts)
     assert 0 < (np.abs(nb - na) / na).max() <= 0.01
-    assert models.precision("auto", models.device("cpu")) == ("bfloat16" if models.cpu_has_bf16() else "float32")
-    assert models.precision("float32", models.device("cpu")) == "float32"
+    assert loading.precision("auto", loading.device("cpu")) == ("bfloat16" if loading.cpu_has_bf16() else "float32")
+    assert loading.precision("float32", loading.device("cpu")) == "float32"
 
 
 def test_bfloat16_that_disagrees_with_float32_is_not_used(loaded, caplog):
@@ -316,12 +334,12 @@ def test_bfloat16_that_disagrees_with_float32_is_not_used(loaded, caplog):
     def run(texts, bf16):
         return perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device, bf16)
 
-    chosen, measure = models.checked_bfloat16(run, models.nll_agrees, "the LM", forced=False)
-    assert chosen == ("float32" if measure > models.NLL_TOLERANCE else "bfloat16") and 0 < measure < 0.05
-    strict = models.checked_bfloat16(run, lambda a, b: (False, 0.42), "a test model", forced=False)
+    chosen, measure = loading.checked_bfloat16(run, loading.nll_agrees, "the LM", forced=False)
+    assert chosen == ("float32" if measure > loading.NLL_TOLERANCE else "bfloat16") and 0 < measure < 0.05
+    strict = loading.checked_bfloat16(run, lambda a, b: (False, 0.42), "a test model", forced=False)
     assert strict == ("float32", 0.42)
     assert "a test model runs in float32 on the CPU (bfloat16 measured 0.42000 against it on" in caplog.text
-    assert models.checked_bfloat16(run, lambda a, b: (False, 0.42), "a test model", forced=True)[0] == "bfloat16"
+    assert loading.checked_bfloat16(run, lambda a, b: (False, 0.42), "a test model", forced=True)[0] == "bfloat16"
 
 
 def test_a_sample_scores_the_same_rows_every_time_and_passes_the_rest_through(loaded):
@@ -337,7 +355,12 @@ def test_a_sample_scores_the_same_rows_every_time_and_passes_the_rest_through(lo
     assert rest["score_prototypicality"].is_null().all() and rest["score_contam_cosine"].is_null().all()
     assert again.kept.filter("score_scored")["id"].to_list() == scored["id"].to_list()
     assert first.stats.counts["score.scored"] == scored.height
-    assert score.sampled(batch["id"], 1.0).all()
+    ids = pl.Series("id", [f"doc-{i}" for i in range(20_000)])
+    assert sampling.chosen(ids, 1.0, "score").all()
+    mine, proxy = sampling.chosen(ids, 0.1, "score"), sampling.chosen(ids, 0.1, "augment.proxy")
+    assert 1_800 <= mine.sum() <= 2_200 and 1_800 <= proxy.sum() <= 2_200
+    assert 100 <= (mine & proxy).sum() <= 300  # one seed per purpose: independent samples (200 expected)
+    assert mine.to_list() == (ids.hash(seed=11) % 1_000_000 < 100_000).to_list()  # the score sample did not move
 
 
 def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_redone(tmp_path):
@@ -348,11 +371,11 @@ def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_
         return np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
 
     identity = {"embedder": "minilm", "precision": "float32"}
-    first = models.cached_vectors(tmp_path, identity, ["a", "b"], compute)
-    again = models.cached_vectors(tmp_path, identity, ["a", "b"], compute)
+    first = loading.cached_vectors(tmp_path, identity, ["a", "b"], compute)
+    again = loading.cached_vectors(tmp_path, identity, ["a", "b"], compute)
     assert calls == [2] and np.array_equal(first, again)
-    models.cached_vectors(tmp_path, {**identity, "precision": "bfloat16"}, ["a", "b"], compute)
-    models.cached_vectors(tmp_path, identity, ["a", "c"], compute)
+    loading.cached_vectors(tmp_path, {**identity, "precision": "bfloat16"}, ["a", "b"], compute)
+    loading.cached_vectors(tmp_path, identity, ["a", "c"], compute)
     assert calls == [2, 2, 2]  # another precision or other texts: another entry
     [damaged, *_] = sorted((tmp_path / "vectors").glob("*.npy"))
     damaged.write_bytes(b"\x93NUMPY garbage")
@@ -360,7 +383,7 @@ def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_
     for _ in range(2):  # whichever entry was damaged is recomputed once, then read again
         for ident, texts in ((identity, ["a", "b"]), ({**identity, "precision": "bfloat16"}, ["a", "b"]),
                              (identity, ["a", "c"])):
-            assert models.cached_vectors(tmp_path, ident, texts, compute).shape == (2, 3)
+            assert loading.cached_vectors(tmp_path, ident, texts, compute).shape == (2, 3)
     assert calls == [2, 2, 2, 2]
 
 
@@ -376,7 +399,7 @@ def test_training_dynamics_on_a_tiny_separable_set_learn_clean_rows_first_and_fl
     flipped[rng.choice(300, 30, replace=False)] = True
     noisy = np.where(flipped, (y + 1) % 3, y)
     cfg = ScoreConfig().dynamics.model_copy(update={"hidden": 0, "lr": 0.05, "batch_size": 32})
-    dyn = dynamics.training_dynamics(x, noisy, 3, cfg, models.device("cpu"))
+    dyn = dynamics.training_dynamics(x, noisy, 3, cfg, loading.device("cpu"))
     assert np.median(dyn.epochs_to_learn[~flipped]) == 1  # clean rows are learned in the first epoch
     assert np.median(dyn.epochs_to_learn[flipped]) > cfg.epochs  # flipped ones never are
     assert dyn.el2n[flipped].min() > np.percentile(dyn.el2n[~flipped], 90)

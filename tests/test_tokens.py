@@ -190,7 +190,7 @@ def test_tiktoken_gives_the_packaged_tokenizers_ids_exactly():
     characters the vocabulary lacks are dropped by both), special tokens in text included."""
     from tokenizers import Tokenizer
 
-    from tasks.stages.score.models import lm_folder
+    from tasks.models.loading import lm_folder
 
     path = lm_folder(SluiceConfig().score.lm) / "tokenizer.json"
     tok = token_shards.load_tokenizer(str(path), None)

@@ -72,13 +72,18 @@ def is_loaded(stage: Stage, params: Any) -> bool:
 
 
 def release(stage_name: str | None = None) -> int:
-    """Tear down what is loaded for one stage (or all); returns how many were freed."""
+    """Tear down what is loaded for one stage (or all, and then the models the stages shared: tasks/models/shared.py
+    keeps the embedder and the LM between score and augment); returns how many stage setups were freed."""
     with _lock:
         keys = [k for k in _loaded if stage_name is None or k[0] == stage_name]
         for key in keys:
             obj, stage = _loaded.pop(key), _teardowns.pop(key)
             if stage.teardown is not None:
                 stage.teardown(obj)
+    if stage_name is None:
+        from tasks.models import shared
+
+        shared.release_all()
     return len(keys)
 
 

@@ -152,7 +152,7 @@ def _tokenizer(spec: str, sha256: str | None, eos_token: str | None, lm_json: st
     from tasks.text import token_shards
 
     if spec == "smollm2":
-        from tasks.stages.score.models import lm_folder
+        from tasks.models.loading import lm_folder
 
         path = lm_folder(LanguageModelConfig.model_validate_json(lm_json)) / "tokenizer.json"
         name = "SmolLM2-135M-Instruct"

@@ -9,30 +9,30 @@ import numpy as np
 import pytest
 
 from schemas.config import LanguageModelConfig
-from tasks.stages.score import models
+from tasks.models import loading
 
 
 def test_a_changed_byte_in_the_lm_cache_is_found_and_the_cache_rebuilt(tmp_path, caplog):
     cfg = LanguageModelConfig(cache_dir=str(tmp_path / "cache"))
-    folder = models.lm_folder(cfg)
-    recorded = json.loads((folder / models.CACHE_HASHES).read_text())
+    folder = loading.lm_folder(cfg)
+    recorded = json.loads((folder / loading.CACHE_HASHES).read_text())
     assert set(recorded) >= {"model.safetensors", "config.json"}
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01  # one mantissa bit: silent drift, or NaN, without the check
     weights.write_bytes(bytes(data))
-    assert "model.safetensors does not match" in models._cache_problem(folder)
-    again = models.lm_folder(cfg)
-    assert again == folder and models.sha256_file(weights) == recorded["model.safetensors"]
+    assert "model.safetensors does not match" in loading._cache_problem(folder)
+    again = loading.lm_folder(cfg)
+    assert again == folder and loading.sha256_file(weights) == recorded["model.safetensors"]
     assert "is damaged" in caplog.text
-    (folder / models.CACHE_HASHES).unlink()  # a cache written before hashes were recorded counts as damaged
-    assert models._cache_problem(folder) == f"no {models.CACHE_HASHES}"  # (rebuilt by the same path as above)
+    (folder / loading.CACHE_HASHES).unlink()  # a cache written before hashes were recorded counts as damaged
+    assert loading._cache_problem(folder) == f"no {loading.CACHE_HASHES}"  # (rebuilt by the same path as above)
 
 
 def test_nan_scores_fail_the_score_contract(prefect_server, tmp_path, monkeypatch):
     from flows.curate import run_curate
+    from tasks.models import embeddings
     from tasks.runtime.contracts import ContractError
-    from tasks.stages.score import embeddings
 
     real = embeddings.embed
 

@@ -57,29 +57,26 @@ def load(params: AugmentParams) -> AugmentModels:
     """The gate's models (the score stage's embedder and LM, the quality stage's language ID, the decontaminate
     stage's index) and the generator, once per worker process."""
     from schemas.config import resolve_secret
+    from tasks.models import loading, shared
     from tasks.stages.decontaminate import load_index
     from tasks.stages.quality import load_language_model
-    from tasks.stages.score import embeddings, models
 
     cfg, score = params.augment, params.score
-    dev = models.device(score.device)
-    embedder = models.load_embedder(score.embedder, dev)
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return embeddings.embed(texts, embedder, score.embedder, dev)
-
+    dev = loading.device(score.device)
+    embedder = shared.embedder(score.embedder, dev, score.cpu_precision)  # the score stage's, when it ran here
     need_lm = cfg.generator == "local" or cfg.gate.max_perplexity is not None
-    lm, tokenizer = models.load_lm(score.lm, dev) if need_lm else (None, None)
+    lm = shared.language_model(score.lm, dev, score.cpu_precision) if need_lm else None
     gate_models = gate.GateModels(
-        embed=embed, lm=(lm, tokenizer, score.lm, dev, False) if lm is not None else None,
+        embed=gate.remembered(embedder.embed), lm=lm,
         language_model=load_language_model(params.quality) if cfg.gate.quality else None,
         benchmark_index=(load_index(params.decontaminate) if cfg.gate.decontaminate
                          and (params.decontaminate.builtins or params.decontaminate.benchmarks) else None))
     lm_pins = ",".join(f"{k}:{v[:16]}" for k, v in sorted(score.lm.sha256.items()))
     if cfg.generator == "local":
         identity = {"generator": "local", "model": score.lm.path or "SmolLM2-135M-Instruct", "sha256": lm_pins}
-        generator = generators.LocalLM(lm, tokenizer, dev, identity, cfg.max_new_tokens, cfg.temperature,
-                                       cfg.top_p, cfg.max_tokens)
+        if lm.bf16:  # sampling from bfloat16 logits: other texts than float32's, so another cache key
+            identity["precision"] = "bfloat16"
+        generator = generators.LocalLM(lm, identity, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_tokens)
     elif cfg.generator == "endpoint":
         key = resolve_secret(cfg.endpoint.api_key, "augment.endpoint.api_key") if cfg.endpoint.api_key else None
         generator = generators.Endpoint(cfg.endpoint, key, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
@@ -87,7 +84,7 @@ def load(params: AugmentParams) -> AugmentModels:
         identity = {"generator": "endpoint", **generator.identity}
     else:
         generator, identity = None, dict(generators.WordLevel.identity)
-    return AugmentModels(gate_models, dev, generator, identity, models.cache_root(score.lm) / "generations")
+    return AugmentModels(gate_models, dev, generator, identity, loading.cache_root(score.lm) / "generations")
 
 
 def release(loaded: AugmentModels) -> None:
@@ -98,6 +95,7 @@ def release(loaded: AugmentModels) -> None:
 def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float | None = None) -> pl.DataFrame:
     """Per-shard features: every row's id, slice, label and text hash, and the text of the rows in a slice or in
     the proxy classifier's hashed sample (`proxy_fraction` of labeled rows, default `gate.proxy_sample`)."""
+    from tasks.models import sampling
     from tasks.stages.dedup import normalized
 
     cfg = params.augment
@@ -107,10 +105,9 @@ def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float |
                          f"(columns: {', '.join(batch.columns)})")
     label = pl.col(cfg.label).cast(pl.String) if cfg.label in batch.columns else pl.lit(None, pl.String)
     synthetic = pl.col("syn_origin").is_not_null() if "syn_origin" in batch.columns else pl.lit(False)
-    bucket = pl.col("id").hash(seed=13) % 1_000_000
     framed = batch.with_columns(plan.membership(cfg))
     fraction = cfg.gate.proxy_sample if proxy_fraction is None else proxy_fraction
-    proxy = label.is_not_null() & ~synthetic & (bucket < int(fraction * 1_000_000))
+    proxy = label.is_not_null() & ~synthetic & sampling.chosen(pl.col("id"), fraction, "augment.proxy")
     return framed.select(
         "id", SLICE, label=label, _synthetic=synthetic, _proxy=proxy,
         _hash=normalized(pl.col("text")).hash(seed=0),

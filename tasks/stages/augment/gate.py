@@ -32,10 +32,27 @@ CHECKS = ("empty", "novelty", "duplicate", "contamination", "quality", "perplexi
 class GateModels:
     """What the gate's checks need, loaded once by the stage's setup (any may be None: that check is off)."""
 
-    embed: object = None  # texts -> unit vectors (the score stage's embedder)
-    lm: object = None  # (model, tokenizer, lm config, device, bf16) for perplexity
+    embed: object = None  # texts -> unit vectors (the shared embedder; `remembered`, so a text is embedded once)
+    lm: object = None  # the shared LanguageModel (tasks/models/shared.py), for perplexity
     language_model: object = None  # the quality stage's fastText language ID
     benchmark_index: object = None  # the decontaminate stage's index
+
+
+def remembered(embed, limit: int = 50_000):
+    """`embed` that embeds each distinct text once per stage run (the novelty and label checks both embed every
+    candidate); at most `limit` vectors are kept (MiniLM: 1.5 KB each)."""
+    seen: dict[str, np.ndarray] = {}
+
+    def cached(texts: list[str]) -> np.ndarray:
+        if not texts:
+            return embed(texts)  # (0, dim)
+        new = list(dict.fromkeys(t for t in texts if t not in seen))
+        fresh = dict(zip(new, embed(new), strict=True)) if new else {}
+        if len(seen) + len(fresh) <= limit:
+            seen.update(fresh)
+        return np.stack([fresh[t] if t in fresh else seen[t] for t in texts])
+
+    return cached
 
 
 def _fail(frame: pl.DataFrame, failed: np.ndarray, check: str, evidence: list[str | None]) -> pl.DataFrame:
@@ -129,10 +146,7 @@ def quality(rows: pl.DataFrame, models: GateModels, params) -> tuple[np.ndarray,
 
 
 def perplexity(rows: pl.DataFrame, models: GateModels, bound: float) -> tuple[np.ndarray, list]:
-    from tasks.stages.score.perplexity import nll
-
-    model, tokenizer, lm_cfg, device, bf16 = models.lm
-    losses, _ = nll(rows["text"].fill_null("").to_list(), model, tokenizer, lm_cfg, device, bf16)
+    losses, _ = models.lm.nll(rows["text"].fill_null("").to_list())
     ppl = np.exp(np.asarray(losses, dtype=np.float64))
     return ppl > bound, [_json(perplexity=float(p), max=bound) for p in ppl]
 

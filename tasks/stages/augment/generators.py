@@ -109,12 +109,12 @@ def clean(text: str) -> str:
 # --- local causal LM ---------------------------------------------------------------------------------------------
 
 class LocalLM:
-    """Batched sampling from the score stage's LM: chat template, left padding, the KV cache (`use_cache`), one
-    torch generator seed per batch (the batch's first request seed), so a rerun of the same batch is identical."""
+    """Batched sampling from the shared LM (tasks/models/shared.py): chat template, left padding, the KV cache
+    (`use_cache`), bfloat16 autocast where the LM runs in it, one torch generator seed per batch (the batch's first
+    request seed), so a rerun of the same batch is identical."""
 
-    def __init__(self, model, tokenizer, device, identity: dict, max_new_tokens: int, temperature: float,
-                 top_p: float, max_tokens: int):
-        self.model, self.tokenizer, self.device = model, tokenizer, device
+    def __init__(self, lm, identity: dict, max_new_tokens: int, temperature: float, top_p: float, max_tokens: int):
+        self.model, self.tokenizer, self.device, self.bf16 = lm.model, lm.tokenizer, lm.device, lm.bf16
         self.identity = identity
         self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         self.budget = max_tokens
@@ -132,7 +132,8 @@ class LocalLM:
         enc = self.tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         torch.manual_seed(int(seeds[0]) % (2**63 - 1))
         sample = self.params["temperature"] > 0
-        with torch.inference_mode():
+        autocast = self.device.type == "cuda" or self.bf16
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = self.model.generate(**enc, max_new_tokens=self.params["max_new_tokens"], do_sample=sample,
                                       temperature=self.params["temperature"] if sample else None,
                                       top_p=self.params["top_p"] if sample else None, use_cache=True,

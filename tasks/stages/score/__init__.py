@@ -25,9 +25,10 @@ import polars as pl
 from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.io.manifests import Stats
+from tasks.models import embeddings, loading, perplexity, sampling, shared
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import Stage, StageResult
-from tasks.stages.score import classifier, embeddings, models, perplexity, semantic, steps
+from tasks.stages.score import classifier, semantic, steps
 
 ADDS = {
     "score_perplexity": pl.Float64(),
@@ -94,33 +95,23 @@ def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
 
 
 def load_models(params: ScoreParams) -> ScoreModels:
-    """The models and the benchmark and reference embeddings. On a machine's first run the LM's GGUF conversion
-    (~17 s on 2 cores) runs in a thread while the embedder embeds the benchmark items (~25 s): both are cached for
-    later runs, and overlapping them took the first `make run` on a fresh machine from 2:19 to under 2 minutes."""
+    """The models (tasks/models/shared.py: loaded once per process, augment reuses them) and the benchmark and
+    reference embeddings. On a machine's first run the LM's GGUF conversion (~17 s on 2 cores) runs in a thread
+    while the embedder embeds the benchmark items (~25 s): both are cached for later runs."""
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = params.score
-    dev = models.device(cfg.device)
+    dev = loading.device(cfg.device)
     with ThreadPoolExecutor(1, thread_name_prefix="load-lm") as pool:
-        lm_loading = pool.submit(models.load_lm, cfg.lm, dev) if cfg.perplexity else None
-        embedder = models.load_embedder(cfg.embedder, dev)
-        chosen = {"embedder": "float32", "lm": "float32"}
-        bf16 = models.precision(cfg.cpu_precision, dev) == "bfloat16"
-        forced = cfg.cpu_precision == "bfloat16"
-        if bf16:
-            fast = models.bfloat16_copy(embedder)  # bf16 weights: faster than autocast for MiniLM
-            chosen["embedder"], _ = models.checked_bfloat16(
-                lambda t, bf16: embeddings.embed(t, fast if bf16 else embedder, cfg.embedder, dev),
-                models.embeddings_agree, "the embedder", forced)
-            embedder = fast if chosen["embedder"] == "bfloat16" else embedder
-        ids, vectors = [], np.zeros((0, embedder.get_embedding_dimension()), dtype=np.float32)
-        identity = {"embedder": cfg.embedder.model_dump(), "precision": chosen["embedder"], "device": dev.type}
+        lm_loading = pool.submit(shared.language_model, cfg.lm, dev, cfg.cpu_precision) if cfg.perplexity else None
+        embedder = shared.embedder(cfg.embedder, dev, cfg.cpu_precision)
+        ids, vectors = [], np.zeros((0, embedder.dimension), dtype=np.float32)
+        identity = {"embedder": cfg.embedder.model_dump(), "precision": embedder.precision, "device": dev.type}
 
         def embed_cached(texts: list[str]) -> np.ndarray:
             if not cfg.embedder.sha256:  # an unpinned model folder may change under the same path: never cached
-                return embeddings.embed(texts, embedder, cfg.embedder, dev)
-            return models.cached_vectors(models.cache_root(cfg.lm), identity, texts,
-                                         lambda t: embeddings.embed(t, embedder, cfg.embedder, dev))
+                return embedder.embed(texts)
+            return loading.cached_vectors(loading.cache_root(cfg.lm), identity, texts, embedder.embed)
 
         if cfg.contamination.enabled:
             items = _benchmark_items(params)
@@ -129,12 +120,11 @@ def load_models(params: ScoreParams) -> ScoreModels:
         reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
         if cfg.reference:
             reference = embed_cached(classifier.reference_texts(cfg.reference))
-        lm, tokenizer = lm_loading.result() if lm_loading is not None else (None, None)
-    if lm is not None and bf16:  # autocast: float32 weights and residual stream, half bf16 weights' NLL error
-        chosen["lm"], _ = models.checked_bfloat16(
-            lambda t, bf16: perplexity.nll(t, lm, tokenizer, cfg.lm, dev, bf16), models.nll_agrees, "the LM", forced)
+        lm = lm_loading.result() if lm_loading is not None else None
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
-    return ScoreModels(dev, embedder, lm, tokenizer, ids, vectors, reference, head, chosen)
+    chosen = {"embedder": embedder.precision, "lm": lm.precision if lm is not None else "float32"}
+    return ScoreModels(dev, embedder.model, lm.model if lm else None, lm.tokenizer if lm else None, ids, vectors,
+                       reference, head, chosen)
 
 
 def release_models(loaded: ScoreModels) -> None:
@@ -143,15 +133,6 @@ def release_models(loaded: ScoreModels) -> None:
     loaded.embedder = loaded.lm = None
     if getattr(loaded.device, "type", "cpu") == "cuda":
         torch.cuda.empty_cache()
-
-
-def sampled(ids: pl.Series, fraction: float) -> np.ndarray:
-    """Which rows `score.sample` scores: a fixed hash of the id under the fraction, so reruns and resumed shards
-    score the same rows (polars' hash with a fixed seed: stable for one polars version)."""
-    if fraction >= 1.0:
-        return np.ones(ids.len(), dtype=bool)
-    buckets = ids.hash(seed=11).to_numpy() % np.uint64(1_000_000)
-    return buckets < np.uint64(round(fraction * 1_000_000))
 
 
 def _lookup(values: pl.Series, index: np.ndarray) -> pl.Series:
@@ -178,8 +159,7 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | Non
     rows `score.sample` leaves out have no features, and no embedding in the side shards)."""
     loaded = loaded if loaded is not None else load_models(params)
     cfg = params.score
-    chosen = sampled(batch["id"], cfg.sample)
-    scored = batch.filter(pl.Series(chosen)) if not chosen.all() else batch
+    scored = batch.filter(sampling.chosen(pl.col("id"), cfg.sample, "score")) if cfg.sample < 1 else batch
     texts = scored["text"].to_list()
     emb = embeddings.embed(texts, loaded.embedder, cfg.embedder, loaded.device)
     out = scored.select("id", "timestamp", length=pl.col("text").str.len_chars(),

@@ -1,5 +1,5 @@
-"""What the embeddings decide, in numpy and faiss: k-means, semantic duplicates (SemDeDup), prototypicality, and
-the nearest benchmark item of each document (semantic contamination)."""
+"""What the embeddings decide, in numpy and faiss: semantic duplicates (SemDeDup), prototypicality, and the nearest
+benchmark item of each document (semantic contamination). k-means is in tasks/models/kmeans.py."""
 
 from __future__ import annotations
 
@@ -23,72 +23,6 @@ def float32_chunks(emb: np.ndarray):
 
 def cluster_count(n: int, configured: int) -> int:
     return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
-
-
-def kmeans(emb: np.ndarray, k: int, sample: int, seed: int = 1234, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """(unit centroids, nearest centroid of every row): spherical k-means fit on a seeded sample; faiss on the
-    CPU, torch on a CUDA device."""
-    n, d = emb.shape
-    if n == 0:
-        return np.zeros((0, d), dtype=np.float32), np.zeros(0, dtype=np.int64)
-    if device is not None and getattr(device, "type", "cpu") == "cuda":
-        return kmeans_torch(emb, k, sample, device, seed)
-    import faiss
-
-    rng = np.random.default_rng(seed)
-    fit = emb if n <= sample else emb[np.sort(rng.choice(n, sample, replace=False))]
-    km = faiss.Kmeans(d, k, niter=20, nredo=5, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)  # best of 5 restarts: random init gets stuck
-    km.train(np.ascontiguousarray(fit, dtype=np.float32))
-    centroids = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True).clip(min=1e-12)
-    index = faiss.IndexFlatIP(d)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    nearest = np.concatenate([index.search(chunk, 1)[1][:, 0] for _, chunk in float32_chunks(emb)])
-    return centroids.astype(np.float32), nearest.astype(np.int64)
-
-
-def kmeans_torch(emb: np.ndarray, k: int, sample: int, device, seed: int = 1234, iterations: int = 20,
-                 restarts: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (Lloyd's from k-means++ seeds, best of `restarts` by total cosine) in torch, for a GPU:
-    faiss-gpu is not a pip package. Same contract as `kmeans`; runs on any torch device (tested on the CPU)."""
-    import torch
-
-    n = emb.shape[0]
-    x = torch.from_numpy(np.ascontiguousarray(emb)).to(device)  # as held (float16 from the features)
-    gen = torch.Generator().manual_seed(seed)
-    fit = (x if n <= sample else x[torch.randperm(n, generator=gen)[:sample].sort().values.to(device)]).float()
-    k = min(k, fit.shape[0])
-    best_score, best = -np.inf, None
-    for _ in range(restarts):
-        centroids = _kmeans_plus_plus(fit, k, gen)
-        for _ in range(iterations):
-            assign = (fit @ centroids.T).argmax(1)
-            sums = torch.zeros_like(centroids).index_add_(0, assign, fit)
-            empty = torch.bincount(assign, minlength=k) == 0
-            centroids = torch.nn.functional.normalize(torch.where(empty[:, None], centroids, sums), dim=1)
-        score = float((fit @ centroids.T).max(1).values.sum())
-        if score > best_score:
-            best_score, best = score, centroids
-    nearest = torch.cat([(x[i:i + CHUNK].float() @ best.T).argmax(1) for i in range(0, n, CHUNK)])
-    return best.cpu().numpy(), nearest.cpu().numpy().astype(np.int64)
-
-
-def _kmeans_plus_plus(fit, k: int, gen):
-    """k-means++ seeding (Arthur and Vassilvitskii 2007) under cosine distance: each next seed drawn with
-    probability proportional to its squared distance to the nearest seed so far. Random seeds merge clusters."""
-    import torch
-
-    n = fit.shape[0]
-    chosen = [int(torch.randint(n, (1,), generator=gen))]
-    nearest = 1.0 - fit @ fit[chosen[0]]
-    for _ in range(1, k):
-        weights = nearest.clamp(min=0).double() ** 2
-        total = float(weights.sum())
-        pick = (int(torch.multinomial((weights / total).cpu(), 1, generator=gen)) if total > 0
-                else int(torch.randint(n, (1,), generator=gen)))
-        chosen.append(pick)
-        nearest = torch.minimum(nearest, 1.0 - fit @ fit[pick])
-    return fit[torch.tensor(chosen, device=fit.device)].clone()
 
 
 def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:

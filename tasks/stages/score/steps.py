@@ -22,10 +22,9 @@ import numpy as np
 import polars as pl
 
 from schemas.config import ScoreParams
+from tasks.models import kmeans, sampling
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
 from tasks.stages.score import classifier, dynamics, semantic
-
-SAMPLE_SEED = 29  # which rows fit the centroids and the head: a hash of the id, the same on every run
 
 
 def _emb(frame: pl.DataFrame) -> np.ndarray:
@@ -40,8 +39,7 @@ def embed(batch: pl.DataFrame, inputs: StepInputs, params: ScoreParams, loaded) 
     cfg = params.score
     want = max(cfg.semdedup.sample, cfg.negatives)
     fraction = min(1.0, want / max(inputs.rows * cfg.sample, 1))
-    buckets = feats["id"].hash(seed=SAMPLE_SEED).to_numpy() % np.uint64(1_000_000)
-    chosen = feats.filter(pl.Series(buckets < np.uint64(round(fraction * 1_000_000))))
+    chosen = feats.filter(sampling.chosen(pl.col("id"), fraction, "score.fit"))  # fits the centroids and the head
     return {"side:embeddings": feats,
             "fit-sample": chosen.select("id", "embedding").with_columns(pl.lit(0, pl.Int32).alias(PART))}
 
@@ -61,7 +59,7 @@ def fit(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
         k = semantic.cluster_count(max(1, round(inputs.rows * cfg.sample)), cfg.prototype_clusters
                                    or cfg.semdedup.clusters)
         k = min(k, emb.shape[0])
-        centroids, _ = semantic.kmeans(emb, k, cfg.semdedup.sample, device=getattr(loaded, "device", None))
+        centroids, _ = kmeans.fit(emb, k, cfg.semdedup.sample, device=getattr(loaded, "device", None))
         out["global:centroids"] = pl.DataFrame({"centroid": pl.Series(centroids.astype(np.float32),
                                                                       dtype=pl.Array(pl.Float32, emb.shape[1]))})
     if loaded is not None and cfg.quality_head and loaded.head is None and loaded.reference_vectors.shape[0] \
@@ -188,9 +186,9 @@ def dynamics_step(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
         y = rows["label"].cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
         device = loaded.device if loaded is not None else None
         if device is None:
-            from tasks.stages.score import models
+            from tasks.models import loading
 
-            device = models.device("cpu")
+            device = loading.device("cpu")
         dyn = dynamics.training_dynamics(emb, y, len(names), cfg.dynamics, device)
         issue, quality, pred = dynamics.label_issues(y, dyn, cfg.dynamics.filter_by)
         del emb

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.config import EmbedderConfig
-from tasks.stages.score import batching
+from tasks.models import batching
 
 
 def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.config import LanguageModelConfig
-from tasks.stages.score import batching
+from tasks.models import batching
 
 HEAD_CHUNK = 2048  # positions per LM-head chunk
 

@@ -1,0 +1,11 @@
+"""The models room: what every model-using stage shares.
+
+  loading      finding packaged models, sha256 pins, safetensors only, the LM's cached conversion, the vector
+               cache, devices and the CPU precision check
+  batching     length-sorted token-budget batches, collated in a thread, split on out-of-memory
+  embeddings   sentence embeddings (mean pooling, L2-normalized)
+  perplexity   token-mean NLL and bits per character under a causal LM
+  shared       the embedder and the LM loaded once per process, whichever stage asks first
+
+Stages (score, augment) import from here; nothing here imports a stage.
+"""
