@@ -46,12 +46,12 @@ def evaluate(x, y, x_test, y_test, seeds: int, classes: int, scarce: int) -> tup
     import torch
 
     from schemas.config import ScoreConfig
-    from tasks.stages.score import dynamics
+    from tasks.models import classifiers
 
     cfg = ScoreConfig().dynamics
     accs, f1s = [], []
     for seed in range(seeds):
-        pred = dynamics.fit_proxy(x, y, classes, cfg, torch.device("cpu"), seed)(x_test).argmax(1)
+        pred = classifiers.fit_proxy(x, y, classes, cfg, torch.device("cpu"), seed)(x_test).argmax(1)
         accs.append(float((pred == y_test).mean()))
         f1s.append(f1(pred, y_test, scarce))
     return f"{np.mean(accs):.4f} +- {np.std(accs):.4f}", f"{np.mean(f1s):.3f} +- {np.std(f1s):.3f}"

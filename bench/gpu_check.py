@@ -130,7 +130,7 @@ def cpu_agreement(texts: list[str], embedder, lm, lm_tok, cfg, dev) -> str:
             f"{rel.max():.5f} (tolerance {NLL_TOLERANCE} on the median): {'AGREE' if ok else 'DISAGREE'}.")
 
 
-def dynamics_timing(emb: np.ndarray, labels: np.ndarray, cfg, dev, dynamics) -> tuple[float, str]:
+def dynamics_timing(emb: np.ndarray, labels: np.ndarray, cfg, dev, classifiers) -> tuple[float, str]:
     """select's proxy-classifier dynamics on the device; labels = the k-means cluster of each row folded into 8
     classes (labels the embeddings can learn), float16 rows as the stage stores them."""
     import torch
@@ -139,7 +139,7 @@ def dynamics_timing(emb: np.ndarray, labels: np.ndarray, cfg, dev, dynamics) -> 
     half = emb.astype(np.float16)
     torch.cuda.synchronize()
     t = time.perf_counter()
-    dyn = dynamics.training_dynamics(half, y, 8, cfg.dynamics, dev)
+    dyn = classifiers.training_dynamics(half, y, 8, cfg.dynamics, dev)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     acc = float((dyn.oof.argmax(1) == y).mean())
@@ -189,8 +189,8 @@ def main() -> int:
         return 2
     compute_modules_only()
     from schemas.config import ScoreConfig
-    from tasks.models import batching, embeddings, kmeans, loading, perplexity
-    from tasks.stages.score import dynamics, semantic
+    from tasks.models import batching, classifiers, embeddings, kmeans, loading, perplexity
+    from tasks.stages.score import semantic
 
     dev = torch.device("cuda")
     lines = [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}.", ""]
@@ -244,7 +244,7 @@ def main() -> int:
     _, on_cpu = kmeans.fit(emb, k, cfg.semdedup.sample)  # one seeding: the CPU must form the same clusters
     km_same = float((on_cpu == nearest).mean())
     agree = cpu_agreement(docs[:256], embedder, lm, lm_tok, cfg, dev)
-    t_dyn, dyn_note = dynamics_timing(emb, nearest, cfg, dev, dynamics)
+    t_dyn, dyn_note = dynamics_timing(emb, nearest, cfg, dev, classifiers)
     gen_line = generation_timing(docs, lm, lm_tok, dev)
     lines += ["| what | seconds | tokens | tokens/s | goal |", "|---|---:|---:|---:|---|",
               f"| embeddings (tokenization included) | {t_emb:.1f} | {emb_tokens:,} | {emb_tokens / t_emb:,.0f} "

@@ -107,11 +107,11 @@ def accuracy(x: np.ndarray, y: np.ndarray, keep: np.ndarray, x_test: np.ndarray,
     import torch
 
     from schemas.config import ScoreConfig
-    from tasks.stages.score import dynamics
+    from tasks.models import classifiers
 
     cfg = ScoreConfig().dynamics
     def one(seed: int) -> float:
-        probabilities = dynamics.fit_proxy(x[keep], y[keep], len(GENRES), cfg, torch.device("cpu"), seed)
+        probabilities = classifiers.fit_proxy(x[keep], y[keep], len(GENRES), cfg, torch.device("cpu"), seed)
         return float((probabilities(x_test).argmax(1) == y_test).mean())
 
     return float(np.mean([one(seed) for seed in seeds]))
@@ -125,8 +125,8 @@ def main() -> int:
     import torch
 
     from schemas.config import ScoreConfig
-    from tasks.models import kmeans
-    from tasks.stages.score import dynamics, semantic
+    from tasks.models import classifiers, kmeans
+    from tasks.stages.score import semantic
     from tasks.stages.select.coreset import k_center_greedy
 
     cfg, dev = ScoreConfig().dynamics, torch.device("cpu")
@@ -153,8 +153,8 @@ def main() -> int:
         noisy = flip(y, rate, confusable, np.random.default_rng(int(rate * 100) + confusable))
         truth = noisy != y
         t = time.perf_counter()
-        dyn = dynamics.training_dynamics(x, noisy, len(GENRES), cfg, dev)
-        issue, quality, _ = dynamics.label_issues(noisy, dyn, cfg.filter_by)
+        dyn = classifiers.training_dynamics(x, noisy, len(GENRES), cfg, dev)
+        issue, quality, _ = classifiers.label_issues(noisy, dyn, cfg.filter_by)
         t_dyn = time.perf_counter() - t
         alone = cleanlab_alone(x, noisy)
         budget = int(issue.sum())
@@ -190,7 +190,7 @@ def main() -> int:
     lines.append(f"| (b) all minus label issues, 30% noise | {int(kept.sum()):,} | "
                  f"{accuracy(x, noisy30, kept, x_test, y_test):.4f} | {random_baseline(int(kept.sum()), noisy30)} |")
     lines.append(f"| (a) all, clean labels | {y.size:,} | {accuracy(x, y, all_rows, x_test, y_test):.4f} | |")
-    clean_dyn = dynamics.training_dynamics(x, y, len(GENRES), cfg, dev)
+    clean_dyn = classifiers.training_dynamics(x, y, len(GENRES), cfg, dev)
     k = semantic.cluster_count(y.size, 0)
     centroids, nearest = kmeans.fit(x, k, 200_000)
     proto = semantic.prototypicality(x, centroids, nearest)
@@ -219,10 +219,10 @@ def main() -> int:
         big /= np.linalg.norm(big, axis=1, keepdims=True)
         yb = np.random.default_rng(2).integers(0, len(GENRES), args.speed_rows)
         t = time.perf_counter()
-        dyn = dynamics.training_dynamics(big, yb, len(GENRES), cfg, dev)
+        dyn = classifiers.training_dynamics(big, yb, len(GENRES), cfg, dev)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
-        dynamics.label_issues(yb, dyn, cfg.filter_by)
+        classifiers.label_issues(yb, dyn, cfg.filter_by)
         t_cl = time.perf_counter() - t
         lines += ["", f"Speed, {args.speed_rows:,} rows x 384 (random), {len(GENRES)} classes, 2 cores: training "
                   f"dynamics {t_train:.0f} s ({cfg.seeds} seeds x {cfg.folds} folds x {cfg.epochs} epochs: "

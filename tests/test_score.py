@@ -388,7 +388,7 @@ def test_reference_vectors_are_computed_once_per_machine_and_a_damaged_cache_is_
 
 
 def test_training_dynamics_on_a_tiny_separable_set_learn_clean_rows_first_and_flipped_ones_late():
-    from tasks.stages.score import dynamics
+    from tasks.models import classifiers
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 16)) * 2
@@ -399,13 +399,13 @@ def test_training_dynamics_on_a_tiny_separable_set_learn_clean_rows_first_and_fl
     flipped[rng.choice(300, 30, replace=False)] = True
     noisy = np.where(flipped, (y + 1) % 3, y)
     cfg = ScoreConfig().dynamics.model_copy(update={"hidden": 0, "lr": 0.05, "batch_size": 32})
-    dyn = dynamics.training_dynamics(x, noisy, 3, cfg, loading.device("cpu"))
+    dyn = classifiers.training_dynamics(x, noisy, 3, cfg, loading.device("cpu"))
     assert np.median(dyn.epochs_to_learn[~flipped]) == 1  # clean rows are learned in the first epoch
     assert np.median(dyn.epochs_to_learn[flipped]) > cfg.epochs  # flipped ones never are
     assert dyn.el2n[flipped].min() > np.percentile(dyn.el2n[~flipped], 90)
     assert dyn.aum[flipped].max() < 0 < np.percentile(dyn.aum[~flipped], 5)
     assert (dyn.grand >= dyn.el2n).all() and dyn.oof.shape == (300, 3)
-    issue, quality, pred = dynamics.label_issues(noisy, dyn)
+    issue, quality, pred = classifiers.label_issues(noisy, dyn)
     assert (issue & flipped).sum() >= 24 and (issue & ~flipped).sum() <= 2  # measured: 26 and 0
     assert (pred[flipped] == y[flipped]).mean() > 0.9  # the predicted label is the true one
     assert quality[flipped].max() < quality[~flipped].min() + 0.2

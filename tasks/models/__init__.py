@@ -6,6 +6,9 @@
   embeddings   sentence embeddings (mean pooling, L2-normalized)
   perplexity   token-mean NLL and bits per character under a causal LM
   shared       the embedder and the LM loaded once per process, whichever stage asks first
+  kmeans       spherical k-means: one seeding, the same Lloyd code on a CPU and a CUDA device
+  classifiers  the quality head and the proxy classifier (training dynamics, label noise)
+  sampling     one hash sampler of ids, a seed per purpose
 
 Stages (score, augment) import from here; nothing here imports a stage.
 """

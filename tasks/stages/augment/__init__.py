@@ -115,8 +115,8 @@ def features(batch: pl.DataFrame, params: AugmentParams, proxy_fraction: float |
 
 
 def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: AugmentModels):
-    """The select stage's proxy classifier (score/dynamics.py) on the embedded sample of real labeled rows."""
-    from tasks.stages.score import dynamics
+    """The proxy classifier (tasks/models/classifiers.py) on the embedded sample of real labeled rows."""
+    from tasks.models import classifiers
 
     sample = feats.filter("_proxy")
     classes = sorted(sample["label"].unique().to_list())
@@ -124,7 +124,7 @@ def _proxy(feats: pl.DataFrame, params: AugmentParams, loaded: AugmentModels):
         return None
     emb = loaded.models.embed(sample["text"].to_list())
     y = sample["label"].cast(pl.Enum(classes)).to_physical().to_numpy().astype(np.int64)
-    return dynamics.fit_proxy(emb, y, len(classes), params.score.dynamics, loaded.device, params.augment.seed), \
+    return classifiers.fit_proxy(emb, y, len(classes), params.score.dynamics, loaded.device, params.augment.seed), \
         classes
 
 

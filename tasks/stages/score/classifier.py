@@ -9,8 +9,8 @@ import re
 
 import numpy as np
 
+from tasks.models.batching import float32_chunks
 from tasks.runtime.stage import StageInputError
-from tasks.stages.score.semantic import float32_chunks
 
 BUILTIN_REFERENCE = "builtin:python-docs"
 
@@ -32,30 +32,6 @@ def reference_texts(spec: str, min_words: int = 30) -> list[str]:
     if "text" not in frame.columns:
         raise StageInputError(f"reference set {spec} has no `text` field")
     return [t for t in frame["text"].drop_nulls().to_list() if t.strip()]
-
-
-def train_head(good: np.ndarray, other: np.ndarray, steps: int = 200, l2: float = 1e-3, seed: int = 0
-               ) -> tuple[np.ndarray, float]:
-    """Logistic regression, good = 1 vs other = 0, classes weighted equally, full-batch L-BFGS in torch."""
-    import torch
-
-    torch.manual_seed(seed)
-    x = torch.from_numpy(np.concatenate([good, other]).astype(np.float32))
-    y = torch.cat([torch.ones(len(good)), torch.zeros(len(other))])
-    weight = torch.where(y == 1, 0.5 / max(len(good), 1), 0.5 / max(len(other), 1))
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * weight).sum()
-        loss = loss + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy().astype(np.float32), float(b.detach()[0])
 
 
 def head_bytes(w: np.ndarray, b: float) -> bytes:

@@ -8,17 +8,9 @@ import re
 import numpy as np
 import polars as pl
 
+from tasks.models.batching import float32_chunks
+
 BLOCK = 2048  # rows of a similarity block: memory stays (BLOCK x cluster size) floats
-
-
-CHUNK = 65536  # rows converted to float32 at a time: the embeddings stay float16 (as the features hold them)
-
-
-def float32_chunks(emb: np.ndarray):
-    """(start, float32 rows) over `emb` (float16 or float32), CHUNK rows at a time, so no stage of the score stage's
-    decide step needs a float32 copy of every embedding (1M x 384: 1.5 GB on top of the float16 768 MB)."""
-    for i in range(0, emb.shape[0], CHUNK):
-        yield i, np.ascontiguousarray(emb[i:i + CHUNK], dtype=np.float32)
 
 
 def cluster_count(n: int, configured: int) -> int:

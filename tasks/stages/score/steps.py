@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 
 from schemas.config import ScoreParams
-from tasks.models import kmeans, sampling
+from tasks.models import batching, classifiers, kmeans, sampling
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
-from tasks.stages.score import classifier, dynamics, semantic
+from tasks.stages.score import classifier, semantic
 
 
 def _emb(frame: pl.DataFrame) -> np.ndarray:
@@ -66,7 +66,7 @@ def fit(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
             and emb.shape[0] and finite.all():
         rng = np.random.default_rng(7)
         negatives = emb[rng.choice(emb.shape[0], min(cfg.negatives, emb.shape[0]), replace=False)]
-        w, b = classifier.train_head(loaded.reference_vectors, negatives.astype(np.float32))
+        w, b = classifiers.train_head(loaded.reference_vectors, negatives.astype(np.float32))
         out["global:head"] = pl.DataFrame({"w": [w.astype(np.float64).tolist()], "b": [float(b)]})
         out["artifact:quality_head.safetensors"] = classifier.head_bytes(w, b)
     return out
@@ -92,7 +92,7 @@ def assign(batch: pl.DataFrame, inputs: StepInputs, params: ScoreParams, loaded)
     cents = inputs.globals.get("centroids")
     if cents is not None and cents.height and feats.height:
         centroids = cents["centroid"].to_numpy().reshape(cents.height, -1).astype(np.float32)
-        nearest = np.concatenate([(chunk @ centroids.T).argmax(1) for _, chunk in semantic.float32_chunks(emb)])
+        nearest = np.concatenate([(chunk @ centroids.T).argmax(1) for _, chunk in batching.float32_chunks(emb)])
         proto = np.where(finite, semantic.prototypicality(emb, centroids, nearest), np.nan)
     else:
         nearest, proto = np.zeros(feats.height, dtype=np.int64), np.full(feats.height, np.nan)
@@ -189,8 +189,8 @@ def dynamics_step(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
             from tasks.models import loading
 
             device = loading.device("cpu")
-        dyn = dynamics.training_dynamics(emb, y, len(names), cfg.dynamics, device)
-        issue, quality, pred = dynamics.label_issues(y, dyn, cfg.dynamics.filter_by)
+        dyn = classifiers.training_dynamics(emb, y, len(names), cfg.dynamics, device)
+        issue, quality, pred = classifiers.label_issues(y, dyn, cfg.dynamics.filter_by)
         del emb
     out = rows.select("id", SHARD).with_columns(
         score_el2n=pl.Series(dyn.el2n), score_grand=pl.Series(dyn.grand), score_forgetting=pl.Series(dyn.forgetting),

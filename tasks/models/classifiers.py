@@ -1,4 +1,10 @@
-"""Training dynamics of a proxy classifier on the embeddings, and label noise by confident learning.
+"""The classifiers trained on embeddings: the score stage's quality head (`train_head`: good vs other, a logistic
+regression fit full-batch by L-BFGS, a few thousand rows) and the proxy classifier (`fit_proxy`: a small MLP or
+linear head, minibatches over rows streamed from float16, any number of rows) with its training dynamics and label
+noise by confident learning. Two because they answer two questions at two sizes; select, augment's label check and
+the selection benchmark all use the proxy from here.
+
+Training dynamics of the proxy classifier:
 
 For labeled data (a `label` column), a small MLP (or a linear head) is trained on the score stage's embeddings for
 `epochs` epochs, over `seeds` seeds, each seed cross-fitted over `folds` stratified folds. Per example:
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHUNK = 65536
+from tasks.models.batching import index_chunks
 
 
 @dataclass
@@ -119,14 +125,9 @@ def fit_proxy(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device, seed: i
         held = _Rows(test, device)
         with torch.inference_mode():
             return np.concatenate([head(body(held.take(r))).softmax(1).cpu().numpy()
-                                   for _, r in _chunks(np.arange(test.shape[0]))])
+                                   for _, r in index_chunks(np.arange(test.shape[0]))])
 
     return probabilities
-
-
-def _chunks(rows: np.ndarray):
-    for i in range(0, rows.size, CHUNK):
-        yield slice(i, i + CHUNK), rows[i:i + CHUNK]
 
 
 def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device) -> Dynamics:
@@ -159,7 +160,7 @@ def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device)
                 _epoch(body, head, opt, x, train, yt, cfg.batch_size, gen)
                 early = epoch + 1 == min(cfg.early_epoch, cfg.epochs)
                 with torch.inference_mode():
-                    for part, rows in _chunks(train):
+                    for part, rows in index_chunks(train):
                         hidden = body(x.take(rows))
                         logits = head(hidden)
                         label = yt[part]
@@ -183,7 +184,7 @@ def training_dynamics(emb: np.ndarray, y: np.ndarray, classes: int, cfg, device)
             sums["learn"][train] += (last_wrong + 2).cpu().numpy()
             sums["runs"][train] += 1
             with torch.inference_mode():
-                for _, rows in _chunks(held):
+                for _, rows in index_chunks(held):
                     oof[rows] += head(body(x.take(rows))).softmax(1).cpu().numpy()
                     oof_runs[rows] += 1
     runs = np.maximum(sums["runs"], 1)
@@ -212,3 +213,27 @@ def label_issues(y: np.ndarray, dyn: Dynamics, filter_by: str = "both") -> tuple
     if count:
         issue[np.argsort(quality, kind="stable")[:count]] = True
     return issue, quality, probs.argmax(1)
+
+
+def train_head(good: np.ndarray, other: np.ndarray, steps: int = 200, l2: float = 1e-3, seed: int = 0
+               ) -> tuple[np.ndarray, float]:
+    """Logistic regression, good = 1 vs other = 0, classes weighted equally, full-batch L-BFGS in torch."""
+    import torch
+
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.concatenate([good, other]).astype(np.float32))
+    y = torch.cat([torch.ones(len(good)), torch.zeros(len(other))])
+    weight = torch.where(y == 1, 0.5 / max(len(good), 1), 0.5 / max(len(other), 1))
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none") * weight).sum()
+        loss = loss + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy().astype(np.float32), float(b.detach()[0])
