@@ -151,7 +151,7 @@ def generation_timing(docs: list[str], lm, lm_tok, dev, batch: int = 64, new_tok
     """augment's LocalLM on the device: one warm-up batch, then four timed batches of paraphrase-sized prompts."""
     import torch
 
-    from tasks.stages.augment.generators import LocalLM
+    from tasks.models.generation import LocalLM
 
     if getattr(lm_tok, "chat_template", None) is None:  # the word-level stand-in has none
         lm_tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ ' Rewritten text:' }}"

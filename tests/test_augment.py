@@ -180,7 +180,7 @@ def test_augment_reuses_the_models_the_score_stage_loaded_and_embeds_a_text_once
 
 def test_min_human_label_share_is_a_contract():
     p = params(min_human_label_share=0.99)
-    from tasks.io.manifests import Stats
+    from tasks.runtime.stats import Stats
 
     checks = augment.rate_checks(Stats(counts={"augment.labels.human": 90, "augment.labels.all": 100}), 100, p)
     [check] = [c for c in checks if c["name"] == "augment.human_label_share"]
@@ -488,8 +488,8 @@ def test_partitioned_plan_finds_a_copy_of_a_real_row_in_another_shard_and_counts
     request counts are merged into the stage's stats exactly once."""
     from dataclasses import replace
 
-    from tasks.io.manifests import Stats
     from tasks.runtime.plan import run_in_memory
+    from tasks.runtime.stats import Stats
 
     batch = corpus()
     law = batch.filter(pl.col("label") == "law")["text"][0]

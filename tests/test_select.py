@@ -11,8 +11,8 @@ import pytest
 from judge import judge, records
 
 from schemas.config import SelectConfig, SelectPolicy
-from tasks.io.manifests import Stats
 from tasks.runtime.plan import run_in_memory
+from tasks.runtime.stats import Stats
 from tasks.stages import select
 
 

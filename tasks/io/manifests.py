@@ -1,4 +1,5 @@
-"""The records of the commit protocol: stage stats, shard receipts and stage manifests, as typed models.
+"""The records of the commit protocol: shard receipts and stage manifests, as typed models (a stage's Stats, which
+they carry, is tasks/runtime/stats.py: what a stage returns, not how it is stored).
 
 Built here and rendered (to JSON) here, nowhere else. Format 2 records every object as a path relative to the output
 root, so a root can be copied or moved. Format 1 (before the layout change) recorded absolute URIs and flat counter
@@ -7,14 +8,13 @@ stats; reading one converts it on the fly (`format` stays 1), so the ops command
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tasks.io import layout
+from tasks.runtime.stats import Stats
 
 FORMAT = 2
 INVARIANT = "rows_in + rows_synthetic == rows_out + rows_rejected"
@@ -25,39 +25,6 @@ class Record(BaseModel):
 
     def as_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
-
-
-class Stats(Record):
-    """What a stage counted, in three shapes that merge across shards without parsing keys:
-    `counts` (a total: pii.email -> 12), `tallies` (a count per value: rows_by_source -> {source: rows}) and
-    `records` (small structured rows, e.g. which benchmark item a document matched)."""
-
-    counts: dict[str, int] = Field(default_factory=dict)
-    tallies: dict[str, dict[str, int]] = Field(default_factory=dict)
-    records: dict[str, list[dict]] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _format1(cls, data: Any) -> Any:
-        """Format 1 stats were one flat {counter: n} dict."""
-        if isinstance(data, dict) and data and not set(data) & {"counts", "tallies", "records"}:
-            return {"counts": data}
-        return data
-
-    @classmethod
-    def merge(cls, parts: Iterable[Stats]) -> Stats:
-        counts: Counter = Counter()
-        tallies: dict[str, Counter] = {}
-        records: dict[str, list[dict]] = {}
-        for s in parts:
-            counts.update(s.counts)
-            for name, tally in s.tallies.items():
-                tallies.setdefault(name, Counter()).update(tally)
-            for name, rows in s.records.items():
-                records.setdefault(name, []).extend(rows)
-        return cls(counts=dict(sorted(counts.items())),
-                   tallies={k: dict(sorted(v.items())) for k, v in sorted(tallies.items())},
-                   records=dict(sorted(records.items())))
 
 
 class DataObject(Record):

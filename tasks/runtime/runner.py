@@ -18,7 +18,7 @@ import orjson
 import polars as pl
 
 from tasks.io import interrupt, layout
-from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest, Stats
+from tasks.io.manifests import FORMAT, DataObject, Receipt, StageManifest
 from tasks.io.readers import InputFile, detect_format, read_batches
 from tasks.io.readers.frames import Rechunker
 from tasks.io.storage import sha256_bytes
@@ -27,6 +27,7 @@ from tasks.runtime.context import RunContext
 from tasks.runtime.contracts import ContractError, Contracts, validate_shard, validate_stage
 from tasks.runtime.fingerprints import fingerprint, reuse_or_redo
 from tasks.runtime.stage import Stage, StageContractError, StageResult, check_declaration
+from tasks.runtime.stats import Stats
 
 log = logging.getLogger("sluice")
 

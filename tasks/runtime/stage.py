@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from schemas.config import SluiceConfig
 from schemas.errors import BadInput
-from tasks.io.manifests import Stats
+from tasks.runtime.stats import Stats
 
 ROW = "_row"  # the positional row index stages attach while they work; never leaves a stage
 PROVENANCE: dict[str, pl.DataType] = {  # every synthetic row says where it came from

@@ -15,8 +15,8 @@ import polars_hash as plh
 
 from schemas.config import IngestConfig
 from schemas.record import CANONICAL, INGEST_REJECTED, conform
-from tasks.io.manifests import Stats
 from tasks.runtime.stage import Stage, StageResult
+from tasks.runtime.stats import Stats
 
 # what a reader cannot see: whitespace, NUL and other controls, format characters (zero-width space and joiners,
 # the word joiner, a byte order mark, soft hyphens)

@@ -30,9 +30,10 @@ import polars as pl
 from schemas.config import PublishConfig
 from schemas.record import CANONICAL
 from tasks.io import layout
-from tasks.io.manifests import DataObject, StageManifest, Stats
+from tasks.io.manifests import DataObject, StageManifest
 from tasks.io.versions import claim_version, commit_version, index_objects, newest_version
 from tasks.runtime.stage import SinkSteps, Stage, StageInputError, StageResult
+from tasks.runtime.stats import Stats
 
 log = logging.getLogger("sluice")
 

@@ -16,9 +16,9 @@ import polars as pl
 
 from schemas.config import QualityConfig
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.runtime import edits
 from tasks.runtime.stage import ROW, Stage, StageResult
+from tasks.runtime.stats import Stats
 from tasks.text import tokens, wrapped
 from tasks.text.pii import PLACEHOLDER, find_and_redact
 

@@ -120,7 +120,7 @@ def test_an_endpoint_answering_garbage_costs_rows_not_the_run_and_warns():
             assert out.texts == [None, None] and len(out.errors) == 2 and out.errors[0].startswith(url)
     finally:
         server.shutdown()
-    from tasks.io.manifests import Stats
+    from tasks.runtime.stats import Stats
 
     stats = Stats(counts={"augment.requests": 12, "augment.requests_failed": 12},
                   records={"generation_errors": [{"error": out.errors[0]}]})

@@ -25,9 +25,9 @@ import polars as pl
 
 from schemas.config import AugmentParams
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import PROVENANCE, Stage, StageInputError, StageResult
+from tasks.runtime.stats import Stats
 from tasks.stages.augment import gate, generators, plan, steps
 from tasks.stages.augment.plan import SLICE
 

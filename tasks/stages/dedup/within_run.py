@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DedupConfig
-from tasks.io.manifests import Stats
 from tasks.runtime import edits
 from tasks.runtime.stage import ROW, StageResult
+from tasks.runtime.stats import Stats
 from tasks.text import tokens
 from tasks.text.normalize import normalize
 

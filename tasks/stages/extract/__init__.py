@@ -16,9 +16,9 @@ import polars as pl
 
 from schemas.config import ExtractConfig
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.runtime import edits
 from tasks.runtime.stage import ROW, Stage, StageResult
+from tasks.runtime.stats import Stats
 from tasks.stages.extract import urls
 from tasks.stages.extract.html import main_text
 

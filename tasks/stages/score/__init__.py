@@ -24,10 +24,10 @@ import polars as pl
 
 from schemas.config import ScoreParams
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.models import embeddings, loading, perplexity, sampling, shared
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import Stage, StageResult
+from tasks.runtime.stats import Stats
 from tasks.stages.score import classifier, semantic, steps
 
 ADDS = {

@@ -13,9 +13,9 @@ import polars as pl
 
 from schemas.config import SelectConfig
 from schemas.record import CANONICAL
-from tasks.io.manifests import Stats
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import Stage, StageResult
+from tasks.runtime.stats import Stats
 from tasks.stages.select import policies, steps
 
 
