@@ -284,7 +284,7 @@ def _preload_models(config, names: list[str]) -> None:
     for name in names[1:]:
         stage = registry.STAGES[name]
         if stage.resources == "gpu" and stage.setup is not None:
-            lifecycle.preload(stage, stage.params(config))
+            lifecycle.preload(stage, stage.params(config), config.storage.s3_options())
             return
 
 

@@ -270,6 +270,45 @@ def test_benchmarks_list_and_s3_benchmark(s3_env, tmp_path, capsys):
     assert re.search(r"mine\s+20\s+flag\s+2022-02-02\s+text\s+\(s3://benchmarks/evals/mine.jsonl\)", out)
 
 
+def test_a_benchmark_on_s3_is_read_with_the_configured_credentials_not_the_environment(s3_server, tmp_path,
+                                                                                       monkeypatch):
+    """The runtime reads a stage's declared files with the run's storage options (tasks/runtime/externals.py): a
+    benchmark on S3 is reached with the key and secret config refers to, with no AWS variable set; without those
+    options the same read has no credentials."""
+    import botocore.exceptions
+    import s3fs
+
+    from schemas.config import SluiceConfig
+    from tasks.runtime import lifecycle
+    from tasks.runtime.externals import Externals, gather
+    from tasks.stages.decontaminate import STAGE
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("BENCH_KEY", "bench-key")
+    monkeypatch.setenv("BENCH_SECRET", "bench-secret-never-logged")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fs = s3fs.S3FileSystem(key="bench-key", secret="bench-secret-never-logged",
+                           client_kwargs={"endpoint_url": s3_server})
+    fs.mkdir("creds-bench")
+    fs.pipe("creds-bench/mine.jsonl", b"\n".join(orjson.dumps({"text": f"{VERSES[i]} {VERSES[i + 1]}"})
+                                                  for i in range(0, 40, 2)))
+    cfg = SluiceConfig.model_validate({
+        "storage": {"endpoint_url": s3_server, "key": "env:BENCH_KEY", "secret": "env:BENCH_SECRET"},
+        "decontaminate": {"builtins": [], "benchmarks": [
+            {"name": "mine", "path": "s3://creds-bench/mine.jsonl", "fields": ["text"]}]}})
+    index = lifecycle.loaded_for(STAGE, cfg.decontaminate, cfg.storage.s3_options())
+    assert index.counts() == {"mine": 20}
+    lifecycle.release("decontaminate")
+    with pytest.raises(botocore.exceptions.NoCredentialsError):
+        gather(Externals(files=("s3://creds-bench/mine.jsonl",)),
+               {"client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}})
+
+
 def test_demo_config_runs_decontaminate_before_quality_and_dedup():
     """Contaminated rows must go before dedup picks survivors among them (DESIGN.md), in the demo as anywhere."""
     from schemas.config import load_config

@@ -147,6 +147,39 @@ def test_setup_runs_once_per_process_and_teardown_frees_it(tmp_path):
     close_contracts("rt-model")
 
 
+def test_the_runtime_reads_what_a_setup_declares_and_checks_its_cache_folders(tmp_path):
+    """A stage's setup opens nothing itself: the runtime reads the files it declares (tasks/runtime/externals.py),
+    hands it their bytes, and creates its cache folders, failing before any model loads, naming the folder, when
+    one cannot be written."""
+    from tasks.runtime.externals import CacheNotWritable, Externals
+
+    listed, gone, cache = tmp_path / "list.txt", tmp_path / "gone.txt", tmp_path / "cache" / "models"
+    listed.write_bytes(b"bad.example\n")
+    seen = {}
+
+    def setup(params, inputs):
+        seen["bytes"], seen["caches"] = inputs.read(str(listed)), inputs.caches
+        with pytest.raises(FileNotFoundError):
+            inputs.read(str(gone))  # absent: the stage says so in its own words
+        with pytest.raises(KeyError, match="was not declared"):
+            inputs.read(str(tmp_path / "other.txt"))
+        return {"sha256": inputs.sha256}
+
+    def stage(name, declared):
+        return Stage(name=name, fn=lambda b, p, m: StageResult(kept=b, rejected=b.clear()), params=lambda c: c,
+                     requires={}, adds={}, suite="publish", setup=setup, externals=lambda p: declared)
+
+    loaded = lifecycle.loaded_for(stage("ext-ok", Externals(files=(str(listed), str(gone)), caches=(cache,))),
+                                  {"k": 1})
+    assert seen == {"bytes": b"bad.example\n", "caches": (cache,)} and cache.is_dir()
+    assert loaded["sha256"] == {str(listed): hashlib.sha256(b"bad.example\n").hexdigest(), str(gone): None}
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CacheNotWritable, match=f"cannot write the cache folder {blocker / 'models'}.*SLUICE_CACHE"):
+        lifecycle.loaded_for(stage("ext-blocked", Externals(caches=(blocker / "models",))), {"k": 1})
+    assert "bytes" in seen and not lifecycle.is_loaded(stage("ext-blocked", Externals()), {"k": 1})
+
+
 def test_preloaded_models_are_the_ones_the_stage_uses_and_block_no_other_stage():
     """`preload` loads in the background; the stage's own call waits for that load (one setup, one object), and
     another stage's setup runs meanwhile instead of queueing behind it."""

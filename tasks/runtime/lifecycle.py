@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tasks.runtime import externals
 from tasks.runtime.fingerprints import fingerprint
 from tasks.runtime.stage import Stage
 
@@ -31,8 +32,9 @@ def _key(stage: Stage, params: Any) -> tuple[str, str]:
     return stage.name, fingerprint(dumped)
 
 
-def loaded_for(stage: Stage, params: Any) -> Any:
-    """What the stage's setup loaded for these params in this process (loading it on first use)."""
+def loaded_for(stage: Stage, params: Any, s3_options: dict | None = None) -> Any:
+    """What the stage's setup loaded for these params in this process (loading it on first use, with the external
+    files it declared read by the runtime under the run's storage options)."""
     if stage.setup is None:
         return None
     key = _key(stage, params)
@@ -44,13 +46,16 @@ def loaded_for(stage: Stage, params: Any) -> Any:
         with _lock:
             if key in _loaded:
                 return _loaded[key]
-        obj = stage.setup(params)
+        if stage.externals is not None:
+            obj = stage.setup(params, externals.gather(stage.externals(params), s3_options))
+        else:
+            obj = stage.setup(params)
         with _lock:
             _loaded[key], _teardowns[key] = obj, stage
         return obj
 
 
-def preload(stage: Stage, params: Any) -> threading.Thread:
+def preload(stage: Stage, params: Any, s3_options: dict | None = None) -> threading.Thread:
     """Load the stage's models in a background thread, so a local run's first stages overlap the loading and
     the first-run conversions behind it (the LM's GGUF, the benchmark embeddings: ~40 s on 2 cores). The stage's
     shards then find them loaded, or wait on the same key's lock. A failure here is left for the stage itself to
@@ -58,7 +63,7 @@ def preload(stage: Stage, params: Any) -> threading.Thread:
 
     def load() -> None:
         try:
-            loaded_for(stage, params)
+            loaded_for(stage, params, s3_options)
         except Exception as exc:  # noqa: BLE001 - the stage loads again and raises it in its own task
             log.debug(f"preloading {stage.name}'s models failed ({exc}); the stage will load them itself")
 

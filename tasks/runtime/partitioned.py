@@ -182,7 +182,8 @@ class Work:
 
 def _inputs(work: Work, unit: str, published: Any, routed: dict | None = None) -> StepInputs:
     params = work.stage.params(work.ctx.config)
-    loaded = lifecycle.loaded_for(work.stage, params) if work.stage.setup is not None else None
+    loaded = (lifecycle.loaded_for(work.stage, params, work.ctx.s3_options) if work.stage.setup is not None
+              else None)
     return StepInputs(work.counts, unit, work.rows, routed or {}, work.globals(), stream=work.stream,
                       side=work.side, own_side=lambda folder: work.own_side(unit, folder),
                       other_side=lambda stage, folder: work.other_side(unit, stage, folder), published=published,

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import orjson
 import polars as pl
@@ -109,7 +108,7 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
         if keep_original and ORIGINAL not in batch.columns:
             batch = batch.with_columns(pl.lit(None, pl.String).alias(ORIGINAL))
         with lifecycle.device_slot(stage):
-            result = stage.call(batch, params, lifecycle.loaded_for(stage, params))
+            result = stage.call(batch, params, lifecycle.loaded_for(stage, params, ctx.s3_options))
         check_declaration(stage, batch, result)
         result = _ledger_checked(stage, batch, result, keep_original)
         output = result.output()
@@ -401,6 +400,3 @@ def carried_receipt(manifest: StageManifest) -> Receipt:
                    contract={"results": shard_results, "failures": []}, resumed=True)
 
 
-def setup_check(stage: Stage, params: Any) -> None:
-    """Fail early (before any shard) when the stage's model cannot be loaded."""
-    lifecycle.loaded_for(stage, params)

@@ -1,11 +1,16 @@
 """The stage abstraction: a pure polars function plus a declaration the runner enforces.
 
-A stage never touches storage, Prefect or Great Expectations. That keeps `stage.fn(df, params)` testable on its own
-and makes a new method one function + one declaration; everything else (reading shards, retries, resume, contracts,
-manifests, quarantine) belongs to the runner (tasks/runtime/runner.py).
+A stage's function never touches storage, Prefect or Great Expectations. That keeps `stage.fn(df, params)` testable
+on its own and makes a new method one function + one declaration; everything else (reading shards, retries, resume,
+contracts, manifests, quarantine) belongs to the runner (tasks/runtime/runner.py).
 
 A stage that needs a model declares `setup(params) -> loaded` (run once per worker process, before its first shard)
 and `teardown(loaded)`; its function then takes the loaded object as a third argument: `fn(batch, params, loaded)`.
+What a setup reads besides the data (benchmark files, a reference set, blocklists) and the cache folders it writes
+are declared too (`externals(params)`); the runtime reads and prepares them and hands them to the setup as its
+second argument (tasks/runtime/externals.py). The published dataset a global stage compares against is handed to
+its steps by the runtime (`StepInputs.published`). The one stage with storage of its own is the sink, publish: its
+`SinkSteps` are the commit protocol, called by the runtime with the run's context.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pydantic import BaseModel
 
 from schemas.config import SluiceConfig
 from schemas.errors import BadInput
+from tasks.runtime.externals import Externals
 from tasks.runtime.stats import Stats
 
 ROW = "_row"  # the positional row index stages attach while they work; never leaves a stage
@@ -98,8 +104,9 @@ class Stage:
     description: str = ""
     plan: Any = None  # kind == "global": partitioned steps (tasks/runtime/plan.Plan), nothing holds the corpus
     sink: SinkSteps | None = None  # kind == "sink" only
-    setup: Callable[[Any], Any] | None = None
+    setup: Callable[..., Any] | None = None  # (params) or, with `externals`, (params, ExternalInputs)
     teardown: Callable[[Any], None] | None = None
+    externals: Callable[[Any], Externals] | None = None  # files the setup reads, cache folders it writes
     needs: tuple[str, ...] = ()
     # stage-wide checks on the merged stats: [{name, count, rate, warn, max, message?}]; above `max` fails the contract
     rate_checks: Callable[[Stats, int, Any], list[dict]] | None = None

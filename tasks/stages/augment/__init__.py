@@ -25,6 +25,7 @@ import polars as pl
 
 from schemas.config import AugmentParams
 from schemas.record import CANONICAL
+from tasks.runtime.externals import ExternalInputs, Externals, gather
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import PROVENANCE, Stage, StageInputError, StageResult
 from tasks.runtime.stats import Stats
@@ -53,7 +54,18 @@ def _identity_text(identity: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(identity.items()))
 
 
-def load(params: AugmentParams) -> AugmentModels:
+def externals(params: AugmentParams) -> Externals:
+    """The benchmark files the gate's contamination check reads, and the cache folder (the LM's conversion,
+    generations)."""
+    from tasks.models import loading
+    from tasks.stages.decontaminate import benchmarks
+
+    cfg, dec = params.augment, params.decontaminate
+    files = benchmarks.files(dec).files if cfg.gate.decontaminate and (dec.builtins or dec.benchmarks) else ()
+    return Externals(files=files, caches=(loading.cache_root(params.score.lm),))
+
+
+def load(params: AugmentParams, inputs: ExternalInputs | None = None) -> AugmentModels:
     """The gate's models (the score stage's embedder and LM, the quality stage's language ID, the decontaminate
     stage's index) and the generator, once per worker process."""
     from schemas.config import resolve_secret
@@ -62,6 +74,7 @@ def load(params: AugmentParams) -> AugmentModels:
     from tasks.stages.quality import load_language_model
 
     cfg, score = params.augment, params.score
+    inputs = inputs if inputs is not None else gather(externals(params))
     dev = loading.device(score.device)
     embedder = shared.embedder(score.embedder, dev, score.cpu_precision)  # the score stage's, when it ran here
     need_lm = cfg.generator == "local" or cfg.gate.max_perplexity is not None
@@ -69,7 +82,7 @@ def load(params: AugmentParams) -> AugmentModels:
     gate_models = gate.GateModels(
         embed=gate.remembered(embedder.embed), lm=lm,
         language_model=load_language_model(params.quality) if cfg.gate.quality else None,
-        benchmark_index=(load_index(params.decontaminate) if cfg.gate.decontaminate
+        benchmark_index=(load_index(params.decontaminate, inputs) if cfg.gate.decontaminate
                          and (params.decontaminate.builtins or params.decontaminate.benchmarks) else None))
     lm_pins = ",".join(f"{k}:{v[:16]}" for k, v in sorted(score.lm.sha256.items()))
     if cfg.generator == "local":
@@ -315,6 +328,7 @@ STAGE = Stage(
     kind="global",
     plan=PLAN,
     setup=load,
+    externals=externals,
     teardown=release,
     needs=("torch", "transformers", "sentence_transformers", "rapidfuzz", "openai"),
     rate_checks=rate_checks,

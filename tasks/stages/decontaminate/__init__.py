@@ -23,8 +23,10 @@ from schemas.benchmarks import BUILTINS
 from schemas.config import DecontaminateConfig
 from schemas.record import CANONICAL
 from tasks.runtime import edits
+from tasks.runtime.externals import ExternalInputs
 from tasks.runtime.stage import ROW, Stage, StageResult
 from tasks.runtime.stats import Stats
+from tasks.stages.decontaminate import benchmarks
 from tasks.stages.decontaminate.benchmarks import BenchmarkError, builtin_path, resolved_benchmarks
 from tasks.stages.decontaminate.index import Index, build_index
 from tasks.stages.decontaminate.matches import find_matches, word_offsets
@@ -44,9 +46,10 @@ ADDS = {
 }
 
 
-def load_index(params: DecontaminateConfig) -> Index:
-    """The stage's setup: the benchmark index, built once per worker process (benchmarks on S3 use the AWS env)."""
-    return build_index(params)
+def load_index(params: DecontaminateConfig, inputs: ExternalInputs | None = None) -> Index:
+    """The stage's setup: the benchmark index, built once per worker process from the benchmark files the runtime
+    read (with the run's storage options, so a benchmark on S3 uses the configured credentials)."""
+    return build_index(params, inputs)
 
 
 _POLICY_RANK = {"drop": 0, "redact": 1, "flag": 2}  # the strictest policy among a document's hits decides
@@ -200,6 +203,7 @@ STAGE = Stage(
     adds=ADDS,
     suite="decontaminate",
     setup=load_index,
+    externals=benchmarks.files,
     description="benchmark items found by normalized 13-gram coverage and span; drop, redact or flag",
     rate_checks=rate_checks,
     summarize=summarize,

@@ -14,7 +14,7 @@ import polars as pl
 from schemas.benchmarks import BUILTINS
 from schemas.config import BenchmarkConfig, DecontaminateConfig
 from schemas.errors import BadInput
-from tasks.io.storage import filesystem
+from tasks.runtime.externals import ExternalInputs, Externals, gather
 
 
 class BenchmarkError(BadInput):
@@ -54,17 +54,17 @@ def resolved_benchmarks(cfg: DecontaminateConfig) -> list[BenchmarkConfig]:
     return out
 
 
-def _read_items(b: BenchmarkConfig, s3_options: dict | None) -> list[tuple[int, dict]]:
-    """(line, record) of a JSONL(.gz) or Parquet benchmark file; a bad line is an error naming file and line."""
-    import fsspec
+def files(cfg: DecontaminateConfig) -> Externals:
+    """The benchmark files a setup reads (the runtime reads them: tasks/runtime/externals.py)."""
+    return Externals(files=tuple(b.path for b in resolved_benchmarks(cfg)))
 
+
+def _read_items(b: BenchmarkConfig, inputs: ExternalInputs | None) -> list[tuple[int, dict]]:
+    """(line, record) of a JSONL(.gz) or Parquet benchmark file; a bad line is an error naming file and line."""
     path = b.path
+    inputs = inputs if inputs is not None else gather(Externals(files=(path,)))
     try:
-        if path.startswith("s3://"):
-            data = filesystem(path, s3_options).cat_file(path.split("://", 1)[1])
-        else:
-            with fsspec.open(path, "rb") as fh:
-                data = fh.read()
+        data = inputs.read(path)
     except FileNotFoundError:
         raise BenchmarkError(f"benchmark {b.name}: file {path} does not exist") from None
     if path.endswith(".parquet"):
@@ -92,10 +92,11 @@ def _read_items(b: BenchmarkConfig, s3_options: dict | None) -> list[tuple[int, 
     return out
 
 
-def load_benchmark(b: BenchmarkConfig, s3_options: dict | None = None) -> pl.DataFrame:
-    """One row per (item, field): benchmark, item_id, line, field, text. Every problem names file:line:field."""
+def load_benchmark(b: BenchmarkConfig, inputs: ExternalInputs | None = None) -> pl.DataFrame:
+    """One row per (item, field): benchmark, item_id, line, field, text, from the file's bytes as the runtime read
+    them (`inputs`; read here when called directly). Every problem names file:line:field."""
     rows = []
-    for line, rec in _read_items(b, s3_options):
+    for line, rec in _read_items(b, inputs):
         item_id = str(rec.get(b.id_field)) if b.id_field else f"{b.name}-{line}"
         if b.id_field and rec.get(b.id_field) is None:
             raise BenchmarkError(f"benchmark {b.name}: {b.path}:{line}: id field {b.id_field!r} is missing")

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import BenchmarkConfig, DecontaminateConfig
+from tasks.runtime.externals import ExternalInputs
 from tasks.runtime.stage import ROW
 from tasks.stages.decontaminate.benchmarks import BenchmarkError, load_benchmark, resolved_benchmarks
 from tasks.text.normalize import normalize
@@ -67,10 +68,10 @@ class Index:
         return dict(self.items.group_by("benchmark").agg(pl.len()).sort("benchmark").iter_rows())
 
 
-def build_index(cfg: DecontaminateConfig, s3_options: dict | None = None) -> Index:
+def build_index(cfg: DecontaminateConfig, inputs: ExternalInputs | None = None) -> Index:
     benchmarks = resolved_benchmarks(cfg)
     n = cfg.ngram
-    frame = pl.concat([load_benchmark(b, s3_options) for b in benchmarks])
+    frame = pl.concat([load_benchmark(b, inputs) for b in benchmarks])
     dup = frame.group_by("benchmark", "item_id", "field").agg(pl.len()).filter(pl.col("len") > 1)
     if dup.height:
         bench, item = dup.row(0)[:2]

@@ -17,6 +17,7 @@ import polars as pl
 from schemas.config import ExtractConfig
 from schemas.record import CANONICAL
 from tasks.runtime import edits
+from tasks.runtime.externals import ExternalInputs, Externals
 from tasks.runtime.stage import ROW, Stage, StageResult
 from tasks.runtime.stats import Stats
 from tasks.stages.extract import urls
@@ -27,8 +28,13 @@ ADDS = {"extract_title": pl.String(), "extract_lang": pl.String()}
 TAG = r"<[a-zA-Z!/?]"
 
 
-def load_blocklist(params: ExtractConfig) -> pl.DataFrame:
-    return urls.blocked_domains(params.url_filter)
+def load_blocklist(params: ExtractConfig, inputs: ExternalInputs | None = None) -> pl.DataFrame:
+    return urls.blocked_domains(params.url_filter, inputs)
+
+
+def externals(params: ExtractConfig) -> Externals:
+    """The blocklist files the setup reads (checked to exist before a run: urls.check_files)."""
+    return Externals(files=tuple(params.url_filter.blocklist_files))
 
 
 def _url_rejections(batch: pl.DataFrame, refused: pl.DataFrame) -> pl.DataFrame:
@@ -83,6 +89,7 @@ STAGE = Stage(
     adds=ADDS,
     suite="extract",
     setup=load_blocklist,
+    externals=externals,
     needs=("resiliparse", "ftfy"),
     check=check_params,
     description="main text from HTML (resiliparse or trafilatura), ftfy repair, URL filter",

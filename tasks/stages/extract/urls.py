@@ -9,15 +9,18 @@ from pathlib import Path
 import polars as pl
 
 from schemas.config import UrlFilterConfig
+from tasks.runtime.externals import ExternalInputs, Externals, gather
 
 HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)"
 
 
-def blocked_domains(cfg: UrlFilterConfig) -> pl.DataFrame:
-    """(domain, list) of every blocked domain: `list` names where it came from (a file, or the config)."""
+def blocked_domains(cfg: UrlFilterConfig, inputs: ExternalInputs | None = None) -> pl.DataFrame:
+    """(domain, list) of every blocked domain: `list` names where it came from (a file, or the config). The files'
+    bytes are what the runtime read (`inputs`; read here when called directly)."""
     rows = [(d, "extract.url_filter.domains") for d in cfg.domains]
+    inputs = inputs if inputs is not None else gather(Externals(files=tuple(cfg.blocklist_files)))
     for name in cfg.blocklist_files:
-        for line in Path(name).read_text(errors="replace").splitlines():
+        for line in inputs.read(name).decode(errors="replace").splitlines():
             entry = line.split("#", 1)[0].split()
             if entry:  # "domain", or a hosts file's "0.0.0.0 domain"
                 rows.append((entry[-1].lower().removeprefix("*.").strip("."), Path(name).name))

@@ -25,6 +25,7 @@ import polars as pl
 from schemas.config import ScoreParams
 from schemas.record import CANONICAL
 from tasks.models import embeddings, loading, perplexity, sampling, shared
+from tasks.runtime.externals import ExternalInputs, Externals, gather
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import Stage, StageResult
 from tasks.runtime.stats import Stats
@@ -83,24 +84,37 @@ class ScoreModels:
         return self.precision["lm"] == "bfloat16"
 
 
-def _benchmark_items(params: ScoreParams) -> pl.DataFrame:
+def externals(params: ScoreParams) -> Externals:
+    """What the setup reads besides the data (the benchmark files, a reference set given as a file) and the cache
+    folder it writes (the LM's conversion, embedding vectors)."""
+    from tasks.stages.decontaminate import benchmarks
+
+    cfg = params.score
+    files = benchmarks.files(params.decontaminate).files if cfg.contamination.enabled else ()
+    if cfg.reference and cfg.reference != classifier.BUILTIN_REFERENCE:
+        files = (*files, cfg.reference)
+    return Externals(files=files, caches=(loading.cache_root(cfg.lm),))
+
+
+def _benchmark_items(params: ScoreParams, inputs: ExternalInputs | None) -> pl.DataFrame:
     """One text per benchmark item and field (a GSM8K question and its answer are embedded apart, so a leaked
     question alone is as close as it can be), from the decontaminate stage's registry."""
     from tasks.stages.decontaminate.benchmarks import load_benchmark, resolved_benchmarks
 
-    frames = [load_benchmark(b) for b in resolved_benchmarks(params.decontaminate)]
+    frames = [load_benchmark(b, inputs) for b in resolved_benchmarks(params.decontaminate)]
     if not frames:
         return pl.DataFrame(schema={"key": pl.String, "text": pl.String})
     return pl.concat(frames).select(key=pl.col("benchmark") + ":" + pl.col("item_id"), text="text")
 
 
-def load_models(params: ScoreParams) -> ScoreModels:
+def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> ScoreModels:
     """The models (tasks/models/shared.py: loaded once per process, augment reuses them) and the benchmark and
     reference embeddings. On a machine's first run the LM's GGUF conversion (~17 s on 2 cores) runs in a thread
     while the embedder embeds the benchmark items (~25 s): both are cached for later runs."""
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = params.score
+    inputs = inputs if inputs is not None else gather(externals(params))
     dev = loading.device(cfg.device)
     with ThreadPoolExecutor(1, thread_name_prefix="load-lm") as pool:
         lm_loading = pool.submit(shared.language_model, cfg.lm, dev, cfg.cpu_precision) if cfg.perplexity else None
@@ -114,12 +128,12 @@ def load_models(params: ScoreParams) -> ScoreModels:
             return loading.cached_vectors(loading.cache_root(cfg.lm), identity, texts, embedder.embed)
 
         if cfg.contamination.enabled:
-            items = _benchmark_items(params)
+            items = _benchmark_items(params, inputs)
             ids = items["key"].to_list()
             vectors = embed_cached(items["text"].to_list())
         reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
         if cfg.reference:
-            reference = embed_cached(classifier.reference_texts(cfg.reference))
+            reference = embed_cached(classifier.reference_texts(cfg.reference, inputs=inputs))
         lm = lm_loading.result() if lm_loading is not None else None
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
     chosen = {"embedder": embedder.precision, "lm": lm.precision if lm is not None else "float32"}
@@ -284,6 +298,7 @@ STAGE = Stage(
     kind="global",
     plan=PLAN,
     setup=load_models,
+    externals=externals,
     teardown=release_models,
     needs=("torch", "transformers", "sentence_transformers", "faiss"),
     summarize=summarize,

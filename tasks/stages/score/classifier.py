@@ -10,24 +10,28 @@ import re
 import numpy as np
 
 from tasks.models.batching import float32_chunks
+from tasks.runtime.externals import ExternalInputs, Externals, gather
 from tasks.runtime.stage import StageInputError
 
 BUILTIN_REFERENCE = "builtin:python-docs"
 
 
-def reference_texts(spec: str, min_words: int = 30) -> list[str]:
+def reference_texts(spec: str, min_words: int = 30, inputs: ExternalInputs | None = None) -> list[str]:
     """Good documents: `builtin:python-docs` (the paragraphs of the Python documentation topics that ship with
-    CPython in `pydoc_data`, so it works offline), or a local/S3 JSONL or Parquet file with a `text` field."""
+    CPython in `pydoc_data`, so it works offline), or a local/S3 JSONL or Parquet file with a `text` field, read by
+    the runtime (`inputs`; read here when called directly)."""
     if spec == BUILTIN_REFERENCE:
         from pydoc_data.topics import topics
 
         paragraphs = [p.strip() for body in topics.values() for p in re.split(r"\n\s*\n", body)]
         return [" ".join(p.split()) for p in paragraphs if len(p.split()) >= min_words]
-    import fsspec
     import polars as pl
 
-    with fsspec.open(spec, "rb") as fh:
-        data = fh.read()
+    inputs = inputs if inputs is not None else gather(Externals(files=(spec,)))
+    try:
+        data = inputs.read(spec)
+    except FileNotFoundError:
+        raise StageInputError(f"score.reference: the reference set {spec} does not exist") from None
     frame = pl.read_parquet(io.BytesIO(data)) if spec.endswith(".parquet") else pl.read_ndjson(io.BytesIO(data))
     if "text" not in frame.columns:
         raise StageInputError(f"reference set {spec} has no `text` field")
