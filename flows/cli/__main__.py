@@ -1,0 +1,7 @@
+"""`python -m flows.cli ...`: the same as the `sluice` console script."""
+
+import sys
+
+from flows.cli.main import main
+
+sys.exit(main())
