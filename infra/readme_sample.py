@@ -3,8 +3,8 @@
     make run && .venv/bin/python infra/readme_sample.py --write      # the newest run under ./sluice-data
     .venv/bin/python infra/readme_sample.py --output ROOT --run-id ID  # print it only
 
-It prints what `sluice demo` printed for that run (flows/cli/runs.run_summary, without the Prefect line, which depends on
-the machine), with the output root shown as `/…/sluice-data`. `--write` puts it in README.md between the
+It prints what `sluice demo` printed for that run (flows/cli/runs.run_summary, without the Prefect line, which depends
+on the machine), with the output root shown as `/…/sluice-data`. `--write` puts it in README.md between the
 `readme-sample` markers. tests/test_cli_views.py renders the test suite's own run of the demo the same way and
 checks the README against it, so a change to what the demo does fails the tests until this is re-run.
 """
