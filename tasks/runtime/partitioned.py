@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -329,8 +328,7 @@ def apply_shard(ctx: RunContext, stage: Stage, shard: str, input_obj: dict, gen:
         routed.update({n: work.routed(n, shard) for n in stage.plan.apply_reads})
         return stage.plan.apply(batch, routed, params)
 
-    applied = replace(stage, fn=applied_fn, setup=None)
-    return process_shard(ctx, applied, shard, load, [input_obj, {"plan": upstream}])
+    return process_shard(ctx, stage, shard, load, [input_obj, {"plan": upstream}], call=applied_fn)
 
 
 def side_outputs(receipts: list[dict]) -> dict[str, list[dict]]:

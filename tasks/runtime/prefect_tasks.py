@@ -1,5 +1,6 @@
 """The Prefect side of the runtime: the runner's steps as tasks (retries with backoff, no result caching), and
-`run_stage`, which maps a stage's shard tasks by its kind and commits it.
+`run_stage`, which maps a stage's shard tasks with the executor of its kind (`EXECUTORS`: source, map, global,
+sink; the one place that dispatches on a stage's kind) and commits it.
 
 Resume is done by the storage commit protocol (receipts and manifests fingerprinted by inputs + params + code
 version), not by Prefect's result cache: it survives a kill -9, works the same on S3, and never pickles frames.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -158,29 +160,65 @@ def _resources(stage: Stage):
     return dask.annotate(resources={"GPU": 1})
 
 
-def _shard_receipts(ctx: RunContext, stage: Stage, source: StageManifest
-                    ) -> tuple[list, dict | None, dict, dict | None]:
-    """Map the stage's shard tasks by kind; returns the receipts, a sink's claimed destination, side outputs (a
-    global stage's public per-shard outputs, like the score stage's embeddings) and a global stage's plan summary
-    (its steps and partitions, for the manifest)."""
-    retries = ctx.config.runner.retries
+@dataclass
+class Mapped:
+    """What a stage's shard tasks produced: receipts, a sink's claimed destination, side outputs (a global stage's
+    public per-shard outputs, like the score stage's embeddings) and a global stage's plan summary (its steps and
+    partitions, for the manifest)."""
+
+    receipts: list
+    target: dict | None = None
+    side: dict = field(default_factory=dict)
+    summary: dict | None = None
+
+
+def _batched(ctx: RunContext, source: StageManifest) -> tuple[list[str], list[dict], list[list[int]]]:
+    """The input shards' names and objects, and the batches of them one task takes."""
     shards = runner.shards_of(source)
     names, objs = [s for s, _ in shards], [o for _, o in shards]
-    batches = task_batches(objs, ctx.config.runner.task_rows, ctx.config.runner.workers)
+    return names, objs, task_batches(objs, ctx.config.runner.task_rows, ctx.config.runner.workers)
+
+
+def _run_source(ctx: RunContext, stage: Stage, files: list) -> Mapped:
+    """A source stage: file groups, one task each (or, with `--limit`, one group after another until N rows)."""
+    if ctx.config.ingest.limit_rows:
+        return Mapped(_first_rows(ctx, stage, files, ctx.config.ingest.limit_rows))
+    groups = runner.file_groups(files, ctx.config.runner.workers)
+    futures = source_group.with_options(retries=ctx.config.runner.retries).map(
+        ctx, stage, list(range(len(groups))), [[files[i] for i in g] for g in groups])
+    per_group = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "file groups")
+    return Mapped([r for rs in per_group for r in rs])
+
+
+def _run_map(ctx: RunContext, stage: Stage, source: StageManifest) -> Mapped:
+    """A map stage: batches of shards, one task each."""
+    names, objs, batches = _batched(ctx, source)
+    futures = map_shards.with_options(retries=ctx.config.runner.retries).map(
+        ctx, stage, [_label([names[i] for i in b]) for b in batches], [[names[i] for i in b] for b in batches],
+        [[objs[i] for i in b] for b in batches])
+    return Mapped(_flat(_gather(futures, stage.name, _batch_rows, total=len(names))))
+
+
+def _run_sink(ctx: RunContext, stage: Stage, source: StageManifest) -> Mapped:
+    """A sink: claim the destination, then batches of shards, each written as the destination's parts."""
+    names, objs, batches = _batched(ctx, source)
+    target = stage.sink.open(ctx, objs)
+    indexes = [_label([str(i) for i in b]) for b in batches]  # `publish-3`: the part it writes
+    futures = sink_shards.with_options(retries=ctx.config.runner.retries).map(
+        ctx, stage, indexes, batches, [[objs[i] for i in b] for b in batches], unmapped(target))
+    return Mapped(_flat(_gather(futures, stage.name, _batch_rows, total=len(names))), target=target)
+
+
+def _run_global(ctx: RunContext, stage: Stage, source: StageManifest) -> Mapped:
+    """A global stage: its plan's partitioned steps, then the apply map (tasks/runtime/partitioned.py)."""
+    names, objs, batches = _batched(ctx, source)
     labels = [_label([names[i] for i in b]) for b in batches]
-    batch_names = [[names[i] for i in b] for b in batches]
-    batch_objs = [[objs[i] for i in b] for b in batches]
-    with _resources(stage):
-        if stage.kind == "global":
-            return _plan_receipts(ctx, stage, source, names, objs, batches, labels, retries)
-        if stage.kind == "sink":
-            target = stage.sink.open(ctx, objs)
-            indexes = [_label([str(i) for i in b]) for b in batches]  # `publish-3`: the part it writes
-            futures = sink_shards.with_options(retries=retries).map(ctx, stage, indexes, batches, batch_objs,
-                                                                    unmapped(target))
-            return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), target, {}, None
-        futures = map_shards.with_options(retries=retries).map(ctx, stage, labels, batch_names, batch_objs)
-        return _flat(_gather(futures, stage.name, _batch_rows, total=len(names))), None, {}, None
+    receipts, side, summary = _plan_receipts(ctx, stage, source, names, objs, batches, labels,
+                                             ctx.config.runner.retries)
+    return Mapped(receipts, side=side, summary=summary)
+
+
+EXECUTORS = {"source": _run_source, "map": _run_map, "global": _run_global, "sink": _run_sink}
 
 
 def _plan_receipts(ctx: RunContext, stage: Stage, source: StageManifest, names: list[str], objs: list[dict],
@@ -210,8 +248,7 @@ def _plan_receipts(ctx: RunContext, stage: Stage, source: StageManifest, names: 
             gen, unmapped(counts), upstream)
         return _flat(_gather(futures, stage.name, _batch_rows, total=len(names)))
 
-    receipts, side, summary = partitioned.execute(ctx, stage, source, run_units, run_apply)
-    return receipts, None, side, summary
+    return partitioned.execute(ctx, stage, source, run_units, run_apply)
 
 
 def _batch_rows(receipts: list) -> int:
@@ -227,13 +264,12 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
     """One stage of a run: skipped when already committed for these inputs and params, otherwise its shard tasks
     mapped by kind, then the commit task. What the stage's setup loaded is freed once it is committed."""
     started = time.perf_counter()
-    if stage.kind == "source":
-        files = list_inputs(inputs, ctx.s3_options)
-        stage_inputs = [f.as_dict() for f in files]
-        source = None
+    if stage.kind == "source":  # what the stage reads: input files, or the previous stage's committed parts
+        feed = list_inputs(inputs, ctx.s3_options)
+        stage_inputs = [f.as_dict() for f in feed]
     else:
-        source = previous or previous_manifest(ctx, stage)
-        stage_inputs = [o.as_json() for o in source.outputs]
+        feed = previous or previous_manifest(ctx, stage)
+        stage_inputs = [o.as_json() for o in feed.outputs]
     manifest = runner.committed_manifest(ctx, stage, stage_inputs)
     if manifest is not None:
         log.info(f"{stage.name}: already committed for these inputs and params, skipped")
@@ -241,19 +277,10 @@ def run_stage(ctx: RunContext, stage: Stage, inputs: list[str], previous: StageM
             partitioned.clean_work(ctx, stage)  # a run killed between the commit and the cleaning left them
         return manifest
     try:
-        summary = None
-        if stage.kind == "source" and ctx.config.ingest.limit_rows:
-            receipts, target, side = _first_rows(ctx, stage, files, ctx.config.ingest.limit_rows), None, {}
-        elif stage.kind == "source":
-            groups = runner.file_groups(files, ctx.config.runner.workers)
-            futures = source_group.with_options(retries=ctx.config.runner.retries).map(
-                ctx, stage, list(range(len(groups))), [[files[i] for i in g] for g in groups])
-            per_group = _gather(futures, stage.name, lambda rs: sum(r.rows_in for r in rs), "file groups")
-            receipts, target, side = [r for rs in per_group for r in rs], None, {}
-        else:
-            receipts, target, side, summary = _shard_receipts(ctx, stage, source)
-        manifest = commit_stage(ctx, stage, receipts, stage_inputs, contracts, started, sink_target=target,
-                                side_outputs=side, plan_summary=summary)
+        with _resources(stage):
+            mapped = EXECUTORS[stage.kind](ctx, stage, feed)
+        manifest = commit_stage(ctx, stage, mapped.receipts, stage_inputs, contracts, started,
+                                sink_target=mapped.target, side_outputs=mapped.side, plan_summary=mapped.summary)
         if stage.plan is not None and not ctx.config.runner.keep_work:
             partitioned.clean_work(ctx, stage)
         return manifest

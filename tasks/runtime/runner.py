@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import orjson
 import polars as pl
@@ -93,9 +94,11 @@ def _read_receipt(ctx: RunContext, rel: str) -> Receipt | None:
 
 
 def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], pl.DataFrame], inputs: list[dict],
-                  write: Callable[[pl.DataFrame, StageResult], DataObject] | None = None) -> Receipt:
+                  write: Callable[[pl.DataFrame, StageResult], DataObject] | None = None,
+                  call: Callable[[pl.DataFrame, Any], StageResult] | None = None) -> Receipt:
     """One shard through the stage: load, call, check the declaration and the shard contract, write kept and
-    rejected rows, then the receipt (the shard's commit marker). `write` overrides where kept rows go (a sink)."""
+    rejected rows, then the receipt (the shard's commit marker). `write` overrides where kept rows go (a sink);
+    `call` what computes the result (a global stage's apply, with the decisions routed to the shard)."""
     params = stage.params(ctx.config)
     fp = fingerprint(stage.name, inputs, params.model_dump(mode="json"), ctx.code_version)
     receipt_rel = layout.shard_receipt(ctx.run_id, stage.name, shard)
@@ -107,8 +110,11 @@ def process_shard(ctx: RunContext, stage: Stage, shard: str, load: Callable[[], 
         keep_original = ctx.config.publish.keep_original_text and "text" in batch.columns
         if keep_original and ORIGINAL not in batch.columns:
             batch = batch.with_columns(pl.lit(None, pl.String).alias(ORIGINAL))
-        with lifecycle.device_slot(stage):
-            result = stage.call(batch, params, lifecycle.loaded_for(stage, params, ctx.s3_options))
+        if call is not None:
+            result = call(batch, params)
+        else:
+            with lifecycle.device_slot(stage):
+                result = stage.call(batch, params, lifecycle.loaded_for(stage, params, ctx.s3_options))
         check_declaration(stage, batch, result)
         result = _ledger_checked(stage, batch, result, keep_original)
         output = result.output()
