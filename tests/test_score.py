@@ -193,11 +193,16 @@ def test_cuda_scores_match_cpu():
     assert (a * b).sum(1).min() >= 0.99
 
 
+def planted(seed: int, clusters: int, per_cluster: int, dim: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """(centers, unit rows): `per_cluster` noisy rows around each of `clusters` random centers, cluster by cluster."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim))
+    emb = np.concatenate([c + noise * rng.normal(size=(per_cluster, dim)) for c in centers]).astype(np.float32)
+    return centers, emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
 def test_prototypicality_and_clusters():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(3, 16))
-    emb = np.concatenate([c + 0.05 * rng.normal(size=(40, 16)) for c in centers]).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    centers, emb = planted(0, 3, 40, 16, 0.05)
     centroids, nearest = kmeans.fit(emb, 3, 10_000)
     assert len(set(nearest[:40])) == len(set(nearest[40:80])) == len(set(nearest[80:])) == 1
     proto = sem.prototypicality(emb, centroids, nearest)
@@ -210,10 +215,7 @@ def test_prototypicality_and_clusters():
 def test_kmeans_seeds_once_on_the_cpu_and_is_the_same_on_every_run():
     """One seeding (k-means++ from a numpy generator) and one Lloyd rule for every device: the seeds fall in five
     different planted clusters, the clusters found are the planted ones, and a second run is bit-identical."""
-    rng = np.random.default_rng(1)
-    centers = rng.normal(size=(5, 32))
-    emb = np.concatenate([c + 0.1 * rng.normal(size=(60, 32)) for c in centers]).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    _, emb = planted(1, 5, 60, 32, 0.1)
     seeds = kmeans.plus_plus(emb, 5, np.random.default_rng(3))
     assert len(set((seeds @ emb.T).argmax(1) // 60)) == 5  # k-means++: one seed per planted cluster
     c1, n1 = kmeans.fit(emb, 5, 10_000)
@@ -229,10 +231,7 @@ def test_kmeans_seeds_once_on_the_cpu_and_is_the_same_on_every_run():
 def test_kmeans_forms_the_same_clusters_on_cuda_as_on_the_cpu():
     import torch
 
-    rng = np.random.default_rng(2)
-    centers = rng.normal(size=(20, 384))
-    emb = np.concatenate([c + 0.5 * rng.normal(size=(500, 384)) for c in centers]).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    _, emb = planted(2, 20, 500, 384, 0.5)
     cpu_c, cpu_n = kmeans.fit(emb, 20, 100_000)
     gpu_c, gpu_n = kmeans.fit(emb, 20, 100_000, device=torch.device("cuda"))
     assert (cpu_n == gpu_n).mean() >= 0.999 and np.abs(cpu_c - gpu_c).max() < 1e-3

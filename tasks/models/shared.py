@@ -11,8 +11,6 @@ kept through the stages between score and augment rather than loaded twice.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 
 from schemas.config import EmbedderConfig, LanguageModelConfig
 from tasks.models import embeddings, loading, perplexity
+from tasks.runtime.once import OncePerKey
 
 
 @dataclass(frozen=True)
@@ -57,24 +56,7 @@ class LanguageModel:
         return perplexity.nll(texts, self.model, self.tokenizer, self.cfg, self.device, self.bf16)
 
 
-_loaded: dict[tuple, Any] = {}
-_loading: dict[tuple, threading.Lock] = {}
-_lock = threading.Lock()
-
-
-def _once(key: tuple, load: Callable[[], Any]) -> Any:
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        loading_lock = _loading.setdefault(key, threading.Lock())
-    with loading_lock:
-        with _lock:
-            if key in _loaded:
-                return _loaded[key]
-        obj = load()
-        with _lock:
-            _loaded[key] = obj
-        return obj
+_loaded = OncePerKey()
 
 
 def _key(kind: str, cfg, dev, cpu_precision: str) -> tuple:
@@ -95,7 +77,7 @@ def embedder(cfg: EmbedderConfig, dev, cpu_precision: str = "auto") -> Embedder:
             "the embedder", cpu_precision == "bfloat16")
         return Embedder(fast if chosen == "bfloat16" else model, cfg, dev, chosen)
 
-    return _once(_key("embedder", cfg, dev, cpu_precision), load)
+    return _loaded.get(_key("embedder", cfg, dev, cpu_precision), load)
 
 
 def language_model(cfg: LanguageModelConfig, dev, cpu_precision: str = "auto") -> LanguageModel:
@@ -111,20 +93,18 @@ def language_model(cfg: LanguageModelConfig, dev, cpu_precision: str = "auto") -
                 cpu_precision == "bfloat16")
         return LanguageModel(model, tokenizer, cfg, dev, chosen)
 
-    return _once(_key("lm", cfg, dev, cpu_precision), load)
+    return _loaded.get(_key("lm", cfg, dev, cpu_precision), load)
 
 
 def loaded_count() -> int:
-    return len(_loaded)
+    return len(_loaded.values)
 
 
 def release_all() -> int:
     """Forget every loaded model (they are freed when no stage holds them); returns how many there were."""
-    with _lock:
-        count = len(_loaded)
-        devices = {getattr(getattr(m, "device", None), "type", "cpu") for m in _loaded.values()}
-        _loaded.clear()
-        _loading.clear()
+    gone = _loaded.pop_where(lambda key: False)
+    devices = {getattr(getattr(m, "device", None), "type", "cpu") for _, m in gone}
+    count = len(gone)
     if "cuda" in devices:
         import torch
 

@@ -17,12 +17,11 @@ from typing import Any
 
 from tasks.runtime import externals
 from tasks.runtime.fingerprints import fingerprint
+from tasks.runtime.once import OncePerKey
 from tasks.runtime.stage import Stage
 
 log = logging.getLogger("sluice")
-_loaded: dict[tuple[str, str], Any] = {}
-_teardowns: dict[tuple[str, str], Stage] = {}
-_loading: dict[tuple[str, str], threading.Lock] = {}  # one per key: loading one stage's models blocks no other
+_loaded = OncePerKey()  # (stage name, params fingerprint) -> (what its setup loaded, the stage)
 _lock = threading.Lock()
 _slots: threading.BoundedSemaphore | None = None
 
@@ -37,22 +36,13 @@ def loaded_for(stage: Stage, params: Any, s3_options: dict | None = None) -> Any
     files it declared read by the runtime under the run's storage options)."""
     if stage.setup is None:
         return None
-    key = _key(stage, params)
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-        loading = _loading.setdefault(key, threading.Lock())
-    with loading:
-        with _lock:
-            if key in _loaded:
-                return _loaded[key]
+
+    def load() -> tuple[Any, Stage]:
         if stage.externals is not None:
-            obj = stage.setup(params, externals.gather(stage.externals(params), s3_options))
-        else:
-            obj = stage.setup(params)
-        with _lock:
-            _loaded[key], _teardowns[key] = obj, stage
-        return obj
+            return stage.setup(params, externals.gather(stage.externals(params), s3_options)), stage
+        return stage.setup(params), stage
+
+    return _loaded.get(_key(stage, params), load)[0]
 
 
 def preload(stage: Stage, params: Any, s3_options: dict | None = None) -> threading.Thread:
@@ -79,17 +69,15 @@ def is_loaded(stage: Stage, params: Any) -> bool:
 def release(stage_name: str | None = None) -> int:
     """Tear down what is loaded for one stage (or all, and then the models the stages shared: tasks/models/shared.py
     keeps the embedder and the LM between score and augment); returns how many stage setups were freed."""
-    with _lock:
-        keys = [k for k in _loaded if stage_name is None or k[0] == stage_name]
-        for key in keys:
-            obj, stage = _loaded.pop(key), _teardowns.pop(key)
-            if stage.teardown is not None:
-                stage.teardown(obj)
+    gone = _loaded.pop_where(lambda key: stage_name is not None and key[0] != stage_name)
+    for _, (obj, stage) in gone:
+        if stage.teardown is not None:
+            stage.teardown(obj)
     if stage_name is None:
         from tasks.models import shared
 
         shared.release_all()
-    return len(keys)
+    return len(gone)
 
 
 atexit.register(release)
