@@ -60,7 +60,11 @@ def with_uv() -> bool:
     if got.returncode != 0:
         print(got.stdout + got.stderr, file=sys.stderr)
         return False
-    uv = [str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--python", sys.executable]
+    # --compile-bytecode: pip compiles every module at install and uv does not; where PYTHONDONTWRITEBYTECODE is
+    # set (as on this project's machines) nothing is cached later either, and every process compiled its imports
+    # again (the suite's subprocess tests ran ~50% slower)
+    uv = [str(Path(sys.executable).parent / "uv"), "pip", "install", "--quiet", "--compile-bytecode", "--python",
+          sys.executable]
     options, env = uv_options(pip_config())
     # uv refuses a constraint without a pinned version in --require-hashes mode; the hashed lock is --no-deps
     hashed = [o for i, o in enumerate(options) if o != "--constraint" and options[i - 1] != "--constraint"]
