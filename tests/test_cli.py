@@ -21,6 +21,19 @@ def test_every_command_explains_itself(command, capsys):
     assert "--output" in text and len(text) > 300
 
 
+def test_the_demo_finds_its_configs_from_the_cli_package():
+    """`sluice demo` without --config reads infra/demo.toml (with --web, infra/demo-web.toml), as `make run` calls
+    it; moving the CLI into a package once pointed it at flows/infra/, and `make run` failed on its first line."""
+    from conftest import REPO
+
+    from flows.cli.common import DEMO_CONFIG
+    from schemas.config import load_config
+
+    assert DEMO_CONFIG == REPO / "infra" / "demo.toml"
+    assert load_config(DEMO_CONFIG).publish.dataset == "demo"
+    assert load_config(DEMO_CONFIG.with_name("demo-web.toml")).publish.tokens.enabled
+
+
 def test_top_level_help_lists_commands():
     import re
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "infra" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "infra" / "demo.toml"
 
 
 EXIT = {"ok": 0, "unexpected": 1, "bad input or config": 2, "contract": 3, "locked": 4, "storage": 5,
