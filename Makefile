@@ -33,7 +33,12 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the report's browser test will be skipped"; }
 
-test: install browser
+# The suite starts hundreds of Python processes: the installed modules are compiled once for them (infra/install.py).
+$(BIN)/.compiled: $(BIN)/.installed
+	$(BIN)/python infra/install.py --compile
+	touch $@
+
+test: install browser $(BIN)/.compiled
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: install
