@@ -96,10 +96,6 @@ def language_model(cfg: LanguageModelConfig, dev, cpu_precision: str = "auto") -
     return _loaded.get(_key("lm", cfg, dev, cpu_precision), load)
 
 
-def loaded_count() -> int:
-    return len(_loaded.values)
-
-
 def release_all() -> int:
     """Forget every loaded model (they are freed when no stage holds them); returns how many there were."""
     gone = _loaded.pop_where(lambda key: False)
