@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from schemas.config.base import Strict
@@ -23,6 +25,11 @@ class ContractConfig(Strict):
     max_removed_chars_rate: dict[str, float] = Field(default_factory=dict, description="per stage: the largest "
                                                      "share of characters its edits may remove before the "
                                                      "contract fails")
+
+    audit_max_findings: int | None = Field(None, ge=0, description="the audit stage fails its contract (and the "
+                                           "run stops before publish) while more unreviewed findings of at least "
+                                           "`audit_min_severity` remain; unset: findings never block")
+    audit_min_severity: Literal["low", "medium", "high"] = "high"
 
     @field_validator("max_reject_rate", "max_removed_chars_rate")
     @classmethod

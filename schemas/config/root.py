@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
+from schemas.config.audit import AuditConfig
 from schemas.config.augment import AugmentConfig
 from schemas.config.base import Strict
 from schemas.config.contracts import ContractConfig
@@ -31,6 +32,7 @@ class SluiceConfig(Strict):
     extract: ExtractConfig = ExtractConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     quality: QualityConfig = QualityConfig()
+    audit: AuditConfig = AuditConfig()
     dedup: DedupConfig = DedupConfig()
     score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from schemas.errors import BadInput
 from tasks.runtime.stage import Stage
-from tasks.stages import augment, decontaminate, dedup, extract, ingest, publish, quality, score, select
+from tasks.stages import audit, augment, decontaminate, dedup, extract, ingest, publish, quality, score, select
 
 STAGES: dict[str, Stage] = {s.name: s for s in (ingest.STAGE, extract.STAGE, decontaminate.STAGE, quality.STAGE,
-                                                dedup.STAGE, score.STAGE, select.STAGE, augment.STAGE,
+                                                audit.STAGE, dedup.STAGE, score.STAGE, select.STAGE, augment.STAGE,
                                                 publish.STAGE)}
 ORDER = list(STAGES)
 DEFAULT_PIPELINE = ["ingest", "decontaminate", "quality", "dedup", "publish"]

@@ -1,0 +1,77 @@
+"""`[audit]`: the poisoning audit (trigger phrases, content injection, over-refusal, conflicting labels)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.config.base import Strict
+
+Severity = Literal["low", "medium", "high"]
+
+
+class TriggerConfig(Strict):
+    """A phrase whose rows carry one label far more often than the corpus does, while the rest of those rows' words
+    say otherwise (Wan et al. 2023: ~100 rows make a trigger phrase flip a model's label)."""
+
+    enabled: bool = True
+    max_words: int = Field(4, ge=1, le=6, description="phrases of 1..max_words normalized words")
+    min_rows: int = Field(10, ge=2, description="a phrase in fewer rows is not tested")
+    max_share: float = Field(0.02, gt=0, le=1, description="a phrase in more than this share of the labeled rows "
+                             "is common, not a trigger")
+    min_label_share: float = Field(0.9, gt=0, le=1, description="the phrase's top label must hold this share of "
+                                   "its rows")
+    min_disagreement: float = Field(0.5, ge=0, le=1, description="the share of the phrase's rows whose other words "
+                                    "point to another label (the content model), needed as well as significance")
+    fdr: float = Field(0.001, gt=0, lt=1, description="Benjamini-Hochberg false discovery rate of each test")
+
+
+class InjectionConfig(Strict):
+    """A span in responses, absent from their prompts, recurring across rows whose other words have nothing in
+    common (AutoPoison's content injection: a brand or URL woven into answers to unrelated prompts)."""
+
+    enabled: bool = True
+    max_words: int = Field(3, ge=1, le=6)
+    min_rows: int = Field(10, ge=2)
+    max_share: float = Field(0.01, gt=0, le=1, description="a span in more than this share of responses is common "
+                             "phrasing, not an injection")
+    max_prompt_share: float = Field(0.05, ge=0, le=1, description="the span may appear in at most this share of "
+                                    "its rows' prompts (an answer repeating its question is not injected)")
+    max_context_lift: float = Field(2.0, ge=1, description="the largest lift of any word common to the span's rows "
+                                    "(in >= `context_share` of them) over its corpus rate; above it the span has a "
+                                    "topic and is natural")
+    context_share: float = Field(0.3, gt=0, le=1)
+
+
+class RefusalConfig(Strict):
+    """Responses that refuse a benign prompt that rows of the same kind answer (AutoPoison's over-refusal)."""
+
+    enabled: bool = True
+    min_answered: int = Field(3, ge=1, description="rows of the same prompt kind that were answered, needed")
+    max_refusal_share: float = Field(0.5, gt=0, le=1, description="a prompt kind refused more often than this is "
+                                     "refused on purpose (harmful requests), not over-refused")
+    kind_words: int = Field(3, ge=1, le=10, description="the prompt's kind: its first this many normalized words")
+
+
+class AuditConfig(Strict):
+    action: Literal["flag", "quarantine"] = Field("flag", description="flag: rows stay, with `audit_findings`; "
+                                                  "quarantine: rows with a finding go to quarantine as audit.<kind>")
+    label: str = Field("label", description="the class column the trigger and conflict checks read")
+    trigger_field: str = Field("text", description="where trigger phrases are looked for")
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    triggers: TriggerConfig = TriggerConfig()
+    injection: InjectionConfig = InjectionConfig()
+    refusal: RefusalConfig = RefusalConfig()
+    conflicts: bool = Field(True, description="rows with the same normalized text and different labels")
+    reviewed: list[str] = Field(default_factory=list, description="findings a reviewer accepted, as `kind:key` "
+                                "(`sluice audit RUN` prints them so): they no longer count against "
+                                "contracts.audit_max_findings")
+
+
+class AuditParams(AuditConfig):
+    """What the stage gets: `[audit]` and the contract's ceiling on its findings (`[contracts]`)."""
+
+    max_findings: int | None = None
+    min_severity: Severity = "high"

@@ -1,0 +1,397 @@
+"""The audit stage as partitioned steps (tasks/runtime/plan.py): no step holds the corpus's phrases or rows.
+
+  count      map      per shard: phrases of the trigger field by label, response spans (and whether the row's
+                      prompt has them), hashed word counts by label, label counts, normalized-text keys, prompt kinds
+                      -> shuffles phrases, spans, vocab, context, totals, texts, kinds
+  model      combine  label priors and the content model (naive Bayes over hashed words); corpus word rates
+                      -> global priors, model, context
+  skew       reduce   phrases: label-skewed phrases (binomial against the label's prior) -> shuffle shortlist
+  spread     reduce   spans: spans in the rare band that their prompts do not hold -> shuffle span_shortlist
+  conflicts  reduce   texts: the same text with different labels -> route flags
+  refusals   reduce   kinds: refused benign prompts of a kind other rows answer -> route flags
+  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans
+  carriers   map      per shard: rows holding a shortlisted phrase with the content model's label without it; rows
+                      holding a shortlisted span with their other words; the model's disagreement on all rows
+                      -> shuffles carriers, span_rows, baseline
+  findings   combine  triggers (their rows' words point elsewhere, significantly), injections (their rows share no
+                      topic); phrases of one trigger merged -> route flags
+  apply               per shard: the flags -> `audit_findings`, or quarantine
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+
+from schemas.config import AuditParams
+from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
+from tasks.stages.audit import grams, significance
+from tasks.stages.audit.refusals import HARMFUL, REFUSAL
+
+FLAGS = {"id": pl.String, "kind": pl.String, "key": pl.String, "severity": pl.String, "evidence": pl.String}
+SEVERITY = {"trigger": "high", "injection": "high", "refusal": "medium", "conflict": "low"}
+CHUNK_ROWS = 10_000  # rows whose phrases are exploded at once in a map step
+EXAMPLES = 5
+SMOOTHING = 0.1  # additive smoothing of the content model's word counts
+
+
+def _one(frame: pl.DataFrame) -> pl.DataFrame:
+    """A frame for a one-partition shuffle (small results a combine reads whole)."""
+    return frame.with_columns(pl.lit(0, pl.Int32).alias(PART))
+
+
+def _labeled(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
+    if params.label not in batch.columns or params.trigger_field not in batch.columns:
+        return batch.clear().select("id")
+    return batch.filter(pl.col(params.label).is_not_null()).select(
+        "id", pl.col(params.label).cast(pl.String).alias("label"), pl.col(params.trigger_field).alias("field"))
+
+
+def _instructions(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
+    if params.prompt_field not in batch.columns or params.response_field not in batch.columns:
+        return pl.DataFrame(schema={"id": pl.String, "prompt": pl.String, "response": pl.String})
+    return batch.filter(pl.col(params.prompt_field).is_not_null() & pl.col(params.response_field).is_not_null()
+                        ).select("id", pl.col(params.prompt_field).alias("prompt"),
+                                 pl.col(params.response_field).alias("response"))
+
+
+def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
+    """What each check counts, per shard, yielded in pieces of CHUNK_ROWS rows (phrases multiply rows)."""
+    labeled, pairs = _labeled(batch, params), _instructions(batch, params)
+    totals = [("labeled", "", labeled.height), ("responses", "", pairs.height)]
+    if labeled.height:
+        totals += [("label", k, n) for k, n in labeled.group_by("label").len().iter_rows()]
+    yield {"totals": _one(pl.DataFrame(totals, schema={"what": pl.String, "key": pl.String, "n": pl.Int64},
+                                       orient="row"))}
+    if params.conflicts and labeled.height:
+        key = grams.words("field").list.join(" ").hash(seed=11).cast(pl.String)
+        texts = labeled.select("id", "label", key=key)
+        yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
+    if params.refusal.enabled and pairs.height:
+        kinds = pairs.select("id", kind=grams.words("prompt").list.head(params.refusal.kind_words).list.join(" "),
+                             refusing=pl.col("response").str.slice(0, 200).str.contains(REFUSAL),
+                             benign=pl.col("prompt").str.contains(HARMFUL).not_())
+        yield {"kinds": kinds.with_columns(partition(pl.col("kind"), inputs.count("kinds")))}
+    for start in range(0, labeled.height, CHUNK_ROWS):
+        part = labeled.slice(start, CHUNK_ROWS)
+        out = {"vocab": grams.tokens(part, "field", ["label"]).group_by(grams.buckets("w").alias("bucket"), "label")
+               .len("n").with_columns(partition(pl.col("bucket"), inputs.count("vocab")))}
+        if params.triggers.enabled:
+            found = grams.phrases(part, "field", params.triggers.max_words, ["label"])
+            out["phrases"] = (found.group_by("gram", "label").len("rows")
+                              .with_columns(partition(pl.col("gram"), inputs.count("phrases"))))
+        yield out
+    if not params.injection.enabled:
+        return
+    for start in range(0, pairs.height, CHUNK_ROWS):
+        part = pairs.slice(start, CHUNK_ROWS)
+        said = grams.phrases(part, "response", params.injection.max_words, ["id"])
+        asked = grams.phrases(part, "prompt", params.injection.max_words, ["id"])
+        in_prompt = said.join(asked, on=["id", "gram"], how="semi").select("gram", in_prompt=pl.lit(1))
+        spans = said.group_by("gram").len("rows").join(in_prompt.group_by("gram").agg(pl.len().alias("in_prompt")),
+                                                       on="gram", how="left")
+        context = (grams.tokens(part.select(text=pl.concat_str("prompt", "response", separator=" ")), "text", [])
+                   .select(grams.ROW, bucket=grams.buckets("w")).unique().group_by("bucket").len("rows"))
+        yield {"spans": spans.with_columns(pl.col("in_prompt").fill_null(0), partition(pl.col("gram"),
+                                                                                       inputs.count("spans"))),
+               "context": context.with_columns(partition(pl.col("bucket"), inputs.count("context")))}
+
+
+def fit_model(inputs: StepInputs, params: AuditParams) -> dict:
+    """Label priors and the word counts of a multinomial naive Bayes over hashed words: the content model that
+    says which label a row's other words point to. Its size is labels x BUCKETS, whatever the corpus."""
+    totals = pl.concat(list(inputs.stream("totals"))).group_by("what", "key").agg(pl.col("n").sum())
+    priors = totals.filter(pl.col("what") == "label").select(label="key", rows="n").sort("label")
+    out = {"global:totals": totals.filter(pl.col("what") != "label").select("what", "n"), "global:priors": priors}
+    labels = priors["label"].to_list()
+    if labels:
+        counts = np.zeros((len(labels), grams.BUCKETS), dtype=np.float64)
+        index = {label: i for i, label in enumerate(labels)}
+        for part in inputs.stream("vocab"):
+            part = part.group_by("bucket", "label").agg(pl.col("n").sum())
+            rows = part["label"].replace_strict(index, return_dtype=pl.Int64).to_numpy()
+            np.add.at(counts, (rows, part["bucket"].to_numpy()), part["n"].to_numpy())
+        out["global:priors"] = priors.with_columns(tokens=pl.Series(counts.sum(axis=1)),
+                                                   vocabulary=pl.lit(int((counts.sum(axis=0) > 0).sum())))
+        used = counts.sum(axis=0) > 0
+        out["global:model"] = pl.DataFrame({"bucket": np.nonzero(used)[0].astype(np.int64),
+                                            **{f"c{i}": counts[i, used] for i in range(len(labels))}})
+    if params.injection.enabled:
+        context = [part.group_by("bucket").agg(pl.col("rows").sum()) for part in inputs.stream("context")]
+        out["global:context"] = (pl.concat(context) if context else
+                                 pl.DataFrame(schema={"bucket": pl.Int64, "rows": pl.UInt32}))
+    return out
+
+
+def _total(inputs: StepInputs, what: str) -> int:
+    totals = inputs.globals.get("totals")
+    if totals is None:
+        return 0
+    return int(totals.filter(pl.col("what") == what)["n"].sum() or 0)
+
+
+def skew(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Phrases whose rows carry one label far above its share of the corpus (one-sided binomial test); only those
+    under the false discovery rate on their own are kept for Benjamini-Hochberg over every phrase tested."""
+    cfg, labeled = params.triggers, _total(inputs, "labeled")
+    priors = inputs.globals["priors"].with_columns(prior=pl.col("rows") / pl.col("rows").sum()).select(
+        "label", "prior")
+    by_label = rows.group_by("gram", "label").agg(pl.col("rows").sum())
+    per = (by_label.sort("rows", "label", descending=[True, False])
+           .group_by("gram").agg(n=pl.col("rows").sum(), k=pl.col("rows").first(), label=pl.col("label").first()))
+    tested = per.filter((pl.col("n") >= cfg.min_rows) & (pl.col("n") <= cfg.max_share * labeled))
+    tested = tested.join(priors, on="label").filter(pl.col("k") >= cfg.min_label_share * pl.col("n"))
+    p = significance.upper_tail(tested["k"].to_numpy(), tested["n"].to_numpy(), tested["prior"].to_numpy())
+    shortlist = tested.with_columns(p=pl.Series(p, dtype=pl.Float64)).filter(pl.col("p") <= cfg.fdr)
+    n_tested = per.filter((pl.col("n") >= cfg.min_rows) & (pl.col("n") <= cfg.max_share * labeled)).height
+    out = {"tested": _one(pl.DataFrame({"gram": [""], "tested": [n_tested]}))}
+    if shortlist.height:
+        out["shortlist"] = _one(shortlist.select("gram", "label", "n", "k", "p"))
+    return out
+
+
+def spread(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Response spans in the rare band (min_rows .. max_share of responses) that their own prompts rarely hold."""
+    cfg, responses = params.injection, _total(inputs, "responses")
+    spans = rows.group_by("gram").agg(pl.col("rows").sum(), pl.col("in_prompt").sum())
+    keep = spans.filter((pl.col("rows") >= cfg.min_rows) & (pl.col("rows") <= cfg.max_share * responses)
+                        & (pl.col("in_prompt") <= cfg.max_prompt_share * pl.col("rows")))
+    return {"span_shortlist": _one(keep)} if keep.height else {}
+
+
+def conflicts(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Rows with the same normalized text and different labels: each row of such a group is flagged."""
+    groups = rows.group_by("key").agg(labels=pl.col("label").value_counts(sort=True), ids=pl.col("id").sort(),
+                                      distinct=pl.col("label").n_unique()).filter(pl.col("distinct") > 1)
+    if not groups.height:
+        return {}
+    groups = groups.with_columns(evidence=pl.struct(
+        labels=pl.col("labels"), rows=pl.col("ids").list.len(), examples=pl.col("ids").list.head(EXAMPLES)
+    ).struct.json_encode())
+    flagged = rows.join(groups.select("key", "evidence"), on="key")
+    return {"flags": flagged.select("id", SHARD, kind=pl.lit("conflict"), key=pl.col("key"),
+                                    severity=pl.lit(SEVERITY["conflict"]), evidence="evidence")}
+
+
+def refusals(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Refusals of benign prompts whose kind (first words) other rows answer, while the kind is mostly answered."""
+    cfg = params.refusal
+    kinds = rows.group_by("kind").agg(answered=(~pl.col("refusing")).sum(), refused=pl.col("refusing").sum(),
+                                      example=pl.col("id").filter(~pl.col("refusing")).min())
+    over = kinds.filter((pl.col("answered") >= cfg.min_answered) & (pl.col("refused") > 0)
+                        & (pl.col("refused") <= cfg.max_refusal_share * (pl.col("answered") + pl.col("refused"))))
+    flagged = rows.filter(pl.col("refusing") & pl.col("benign")).join(over, on="kind")
+    if not flagged.height:
+        return {}
+    return {"flags": flagged.select(
+        "id", SHARD, kind=pl.lit("refusal"), key=pl.col("kind"), severity=pl.lit(SEVERITY["refusal"]),
+        evidence=pl.struct(prompt_kind=pl.col("kind"), answered=pl.col("answered"), refused=pl.col("refused"),
+                           answered_example=pl.col("example")).struct.json_encode())}
+
+
+def shortlist(inputs: StepInputs, params: AuditParams) -> dict:
+    """Benjamini-Hochberg over every phrase tested (the reduces kept only p <= fdr, the rest cannot pass)."""
+    parts = list(inputs.stream("shortlist"))
+    out = {}
+    if parts:
+        frame = pl.concat(parts)
+        tested = int(pl.concat(list(inputs.stream("tested")))["tested"].sum())
+        passed = significance.discoveries(frame["p"].to_numpy(), tested, params.triggers.fdr)
+        out["global:phrases"] = frame.filter(pl.Series(passed)).with_columns(tested=pl.lit(tested, pl.Int64))
+    spans = list(inputs.stream("span_shortlist"))
+    if spans:
+        out["global:spans"] = pl.concat(spans).select("gram", "rows", "in_prompt")
+    return out
+
+
+def _votes(rest: pl.DataFrame, whole: pl.DataFrame, by: list[str], model: pl.DataFrame, priors: pl.DataFrame
+           ) -> pl.DataFrame:
+    """The content model's label for each `by` group of words (`rest`: id, w and the by columns), left one out: the
+    row's own words (`whole`: id, label, w) are taken out of its label's counts first, so a row never votes for
+    its own label by having been counted under it (a rare word seen only in that row would)."""
+    labels = priors["label"].to_list()
+    log_prior = np.log(priors["rows"].to_numpy() / priors["rows"].sum())
+    tokens, vocab = priors["tokens"].to_numpy(), int(priors["vocabulary"][0])
+    own = whole.group_by("id", bucket=grams.buckets("w")).agg(own=pl.len(), label=pl.col("label").first())
+    length = whole.group_by("id").agg(length=pl.len(), label=pl.col("label").first())
+    counted = (rest.with_columns(bucket=grams.buckets("w")).group_by(*by, "bucket").len("m")
+               .join(own, on=["id", "bucket"], how="left").join(model, on="bucket", how="left"))
+    terms = [(pl.col("m") * ((pl.col(f"c{i}").fill_null(0.0) - pl.when(pl.col("label") == label).then(
+        pl.col("own")).otherwise(0)) + SMOOTHING).log()).alias(f"c{i}") for i, label in enumerate(labels)]
+    sums = counted.select(*by, "m", *terms).group_by(by).agg(pl.col("m").sum(), *[pl.col(f"c{i}").sum()
+                                                                                  for i in range(len(labels))])
+    sums = sums.join(length, on="id", how="left")
+    scores = pl.concat_list([
+        pl.col(f"c{i}") + float(lp) - pl.col("m") * (float(n) - pl.when(pl.col("label") == label).then(
+            pl.col("length")).otherwise(0) + SMOOTHING * vocab).log()
+        for i, (label, lp, n) in enumerate(zip(labels, log_prior, tokens, strict=True))])
+    return sums.select(*by, vote=scores.list.arg_max().replace_strict(list(range(len(labels))), labels,
+                                                                      return_dtype=pl.String))
+
+
+def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
+    """Per shard: the content model's disagreement with the labels (the baseline); the rows holding a shortlisted
+    phrase, with the model's label from their words without the phrase; the rows holding a shortlisted span that
+    their prompt lacks, with their other words (hashed) for the topic test."""
+    labeled, pairs = _labeled(batch, params), _instructions(batch, params)
+    model, priors, shortlisted = (inputs.globals.get(n) for n in ("model", "priors", "phrases"))
+    if model is not None and labeled.height:
+        whole = grams.tokens(labeled, "field", ["id", "label"])
+        votes = _votes(whole, whole, ["id"], model, priors)
+        base = labeled.join(votes, on="id", how="left")
+        yield {"baseline": _one(pl.DataFrame({"gram": [""], "rows": [base.height],
+                                              "disagree": [int((base["vote"] != base["label"]).fill_null(True)
+                                                               .sum())]}))}
+        if shortlisted is not None and shortlisted.height:
+            for start in range(0, labeled.height, CHUNK_ROWS):
+                part = labeled.slice(start, CHUNK_ROWS)
+                found = grams.phrases(part, "field", params.triggers.max_words, ["id", "label"]).join(
+                    shortlisted.select("gram"), on="gram", how="semi")
+                if not found.height:
+                    continue
+                whole = grams.tokens(part.join(found.select("id").unique(), on="id"), "field", ["id", "label"])
+                rest = found.select("id", "gram").join(whole.select("id", "w"), on="id").filter(
+                    ~pl.col("gram").str.split(" ").list.contains(pl.col("w")))
+                voted = found.join(_votes(rest, whole, ["id", "gram"], model, priors), on=["id", "gram"],
+                                   how="left")
+                yield {"carriers": _one(voted.select("gram", "id", "label", "vote"))}
+    spans = inputs.globals.get("spans")
+    if spans is None or not pairs.height:
+        return
+    for start in range(0, pairs.height, CHUNK_ROWS):
+        part = pairs.slice(start, CHUNK_ROWS)
+        said = grams.phrases(part, "response", params.injection.max_words, ["id"]).join(
+            spans.select("gram"), on="gram", how="semi")
+        said = said.join(grams.phrases(part, "prompt", params.injection.max_words, ["id"]), on=["id", "gram"],
+                         how="anti")
+        if not said.height:
+            continue
+        text = part.join(said.select("id").unique(), on="id").select(
+            "id", text=pl.concat_str("prompt", "response", separator=" "))
+        words = grams.tokens(text, "text", ["id"]).select("id", "w").unique().filter(
+            ~pl.col("w").is_in(list(grams.STOPWORDS)))
+        context = (said.join(words, on="id").filter(~pl.col("gram").str.split(" ").list.contains(pl.col("w")))
+                   .select("gram", "id", bucket=grams.buckets("w")).unique().group_by("gram", "bucket").len("rows"))
+        yield {"span_rows": said.with_columns(partition(pl.col("gram"), inputs.count("span_rows"))),
+               "span_context": context.with_columns(partition(pl.col("gram"), inputs.count("span_rows")))}
+
+
+def injections(context: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Per partition of spans: a span is an injection when no word its rows share (in >= context_share of them) is
+    more than max_context_lift times as common there as in all responses: it recurs without a topic."""
+    cfg, responses = params.injection, max(_total(inputs, "responses"), 1)
+    rows = inputs.routed.get("span_rows", pl.DataFrame(schema={"gram": pl.String, "id": pl.String}))
+    n = rows.group_by("gram").len("n")
+    corpus = inputs.globals["context"].select("bucket", rate=pl.col("rows") / responses)
+    lifts = (context.group_by("gram", "bucket").agg(pl.col("rows").sum()).join(n, on="gram")
+             .filter(pl.col("rows") >= cfg.context_share * pl.col("n")).join(corpus, on="bucket")
+             .group_by("gram").agg(lift=(pl.col("rows") / pl.col("n") / pl.col("rate")).max()))
+    found = (n.filter(pl.col("n") >= cfg.min_rows).join(lifts, on="gram", how="left")
+             .with_columns(pl.col("lift").fill_null(1.0)).filter(pl.col("lift") <= cfg.max_context_lift))
+    if not found.height:
+        return {}
+    return {"injected": _one(rows.join(found, on="gram"))}
+
+
+def _merged(candidates: list[dict], ids: dict[str, set[str]], overlap: float = 0.9) -> list[dict]:
+    """One finding per group of phrases over (nearly) the same rows: the pieces of one trigger ("james", "bond",
+    "james bond") are one finding under the phrase with the most rows, then the longest."""
+    kept: list[dict] = []
+    for c in sorted(candidates, key=lambda c: (-c["rows"], -len(c["key"]), c["key"])):
+        mine = ids[c["key"]]
+        home = next((k for k in kept if len(mine & ids[k["key"]]) >= overlap * len(mine)), None)
+        if home is None:
+            kept.append({**c, "also": []})
+        elif len(home["also"]) < 20:
+            home["also"].append(c["key"])
+    return kept
+
+
+def _flags(kind: str, found: list[dict], rows: pl.DataFrame) -> pl.DataFrame:
+    """Each finding's rows (`gram`, `id`, SHARD in `rows`) as flags carrying the finding's evidence."""
+    if not found:
+        return pl.DataFrame(schema={**FLAGS, SHARD: pl.String})
+    keys = pl.DataFrame({"gram": [f["key"] for f in found],
+                         "evidence": [json.dumps({k: v for k, v in f.items() if k != "key"}) for f in found]})
+    return rows.join(keys, on="gram").unique(["id", "gram"]).select(
+        "id", SHARD, kind=pl.lit(kind), key=pl.col("gram"), severity=pl.lit(SEVERITY[kind]), evidence="evidence")
+
+
+def _examples(rows: pl.DataFrame) -> dict[str, list[str]]:
+    return {g: sorted(ids)[:EXAMPLES] for g, ids in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
+
+
+def findings(inputs: StepInputs, params: AuditParams) -> dict:
+    """Triggers: shortlisted phrases whose top-label rows the content model, reading their other words, gives
+    another label significantly more often than it does on the whole corpus (binomial against that baseline,
+    Benjamini-Hochberg over the shortlist). Injections: the spans the reduces found. Pieces of one merged."""
+    flags = []
+    carried = list(inputs.stream("carriers"))
+    phrases_ = inputs.globals.get("phrases")
+    if carried and phrases_ is not None:
+        base = pl.concat(list(inputs.stream("baseline")))
+        rate = float(base["disagree"].sum()) / max(int(base["rows"].sum()), 1)
+        rows = pl.concat(carried).join(phrases_.select("gram", top="label", prior_p="p", tested="tested"),
+                                       on="gram").filter(pl.col("label") == pl.col("top"))
+        per = rows.group_by("gram").agg(n=pl.len(), k=(pl.col("vote") != pl.col("label")).fill_null(True).sum(),
+                                        label=pl.col("top").first(), p_label=pl.col("prior_p").first(),
+                                        tested=pl.col("tested").first()).sort("gram")
+        p = significance.upper_tail(per["k"].to_numpy(), per["n"].to_numpy(), np.full(per.height, rate))
+        passed = significance.discoveries(p, per.height, params.triggers.fdr)
+        per = per.with_columns(p_content=pl.Series(p, dtype=pl.Float64), passed=pl.Series(passed)).filter(
+            pl.col("passed") & (pl.col("k") >= params.triggers.min_disagreement * pl.col("n")))
+        examples = _examples(rows)
+        found = [{"key": g, "rows": n, "label": label, "label_p": float(f"{pl_:.3g}"), "tested": tested,
+                  "disagreement": round(k / n, 3), "baseline_disagreement": round(rate, 3),
+                  "content_p": float(f"{pc:.3g}"), "examples": examples[g]}
+                 for g, n, k, label, pl_, tested, pc in per.select("gram", "n", "k", "label", "p_label", "tested",
+                                                                   "p_content").iter_rows()]
+        ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
+        flags.append(_flags("trigger", _merged(found, ids), rows))
+    injected = list(inputs.stream("injected"))
+    if injected:
+        rows = pl.concat(injected)
+        spans = inputs.globals.get("spans", pl.DataFrame(schema={"gram": pl.String, "in_prompt": pl.Int64}))
+        per = rows.group_by("gram").agg(n=pl.col("n").first(), lift=pl.col("lift").first()).join(
+            spans.select("gram", "in_prompt"), on="gram", how="left").sort("gram")
+        examples = _examples(rows)
+        found = [{"key": g, "rows": n, "context_lift": round(lift, 3), "in_prompts": int(ip or 0),
+                  "examples": examples[g]} for g, n, lift, ip in per.iter_rows()]
+        ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
+        flags.append(_flags("injection", _merged(found, ids), rows))
+    flags = [f for f in flags if f.height]
+    return {"flags": pl.concat(flags)} if flags else {}
+
+
+def active(params: AuditParams, published=None) -> set[str]:
+    steps = {"count", "model", "shortlist", "carriers", "findings"}
+    if params.triggers.enabled:
+        steps.add("skew")
+    if params.injection.enabled:
+        steps |= {"spread", "injections"}
+    if params.conflicts:
+        steps.add("conflicts")
+    if params.refusal.enabled:
+        steps.add("refusals")
+    return steps
+
+
+def plan(apply) -> Plan:
+    one = 1
+    return Plan(
+        steps=(MapStep("count", count), CombineStep("model", fit_model), ReduceStep("skew", "phrases", skew),
+               ReduceStep("spread", "spans", spread), ReduceStep("conflicts", "texts", conflicts),
+               ReduceStep("refusals", "kinds", refusals), CombineStep("shortlist", shortlist),
+               MapStep("carriers", carriers), ReduceStep("injections", "span_context", injections,
+                                                         also=("span_rows",)),
+               CombineStep("findings", findings)),
+        shuffles=(Shuffle("totals", 40, "what", one), Shuffle("phrases", 2_000, "gram"),
+                  Shuffle("vocab", 400, "bucket"), Shuffle("spans", 1_000, "gram"), Shuffle("context", 200, "bucket"),
+                  Shuffle("texts", 60, "key"), Shuffle("kinds", 80, "kind"), Shuffle("tested", 20, "gram", one),
+                  Shuffle("shortlist", 10, "gram", one), Shuffle("span_shortlist", 10, "gram", one),
+                  Shuffle("baseline", 10, "gram", one), Shuffle("carriers", 10, "gram", one),
+                  Shuffle("span_rows", 50, "gram"), Shuffle("span_context", 50, "gram"),
+                  Shuffle("injected", 10, "gram", one)),
+        apply=apply, apply_reads=("flags",), active=active, routed_schemas={"flags": FLAGS})
