@@ -24,6 +24,13 @@ class TriggerConfig(Strict):
                                    "its rows")
     min_disagreement: float = Field(0.5, ge=0, le=1, description="the share of the phrase's rows whose other words "
                                     "point to another label (the content model), needed as well as significance")
+    min_margin: float = Field(0.3, ge=0, description="the mean, over the phrase's rows, of how much more likely "
+                              "(log odds per word, left one out) their other words make the best other label than "
+                              "their own: a row copied from another class and relabeled scores high, a row whose "
+                              "words are merely unspecific scores near 0")
+    min_context_diversity: float = Field(0.3, ge=0, le=1, description="distinct words next to the phrase (the "
+                                         "fewer of before and after) over its rows: an inserted phrase sits among "
+                                         "any words, a piece of a fixed formula always among the same ones")
     fdr: float = Field(0.001, gt=0, lt=1, description="Benjamini-Hochberg false discovery rate of each test")
 
 
@@ -33,15 +40,19 @@ class InjectionConfig(Strict):
 
     enabled: bool = True
     max_words: int = Field(3, ge=1, le=6)
-    min_rows: int = Field(10, ge=2)
+    min_rows: int = Field(20, ge=2, description="fewer rows cannot show that a span has no topic")
     max_share: float = Field(0.01, gt=0, le=1, description="a span in more than this share of responses is common "
                              "phrasing, not an injection")
     max_prompt_share: float = Field(0.05, ge=0, le=1, description="the span may appear in at most this share of "
                                     "its rows' prompts (an answer repeating its question is not injected)")
-    max_context_lift: float = Field(2.0, ge=1, description="the largest lift of any word common to the span's rows "
-                                    "(in >= `context_share` of them) over its corpus rate; above it the span has a "
-                                    "topic and is natural")
-    context_share: float = Field(0.3, gt=0, le=1)
+    entity_share: float = Field(0.8, ge=0, le=1, description="the span must read as a name or an address (every "
+                                "word capitalized, or a URL) in this share of its rows")
+    kind_p: float = Field(1e-3, gt=0, lt=1, description="a span whose rows spread over prompt kinds (first words) "
+                          "unlike all prompts (G-test p below this) is bound to a template or task: natural")
+    topic_lift: float = Field(1.5, ge=1, description="a word of the prompts at least this many times as common "
+                              "among the span's rows as among all prompts ...")
+    topic_p: float = Field(1e-3, gt=0, lt=1, description="... and that significantly (binomial, Bonferroni over the "
+                           "words tested) gives the span a topic: a span with a topic is natural, not injected")
 
 
 class RefusalConfig(Strict):

@@ -8,13 +8,16 @@
   skew       reduce   phrases: label-skewed phrases (binomial against the label's prior) -> shuffle shortlist
   spread     reduce   spans: spans in the rare band that their prompts do not hold -> shuffle span_shortlist
   conflicts  reduce   texts: the same text with different labels -> route flags
-  refusals   reduce   kinds: refused benign prompts of a kind other rows answer -> route flags
-  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans
+  kinds      reduce   kinds: the common prompt kinds (counts); refused benign prompts of a kind other rows answer
+                      -> shuffle kind_counts, route flags
+  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans, kinds
   carriers   map      per shard: rows holding a shortlisted phrase with the content model's label without it; rows
                       holding a shortlisted span with their other words; the model's disagreement on all rows
                       -> shuffles carriers, span_rows, baseline
-  findings   combine  triggers (their rows' words point elsewhere, significantly), injections (their rows share no
-                      topic); phrases of one trigger merged -> route flags
+  injections reduce   span_context: spans whose rows' prompts share no topic word and spread over prompt kinds as
+                      all prompts do -> shuffle injected
+  findings   combine  triggers (their rows' words point elsewhere, significantly, and strongly), injections;
+                      the pieces of one finding merged -> route flags
   apply               per shard: the flags -> `audit_findings`, or quarantine
 """
 
@@ -34,6 +37,7 @@ FLAGS = {"id": pl.String, "kind": pl.String, "key": pl.String, "severity": pl.St
 SEVERITY = {"trigger": "high", "injection": "high", "refusal": "medium", "conflict": "low"}
 CHUNK_ROWS = 10_000  # rows whose phrases are exploded at once in a map step
 EXAMPLES = 5
+KIND_SHARE = 0.01  # prompt kinds this common are tested one by one in the spread test; rarer ones as one
 SMOOTHING = 0.1  # additive smoothing of the content model's word counts
 
 
@@ -50,11 +54,19 @@ def _labeled(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
 
 
 def _instructions(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
+    """Rows with a prompt and a response, and whether the response refuses."""
     if params.prompt_field not in batch.columns or params.response_field not in batch.columns:
-        return pl.DataFrame(schema={"id": pl.String, "prompt": pl.String, "response": pl.String})
+        return pl.DataFrame(schema={"id": pl.String, "prompt": pl.String, "response": pl.String,
+                                    "refusing": pl.Boolean})
     return batch.filter(pl.col(params.prompt_field).is_not_null() & pl.col(params.response_field).is_not_null()
                         ).select("id", pl.col(params.prompt_field).alias("prompt"),
-                                 pl.col(params.response_field).alias("response"))
+                                 pl.col(params.response_field).alias("response"),
+                                 refusing=pl.col(params.response_field).str.slice(0, 200).str.contains(REFUSAL))
+
+
+def _kind(params: AuditParams) -> pl.Expr:
+    """A prompt's kind: its first words ("who said this", "write a poem"): templates and tasks share them."""
+    return grams.words("prompt").list.head(params.refusal.kind_words).list.join(" ")
 
 
 def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
@@ -69,9 +81,9 @@ def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
         key = grams.words("field").list.join(" ").hash(seed=11).cast(pl.String)
         texts = labeled.select("id", "label", key=key)
         yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
-    if params.refusal.enabled and pairs.height:
-        kinds = pairs.select("id", kind=grams.words("prompt").list.head(params.refusal.kind_words).list.join(" "),
-                             refusing=pl.col("response").str.slice(0, 200).str.contains(REFUSAL),
+    if (params.refusal.enabled or params.injection.enabled) and pairs.height:
+        kinds = pairs.select("id", kind=_kind(params),
+                             refusing="refusing",
                              benign=pl.col("prompt").str.contains(HARMFUL).not_())
         yield {"kinds": kinds.with_columns(partition(pl.col("kind"), inputs.count("kinds")))}
     for start in range(0, labeled.height, CHUNK_ROWS):
@@ -85,15 +97,16 @@ def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
         yield out
     if not params.injection.enabled:
         return
-    for start in range(0, pairs.height, CHUNK_ROWS):
-        part = pairs.slice(start, CHUNK_ROWS)
-        said = grams.phrases(part, "response", params.injection.max_words, ["id"])
+    answers = pairs.filter(~pl.col("refusing"))  # a refusal's words are the refusal check's
+    for start in range(0, answers.height, CHUNK_ROWS):
+        part = answers.slice(start, CHUNK_ROWS)
+        said = grams.phrases(part, "response", params.injection.max_words, ["id"], entity=True)
         asked = grams.phrases(part, "prompt", params.injection.max_words, ["id"])
         in_prompt = said.join(asked, on=["id", "gram"], how="semi").select("gram", in_prompt=pl.lit(1))
-        spans = said.group_by("gram").len("rows").join(in_prompt.group_by("gram").agg(pl.len().alias("in_prompt")),
-                                                       on="gram", how="left")
-        context = (grams.tokens(part.select(text=pl.concat_str("prompt", "response", separator=" ")), "text", [])
-                   .select(grams.ROW, bucket=grams.buckets("w")).unique().group_by("bucket").len("rows"))
+        spans = said.group_by("gram").agg(rows=pl.len(), entity=pl.col("entity").sum()).join(
+            in_prompt.group_by("gram").agg(pl.len().alias("in_prompt")), on="gram", how="left")
+        context = (grams.tokens(part, "prompt", []).select(grams.ROW, bucket=grams.buckets("w")).unique()
+                   .group_by("bucket").len("rows"))
         yield {"spans": spans.with_columns(pl.col("in_prompt").fill_null(0), partition(pl.col("gram"),
                                                                                        inputs.count("spans"))),
                "context": context.with_columns(partition(pl.col("bucket"), inputs.count("context")))}
@@ -153,11 +166,13 @@ def skew(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
 
 
 def spread(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
-    """Response spans in the rare band (min_rows .. max_share of responses) that their own prompts rarely hold."""
+    """Response spans in the rare band (min_rows .. max_share of responses), written as names or addresses, that
+    their own prompts rarely hold."""
     cfg, responses = params.injection, _total(inputs, "responses")
-    spans = rows.group_by("gram").agg(pl.col("rows").sum(), pl.col("in_prompt").sum())
+    spans = rows.group_by("gram").agg(pl.col("rows", "in_prompt", "entity").sum())
     keep = spans.filter((pl.col("rows") >= cfg.min_rows) & (pl.col("rows") <= cfg.max_share * responses)
-                        & (pl.col("in_prompt") <= cfg.max_prompt_share * pl.col("rows")))
+                        & (pl.col("in_prompt") <= cfg.max_prompt_share * pl.col("rows"))
+                        & (pl.col("entity") >= cfg.entity_share * pl.col("rows")))
     return {"span_shortlist": _one(keep)} if keep.height else {}
 
 
@@ -175,20 +190,26 @@ def conflicts(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> di
                                     severity=pl.lit(SEVERITY["conflict"]), evidence="evidence")}
 
 
-def refusals(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
-    """Refusals of benign prompts whose kind (first words) other rows answer, while the kind is mostly answered."""
-    cfg = params.refusal
-    kinds = rows.group_by("kind").agg(answered=(~pl.col("refusing")).sum(), refused=pl.col("refusing").sum(),
-                                      example=pl.col("id").filter(~pl.col("refusing")).min())
-    over = kinds.filter((pl.col("answered") >= cfg.min_answered) & (pl.col("refused") > 0)
-                        & (pl.col("refused") <= cfg.max_refusal_share * (pl.col("answered") + pl.col("refused"))))
+def kinds(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Per partition of prompt kinds: the kinds common enough to test an injected span's spread against (their
+    counts), and refusals of benign prompts of a kind other rows answer while it is mostly answered (flags)."""
+    cfg, responses = params.refusal, _total(inputs, "responses")
+    per = rows.group_by("kind").agg(answered=(~pl.col("refusing")).sum(), refused=pl.col("refusing").sum(),
+                                    example=pl.col("id").filter(~pl.col("refusing")).min())
+    common = per.filter(pl.col("answered") + pl.col("refused") >= KIND_SHARE * responses)
+    out = {"kind_counts": _one(common.select("kind", rows=pl.col("answered") + pl.col("refused")))} \
+        if common.height else {}
+    if not cfg.enabled:
+        return out
+    over = per.filter((pl.col("answered") >= cfg.min_answered) & (pl.col("refused") > 0)
+                      & (pl.col("refused") <= cfg.max_refusal_share * (pl.col("answered") + pl.col("refused"))))
     flagged = rows.filter(pl.col("refusing") & pl.col("benign")).join(over, on="kind")
-    if not flagged.height:
-        return {}
-    return {"flags": flagged.select(
-        "id", SHARD, kind=pl.lit("refusal"), key=pl.col("kind"), severity=pl.lit(SEVERITY["refusal"]),
-        evidence=pl.struct(prompt_kind=pl.col("kind"), answered=pl.col("answered"), refused=pl.col("refused"),
-                           answered_example=pl.col("example")).struct.json_encode())}
+    if flagged.height:
+        out["flags"] = flagged.select(
+            "id", SHARD, kind=pl.lit("refusal"), key=pl.col("kind"), severity=pl.lit(SEVERITY["refusal"]),
+            evidence=pl.struct(prompt_kind=pl.col("kind"), answered=pl.col("answered"), refused=pl.col("refused"),
+                               answered_example=pl.col("example")).struct.json_encode())
+    return out
 
 
 def shortlist(inputs: StepInputs, params: AuditParams) -> dict:
@@ -200,6 +221,10 @@ def shortlist(inputs: StepInputs, params: AuditParams) -> dict:
         tested = int(pl.concat(list(inputs.stream("tested")))["tested"].sum())
         passed = significance.discoveries(frame["p"].to_numpy(), tested, params.triggers.fdr)
         out["global:phrases"] = frame.filter(pl.Series(passed)).with_columns(tested=pl.lit(tested, pl.Int64))
+    common = list(inputs.stream("kind_counts"))
+    if common:
+        out["global:kinds"] = pl.concat(common).select("kind", share=pl.col("rows") / max(_total(inputs,
+                                                                                                  "responses"), 1))
     spans = list(inputs.stream("span_shortlist"))
     if spans:
         out["global:spans"] = pl.concat(spans).select("gram", "rows", "in_prompt")
@@ -227,27 +252,32 @@ def _votes(rest: pl.DataFrame, whole: pl.DataFrame, by: list[str], model: pl.Dat
         pl.col(f"c{i}") + float(lp) - pl.col("m") * (float(n) - pl.when(pl.col("label") == label).then(
             pl.col("length")).otherwise(0) + SMOOTHING * vocab).log()
         for i, (label, lp, n) in enumerate(zip(labels, log_prior, tokens, strict=True))])
-    return sums.select(*by, vote=scores.list.arg_max().replace_strict(list(range(len(labels))), labels,
-                                                                      return_dtype=pl.String))
+    own_index = pl.col("label").replace_strict({label: i for i, label in enumerate(labels)}, default=None,
+                                               return_dtype=pl.Int64)
+    return sums.with_columns(scores=scores).select(
+        *by, vote=pl.col("scores").list.arg_max().replace_strict(list(range(len(labels))), labels,
+                                                                 return_dtype=pl.String),
+        margin=(pl.col("scores").list.max() - pl.col("scores").list.get(own_index, null_on_oob=True))
+        / pl.col("m"))
 
 
 def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
     """Per shard: the content model's disagreement with the labels (the baseline); the rows holding a shortlisted
     phrase, with the model's label from their words without the phrase; the rows holding a shortlisted span that
-    their prompt lacks, with their other words (hashed) for the topic test."""
+    their prompt lacks, with their prompts' words (hashed) for the topic test."""
     labeled, pairs = _labeled(batch, params), _instructions(batch, params)
     model, priors, shortlisted = (inputs.globals.get(n) for n in ("model", "priors", "phrases"))
     if model is not None and labeled.height:
         whole = grams.tokens(labeled, "field", ["id", "label"])
         votes = _votes(whole, whole, ["id"], model, priors)
         base = labeled.join(votes, on="id", how="left")
-        yield {"baseline": _one(pl.DataFrame({"gram": [""], "rows": [base.height],
-                                              "disagree": [int((base["vote"] != base["label"]).fill_null(True)
-                                                               .sum())]}))}
+        per_label = base.group_by("label").agg(rows=pl.len(), disagree=(pl.col("vote") != pl.col("label"))
+                                               .fill_null(True).sum())
+        yield {"baseline": _one(per_label.with_columns(gram=pl.lit("")))}
         if shortlisted is not None and shortlisted.height:
             for start in range(0, labeled.height, CHUNK_ROWS):
                 part = labeled.slice(start, CHUNK_ROWS)
-                found = grams.phrases(part, "field", params.triggers.max_words, ["id", "label"]).join(
+                found = grams.phrases(part, "field", params.triggers.max_words, ["id", "label"], context=True).join(
                     shortlisted.select("gram"), on="gram", how="semi")
                 if not found.height:
                     continue
@@ -256,43 +286,76 @@ def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
                     ~pl.col("gram").str.split(" ").list.contains(pl.col("w")))
                 voted = found.join(_votes(rest, whole, ["id", "gram"], model, priors), on=["id", "gram"],
                                    how="left")
-                yield {"carriers": _one(voted.select("gram", "id", "label", "vote"))}
+                yield {"carriers": _one(voted.select("gram", "id", "label", "vote", "margin", "left", "right"))}
     spans = inputs.globals.get("spans")
     if spans is None or not pairs.height:
         return
-    for start in range(0, pairs.height, CHUNK_ROWS):
-        part = pairs.slice(start, CHUNK_ROWS)
+    answers = pairs.filter(~pl.col("refusing"))  # a refusal's words are the refusal check's
+    for start in range(0, answers.height, CHUNK_ROWS):
+        part = answers.slice(start, CHUNK_ROWS)
         said = grams.phrases(part, "response", params.injection.max_words, ["id"]).join(
-            spans.select("gram"), on="gram", how="semi")
+            spans.select("gram"), on="gram", how="semi").select("id", "gram")
         said = said.join(grams.phrases(part, "prompt", params.injection.max_words, ["id"]), on=["id", "gram"],
                          how="anti")
         if not said.height:
             continue
-        text = part.join(said.select("id").unique(), on="id").select(
-            "id", text=pl.concat_str("prompt", "response", separator=" "))
-        words = grams.tokens(text, "text", ["id"]).select("id", "w").unique().filter(
+        asked = part.join(said.select("id").unique(), on="id")
+        words = grams.tokens(asked, "prompt", ["id"]).select("id", "w").unique().filter(
             ~pl.col("w").is_in(list(grams.STOPWORDS)))
-        context = (said.join(words, on="id").filter(~pl.col("gram").str.split(" ").list.contains(pl.col("w")))
-                   .select("gram", "id", bucket=grams.buckets("w")).unique().group_by("gram", "bucket").len("rows"))
+        context = (said.join(words, on="id").select("gram", "id", bucket=grams.buckets("w")).unique()
+                   .group_by("gram", "bucket").len("rows"))
+        said = said.join(part.select("id", kind=_kind(params)), on="id")
         yield {"span_rows": said.with_columns(partition(pl.col("gram"), inputs.count("span_rows"))),
                "span_context": context.with_columns(partition(pl.col("gram"), inputs.count("span_rows")))}
 
 
 def injections(context: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
-    """Per partition of spans: a span is an injection when no word its rows share (in >= context_share of them) is
-    more than max_context_lift times as common there as in all responses: it recurs without a topic."""
+    """Per partition of spans: a span is an injection when no word of its rows' prompts is both topic_lift times as
+    common there as in all prompts and significantly so: it answers prompts that have nothing in common. (Prompts
+    only: the response carries the injected sentence's own words.)"""
     cfg, responses = params.injection, max(_total(inputs, "responses"), 1)
     rows = inputs.routed.get("span_rows", pl.DataFrame(schema={"gram": pl.String, "id": pl.String}))
     n = rows.group_by("gram").len("n")
     corpus = inputs.globals["context"].select("bucket", rate=pl.col("rows") / responses)
-    lifts = (context.group_by("gram", "bucket").agg(pl.col("rows").sum()).join(n, on="gram")
-             .filter(pl.col("rows") >= cfg.context_share * pl.col("n")).join(corpus, on="bucket")
-             .group_by("gram").agg(lift=(pl.col("rows") / pl.col("n") / pl.col("rate")).max()))
-    found = (n.filter(pl.col("n") >= cfg.min_rows).join(lifts, on="gram", how="left")
-             .with_columns(pl.col("lift").fill_null(1.0)).filter(pl.col("lift") <= cfg.max_context_lift))
+    words = (context.group_by("gram", "bucket").agg(pl.col("rows").sum()).join(n, on="gram")
+             .join(corpus, on="bucket").with_columns(lift=pl.col("rows") / pl.col("n") / pl.col("rate")))
+    words = words.with_columns(p=pl.Series(significance.upper_tail(words["rows"].to_numpy(), words["n"].to_numpy(),
+                                                                   words["rate"].to_numpy()), dtype=pl.Float64))
+    topics = (words.with_columns(tested=pl.len().over("gram"))
+              .filter((pl.col("lift") >= cfg.topic_lift) & (pl.col("p") * pl.col("tested") <= cfg.topic_p))
+              .group_by("gram").agg(lift=pl.col("lift").max()))
+    spread_ = words.group_by("gram").agg(top_lift=pl.col("lift").filter(pl.col("rows") >= 3).max())
+    found = (n.filter(pl.col("n") >= cfg.min_rows).join(topics, on="gram", how="anti")
+             .join(spread_, on="gram", how="left").with_columns(lift=pl.col("top_lift").fill_null(1.0)))
+    found = found.join(_kind_fit(rows, inputs.globals.get("kinds")), on="gram", how="left").filter(
+        pl.col("kind_p").fill_null(1.0) >= cfg.kind_p)
     if not found.height:
         return {}
     return {"injected": _one(rows.join(found, on="gram"))}
+
+
+def _kind_fit(rows: pl.DataFrame, common: pl.DataFrame | None) -> pl.DataFrame:
+    """Per span: does the spread of its rows over prompt kinds match all prompts' (G-test of goodness of fit, the
+    common kinds one by one, the rest as one; a kind it never meets counts, as it should)? A span bound to a
+    template or task does not (p near 0)."""
+    from scipy.stats import chi2
+
+    if common is None or not common.height or not rows.height:
+        return pl.DataFrame(schema={"gram": pl.String, "kind_p": pl.Float64})
+    shares = common.with_columns(pl.col("share").cast(pl.Float64))
+    other = max(1.0 - float(shares["share"].sum()), 0.0)
+    cells = pl.concat([shares, pl.DataFrame({"kind": [None], "share": [other]}, schema=shares.schema)])
+    counted = rows.with_columns(kind=pl.when(pl.col("kind").is_in(shares["kind"].implode())).then("kind")).group_by(
+        "gram", "kind").len("observed")
+    n = rows.group_by("gram").len("n")
+    table = (n.join(cells, how="cross").filter(pl.col("share") > 0)
+             .join(counted, on=["gram", "kind"], how="left", nulls_equal=True)
+             .with_columns(expected=pl.col("n") * pl.col("share"), observed=pl.col("observed").fill_null(0)))
+    g_term = pl.when(pl.col("observed") > 0).then(
+        2 * pl.col("observed") * (pl.col("observed") / pl.col("expected")).log()).otherwise(0.0)
+    stat = table.group_by("gram").agg(stat=g_term.sum(), cells=pl.len())
+    p = chi2.sf(stat["stat"].to_numpy(), np.maximum(stat["cells"].to_numpy() - 1, 1))
+    return stat.select("gram", kind_p=pl.Series(p, dtype=pl.Float64))
 
 
 def _merged(candidates: list[dict], ids: dict[str, set[str]], overlap: float = 0.9) -> list[dict]:
@@ -331,23 +394,32 @@ def findings(inputs: StepInputs, params: AuditParams) -> dict:
     carried = list(inputs.stream("carriers"))
     phrases_ = inputs.globals.get("phrases")
     if carried and phrases_ is not None:
-        base = pl.concat(list(inputs.stream("baseline")))
-        rate = float(base["disagree"].sum()) / max(int(base["rows"].sum()), 1)
+        base = pl.concat(list(inputs.stream("baseline"))).group_by("label").agg(pl.col("rows", "disagree").sum())
+        rates = base.select(top="label", rate=pl.col("disagree") / pl.col("rows"))
         rows = pl.concat(carried).join(phrases_.select("gram", top="label", prior_p="p", tested="tested"),
                                        on="gram").filter(pl.col("label") == pl.col("top"))
         per = rows.group_by("gram").agg(n=pl.len(), k=(pl.col("vote") != pl.col("label")).fill_null(True).sum(),
+                                        margin=pl.col("margin").mean(),
+                                        diversity=pl.min_horizontal(pl.col("left").n_unique(),
+                                                                    pl.col("right").n_unique()) / pl.len(),
                                         label=pl.col("top").first(), p_label=pl.col("prior_p").first(),
-                                        tested=pl.col("tested").first()).sort("gram")
-        p = significance.upper_tail(per["k"].to_numpy(), per["n"].to_numpy(), np.full(per.height, rate))
+                                        tested=pl.col("tested").first()).sort("gram").join(
+            rates, left_on="label", right_on="top", how="left")
+        p = significance.upper_tail(per["k"].to_numpy(), per["n"].to_numpy(), per["rate"].to_numpy())
         passed = significance.discoveries(p, per.height, params.triggers.fdr)
+        cfg = params.triggers
         per = per.with_columns(p_content=pl.Series(p, dtype=pl.Float64), passed=pl.Series(passed)).filter(
-            pl.col("passed") & (pl.col("k") >= params.triggers.min_disagreement * pl.col("n")))
+            pl.col("passed") & (pl.col("k") >= cfg.min_disagreement * pl.col("n")) & (pl.col("margin") >= cfg.min_margin)
+            & (pl.col("diversity") >= cfg.min_context_diversity))
         examples = _examples(rows)
         found = [{"key": g, "rows": n, "label": label, "label_p": float(f"{pl_:.3g}"), "tested": tested,
                   "disagreement": round(k / n, 3), "baseline_disagreement": round(rate, 3),
-                  "content_p": float(f"{pc:.3g}"), "examples": examples[g]}
-                 for g, n, k, label, pl_, tested, pc in per.select("gram", "n", "k", "label", "p_label", "tested",
-                                                                   "p_content").iter_rows()]
+                  "content_p": float(f"{pc:.3g}"), "margin": round(mg, 3),
+                  "diversity": round(dv, 3),
+                  "examples": examples[g]}
+                 for g, n, k, label, pl_, tested, pc, rate, mg, dv in per.select(
+                     "gram", "n", "k", "label", "p_label", "tested", "p_content", "rate", "margin", "diversity"
+                 ).iter_rows()]
         ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
         flags.append(_flags("trigger", _merged(found, ids), rows))
     injected = list(inputs.stream("injected"))
@@ -373,8 +445,8 @@ def active(params: AuditParams, published=None) -> set[str]:
         steps |= {"spread", "injections"}
     if params.conflicts:
         steps.add("conflicts")
-    if params.refusal.enabled:
-        steps.add("refusals")
+    if params.refusal.enabled or params.injection.enabled:
+        steps.add("kinds")
     return steps
 
 
@@ -383,7 +455,7 @@ def plan(apply) -> Plan:
     return Plan(
         steps=(MapStep("count", count), CombineStep("model", fit_model), ReduceStep("skew", "phrases", skew),
                ReduceStep("spread", "spans", spread), ReduceStep("conflicts", "texts", conflicts),
-               ReduceStep("refusals", "kinds", refusals), CombineStep("shortlist", shortlist),
+               ReduceStep("kinds", "kinds", kinds), CombineStep("shortlist", shortlist),
                MapStep("carriers", carriers), ReduceStep("injections", "span_context", injections,
                                                          also=("span_rows",)),
                CombineStep("findings", findings)),
@@ -393,5 +465,5 @@ def plan(apply) -> Plan:
                   Shuffle("shortlist", 10, "gram", one), Shuffle("span_shortlist", 10, "gram", one),
                   Shuffle("baseline", 10, "gram", one), Shuffle("carriers", 10, "gram", one),
                   Shuffle("span_rows", 50, "gram"), Shuffle("span_context", 50, "gram"),
-                  Shuffle("injected", 10, "gram", one)),
+                  Shuffle("injected", 10, "gram", one), Shuffle("kind_counts", 10, "kind", one)),
         apply=apply, apply_reads=("flags",), active=active, routed_schemas={"flags": FLAGS})
