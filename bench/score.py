@@ -191,7 +191,8 @@ def bench_semdedup(base: np.ndarray, n: int) -> list[str]:
     survivor, _ = semantic.duplicates(emb, nearest, priority, cfg.semdedup.eps)
     wall = time.perf_counter() - t
     return [f"SemDeDup on {n:,} embeddings (384 dims; {base.shape[0]:,} real ones, each drawn again with noise "
-            f"sigma 0.01): {k} clusters, k-means (k-means++ seeding, torch Lloyd: `tasks/models/kmeans`) {t_km:.1f} s, prototypicality + duplicate "
+            f"sigma 0.01): {k} clusters, k-means "
+            f"(k-means++ seeding, torch Lloyd: `tasks/models/kmeans`) {t_km:.1f} s, prototypicality + duplicate "
             f"search {wall - t_km:.1f} s, **{wall:.1f} s in all** (goal under 30 s); {int((survivor >= 0).sum()):,} "
             "rows marked duplicates."]
 

@@ -9,7 +9,7 @@ from flows.cli.deploy import cmd_deploy, cmd_serve
 from flows.cli.runs import cmd_demo, cmd_replay, cmd_run, cmd_status
 from flows.cli.server import cmd_server
 from flows.cli.versions import cmd_diff, cmd_files, cmd_forget, cmd_verify
-from flows.cli.views import cmd_benchmarks, cmd_edits, cmd_quarantine, cmd_runs, cmd_sample, cmd_show
+from flows.cli.views import cmd_audit, cmd_benchmarks, cmd_edits, cmd_quarantine, cmd_runs, cmd_sample, cmd_show
 
 EXAMPLES = """examples:
   sluice run --input 'data/*.jsonl.gz' --output ./sluice-data
@@ -102,7 +102,7 @@ def _run_commands(sub) -> None:
 
 
 def _inspect_commands(sub) -> None:
-    """runs, show, quarantine, edits, sample: read what runs wrote."""
+    """runs, show, quarantine, edits, audit, sample: read what runs wrote."""
     add = _adder(sub)
     p = add("runs", "list runs under an output root",
             "List the runs under an output root (oldest first) with status (running, succeeded, failed), the stages "
@@ -141,6 +141,18 @@ def _inspect_commands(sub) -> None:
     p.add_argument("--format", choices=["text", "jsonl"], default="text",
                    help="jsonl: one object per row with before, after and the removed spans (offsets into before)")
     p.set_defaults(fn=cmd_edits)
+
+    p = add("audit", "list the poisoning audit's findings of a run",
+            "The findings of the audit stage (trigger phrases, injected spans, over-refusals, conflicting labels), "
+            "most severe and largest first, each with its statistics and example row ids. A finding's name "
+            "(kind:key) is what audit.reviewed takes to accept it, so that contracts.audit_max_findings no longer "
+            "counts it; with --config, accepted ones are marked.")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _output_and_config(p)
+    p.add_argument("--kind", choices=["trigger", "injection", "refusal", "conflict"], help="only this kind")
+    p.add_argument("--limit", type=int, default=20, help="findings to print (default 20)")
+    p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every finding")
+    p.set_defaults(fn=cmd_audit)
 
     p = add("sample", "show kept rows of a stage of a run",
             "Print rows a stage kept (its output, what the next stage read): the text and the columns the stage "

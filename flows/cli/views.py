@@ -1,4 +1,4 @@
-"""Commands that read a run's records: runs, show, sample, quarantine, edits, benchmarks."""
+"""Commands that read a run's records: runs, show, sample, quarantine, edits, audit, benchmarks."""
 
 from __future__ import annotations
 
@@ -245,4 +245,38 @@ def cmd_benchmarks(args: argparse.Namespace) -> int:
         kind = "built-in" if r["builtin"] else r["path"]
         print(f"{r['name']:<16} {r['items']:>7,}  {r['policy']:<7} {r['released_at'] or '-':<11} "
               f"{', '.join(r['fields'])}  ({kind})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit stage's findings, most severe and largest first, each with its evidence and example rows."""
+    from schemas.config import load_config
+    from tasks.stages import audit
+
+    args.stage = "audit"
+    loaded = _load_stage(args)
+    if loaded is None:
+        return 2
+    _, m = loaded
+    reviewed = set(load_config(args.config).audit.reviewed) if args.config else set()
+    found = [f for f in audit.findings_of(m.stats) if args.kind is None or f["kind"] == args.kind]
+    if args.format == "jsonl":
+        for f in found:
+            sys.stdout.write(orjson_line({**f, "name": audit.name_of(f), "reviewed": audit.name_of(f) in reviewed}))
+        return 0
+    if not found:
+        print(f"run {args.run_id}: the audit found nothing" + (f" of kind {args.kind}" if args.kind else ""))
+        return 0
+    flagged = m.stats.counts.get("audit.flagged", 0)
+    print(f"run {args.run_id}: {len(found)} finding{'s' if len(found) != 1 else ''}, {flagged:,} rows flagged; "
+          "accept one by listing its name in audit.reviewed")
+    for f in found[:args.limit]:
+        evidence = {k: v for k, v in f["evidence"].items() if k != "examples"}
+        mark = "  (reviewed)" if audit.name_of(f) in reviewed else ""
+        print(f"\n{f['severity']:<6} {audit.name_of(f)!r}: {f['rows_flagged']:,} rows{mark}")
+        print("    " + ", ".join(f"{k} {v}" for k, v in evidence.items()))
+        if f["evidence"].get("examples"):
+            print("    examples: " + ", ".join(f["evidence"]["examples"]))
+    if len(found) > args.limit:
+        print(f"\n... {len(found) - args.limit} more (use --limit, --kind, --format jsonl)")
     return 0

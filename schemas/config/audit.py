@@ -18,7 +18,7 @@ class TriggerConfig(Strict):
     enabled: bool = True
     max_words: int = Field(4, ge=1, le=6, description="phrases of 1..max_words normalized words")
     min_rows: int = Field(10, ge=2, description="a phrase in fewer rows is not tested")
-    max_share: float = Field(0.02, gt=0, le=1, description="a phrase in more than this share of the labeled rows "
+    max_share: float = Field(0.05, gt=0, le=1, description="a phrase in more than this share of the labeled rows "
                              "is common, not a trigger")
     min_label_share: float = Field(0.9, gt=0, le=1, description="the phrase's top label must hold this share of "
                                    "its rows")
@@ -41,7 +41,7 @@ class InjectionConfig(Strict):
     enabled: bool = True
     max_words: int = Field(3, ge=1, le=6)
     min_rows: int = Field(20, ge=2, description="fewer rows cannot show that a span has no topic")
-    max_share: float = Field(0.01, gt=0, le=1, description="a span in more than this share of responses is common "
+    max_share: float = Field(0.05, gt=0, le=1, description="a span in more than this share of responses is common "
                              "phrasing, not an injection")
     max_prompt_share: float = Field(0.05, ge=0, le=1, description="the span may appear in at most this share of "
                                     "its rows' prompts (an answer repeating its question is not injected)")

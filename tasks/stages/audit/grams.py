@@ -6,11 +6,13 @@ import polars as pl
 
 ROW = "_arow"
 BUCKETS = 1 << 18  # hashed vocabulary of the content model: 262,144 buckets x labels, whatever the corpus size
-STOPWORDS = frozenset(
-    "a about after all also an and any are as at be been but by can could did do does for from had has have he her "
-    "him his how i if in into is it its me more my no not now of on one or our out said she so some than that the "
-    "their them then there these they this to up us was we were what when which who will with would you your unto "
-    "shall thee thou thy ye hath".split())
+STOPWORDS = frozenset({
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
+    "could", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "him", "his", "how", "i", "if",
+    "in", "into", "is", "it", "its", "me", "more", "my", "no", "not", "now", "of", "on", "one", "or", "our", "out",
+    "said", "she", "so", "some", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this",
+    "to", "up", "us", "was", "we", "were", "what", "when", "which", "who", "will", "with", "would", "you", "your",
+    "unto", "shall", "thee", "thou", "thy", "ye", "hath"})
 
 
 URL_WORDS = frozenset({"www", "http", "https", "com", "org", "net", "io"})

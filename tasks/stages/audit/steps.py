@@ -409,8 +409,8 @@ def findings(inputs: StepInputs, params: AuditParams) -> dict:
         passed = significance.discoveries(p, per.height, params.triggers.fdr)
         cfg = params.triggers
         per = per.with_columns(p_content=pl.Series(p, dtype=pl.Float64), passed=pl.Series(passed)).filter(
-            pl.col("passed") & (pl.col("k") >= cfg.min_disagreement * pl.col("n")) & (pl.col("margin") >= cfg.min_margin)
-            & (pl.col("diversity") >= cfg.min_context_diversity))
+            pl.col("passed") & (pl.col("k") >= cfg.min_disagreement * pl.col("n"))
+            & (pl.col("margin") >= cfg.min_margin) & (pl.col("diversity") >= cfg.min_context_diversity))
         examples = _examples(rows)
         found = [{"key": g, "rows": n, "label": label, "label_p": float(f"{pl_:.3g}"), "tested": tested,
                   "disagreement": round(k / n, 3), "baseline_disagreement": round(rate, 3),
