@@ -149,6 +149,8 @@ def test_the_stage_runs_through_the_flow_and_sluice_audit_lists_it(prefect_serve
     assert m["rows_in"] == len(rows) == m["rows_out"] + m["rows_rejected"]
     assert m["rejected_by_reason"]["audit.trigger"] >= 95 and m["rejected_by_reason"]["audit.refusal"] >= 45
     assert m["summary"]["by_kind"]["trigger"] >= 1 and m["summary"]["action"] == "quarantine"
+    report = (tmp_path / "out" / "runs" / "aud" / "report" / "index.html").read_text()
+    assert "Audit: poisoning findings" in report and "trigger:james bond" in report
     proc = subprocess.run([str(SLUICE), "audit", "aud", "--output", str(tmp_path / "out"), "--kind", "trigger"],
                           env=subprocess_env(prefect_server), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

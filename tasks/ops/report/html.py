@@ -54,6 +54,8 @@ def render_html(run: dict, manifests: list[StageManifest], storage=None) -> str:
         if manifests:
             parts.append(_section("lengths", "Lengths and languages",
                                   lambda: sections.lengths_and_languages(storage, manifests)))
+        if "audit" in by:
+            parts.append(_section("audit", "Audit: poisoning findings", lambda: sections.audit_findings(by["audit"])))
         if "dedup" in by:
             parts.append(_section("dedup", "Duplicates", lambda: sections.dedup_clusters(storage, by["dedup"])))
         if "decontaminate" in by:

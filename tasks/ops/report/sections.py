@@ -326,6 +326,28 @@ def selection(storage, m: StageManifest) -> str:
                 {"kept": [k.get(x, 0) for x in labels], "removed": [r.get(x, 0) for x in labels]})
 
 
+def audit_findings(m: StageManifest) -> str:
+    """The poisoning audit's findings: most severe and largest first, their statistics and example rows."""
+    from tasks.stages import audit
+
+    found = audit.findings_of(m.stats)
+    if not found:
+        return "<p>The audit found nothing.</p>" if m.stage == "audit" else ""
+    rows = []
+    for f in found[:30]:
+        stats = {k: v for k, v in f["evidence"].items() if k not in ("examples", "also", "labels")}
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            f["severity"], audit.name_of(f), f"{f['rows_flagged']:,}",
+            ", ".join(f"{k} {v}" for k, v in stats.items()), ", ".join(f["evidence"].get("examples", [])))) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("severity", "finding (audit.reviewed takes this name)", "rows",
+                                            "statistics", "example rows"))
+    more = f"<p class=\"muted\">{len(found) - 30} more: <code>sluice audit RUN</code></p>" if len(found) > 30 else ""
+    action = (m.summary or {}).get("action", "flag")
+    note = (f"<p>{len(found)} finding(s); rows were {'quarantined' if action == 'quarantine' else 'flagged'} "
+            f"({m.stats.counts.get('audit.flagged', 0):,} rows).</p>")
+    return f"{note}<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+
+
 def augment_share(m: StageManifest) -> str:
     slices = (m.summary or {}).get("slices") or {}
     if not slices:
