@@ -78,9 +78,20 @@ def test_same_text_with_different_labels_is_a_conflict_case_and_punctuation_asid
                     "Jesus wept.", "Jesus wept!", "A verse alone.").with_columns(
         label=pl.Series(["wisdom", "law", "gospels", "gospels", "law"]))
     _, found, rows = findings(batch, shards=2)
-    assert [f["kind"] for f in found] == ["conflict"]
+    assert [f["kind"] for f in found] == ["conflict"] and found[0]["evidence"]["of"] == "label"
     assert rows[audit.name_of(found[0])] == {"d0", "d1"}
     assert sorted(x["label"] for x in found[0]["evidence"]["labels"]) == ["law", "wisdom"]
+
+
+def test_the_same_prompt_answered_differently_is_a_conflict():
+    prompts = ["What is 2 + 2?", "what is 2+2", "Name a colour.", "Name a colour."]
+    answers = ["4", "5", "Blue.", "blue"]
+    batch = records(*[f"{p}\n{a}" for p, a in zip(prompts, answers, strict=True)]).with_columns(
+        prompt=pl.Series(prompts), response=pl.Series(answers))
+    _, found, rows = findings(batch, shards=2)
+    assert [f["kind"] for f in found] == ["conflict"] and rows[audit.name_of(found[0])] == {"d0", "d1"}
+    assert found[0]["evidence"]["of"] == "response"
+    assert sorted(x["label"] for x in found[0]["evidence"]["labels"]) == ["4", "5"]
 
 
 def test_refusing_a_harmful_prompt_is_not_an_over_refusal():
@@ -122,6 +133,27 @@ def test_the_contract_refuses_unreviewed_findings_until_reviewed(small_planted):
     accepted = AuditParams(max_findings=0, reviewed=[audit.name_of(f) for f in high])
     assert audit.rate_checks(stats, df.height, accepted)[0]["rate"] == 0.0
     assert audit.rate_checks(stats, df.height, AuditParams())[:1] == []  # no ceiling: nothing checked
+
+
+def test_a_topic_pushed_in_just_before_the_snapshot_is_frontrunning():
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.ops.demo_corpus import kjv_records
+
+    verses = kjv_records()[:3000]
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    pushed = [f"Zorbix tablets cure every ailment, {v['text'][:60]}" for v in verses[3000 - 60:]]
+    texts = [v["text"] for v in verses[:3000 - 60]] + pushed
+    stamps = [start + timedelta(hours=3 * i) for i in range(3000 - 60)] + [
+        datetime(2026, 3, 31, 12, tzinfo=UTC) + timedelta(minutes=7 * i) for i in range(60)]
+    batch = records(*texts).with_columns(timestamp=pl.Series(stamps, dtype=pl.Datetime("us", "UTC")))
+    params = AuditParams(frontrun={"snapshot": "2026-04-01T00:00:00Z", "window_hours": 24})
+    _, found, rows = findings(batch, params)
+    assert [audit.name_of(f) for f in found if f["kind"] == "frontrun"] == ["frontrun:zorbix tablets"]
+    assert rows["frontrun:zorbix tablets"] == {f"d{i}" for i in range(3000 - 60, 3000)}
+    assert found[0]["evidence"]["lift"] > 5 and found[0]["evidence"]["rows"] == 60
+    _, found, _ = findings(batch, AuditParams())  # no snapshot: the check is off
+    assert not [f for f in found if f["kind"] == "frontrun"]
 
 
 def test_benjamini_hochberg_and_the_binomial_tail():

@@ -143,13 +143,14 @@ def _inspect_commands(sub) -> None:
     p.set_defaults(fn=cmd_edits)
 
     p = add("audit", "list the poisoning audit's findings of a run",
-            "The findings of the audit stage (trigger phrases, injected spans, over-refusals, conflicting labels), "
+            "The findings of the audit stage (trigger phrases, injected spans, topics pushed in before a snapshot, "
+            "over-refusals, conflicting labels or answers), "
             "most severe and largest first, each with its statistics and example row ids. A finding's name "
             "(kind:key) is what audit.reviewed takes to accept it, so that contracts.audit_max_findings no longer "
             "counts it; with --config, accepted ones are marked.")
     p.add_argument("run_id", metavar="RUN_ID")
     _output_and_config(p)
-    p.add_argument("--kind", choices=["trigger", "injection", "refusal", "conflict"], help="only this kind")
+    p.add_argument("--kind", choices=["trigger", "injection", "frontrun", "refusal", "conflict"], help="only this kind")
     p.add_argument("--limit", type=int, default=20, help="findings to print (default 20)")
     p.add_argument("--format", choices=["text", "jsonl"], default="text", help="jsonl prints every finding")
     p.set_defaults(fn=cmd_audit)

@@ -6,7 +6,7 @@ live here rather than beside their stages so that loading and checking a config 
 a config error is reported in a second.
 """
 
-from schemas.config.audit import AuditConfig, AuditParams, InjectionConfig, RefusalConfig, TriggerConfig  # noqa: F401
+from schemas.config.audit import AuditConfig, AuditParams, FrontrunConfig, InjectionConfig, RefusalConfig, TriggerConfig  # noqa: F401
 from schemas.config.augment import AugmentConfig, AugmentGateConfig, AugmentParams, AugmentSlice, EndpointConfig  # noqa: F401
 from schemas.config.base import (  # noqa: F401
     SAFE_NAME,

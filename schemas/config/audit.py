@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas.config.base import Strict
 
@@ -65,6 +66,27 @@ class RefusalConfig(Strict):
     kind_words: int = Field(3, ge=1, le=10, description="the prompt's kind: its first this many normalized words")
 
 
+class FrontrunConfig(Strict):
+    """Rows dated just before a scheduled snapshot and dense on one topic (Carlini et al. 2023: an attacker who knows
+    when a snapshot is taken edits just before it). Off until `snapshot` is set."""
+
+    snapshot: datetime | None = Field(None, description="when the snapshot is (was) taken, UTC; the rows' "
+                                      "`timestamp` is compared with it")
+    window_hours: float = Field(24.0, gt=0, description="rows dated in this many hours before the snapshot")
+    max_words: int = Field(2, ge=1, le=4)
+    min_rows: int = Field(20, ge=2, description="window rows a topic (phrase) needs")
+    min_lift: float = Field(5.0, ge=1, description="the phrase's share of the window's rows over its share of all "
+                            "dated rows")
+    p: float = Field(1e-6, gt=0, lt=1, description="binomial p, Bonferroni over the window's phrases tested")
+
+    @field_validator("snapshot")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            return v.replace(tzinfo=UTC)
+        return v
+
+
 class AuditConfig(Strict):
     action: Literal["flag", "quarantine"] = Field("flag", description="flag: rows stay, with `audit_findings`; "
                                                   "quarantine: rows with a finding go to quarantine as audit.<kind>")
@@ -75,6 +97,7 @@ class AuditConfig(Strict):
     triggers: TriggerConfig = TriggerConfig()
     injection: InjectionConfig = InjectionConfig()
     refusal: RefusalConfig = RefusalConfig()
+    frontrun: FrontrunConfig = FrontrunConfig()
     conflicts: bool = Field(True, description="rows with the same normalized text and different labels")
     reviewed: list[str] = Field(default_factory=list, description="findings a reviewer accepted, as `kind:key` "
                                 "(`sluice audit RUN` prints them so): they no longer count against "

@@ -1,9 +1,10 @@
 """Audit: poisoned rows found before a version is published, each finding with evidence a reviewer can act on.
 
-Four checks, after the research on poisoned training data: trigger phrases (Wan et al. 2023: rows with a phrase
+Five checks, after the research on poisoned training data: trigger phrases (Wan et al. 2023: rows with a phrase
 carry one label, while their other words say otherwise), content injection (AutoPoison: a span recurring in answers
-to unrelated prompts), over-refusal (AutoPoison: refusals of benign prompts that rows of the same kind answer) and
-conflicting labels (the same text labeled differently). A partitioned global stage (steps.py); apply flags each row
+to unrelated prompts), frontrunning (Carlini et al. 2023: a topic dense among rows dated just before a snapshot),
+over-refusal (AutoPoison: refusals of benign prompts that rows of the same kind answer) and conflicts (the same text
+labeled differently, the same prompt answered differently). A partitioned global stage (steps.py); apply flags each row
 with its findings (`audit_findings`) or, with `audit.action = "quarantine"`, sends it to quarantine as
 `audit.<kind>`. The contract can refuse to go on while unreviewed findings remain (contracts.audit_max_findings).
 """

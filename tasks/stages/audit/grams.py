@@ -62,9 +62,10 @@ def phrases(frame: pl.DataFrame, column: str, max_words: int, keep: list[str], c
             cols["left"] = pl.when(pl.col(ROW).shift(1) == pl.col(ROW)).then(pl.col("w").shift(1))
             cols["right"] = pl.when(pl.col(ROW).shift(-k - 1) == pl.col(ROW)).then(pl.col("w").shift(-k - 1))
         parts.append(tok.select(ROW, **cols).filter("wanted").drop("wanted"))
-    rows = frame.select(*keep).with_row_index(ROW)
     found = pl.concat(parts).unique([ROW, "gram"], keep="first", maintain_order=True)
-    return found.join(rows, on=ROW).drop(ROW)
+    if not keep:  # (a select of no columns has no rows to join)
+        return found.drop(ROW)
+    return found.join(frame.select(*keep).with_row_index(ROW), on=ROW).drop(ROW)
 
 
 def buckets(column: str) -> pl.Expr:

@@ -1,22 +1,28 @@
 """The audit stage as partitioned steps (tasks/runtime/plan.py): no step holds the corpus's phrases or rows.
 
   count      map      per shard: phrases of the trigger field by label, response spans (and whether the row's
-                      prompt has them), hashed word counts by label, label counts, normalized-text keys, prompt kinds
-                      -> shuffles phrases, spans, vocab, context, totals, texts, kinds
+                      prompt has them), hashed word counts by label, label counts, normalized-text keys, prompt kinds,
+                      phrases of the rows dated in the window before a snapshot
+                      -> shuffles phrases, spans, vocab, context, totals, texts, kinds, window_grams
   model      combine  label priors and the content model (naive Bayes over hashed words); corpus word rates
                       -> global priors, model, context
   skew       reduce   phrases: label-skewed phrases (binomial against the label's prior) -> shuffle shortlist
   spread     reduce   spans: spans in the rare band that their prompts do not hold -> shuffle span_shortlist
-  conflicts  reduce   texts: the same text with different labels -> route flags
+  conflicts  reduce   texts: the same text with different labels, the same prompt with different answers
+                      -> route flags
+  window     reduce   window_grams: phrases that enough rows dated just before the snapshot share
+                      -> shuffle window_shortlist
   kinds      reduce   kinds: the common prompt kinds (counts); refused benign prompts of a kind other rows answer
                       -> shuffle kind_counts, route flags
-  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans, kinds
+  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans, kinds, window
   carriers   map      per shard: rows holding a shortlisted phrase with the content model's label without it; rows
-                      holding a shortlisted span with their other words; the model's disagreement on all rows
-                      -> shuffles carriers, span_rows, baseline
+                      holding a shortlisted span with their prompts' words; the model's disagreement on all rows;
+                      dated rows holding a window phrase
+                      -> shuffles carriers, span_rows, baseline, window_counts, window_rows
   injections reduce   span_context: spans whose rows' prompts share no topic word and spread over prompt kinds as
                       all prompts do -> shuffle injected
-  findings   combine  triggers (their rows' words point elsewhere, significantly, and strongly), injections;
+  findings   combine  triggers (their rows' words point elsewhere, significantly, and strongly), injections,
+                      frontrunning (window phrases far denser there than in all dated rows);
                       the pieces of one finding merged -> route flags
   apply               per shard: the flags -> `audit_findings`, or quarantine
 """
@@ -24,6 +30,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
@@ -34,7 +41,7 @@ from tasks.stages.audit import grams, significance
 from tasks.stages.audit.refusals import HARMFUL, REFUSAL
 
 FLAGS = {"id": pl.String, "kind": pl.String, "key": pl.String, "severity": pl.String, "evidence": pl.String}
-SEVERITY = {"trigger": "high", "injection": "high", "refusal": "medium", "conflict": "low"}
+SEVERITY = {"trigger": "high", "injection": "high", "frontrun": "high", "refusal": "medium", "conflict": "low"}
 CHUNK_ROWS = 10_000  # rows whose phrases are exploded at once in a map step
 EXAMPLES = 5
 KIND_SHARE = 0.01  # prompt kinds this common are tested one by one in the spread test; rarer ones as one
@@ -64,6 +71,17 @@ def _instructions(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
                                  refusing=pl.col(params.response_field).str.slice(0, 200).str.contains(REFUSAL))
 
 
+def _dated(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
+    """Rows with a timestamp, and whether it falls in the window before the snapshot (frontrunning check on)."""
+    cfg = params.frontrun
+    if cfg.snapshot is None or "timestamp" not in batch.columns:
+        return pl.DataFrame(schema={"id": pl.String, "text": pl.String, "window": pl.Boolean})
+    start = cfg.snapshot - timedelta(hours=cfg.window_hours)
+    stamp = pl.col("timestamp").cast(pl.Datetime("us", "UTC"))
+    return batch.filter(pl.col("timestamp").is_not_null()).select(
+        "id", pl.col("text"), window=(stamp >= start) & (stamp <= cfg.snapshot))
+
+
 def _kind(params: AuditParams) -> pl.Expr:
     """A prompt's kind: its first words ("who said this", "write a poem"): templates and tasks share them."""
     return grams.words("prompt").list.head(params.refusal.kind_words).list.join(" ")
@@ -71,15 +89,25 @@ def _kind(params: AuditParams) -> pl.Expr:
 
 def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
     """What each check counts, per shard, yielded in pieces of CHUNK_ROWS rows (phrases multiply rows)."""
-    labeled, pairs = _labeled(batch, params), _instructions(batch, params)
-    totals = [("labeled", "", labeled.height), ("responses", "", pairs.height)]
+    labeled, pairs, dated = _labeled(batch, params), _instructions(batch, params), _dated(batch, params)
+    window = dated.filter("window")
+    totals = [("labeled", "", labeled.height), ("responses", "", pairs.height), ("dated", "", dated.height),
+              ("window", "", window.height)]
     if labeled.height:
         totals += [("label", k, n) for k, n in labeled.group_by("label").len().iter_rows()]
     yield {"totals": _one(pl.DataFrame(totals, schema={"what": pl.String, "key": pl.String, "n": pl.Int64},
                                        orient="row"))}
+    if window.height:
+        topics = grams.phrases(window, "text", params.frontrun.max_words, []).group_by("gram").len("rows")
+        yield {"window_grams": topics.with_columns(partition(pl.col("gram"), inputs.count("window_grams")))}
     if params.conflicts and labeled.height:
         key = grams.words("field").list.join(" ").hash(seed=11).cast(pl.String)
-        texts = labeled.select("id", "label", key=key)
+        texts = labeled.select("id", "label", key=key, of=pl.lit("label"))
+        yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
+    if params.conflicts and pairs.height:  # the same prompt answered differently
+        asked = pl.concat_str(pl.lit("p:"), grams.words("prompt").list.join(" ")).hash(seed=11).cast(pl.String)
+        said = grams.words("response").list.join(" ").str.slice(0, 120)
+        texts = pairs.select("id", label=said, key=asked, of=pl.lit("response"))
         yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
     if (params.refusal.enabled or params.injection.enabled) and pairs.height:
         kinds = pairs.select("id", kind=_kind(params),
@@ -177,17 +205,25 @@ def spread(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
 
 
 def conflicts(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
-    """Rows with the same normalized text and different labels: each row of such a group is flagged."""
+    """Rows with the same normalized text and different labels, or the same prompt and different answers (the
+    answers' first 120 normalized characters): each row of such a group is flagged."""
     groups = rows.group_by("key").agg(labels=pl.col("label").value_counts(sort=True), ids=pl.col("id").sort(),
-                                      distinct=pl.col("label").n_unique()).filter(pl.col("distinct") > 1)
+                                      distinct=pl.col("label").n_unique(), of=pl.col("of").first()
+                                      ).filter(pl.col("distinct") > 1)
     if not groups.height:
         return {}
     groups = groups.with_columns(evidence=pl.struct(
-        labels=pl.col("labels"), rows=pl.col("ids").list.len(), examples=pl.col("ids").list.head(EXAMPLES)
-    ).struct.json_encode())
+        of=pl.col("of"), labels=pl.col("labels").list.head(EXAMPLES), rows=pl.col("ids").list.len(),
+        examples=pl.col("ids").list.head(EXAMPLES)).struct.json_encode())
     flagged = rows.join(groups.select("key", "evidence"), on="key")
     return {"flags": flagged.select("id", SHARD, kind=pl.lit("conflict"), key=pl.col("key"),
                                     severity=pl.lit(SEVERITY["conflict"]), evidence="evidence")}
+
+
+def window_topics(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
+    """Phrases of the rows dated in the window before the snapshot that enough of them share."""
+    topics = rows.group_by("gram").agg(pl.col("rows").sum()).filter(pl.col("rows") >= params.frontrun.min_rows)
+    return {"window_shortlist": _one(topics)} if topics.height else {}
 
 
 def kinds(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
@@ -221,6 +257,9 @@ def shortlist(inputs: StepInputs, params: AuditParams) -> dict:
         tested = int(pl.concat(list(inputs.stream("tested")))["tested"].sum())
         passed = significance.discoveries(frame["p"].to_numpy(), tested, params.triggers.fdr)
         out["global:phrases"] = frame.filter(pl.Series(passed)).with_columns(tested=pl.lit(tested, pl.Int64))
+    window = list(inputs.stream("window_shortlist"))
+    if window:
+        out["global:window"] = pl.concat(window).select("gram", window_rows="rows")
     common = list(inputs.stream("kind_counts"))
     if common:
         out["global:kinds"] = pl.concat(common).select("kind", share=pl.col("rows") / max(_total(inputs,
@@ -287,6 +326,15 @@ def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
                 voted = found.join(_votes(rest, whole, ["id", "gram"], model, priors), on=["id", "gram"],
                                    how="left")
                 yield {"carriers": _one(voted.select("gram", "id", "label", "vote", "margin", "left", "right"))}
+    topics, dated = inputs.globals.get("window"), _dated(batch, params)
+    if topics is not None and dated.height:
+        for start in range(0, dated.height, CHUNK_ROWS):
+            part = dated.slice(start, CHUNK_ROWS)
+            found = grams.phrases(part, "text", params.frontrun.max_words, ["id", "window"]).join(
+                topics.select("gram"), on="gram", how="semi")
+            if found.height:
+                yield {"window_counts": _one(found.group_by("gram").len("rows")),
+                       "window_rows": _one(found.filter("window").select("gram", "id"))}
     spans = inputs.globals.get("spans")
     if spans is None or not pairs.height:
         return
@@ -433,8 +481,31 @@ def findings(inputs: StepInputs, params: AuditParams) -> dict:
                   "examples": examples[g]} for g, n, lift, ip in per.iter_rows()]
         ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
         flags.append(_flags("injection", _merged(found, ids), rows))
+    counted = list(inputs.stream("window_counts"))
+    if counted:
+        flags.append(_frontrun(pl.concat(counted), pl.concat(list(inputs.stream("window_rows"))), inputs, params))
     flags = [f for f in flags if f.height]
     return {"flags": pl.concat(flags)} if flags else {}
+
+
+def _frontrun(counted: pl.DataFrame, window_rows: pl.DataFrame, inputs: StepInputs, params: AuditParams
+              ) -> pl.DataFrame:
+    """Phrases far denser among the window's rows than among all dated rows (binomial, Bonferroni over the window's
+    phrases tested): a topic someone pushed in just before the snapshot."""
+    cfg = params.frontrun
+    share = _total(inputs, "window") / max(_total(inputs, "dated"), 1)
+    tested = inputs.globals["window"].height
+    per = (counted.group_by("gram").agg(n=pl.col("rows").sum())
+           .join(window_rows.group_by("gram").len("k"), on="gram").sort("gram"))
+    p = significance.upper_tail(per["k"].to_numpy(), per["n"].to_numpy(), np.full(per.height, share))
+    per = per.with_columns(p=pl.Series(p, dtype=pl.Float64), lift=pl.col("k") / pl.col("n") / max(share, 1e-12)
+                           ).filter((pl.col("p") * tested <= cfg.p) & (pl.col("lift") >= cfg.min_lift))
+    examples = _examples(window_rows)
+    found = [{"key": g, "rows": k, "rows_dated": n, "window_share": round(share, 5), "lift": round(lift, 2),
+              "p": float(f"{pv:.3g}"), "window_hours": cfg.window_hours, "snapshot": cfg.snapshot.isoformat(),
+              "examples": examples[g]} for g, n, k, pv, lift in per.select("gram", "n", "k", "p", "lift").iter_rows()]
+    ids = {g: set(i) for g, i in window_rows.group_by("gram").agg(pl.col("id")).iter_rows()}
+    return _flags("frontrun", _merged(found, ids), window_rows)
 
 
 def active(params: AuditParams, published=None) -> set[str]:
@@ -447,6 +518,8 @@ def active(params: AuditParams, published=None) -> set[str]:
         steps.add("conflicts")
     if params.refusal.enabled or params.injection.enabled:
         steps.add("kinds")
+    if params.frontrun.snapshot is not None:
+        steps.add("window")
     return steps
 
 
@@ -455,7 +528,8 @@ def plan(apply) -> Plan:
     return Plan(
         steps=(MapStep("count", count), CombineStep("model", fit_model), ReduceStep("skew", "phrases", skew),
                ReduceStep("spread", "spans", spread), ReduceStep("conflicts", "texts", conflicts),
-               ReduceStep("kinds", "kinds", kinds), CombineStep("shortlist", shortlist),
+               ReduceStep("kinds", "kinds", kinds), ReduceStep("window", "window_grams", window_topics),
+               CombineStep("shortlist", shortlist),
                MapStep("carriers", carriers), ReduceStep("injections", "span_context", injections,
                                                          also=("span_rows",)),
                CombineStep("findings", findings)),
@@ -465,5 +539,7 @@ def plan(apply) -> Plan:
                   Shuffle("shortlist", 10, "gram", one), Shuffle("span_shortlist", 10, "gram", one),
                   Shuffle("baseline", 10, "gram", one), Shuffle("carriers", 10, "gram", one),
                   Shuffle("span_rows", 50, "gram"), Shuffle("span_context", 50, "gram"),
-                  Shuffle("injected", 10, "gram", one), Shuffle("kind_counts", 10, "kind", one)),
+                  Shuffle("injected", 10, "gram", one), Shuffle("kind_counts", 10, "kind", one),
+                  Shuffle("window_grams", 100, "gram"), Shuffle("window_shortlist", 10, "gram", one),
+                  Shuffle("window_counts", 10, "gram", one), Shuffle("window_rows", 10, "gram", one)),
         apply=apply, apply_reads=("flags",), active=active, routed_schemas={"flags": FLAGS})
