@@ -25,6 +25,30 @@ def _emit_changed(change: dict) -> None:
                payload=change)
 
 
+def recurate(changed: list[dict], output: str, config_path: str | None, cfg, storage: Storage, stamp: str) -> dict:
+    """Curate the changed objects again as a trial (never published), with the audit stage, and diff their rows
+    against the first curation's (tasks/ops/split_view.py)."""
+    from tasks.ops import split_view
+    from tasks.runtime import registry
+
+    logger = get_run_logger()
+    stages = [s for s in (cfg.stages or registry.DEFAULT_PIPELINE) if registry.STAGES[s].kind != "sink"]
+    if "audit" not in stages:
+        stages = sorted([*stages, "audit"], key=registry.ORDER.index)
+    run_id = f"watch-changed-{new_run_id()}"
+    runner = task_runner(cfg.runner.kind, cfg.runner.workers, cfg.runner.dask_address)
+    run = curate.with_options(task_runner=runner)(inputs=[c["uri"] for c in changed], output=output,
+                                                   config_path=config_path, run_id=run_id, stages=stages,
+                                                   trial=True)
+    diffs = [split_view.diff(storage, c, run_id) for c in changed]
+    storage.write_json(layout.watch_alert(f"{stamp}-diff"), {"run_id": run_id, "objects": diffs})
+    for d in diffs:
+        logger.warning(f"{d['uri']} re-curated by {run_id}: {d.get('added', '?')} row(s) not in the first "
+                       f"curation, {d.get('removed', '?')} gone, {d.get('added_flagged_by_audit', 0)} of the new "
+                       "ones flagged by the audit")
+    return {"run_id": run_id, "status": run.get("status"), "objects": diffs}
+
+
 @flow(name="watch", flow_run_name="watch-{output}", validate_parameters=True)
 def watch(inputs: list[str], output: str, config_path: str | None = None) -> dict:
     """One poll: list `inputs`, start `curate` (as a subflow) on the objects the ledger has not seen, and record
@@ -46,6 +70,8 @@ def watch(inputs: list[str], output: str, config_path: str | None = None) -> dic
         ledger[f.uri] = {**ledger[f.uri], "etag": f.version, "size": f.size}
     if found.changed:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        if cfg.deploy.recurate_changed:
+            summary["recurated"] = recurate(found.changed, output, config_path, cfg, storage, stamp)
         storage.write_json(layout.watch_alert(stamp), {"detected_at": datetime.now(UTC).isoformat(),
                                                       "objects": found.changed})
         for change in found.changed:

@@ -101,7 +101,8 @@ def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env})
     fs.mkdir("watched")
     fs.pipe("watched/incoming/a.jsonl", b"\n".join(orjson.dumps(r) for r in VERSES[:120]))
-    cfg = config(tmp_path, 'stages = ["ingest", "publish"]\n[publish]\ndataset = "watched"\n')
+    cfg = config(tmp_path, 'stages = ["ingest", "publish"]\n[publish]\ndataset = "watched"\n'
+                           '[deploy]\nrecurate_changed = true\n')
     params = {"inputs": ["s3://watched/incoming/"], "output": "s3://watched/out", "config_path": str(cfg)}
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         first = watch(**params)
@@ -119,7 +120,8 @@ def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3
         assert (v2["rows_out"], v2["published"]["mode"], v2["published"]["base_version"]) == (170, "append", 1)
         third = watch(**params)
         assert third["new"] == [] and third["run"] is None and third["unchanged"] == 2
-        poisoned = b"\n".join(orjson.dumps({**r, "text": r["text"].upper()}) for r in VERSES[:120])
+        poisoned = b"\n".join(orjson.dumps({**r, "text": r["text"].upper()} if i in (3, 50) else r)
+                               for i, r in enumerate(VERSES[:120] + VERSES[300:302]))
         fs.pipe("watched/incoming/a.jsonl", poisoned)
         fourth = watch(**params)
     assert fourth["new"] == [] and fourth["run"] is None
@@ -127,8 +129,18 @@ def test_watch_curates_only_new_objects_and_reports_changed_ones(prefect_api, s3
     assert changed["uri"] == "s3://watched/incoming/a.jsonl"
     assert changed["curated_by_run"] == first["run"]["run_id"]
     assert changed["now"]["sha256"] == hashlib.sha256(poisoned).hexdigest() != changed["was"]["sha256"]
-    alerts = fs.ls("watched/out/watch/changed")
-    assert len(alerts) == 1 and "a.jsonl" in fs.cat(alerts[0]).decode()
+    alerts = sorted(fs.ls("watched/out/watch/changed"))
+    assert len(alerts) == 2 and "a.jsonl" in fs.cat(alerts[1]).decode()
+    # re-curated as a trial with the audit, never published, and its rows diffed against the first curation's
+    recurated = fourth["recurated"]
+    assert recurated["status"] == "succeeded" and recurated["run_id"].startswith("watch-changed-")
+    [d] = recurated["objects"]
+    assert (d["rows_was"], d["rows_now"], d["added"], d["removed"], d["unchanged"]) == (120, 122, 4, 2, 118)
+    assert [e["line"] for e in d["added_examples"]] == [4, 51, 121, 122]
+    assert d["added_examples"][0]["text"] == VERSES[3]["text"].upper()[:200]
+    assert json.loads(fs.cat(alerts[0]))["objects"] == recurated["objects"]  # <time>-diff.json sorts first
+    stages = json.loads(fs.cat(f"watched/out/runs/{recurated['run_id']}/run.json"))["stages"]
+    assert stages == ["ingest", "audit"]
     ledger = json.loads(fs.cat("watched/out/watch/ledger.json"))["objects"]
     assert ledger["s3://watched/incoming/a.jsonl"]["sha256"] == changed["was"]["sha256"]  # not re-ingested
     assert sorted(fs.ls("watched/out/datasets/watched")) == sorted(

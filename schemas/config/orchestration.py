@@ -45,6 +45,9 @@ class DeployConfig(Strict):
     timezone: str = "UTC"
     watch_interval_seconds: int = Field(300, ge=5, description="how often watch/new-data polls `inputs`")
     hash_new_objects: bool = Field(True, description="record a sha256 of each new object in the watch ledger")
+    recurate_changed: bool = Field(False, description="an object changed after curation is curated again (every "
+                                   "stage but publish, with the audit) and its rows diffed against the first "
+                                   "curation's: watch/changed/<time>-diff.json; it is still never published")
 
 
 class RetrainConfig(Strict):
