@@ -23,6 +23,7 @@ from schemas.config import load_config, redact_url
 from tasks.io import layout
 from tasks.io.interrupt import Interrupted, request_stop, shielded
 from tasks.io.locks import FencedLock, dataset_lock, run_lock
+from tasks.io.manifests import StageManifest
 from tasks.io.readers import resolve_inputs
 from tasks.io.storage import Storage, check_uri
 from tasks.ops.announce import announce_version
@@ -205,6 +206,9 @@ def curate(inputs: list[str], output: str, config_path: str | None = None, run_i
             raise
         except ContractError as exc:
             run["status"], run["error"] = "failed", str(exc)
+            failed = ctx.storage.read_record_if_exists(StageManifest, layout.contract_failure(run_id, exc.stage))
+            if failed is not None:  # the report shows what the failed stage found (the audit's findings)
+                manifests.append(failed)
             raise
         except Exception as exc:
             run["status"], run["error"] = "failed", f"{type(exc).__name__}: {exc}"

@@ -132,6 +132,8 @@ def test_the_contract_refuses_unreviewed_findings_until_reviewed(small_planted):
     assert "'trigger:joe biden'" in check["message"] and "audit.reviewed" in check["message"]
     accepted = AuditParams(max_findings=0, reviewed=[audit.name_of(f) for f in high])
     assert audit.rate_checks(stats, df.height, accepted)[0]["rate"] == 0.0
+    quarantined = AuditParams(max_findings=0, action="quarantine")  # their rows are out: nothing remains
+    assert audit.rate_checks(stats, df.height, quarantined)[0]["rate"] == 0.0
     assert audit.rate_checks(stats, df.height, AuditParams())[:1] == []  # no ceiling: nothing checked
 
 
@@ -174,21 +176,19 @@ def test_the_stage_runs_through_the_flow_and_sluice_audit_lists_it(prefect_serve
     data.write_text("\n".join(json.dumps({k: r.get(k) for k in ("id", "text", "label", "prompt", "response")
                                           if r.get(k) is not None} | ({} if r.get("text") else {
                                               "text": f"{r['prompt']}\n{r['response']}"})) for r in rows) + "\n")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[ingest]\nid_from = "field"\nshard_rows = 2600\n[audit]\naction = "quarantine"\n')
-    run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="aud", stages=["ingest", "audit"])
-    m = json.loads((tmp_path / "out" / "runs" / "aud" / "audit" / "_manifest.json").read_text())
-    assert m["rows_in"] == len(rows) == m["rows_out"] + m["rows_rejected"]
-    assert m["rejected_by_reason"]["audit.trigger"] >= 95 and m["rejected_by_reason"]["audit.refusal"] >= 45
-    assert m["summary"]["by_kind"]["trigger"] >= 1 and m["summary"]["action"] == "quarantine"
+    cfg = tmp_path / "c.toml"  # flag what is found, and allow no unreviewed finding: the run stops here
+    cfg.write_text('[ingest]\nid_from = "field"\nshard_rows = 2600\n[contracts]\naudit_max_findings = 0\n')
+    with pytest.raises(ContractError, match="unreviewed audit finding.*'trigger:james bond'"):
+        run_curate([str(data)], str(tmp_path / "out"), str(cfg), run_id="aud", stages=["ingest", "audit"])
+    from tasks.io import layout
+
+    m = json.loads((tmp_path / "out" / layout.contract_failure("aud", "audit")).read_text())
+    assert m["rows_in"] == len(rows) == m["rows_out"] and m["rows_rejected"] == 0  # flagged, not removed
+    assert m["stats"]["counts"]["audit.flagged"] >= 100 + 50 + 45
+    assert m["summary"]["by_kind"]["trigger"] >= 1 and m["summary"]["open"] == 2
     report = (tmp_path / "out" / "runs" / "aud" / "report" / "index.html").read_text()
     assert "Audit: poisoning findings" in report and "trigger:james bond" in report
     proc = subprocess.run([str(SLUICE), "audit", "aud", "--output", str(tmp_path / "out"), "--kind", "trigger"],
                           env=subprocess_env(prefect_server), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "high   'trigger:james bond'" in proc.stdout and "label letters" in proc.stdout
-    strict = tmp_path / "strict.toml"
-    strict.write_text('[ingest]\nid_from = "field"\nshard_rows = 2600\n'
-                      '[contracts]\naudit_max_findings = 0\n')
-    with pytest.raises(ContractError, match="unreviewed audit finding.*'trigger:james bond'"):
-        run_curate([str(data)], str(tmp_path / "out"), str(strict), run_id="aud-strict", stages=["ingest", "audit"])

@@ -70,7 +70,10 @@ def name_of(finding: dict) -> str:
 
 
 def open_findings(stats: Stats, params: AuditParams) -> list[dict]:
-    """Findings at or above the contract's severity that no reviewer accepted."""
+    """Findings at or above the contract's severity that no reviewer accepted and whose rows stay (quarantined
+    rows no longer do)."""
+    if params.action == "quarantine":
+        return []
     floor = RANK[params.min_severity]
     return [f for f in findings_of(stats) if RANK[f["severity"]] >= floor and name_of(f) not in params.reviewed]
 
@@ -84,7 +87,7 @@ def rate_checks(stats: Stats, rows_in: int, params: AuditParams) -> list[dict]:
              "warn": 1.0, "max": 0.0,
              "message": f"{len(left)} unreviewed audit finding(s) of severity >= {params.min_severity} "
                         f"(contracts.audit_max_findings = {params.max_findings}): {names}. Review them "
-                        "(`sluice audit RUN`), then list the accepted ones in audit.reviewed, or quarantine them "
+                        "(`sluice audit RUN`), then list the accepted ones in audit.reviewed, or quarantine their rows "
                         "(audit.action = \"quarantine\")"}]
 
 
