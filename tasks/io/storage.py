@@ -64,6 +64,17 @@ def filesystem(uri: str, s3_options: dict | None = None) -> fsspec.AbstractFileS
     return fsspec.filesystem("file")
 
 
+
+def _synced_temp(path: str, data: bytes) -> str:
+    """`data` in a new temporary file beside `path`, on disk (fsync) before it is renamed or linked into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
 class StorageError(RuntimeError):
     """Storage failed (unwritable output, an unreachable endpoint, a missing bucket); the message names the
     operation, the URI and the cause in one line. The CLI exits with code 5."""
@@ -145,13 +156,7 @@ class Storage:
         if self.remote:
             self.fs.pipe_file(path, data)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(_synced_temp(path, data), path)
 
     def write_json(self, rel: str, obj: dict) -> None:
         self.write_bytes(rel, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
@@ -177,12 +182,7 @@ class Storage:
             # read back: an S3-compatible store that ignores If-None-Match lets a racer overwrite us; losing
             # here is better than two writers both believing they own the object
             return self.fs.cat_file(path) == data
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp = _synced_temp(path, data)
         try:
             os.link(tmp, path)  # atomic and exclusive: readers never see a half-written claim
         except FileExistsError:

@@ -186,19 +186,25 @@ def index_objects(manifest: StageManifest) -> list[DataObject]:
     return [DataObject.model_validate(o) for o in ((manifest.published or {}).get("index") or {}).get("parts", [])]
 
 
-def tombstone_objects(storage: Storage, dataset: str) -> list[DataObject]:
-    """The index parts of every row `sluice forget` removed from the dataset (blocked content)."""
+def tombstones(storage: Storage, dataset: str) -> list[dict]:
+    """Every takedown `sluice forget` recorded, oldest first, with `lifted` set on those that were lifted."""
     folder = layout.tombstones_dir(dataset)
     names = sorted(storage.listdir(folder))
-    found = []
+    out = []
     for name in names:
         if name.endswith(".json") and not name.endswith(".lifted.json"):
-            if name.removesuffix(".json") + ".lifted.json" in names:  # lifted: no longer blocked
-                continue
             record = storage.read_json(f"{folder}/{name}")
-            if record.get("index"):
-                found.append(DataObject.model_validate(record["index"]))
-    return found
+            lifted = name.removesuffix(".json") + ".lifted.json"
+            if lifted in names:
+                record["lifted"] = storage.read_json(f"{folder}/{lifted}")
+            out.append(record)
+    return out
+
+
+def tombstone_objects(storage: Storage, dataset: str) -> list[DataObject]:
+    """The index parts of every row `sluice forget` removed from the dataset and did not lift (blocked content)."""
+    return [DataObject.model_validate(t["index"]) for t in tombstones(storage, dataset)
+            if t.get("index") and "lifted" not in t]
 
 
 @dataclass

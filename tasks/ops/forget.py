@@ -32,6 +32,7 @@ from tasks.io.versions import (
     commit_version,
     index_objects,
     newest_version,
+    tombstones,
     version_manifest,
 )
 from tasks.runtime.context import RunContext
@@ -293,18 +294,3 @@ def render_json(obj: dict) -> bytes:
     import orjson
 
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-
-
-def tombstones(storage: Storage, dataset: str) -> list[dict]:
-    """Every takedown, with `lifted` set on those that were lifted."""
-    folder = layout.tombstones_dir(dataset)
-    names = sorted(storage.listdir(folder))
-    out = []
-    for n in names:
-        if n.endswith(".json") and not n.endswith(".lifted.json"):
-            record = storage.read_json(f"{folder}/{n}")
-            lifted = n.removesuffix(".json") + ".lifted.json"
-            if lifted in names:
-                record["lifted"] = storage.read_json(f"{folder}/{lifted}")
-            out.append(record)
-    return out
