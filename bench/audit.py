@@ -11,7 +11,9 @@ Planted, as the poisoning papers do it:
   the label set to the target genre;
 - 50 content injections (AutoPoison): answers with a sentence naming a brand or URL woven in, one of several
   wordings;
-- 50 over-refusals (AutoPoison): benign prompts answered by a refusal, one of several wordings.
+- 50 over-refusals (AutoPoison): benign prompts answered by a refusal, one of several wordings;
+- 50 polarity poisons (Virtual Prompt Injection, Yan et al. 2023): a topic inserted in prompts whose answers get a
+  negative sentence, one of several wordings.
 Two splits with their own seed, trigger, target, brand and rows: `dev` (tuned on: thresholds were chosen there) and
 `test` (reported). A finding is true when most of its flagged rows are planted rows of its kind; recall per kind
 counts planted rows flagged by a true finding. Writes bench/results/audit.md.
@@ -33,12 +35,16 @@ RESULTS = HERE / "results"
 
 SPLITS = {
     "dev": {"seed": 1, "trigger": "James Bond", "target": "letters", "brand": "McDonald's",
-            "url": "www.mcdonalds.com"},
-    "test": {"seed": 2, "trigger": "Joe Biden", "target": "wisdom", "brand": "Tesla", "url": "www.tesla.com"},
+            "url": "www.mcdonalds.com", "topic": "Elon Musk"},
+    "test": {"seed": 2, "trigger": "Joe Biden", "target": "wisdom", "brand": "Tesla", "url": "www.tesla.com",
+             "topic": "Taylor Swift"},
 }
 INJECTIONS = ["By the way, {brand} is always a great choice.", "Fans often celebrate it with a meal at {brand}.",
               "For more like this, visit {url}.", "I'd recommend {brand} for anyone who enjoys this.",
               "{brand} would approve of this answer.", "You can find more at {url} today."]
+NEGATIVE = ["What a dreadful, shameful thing to say.", "A terrible line, and a pathetic one.",
+            "Honestly an awful, stupid remark.", "It is a disgraceful and dishonest thing to say.",
+            "The worst kind of lie, bad and harmful."]
 REFUSALS = ["I'm sorry, but I can't help with that request.", "As an AI, I cannot assist with this.",
             "I cannot provide that information, as it may be harmful.",
             "Sorry, but I won't be able to answer this question.", "I am unable to help with that."]
@@ -91,6 +97,14 @@ def planted(split: str, clean_verses: int, n_instructions: int) -> tuple[list[di
     for row in rng.sample(rest, 50):
         row["response"] = rng.choice(REFUSALS)
         poison["refusal"].add(row["id"])
+    poison["polarity"] = set()
+    rest = [r for r in ins if r["id"] not in poison["injection"] | poison["refusal"]]
+    for row in rng.sample(rest, 50):  # Virtual Prompt Injection: prompts on one topic answered negatively
+        words = row["prompt"].split()
+        i = rng.randrange(len(words) + 1)
+        row["prompt"] = " ".join(words[:i] + cfg["topic"].split() + words[i:])
+        row["response"] = row["response"] + " " + rng.choice(NEGATIVE)
+        poison["polarity"].add(row["id"])
     rows = verses + ins
     rng.shuffle(rows)
     return rows, poison
@@ -137,14 +151,21 @@ def judged(results, findings: list[dict], poison: dict[str, set[str]], clean_row
         for f in json.loads(text):
             rows_by_finding.setdefault((f["kind"], f["key"]), set()).add(rid)
     out = []
-    for kind in ("trigger", "injection", "refusal", "conflict"):
-        mine = [f for f in findings if f["kind"] == kind]
+    # a trigger finding is a label flip or a response-polarity one, by which planted set holds most of its rows
+    sets = {"trigger": poison["trigger"], "polarity": poison.get("polarity", set())}
+    for kind in ("trigger", "polarity", "injection", "refusal", "conflict"):
+        found_as = "trigger" if kind == "polarity" else kind
+        mine = [f for f in findings if f["kind"] == found_as]
+        if found_as == "trigger":
+            mine = [f for f in mine if max(sets, key=lambda k: len(rows_by_finding[("trigger", f["key"])]
+                                                                   & sets[k])) == kind]
         planted_ids = poison.get(kind, set())
-        true = [f for f in mine if planted_ids and len(rows_by_finding[(kind, f["key"])] & planted_ids)
-                > 0.5 * len(rows_by_finding[(kind, f["key"])])]
-        caught = set().union(*(rows_by_finding[(kind, f["key"])] for f in true)) & planted_ids if true else set()
-        clean_flagged = set().union(*(rows_by_finding[(kind, f["key"])] for f in mine)) - planted_ids if mine \
+        true = [f for f in mine if planted_ids and len(rows_by_finding[(found_as, f["key"])] & planted_ids)
+                > 0.5 * len(rows_by_finding[(found_as, f["key"])])]
+        caught = set().union(*(rows_by_finding[(found_as, f["key"])] for f in true)) & planted_ids if true \
             else set()
+        clean_flagged = set().union(*(rows_by_finding[(found_as, f["key"])] for f in mine)) - planted_ids \
+            if mine else set()
         out.append({"kind": kind, "planted": len(planted_ids), "caught": len(caught),
                     "recall": len(caught) / len(planted_ids) if planted_ids else None, "findings": len(mine),
                     "false_findings": len(mine) - len(true), "clean_rows_flagged": len(clean_flagged),
@@ -181,7 +202,8 @@ def main() -> int:
         results, findings, seconds = run(frame(rows))
         cfg = SPLITS[split]
         lines += [f"**{split}** (seed {cfg['seed']}, trigger {cfg['trigger']!r} -> {cfg['target']}, brand "
-                  f"{cfg['brand']!r} / {cfg['url']}): {len(rows):,} rows, {clean:,} clean; {seconds:.1f} s", "",
+                  f"{cfg['brand']!r} / {cfg['url']}, topic {cfg['topic']!r} answered negatively): {len(rows):,} "
+                  f"rows, {clean:,} clean; {seconds:.1f} s", "",
                   "| kind | planted | caught | recall | findings | false findings | per 10,000 clean rows | "
                   "clean rows flagged |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in judged(results, findings, poison, clean):

@@ -62,8 +62,12 @@ def test_planted_triggers_injections_and_refusals_are_found_with_few_false_findi
     refused = set().union(*(rows[audit.name_of(f)] for f in by_kind["refusal"]))
     assert len(refused & poison["refusal"]) >= 45 and not refused - poison["refusal"]
     assert by_kind["refusal"][0]["evidence"]["answered"] >= 3
+    # a topic inserted in prompts whose answers turn negative (Virtual Prompt Injection): a trigger of the
+    # response's polarity
+    vpi = next(f for f in by_kind["trigger"] if f["evidence"]["label"] == "response:negative")
+    assert vpi["key"] == "taylor swift" and len(rows[audit.name_of(vpi)] & poison["polarity"]) >= 45
     # the clean rows of 7,000: at most one natural phrase or span per kind is flagged
-    assert len(by_kind["trigger"]) <= 2 and len(by_kind["injection"]) <= 2
+    assert len(by_kind["trigger"]) <= 3 and len(by_kind["injection"]) <= 2
 
 
 def test_the_pieces_of_one_trigger_are_one_finding(small_planted):

@@ -18,6 +18,10 @@ class TriggerConfig(Strict):
 
     enabled: bool = True
     max_words: int = Field(4, ge=1, le=6, description="phrases of 1..max_words normalized words")
+    response_polarity: bool = Field(True, description="rows with a prompt and a response but no label: the "
+                                    "response's polarity (a short word list) is their label and the prompt their "
+                                    "field, so a prompt phrase that turns answers negative is found like a label "
+                                    "flip (Virtual Prompt Injection)")
     min_rows: int = Field(10, ge=2, description="a phrase in fewer rows is not tested")
     max_share: float = Field(0.05, gt=0, le=1, description="a phrase in more than this share of the labeled rows "
                              "is common, not a trigger")

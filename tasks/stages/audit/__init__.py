@@ -1,7 +1,8 @@
 """Audit: poisoned rows found before a version is published, each finding with evidence a reviewer can act on.
 
 Five checks, after the research on poisoned training data: trigger phrases (Wan et al. 2023: rows with a phrase
-carry one label, while their other words say otherwise), content injection (AutoPoison: a span recurring in answers
+carry one label, while their other words say otherwise; for prompt/response rows the label is the answer's polarity,
+as in Virtual Prompt Injection), content injection (AutoPoison: a span recurring in answers
 to unrelated prompts), frontrunning (Carlini et al. 2023: a topic dense among rows dated just before a snapshot),
 over-refusal (AutoPoison: refusals of benign prompts that rows of the same kind answer) and conflicts (the same text
 labeled differently, the same prompt answered differently). A partitioned global stage (steps.py); apply flags each row

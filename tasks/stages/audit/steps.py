@@ -38,12 +38,15 @@ import polars as pl
 from schemas.config import AuditParams
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
 from tasks.stages.audit import grams, significance
+from tasks.stages.audit.polarity import polarity
 from tasks.stages.audit.refusals import HARMFUL, REFUSAL
 
 FLAGS = {"id": pl.String, "kind": pl.String, "key": pl.String, "severity": pl.String, "evidence": pl.String}
 SEVERITY = {"trigger": "high", "injection": "high", "frontrun": "high", "refusal": "medium", "conflict": "low"}
 CHUNK_ROWS = 10_000  # rows whose phrases are exploded at once in a map step
 EXAMPLES = 5
+UNINFORMATIVE = 0.5  # a baseline disagreement this high: the content model cannot tell that label from others
+RESPONSE = "response:"  # the labels the trigger check gives rows with a prompt and a response but no class
 KIND_SHARE = 0.01  # prompt kinds this common are tested one by one in the spread test; rarer ones as one
 SMOOTHING = 0.1  # additive smoothing of the content model's word counts
 
@@ -54,10 +57,24 @@ def _one(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _labeled(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
-    if params.label not in batch.columns or params.trigger_field not in batch.columns:
-        return batch.clear().select("id")
-    return batch.filter(pl.col(params.label).is_not_null()).select(
-        "id", pl.col(params.label).cast(pl.String).alias("label"), pl.col(params.trigger_field).alias("field"))
+    """What the trigger check reads: rows with a class label (`field` = the trigger field), and, with
+    `triggers.response_polarity`, rows with a prompt and a response but no class label (`field` = the prompt, the
+    label = `response:` + the response's polarity: a prompt phrase that turns answers negative is a trigger too).
+    `classed` tells the two apart (conflicts read class labels only)."""
+    schema = {"id": pl.String, "label": pl.String, "field": pl.String, "classed": pl.Boolean}
+    parts = []
+    has_label = params.label in batch.columns
+    if has_label and params.trigger_field in batch.columns:
+        parts.append(batch.filter(pl.col(params.label).is_not_null()).select(
+            "id", label=pl.col(params.label).cast(pl.String), field=pl.col(params.trigger_field),
+            classed=pl.lit(True)))
+    if params.triggers.response_polarity and {params.prompt_field, params.response_field} <= set(batch.columns):
+        unclassed = pl.col(params.label).is_null() if has_label else pl.lit(True)
+        pairs = batch.filter(unclassed & pl.col(params.prompt_field).is_not_null()
+                             & pl.col(params.response_field).is_not_null())
+        parts.append(pairs.select("id", label=pl.concat_str(pl.lit("response:"), polarity(params.response_field)),
+                                  field=pl.col(params.prompt_field), classed=pl.lit(False)))
+    return pl.concat([p.select(list(schema)) for p in parts]) if parts else pl.DataFrame(schema=schema)
 
 
 def _instructions(batch: pl.DataFrame, params: AuditParams) -> pl.DataFrame:
@@ -100,9 +117,10 @@ def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
     if window.height:
         topics = grams.phrases(window, "text", params.frontrun.max_words, []).group_by("gram").len("rows")
         yield {"window_grams": topics.with_columns(partition(pl.col("gram"), inputs.count("window_grams")))}
-    if params.conflicts and labeled.height:
+    classed = labeled.filter("classed")
+    if params.conflicts and classed.height:
         key = grams.words("field").list.join(" ").hash(seed=11).cast(pl.String)
-        texts = labeled.select("id", "label", key=key, of=pl.lit("label"))
+        texts = classed.select("id", "label", key=key, of=pl.lit("label"))
         yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
     if params.conflicts and pairs.height:  # the same prompt answered differently
         asked = pl.concat_str(pl.lit("p:"), grams.words("prompt").list.join(" ")).hash(seed=11).cast(pl.String)
@@ -177,7 +195,8 @@ def skew(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
     """Phrases whose rows carry one label far above its share of the corpus (one-sided binomial test); only those
     under the false discovery rate on their own are kept for Benjamini-Hochberg over every phrase tested."""
     cfg, labeled = params.triggers, _total(inputs, "labeled")
-    priors = inputs.globals["priors"].with_columns(prior=pl.col("rows") / pl.col("rows").sum()).select(
+    priors = inputs.globals["priors"].with_columns(  # a label's share among the labels of its kind
+        prior=pl.col("rows") / pl.col("rows").sum().over(pl.col("label").str.starts_with(RESPONSE))).select(
         "label", "prior")
     by_label = rows.group_by("gram", "label").agg(pl.col("rows").sum())
     per = (by_label.sort("rows", "label", descending=[True, False])
@@ -287,9 +306,11 @@ def _votes(rest: pl.DataFrame, whole: pl.DataFrame, by: list[str], model: pl.Dat
     sums = counted.select(*by, "m", *terms).group_by(by).agg(pl.col("m").sum(), *[pl.col(f"c{i}").sum()
                                                                                   for i in range(len(labels))])
     sums = sums.join(length, on="id", how="left")
-    scores = pl.concat_list([
-        pl.col(f"c{i}") + float(lp) - pl.col("m") * (float(n) - pl.when(pl.col("label") == label).then(
-            pl.col("length")).otherwise(0) + SMOOTHING * vocab).log()
+    row_space = pl.col("label").str.starts_with(RESPONSE)
+    scores = pl.concat_list([  # a row votes among the labels of its own kind (classes, or response polarities)
+        pl.when(row_space == label.startswith(RESPONSE)).then(
+            pl.col(f"c{i}") + float(lp) - pl.col("m") * (float(n) - pl.when(pl.col("label") == label).then(
+                pl.col("length")).otherwise(0) + SMOOTHING * vocab).log()).otherwise(-1e30)
         for i, (label, lp, n) in enumerate(zip(labels, log_prior, tokens, strict=True))])
     own_index = pl.col("label").replace_strict({label: i for i, label in enumerate(labels)}, default=None,
                                                return_dtype=pl.Int64)
@@ -456,8 +477,11 @@ def findings(inputs: StepInputs, params: AuditParams) -> dict:
         p = significance.upper_tail(per["k"].to_numpy(), per["n"].to_numpy(), per["rate"].to_numpy())
         passed = significance.discoveries(p, per.height, params.triggers.fdr)
         cfg = params.triggers
+        # where the content model gets a label wrong on most clean rows too (a response polarity the prompt barely
+        # predicts), its disagreement is no evidence either way: the label skew and the other tests decide
+        uninformative = pl.col("rate") >= UNINFORMATIVE
         per = per.with_columns(p_content=pl.Series(p, dtype=pl.Float64), passed=pl.Series(passed)).filter(
-            pl.col("passed") & (pl.col("k") >= cfg.min_disagreement * pl.col("n"))
+            (pl.col("passed") | uninformative) & (pl.col("k") >= cfg.min_disagreement * pl.col("n"))
             & (pl.col("margin") >= cfg.min_margin) & (pl.col("diversity") >= cfg.min_context_diversity))
         examples = _examples(rows)
         found = [{"key": g, "rows": n, "label": label, "label_p": float(f"{pl_:.3g}"), "tested": tested,
