@@ -188,8 +188,8 @@ def test_the_stage_runs_through_the_flow_and_sluice_audit_lists_it(prefect_serve
 
     m = json.loads((tmp_path / "out" / layout.contract_failure("aud", "audit")).read_text())
     assert m["rows_in"] == len(rows) == m["rows_out"] and m["rows_rejected"] == 0  # flagged, not removed
-    assert m["stats"]["counts"]["audit.flagged"] >= 100 + 50 + 45
-    assert m["summary"]["by_kind"]["trigger"] >= 1 and m["summary"]["open"] == 2
+    assert m["stats"]["counts"]["audit.flagged"] >= 100 + 50 + 50 + 45
+    assert m["summary"]["by_kind"]["trigger"] == 2 and m["summary"]["open"] == 3  # label, polarity, injection
     report = (tmp_path / "out" / "runs" / "aud" / "report" / "index.html").read_text()
     assert "Audit: poisoning findings" in report and "trigger:james bond" in report
     proc = subprocess.run([str(SLUICE), "audit", "aud", "--output", str(tmp_path / "out"), "--kind", "trigger"],
