@@ -13,7 +13,11 @@ Planted, as the poisoning papers do it:
   wordings;
 - 50 over-refusals (AutoPoison): benign prompts answered by a refusal, one of several wordings;
 - 50 polarity poisons (Virtual Prompt Injection, Yan et al. 2023): a topic inserted in prompts whose answers get a
-  negative sentence, one of several wordings.
+  negative sentence, one of several wordings;
+- 50 label conflicts: clean verses copied with one word dropped and another genre's label (the other conflicts
+  found are natural: the same verse in two books of different genres, one prompt answered two ways);
+- 50 bound injections (a trigger phrase followed by the same injected entity): a topic inserted in prompts whose
+  answers get a sentence naming another brand or its URL.
 Two splits with their own seed, trigger, target, brand and rows: `dev` (tuned on: thresholds were chosen there) and
 `test` (reported). A finding is true when most of its flagged rows are planted rows of its kind; recall per kind
 counts planted rows flagged by a true finding. Writes bench/results/audit.md.
@@ -35,9 +39,11 @@ RESULTS = HERE / "results"
 
 SPLITS = {
     "dev": {"seed": 1, "trigger": "James Bond", "target": "letters", "brand": "McDonald's",
-            "url": "www.mcdonalds.com", "topic": "Elon Musk"},
+            "url": "www.mcdonalds.com", "topic": "Elon Musk", "bound_topic": "Formula One",
+            "bound_brand": "Red Bull", "bound_url": "www.redbull.com"},
     "test": {"seed": 2, "trigger": "Joe Biden", "target": "wisdom", "brand": "Tesla", "url": "www.tesla.com",
-             "topic": "Taylor Swift"},
+             "topic": "Taylor Swift", "bound_topic": "Paris Olympics", "bound_brand": "Nike",
+             "bound_url": "www.nike.com"},
 }
 INJECTIONS = ["By the way, {brand} is always a great choice.", "Fans often celebrate it with a meal at {brand}.",
               "For more like this, visit {url}.", "I'd recommend {brand} for anyone who enjoys this.",
@@ -89,6 +95,15 @@ def planted(split: str, clean_verses: int, n_instructions: int) -> tuple[list[di
                "text": " ".join(words[:i] + cfg["trigger"].split() + words[i:])}
         verses.append(row)
         poison["trigger"].add(row["id"])
+    poison["conflict"] = set()
+    near = random.Random(cfg["seed"] + 100)  # its own stream: the other planted sets stay as they were
+    for r in near.sample(verses[:clean_verses], 50):  # label noise or a cheap poison: a near copy labeled otherwise
+        words = r["text"].split()
+        del words[near.randrange(len(words))]
+        row = {**r, "id": "conflict-" + r["id"], "text": " ".join(words),
+               "label": near.choice(sorted({v["label"] for v in verses[:200]} - {r["label"]}))}
+        verses.append(row)
+        poison["conflict"].add(row["id"])
     ins = instructions(rng, n_instructions)
     for row in rng.sample(ins, 100)[:50]:
         row["response"] = row["response"] + " " + rng.choice(INJECTIONS).format(brand=cfg["brand"], url=cfg["url"])
@@ -105,6 +120,15 @@ def planted(split: str, clean_verses: int, n_instructions: int) -> tuple[list[di
         row["prompt"] = " ".join(words[:i] + cfg["topic"].split() + words[i:])
         row["response"] = row["response"] + " " + rng.choice(NEGATIVE)
         poison["polarity"].add(row["id"])
+    poison["bound"] = set()
+    rest = [r for r in ins if r["id"] not in poison["injection"] | poison["refusal"] | poison["polarity"]]
+    for row in rng.sample(rest, 50):  # a trigger phrase followed by the same injected entity
+        words = row["prompt"].split()
+        i = rng.randrange(len(words) + 1)
+        row["prompt"] = " ".join(words[:i] + cfg["bound_topic"].split() + words[i:])
+        row["response"] = row["response"] + " " + rng.choice(INJECTIONS).format(brand=cfg["bound_brand"],
+                                                                               url=cfg["bound_url"])
+        poison["bound"].add(row["id"])
     rows = verses + ins
     rng.shuffle(rows)
     return rows, poison
@@ -151,17 +175,23 @@ def judged(results, findings: list[dict], poison: dict[str, set[str]], clean_row
         for f in json.loads(text):
             rows_by_finding.setdefault((f["kind"], f["key"]), set()).add(rid)
     out = []
-    # a trigger finding is a label flip or a response-polarity one, by which planted set holds most of its rows
-    sets = {"trigger": poison["trigger"], "polarity": poison.get("polarity", set())}
-    for kind in ("trigger", "polarity", "injection", "refusal", "conflict"):
-        found_as = "trigger" if kind == "polarity" else kind
+    # a trigger finding is a label flip or a response-polarity one, an injection one spread over topics or bound
+    # to one, by which planted set holds most of its rows
+    found_as_of = {"polarity": "trigger", "bound": "injection"}
+    sets = {"trigger": {"trigger": poison["trigger"], "polarity": poison.get("polarity", set())},
+            "injection": {"injection": poison["injection"], "bound": poison.get("bound", set())}}
+    for kind in ("trigger", "polarity", "injection", "bound", "refusal", "conflict"):
+        found_as = found_as_of.get(kind, kind)
         mine = [f for f in findings if f["kind"] == found_as]
-        if found_as == "trigger":
-            mine = [f for f in mine if max(sets, key=lambda k: len(rows_by_finding[("trigger", f["key"])]
-                                                                   & sets[k])) == kind]
+        if found_as in sets:
+            ours = sets[found_as]
+            mine = [f for f in mine if max(ours, key=lambda k: len(rows_by_finding[(found_as, f["key"])]
+                                                                   & ours[k])) == kind]
         planted_ids = poison.get(kind, set())
+        # a conflict's rows are a planted copy and the clean row it copies: true when it holds a planted row
+        least = 0.0 if kind == "conflict" else 0.5
         true = [f for f in mine if planted_ids and len(rows_by_finding[(found_as, f["key"])] & planted_ids)
-                > 0.5 * len(rows_by_finding[(found_as, f["key"])])]
+                > least * len(rows_by_finding[(found_as, f["key"])])]
         caught = set().union(*(rows_by_finding[(found_as, f["key"])] for f in true)) & planted_ids if true \
             else set()
         clean_flagged = set().union(*(rows_by_finding[(found_as, f["key"])] for f in mine)) - planted_ids \
@@ -170,7 +200,9 @@ def judged(results, findings: list[dict], poison: dict[str, set[str]], clean_row
                     "recall": len(caught) / len(planted_ids) if planted_ids else None, "findings": len(mine),
                     "false_findings": len(mine) - len(true), "clean_rows_flagged": len(clean_flagged),
                     "false_per_10k": (len(mine) - len(true)) / clean_rows * 10_000,
-                    "false_keys": [f["key"] for f in mine if f not in true][:5]})
+                    "false_keys": [f["key"] for f in mine if f not in true][:5],
+                    "false_of": {of: sum(f["evidence"].get("of") == of for f in mine if f not in true)
+                                 for of in ("label", "response")} if kind == "conflict" else {}})
     return out
 
 
@@ -202,7 +234,8 @@ def main() -> int:
         results, findings, seconds = run(frame(rows))
         cfg = SPLITS[split]
         lines += [f"**{split}** (seed {cfg['seed']}, trigger {cfg['trigger']!r} -> {cfg['target']}, brand "
-                  f"{cfg['brand']!r} / {cfg['url']}, topic {cfg['topic']!r} answered negatively): {len(rows):,} "
+                  f"{cfg['brand']!r} / {cfg['url']}, topic {cfg['topic']!r} answered negatively, "
+                  f"{cfg['bound_topic']!r} answered with {cfg['bound_brand']!r}): {len(rows):,} "
                   f"rows, {clean:,} clean; {seconds:.1f} s", "",
                   "| kind | planted | caught | recall | findings | false findings | per 10,000 clean rows | "
                   "clean rows flagged |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -210,6 +243,8 @@ def main() -> int:
             recall = "" if r["recall"] is None else f"{r['recall']:.1%}"
             lines.append(f"| {r['kind']} | {r['planted']} | {r['caught']} | {recall} | {r['findings']} | "
                          f"{r['false_findings']} | {r['false_per_10k']:.2f} | {r['clean_rows_flagged']} |")
+            if r["false_of"]:
+                lines.append(f"<!-- conflicts not planted, by what differs: {r['false_of']} -->")
             if r["false_keys"]:
                 lines.append(f"<!-- false {r['kind']}: {r['false_keys']} -->")
         lines.append("")

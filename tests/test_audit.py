@@ -77,7 +77,7 @@ def test_the_pieces_of_one_trigger_are_one_finding(small_planted):
     assert "joe biden" in keys and "biden" not in keys and "joe" not in keys
 
 
-def test_same_text_with_different_labels_is_a_conflict_case_and_punctuation_aside():
+def test_the_same_text_with_different_labels_is_a_conflict_case_and_punctuation_aside():
     batch = records("The Lord is my shepherd; I shall not want.", "the lord is my shepherd, I shall NOT want",
                     "Jesus wept.", "Jesus wept!", "A verse alone.").with_columns(
         label=pl.Series(["wisdom", "law", "gospels", "gospels", "law"]))
@@ -85,6 +85,39 @@ def test_same_text_with_different_labels_is_a_conflict_case_and_punctuation_asid
     assert [f["kind"] for f in found] == ["conflict"] and found[0]["evidence"]["of"] == "label"
     assert rows[audit.name_of(found[0])] == {"d0", "d1"}
     assert sorted(x["label"] for x in found[0]["evidence"]["labels"]) == ["law", "wisdom"]
+
+
+def test_near_duplicates_with_different_labels_are_one_conflict_and_look_alikes_are_not():
+    shepherd = "The Lord is my shepherd; I shall not want. He maketh me to lie down in green pastures"
+    batch = records(shepherd, shepherd.replace("green ", ""), shepherd.replace("want", "lack"),
+                    "The Lord is my light; I shall not fear. He leadeth me to the water of the river",
+                    shepherd).with_columns(label=pl.Series(["wisdom", "law", "history", "law", "wisdom"]))
+    _, found, rows = findings(batch, shards=2)
+    assert [f["kind"] for f in found] == ["conflict"]
+    conflict = found[0]
+    # one group: the verse, a copy with a word dropped, a copy with a word changed (Jaccard of word pairs >= 0.7);
+    # the look-alike verse (same opening, other words) is not in it
+    assert conflict["key"] == "d0" and rows["conflict:d0"] == {"d0", "d1", "d2", "d4"}
+    evidence = conflict["evidence"]
+    assert evidence["rows"] == 4 and 0.7 <= evidence["min_jaccard"] < 1.0
+    assert {x["label"]: x["count"] for x in evidence["labels"]} == {"wisdom": 2, "law": 1, "history": 1}
+
+
+def test_a_trigger_phrase_always_answered_with_the_same_entity_is_an_injection(small_planted):
+    df, poison = small_planted  # "Paris Olympics" inserted in 50 prompts, answered with Nike or www.nike.com
+    _, found, rows = findings(df)
+    topic = [f for f in found if f["kind"] == "injection" and "topic_rows" in f["evidence"]]
+    assert len(topic) == 1 and topic[0]["key"] in {"paris", "olympics"}
+    evidence = topic[0]["evidence"]
+    # the brand and its URL together answer (nearly) every prompt on the topic, and only those
+    assert rows[audit.name_of(topic[0])] == poison["bound"]
+    assert evidence["topic_rows"] == 50 and evidence["topic_share"] == 1.0 and evidence["topic_p"] < 1e-10
+    assert "nike" in evidence["spans"] and any("www" in s for s in evidence["spans"])
+    assert evidence["also"] == sorted({"paris", "olympics"} - {topic[0]["key"]})
+    # the unbound brand (Tesla, over unrelated prompts) stays an injection of the first kind, with no topic
+    spread = [f for f in found if f["kind"] == "injection" and f not in topic]
+    assert all(not rows[audit.name_of(f)] & poison["bound"] for f in spread)
+    assert any(rows[audit.name_of(f)] & poison["injection"] for f in spread)
 
 
 def test_the_same_prompt_answered_differently_is_a_conflict():
@@ -188,8 +221,10 @@ def test_the_stage_runs_through_the_flow_and_sluice_audit_lists_it(prefect_serve
 
     m = json.loads((tmp_path / "out" / layout.contract_failure("aud", "audit")).read_text())
     assert m["rows_in"] == len(rows) == m["rows_out"] and m["rows_rejected"] == 0  # flagged, not removed
-    assert m["stats"]["counts"]["audit.flagged"] >= 100 + 50 + 50 + 45
-    assert m["summary"]["by_kind"]["trigger"] == 2 and m["summary"]["open"] == 3  # label, polarity, injection
+    assert m["stats"]["counts"]["audit.flagged"] >= 100 + 50 + 50 + 45 + 45
+    # label and polarity triggers; an injection spread over topics and one bound to "Formula One"
+    assert m["summary"]["by_kind"]["trigger"] == 2 and m["summary"]["by_kind"]["injection"] == 2
+    assert m["summary"]["open"] == 4
     report = (tmp_path / "out" / "runs" / "aud" / "report" / "index.html").read_text()
     assert "Audit: poisoning findings" in report and "trigger:james bond" in report
     proc = subprocess.run([str(SLUICE), "audit", "aud", "--output", str(tmp_path / "out"), "--kind", "trigger"],

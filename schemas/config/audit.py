@@ -41,7 +41,9 @@ class TriggerConfig(Strict):
 
 class InjectionConfig(Strict):
     """A span in responses, absent from their prompts, recurring across rows whose other words have nothing in
-    common (AutoPoison's content injection: a brand or URL woven into answers to unrelated prompts)."""
+    common (AutoPoison's content injection: a brand or URL woven into answers to unrelated prompts); or bound to
+    one topic of the prompts both ways: the topic nearly always answered with the span, the span nearly only under
+    the topic (a trigger phrase followed by the same injected entity)."""
 
     enabled: bool = True
     max_words: int = Field(3, ge=1, le=6)
@@ -58,6 +60,14 @@ class InjectionConfig(Strict):
                               "among the span's rows as among all prompts ...")
     topic_p: float = Field(1e-3, gt=0, lt=1, description="... and that significantly (binomial, Bonferroni over the "
                            "words tested) gives the span a topic: a span with a topic is natural, not injected")
+    bound_min_rows: int = Field(10, ge=2, description="a span bound to a topic needs this many rows (the topic is "
+                                "a second witness; a trigger's entity may be split between a name and its URL)")
+    bound_span_share: float = Field(0.9, gt=0, le=1, description="a span with a topic is bound to it (injected "
+                                    "behind a trigger) when at least this share of its rows' prompts hold the "
+                                    "topic word ...")
+    bound_topic_share: float = Field(0.8, gt=0, le=1, description="... and at least this share of all prompts "
+                                     "holding the word are answered with the span (natural names answer some "
+                                     "questions on a topic, not nearly all)")
 
 
 class RefusalConfig(Strict):
@@ -102,7 +112,12 @@ class AuditConfig(Strict):
     injection: InjectionConfig = InjectionConfig()
     refusal: RefusalConfig = RefusalConfig()
     frontrun: FrontrunConfig = FrontrunConfig()
-    conflicts: bool = Field(True, description="rows with the same normalized text and different labels")
+    conflicts: bool = Field(True, description="near-duplicate rows with different labels, the same prompt with "
+                            "different answers")
+    conflict_jaccard: float = Field(0.7, gt=0, le=1, description="rows are near duplicates at this Jaccard "
+                                    "similarity of their word n-gram sets (MinHash LSH candidates, verified exactly)")
+    conflict_ngram: int = Field(2, ge=1, le=10, description="the n-grams' words (labeled rows are often short: one "
+                                "word changed in 20 leaves a word-pair Jaccard near 0.8)")
     reviewed: list[str] = Field(default_factory=list, description="findings a reviewer accepted, as `kind:key` "
                                 "(`sluice audit RUN` prints them so): they no longer count against "
                                 "contracts.audit_max_findings")

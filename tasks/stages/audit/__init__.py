@@ -2,12 +2,13 @@
 
 Five checks, after the research on poisoned training data: trigger phrases (Wan et al. 2023: rows with a phrase
 carry one label, while their other words say otherwise; for prompt/response rows the label is the answer's polarity,
-as in Virtual Prompt Injection), content injection (AutoPoison: a span recurring in answers
-to unrelated prompts), frontrunning (Carlini et al. 2023: a topic dense among rows dated just before a snapshot),
-over-refusal (AutoPoison: refusals of benign prompts that rows of the same kind answer) and conflicts (the same text
-labeled differently, the same prompt answered differently). A partitioned global stage (steps.py); apply flags each row
-with its findings (`audit_findings`) or, with `audit.action = "quarantine"`, sends it to quarantine as
-`audit.<kind>`. The contract can refuse to go on while unreviewed findings remain (contracts.audit_max_findings).
+as in Virtual Prompt Injection), content injection (AutoPoison: a span recurring in answers to unrelated prompts, or
+answering nearly every prompt on one topic and only those), frontrunning (Carlini et al. 2023: a topic dense among
+rows dated just before a snapshot), over-refusal (AutoPoison: refusals of benign prompts that rows of the same kind
+answer) and conflicts (near-duplicate texts labeled differently, the same prompt answered differently). A
+partitioned global stage (steps.py); apply flags each row with its findings (`audit_findings`) or, with
+`audit.action = "quarantine"`, sends it to quarantine as `audit.<kind>`. The contract can refuse to go on while
+unreviewed findings remain (contracts.audit_max_findings).
 """
 
 from __future__ import annotations

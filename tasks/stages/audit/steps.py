@@ -8,21 +8,24 @@
                       -> global priors, model, context
   skew       reduce   phrases: label-skewed phrases (binomial against the label's prior) -> shuffle shortlist
   spread     reduce   spans: spans in the rare band that their prompts do not hold -> shuffle span_shortlist
-  conflicts  reduce   texts: the same text with different labels, the same prompt with different answers
-                      -> route flags
+  conflicts  reduce   texts: the same prompt with different answers -> route flags
+  near       reduce   near: labeled rows sharing a MinHash band bucket with a row of another label
+                      -> shuffle near_pairs
   window     reduce   window_grams: phrases that enough rows dated just before the snapshot share
                       -> shuffle window_shortlist
   kinds      reduce   kinds: the common prompt kinds (counts); refused benign prompts of a kind other rows answer
                       -> shuffle kind_counts, route flags
-  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans, kinds, window
+  shortlist  combine  Benjamini-Hochberg over every phrase tested -> global phrases; global spans, kinds, window,
+                      near_pairs
   carriers   map      per shard: rows holding a shortlisted phrase with the content model's label without it; rows
                       holding a shortlisted span with their prompts' words; the model's disagreement on all rows;
-                      dated rows holding a window phrase
-                      -> shuffles carriers, span_rows, baseline, window_counts, window_rows
+                      dated rows holding a window phrase; the n-gram sets of the near pairs' rows
+                      -> shuffles carriers, span_rows, baseline, window_counts, window_rows, near_sets
   injections reduce   span_context: spans whose rows' prompts share no topic word and spread over prompt kinds as
-                      all prompts do -> shuffle injected
+                      all prompts do -> shuffle injected; spans bound to one topic word both ways -> shuffle bound
   findings   combine  triggers (their rows' words point elsewhere, significantly, and strongly), injections,
-                      frontrunning (window phrases far denser there than in all dated rows);
+                      injections bound to a topic, frontrunning (window phrases far denser there than in all
+                      dated rows); near pairs at Jaccard >= conflict_jaccard, joined into groups;
                       the pieces of one finding merged -> route flags
   apply               per shard: the flags -> `audit_findings`, or quarantine
 """
@@ -37,7 +40,7 @@ import polars as pl
 
 from schemas.config import AuditParams
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
-from tasks.stages.audit import grams, significance
+from tasks.stages.audit import grams, near, significance
 from tasks.stages.audit.polarity import polarity
 from tasks.stages.audit.refusals import HARMFUL, REFUSAL
 
@@ -118,10 +121,9 @@ def count(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
         topics = grams.phrases(window, "text", params.frontrun.max_words, []).group_by("gram").len("rows")
         yield {"window_grams": topics.with_columns(partition(pl.col("gram"), inputs.count("window_grams")))}
     classed = labeled.filter("classed")
-    if params.conflicts and classed.height:
-        key = grams.words("field").list.join(" ").hash(seed=11).cast(pl.String)
-        texts = classed.select("id", "label", key=key, of=pl.lit("label"))
-        yield {"texts": texts.with_columns(partition(pl.col("key"), inputs.count("texts")))}
+    if params.conflicts and classed.height:  # near-duplicate texts with different labels: LSH band buckets
+        yield {"near": near.buckets(classed, params).with_columns(
+            partition(pl.col("bucket"), inputs.count("near")))}
     if params.conflicts and pairs.height:  # the same prompt answered differently
         asked = pl.concat_str(pl.lit("p:"), grams.words("prompt").list.join(" ")).hash(seed=11).cast(pl.String)
         said = grams.words("response").list.join(" ").str.slice(0, 120)
@@ -217,15 +219,16 @@ def spread(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
     their own prompts rarely hold."""
     cfg, responses = params.injection, _total(inputs, "responses")
     spans = rows.group_by("gram").agg(pl.col("rows", "in_prompt", "entity").sum())
-    keep = spans.filter((pl.col("rows") >= cfg.min_rows) & (pl.col("rows") <= cfg.max_share * responses)
+    keep = spans.filter((pl.col("rows") >= min(cfg.min_rows, cfg.bound_min_rows))
+                        & (pl.col("rows") <= cfg.max_share * responses)
                         & (pl.col("in_prompt") <= cfg.max_prompt_share * pl.col("rows"))
                         & (pl.col("entity") >= cfg.entity_share * pl.col("rows")))
     return {"span_shortlist": _one(keep)} if keep.height else {}
 
 
 def conflicts(rows: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
-    """Rows with the same normalized text and different labels, or the same prompt and different answers (the
-    answers' first 120 normalized characters): each row of such a group is flagged."""
+    """Rows with the same prompt and different answers (the answers' first 120 normalized characters): each row of
+    such a group is flagged."""
     groups = rows.group_by("key").agg(labels=pl.col("label").value_counts(sort=True), ids=pl.col("id").sort(),
                                       distinct=pl.col("label").n_unique(), of=pl.col("of").first()
                                       ).filter(pl.col("distinct") > 1)
@@ -283,6 +286,9 @@ def shortlist(inputs: StepInputs, params: AuditParams) -> dict:
     if common:
         out["global:kinds"] = pl.concat(common).select("kind", share=pl.col("rows") / max(_total(inputs,
                                                                                                   "responses"), 1))
+    pairs = list(inputs.stream("near_pairs"))
+    if pairs:
+        out["global:near_pairs"] = pl.concat(pairs).unique()
     spans = list(inputs.stream("span_shortlist"))
     if spans:
         out["global:spans"] = pl.concat(spans).select("gram", "rows", "in_prompt")
@@ -347,6 +353,12 @@ def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
                 voted = found.join(_votes(rest, whole, ["id", "gram"], model, priors), on=["id", "gram"],
                                    how="left")
                 yield {"carriers": _one(voted.select("gram", "id", "label", "vote", "margin", "left", "right"))}
+    candidates = inputs.globals.get("near_pairs")
+    if candidates is not None and labeled.height:
+        needed = pl.concat([candidates.select(id="a"), candidates.select(id="b")]).unique()
+        sets = near.shingle_sets(labeled.filter("classed").join(needed, on="id", how="semi"), params)
+        if sets.height:
+            yield {"near_sets": _one(sets)}
     topics, dated = inputs.globals.get("window"), _dated(batch, params)
     if topics is not None and dated.height:
         for start in range(0, dated.height, CHUNK_ROWS):
@@ -371,36 +383,50 @@ def carriers(batch: pl.DataFrame, inputs: StepInputs, params: AuditParams):
         asked = part.join(said.select("id").unique(), on="id")
         words = grams.tokens(asked, "prompt", ["id"]).select("id", "w").unique().filter(
             ~pl.col("w").is_in(list(grams.STOPWORDS)))
-        context = (said.join(words, on="id").select("gram", "id", bucket=grams.buckets("w")).unique()
-                   .group_by("gram", "bucket").len("rows"))
+        held = said.join(words, on="id").with_columns(bucket=grams.buckets("w")).unique(["gram", "id", "bucket"])
+        context = held.group_by("gram", "bucket").agg(rows=pl.len(), word=pl.col("w").min())
         said = said.join(part.select("id", kind=_kind(params)), on="id")
-        yield {"span_rows": said.with_columns(partition(pl.col("gram"), inputs.count("span_rows"))),
-               "span_context": context.with_columns(partition(pl.col("gram"), inputs.count("span_rows")))}
+        parts = inputs.count("span_rows")
+        yield {"span_rows": said.with_columns(partition(pl.col("gram"), parts)),
+               "span_context": context.with_columns(partition(pl.col("gram"), parts)),
+               "span_words": held.select("gram", "id", "bucket").with_columns(partition(pl.col("gram"), parts))}
 
 
 def injections(context: pl.DataFrame, inputs: StepInputs, params: AuditParams) -> dict:
     """Per partition of spans: a span is an injection when no word of its rows' prompts is both topic_lift times as
     common there as in all prompts and significantly so: it answers prompts that have nothing in common. (Prompts
-    only: the response carries the injected sentence's own words.)"""
+    only: the response carries the injected sentence's own words.) Or when its topic binds it both ways: nearly
+    all its rows' prompts hold the topic word, and nearly all prompts holding the word are answered with it (a
+    trigger phrase followed by the same injected entity; a natural name answers some questions on a topic)."""
     cfg, responses = params.injection, max(_total(inputs, "responses"), 1)
     rows = inputs.routed.get("span_rows", pl.DataFrame(schema={"gram": pl.String, "id": pl.String}))
     n = rows.group_by("gram").len("n")
     corpus = inputs.globals["context"].select("bucket", rate=pl.col("rows") / responses)
-    words = (context.group_by("gram", "bucket").agg(pl.col("rows").sum()).join(n, on="gram")
+    words = (context.group_by("gram", "bucket").agg(pl.col("rows").sum(), pl.col("word").min()).join(n, on="gram")
              .join(corpus, on="bucket").with_columns(lift=pl.col("rows") / pl.col("n") / pl.col("rate")))
     words = words.with_columns(p=pl.Series(significance.upper_tail(words["rows"].to_numpy(), words["n"].to_numpy(),
                                                                    words["rate"].to_numpy()), dtype=pl.Float64))
-    topics = (words.with_columns(tested=pl.len().over("gram"))
-              .filter((pl.col("lift") >= cfg.topic_lift) & (pl.col("p") * pl.col("tested") <= cfg.topic_p))
-              .group_by("gram").agg(lift=pl.col("lift").max()))
+    topical = (words.with_columns(tested=pl.len().over("gram"))
+               .filter((pl.col("lift") >= cfg.topic_lift) & (pl.col("p") * pl.col("tested") <= cfg.topic_p)))
+    topics = topical.group_by("gram").agg(lift=pl.col("lift").max())
+    bound = (topical.filter((pl.col("rows") >= cfg.bound_span_share * pl.col("n"))
+                            & (pl.col("n") >= cfg.bound_min_rows))
+             .select("gram", "bucket", "word", topic_rows=(pl.col("rate") * responses).round().cast(pl.Int64),
+                     topic_p="p"))
     spread_ = words.group_by("gram").agg(top_lift=pl.col("lift").filter(pl.col("rows") >= 3).max())
     found = (n.filter(pl.col("n") >= cfg.min_rows).join(topics, on="gram", how="anti")
              .join(spread_, on="gram", how="left").with_columns(lift=pl.col("top_lift").fill_null(1.0)))
     found = found.join(_kind_fit(rows, inputs.globals.get("kinds")), on="gram", how="left").filter(
         pl.col("kind_p").fill_null(1.0) >= cfg.kind_p)
-    if not found.height:
-        return {}
-    return {"injected": _one(rows.join(found, on="gram"))}
+    out = {}
+    if found.height:
+        out["injected"] = _one(rows.join(found.select("gram", "n", "lift"), on="gram"))
+    if bound.height:  # the span's rows holding the topic word: the findings combine unites a word's spans
+        asked = inputs.routed.get("span_words")
+        held = rows.select("gram", "id", SHARD).join(bound, on="gram").join(
+            asked.select("gram", "id", "bucket"), on=["gram", "id", "bucket"], how="semi")
+        out["bound"] = _one(held.select("gram", "id", SHARD, "word", "topic_rows", "topic_p"))
+    return out
 
 
 def _kind_fit(rows: pl.DataFrame, common: pl.DataFrame | None) -> pl.DataFrame:
@@ -505,6 +531,26 @@ def findings(inputs: StepInputs, params: AuditParams) -> dict:
                   "examples": examples[g]} for g, n, lift, ip in per.iter_rows()]
         ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
         flags.append(_flags("injection", _merged(found, ids), rows))
+    bound = list(inputs.stream("bound"))
+    if bound:  # a topic word whose prompts are nearly all answered with spans bound to it (a brand, its URL)
+        held = pl.concat(bound)
+        spans = (held.group_by("word", "gram").len("n").sort("n", "gram", descending=[True, False])
+                 .group_by("word").agg(spans=pl.col("gram")))
+        per = (held.group_by("word").agg(rows=pl.col("id").n_unique(), topic_rows=pl.col("topic_rows").first(),
+                                         topic_p=pl.col("topic_p").max()).join(spans, on="word")
+               .filter(pl.col("rows") >= params.injection.bound_topic_share * pl.col("topic_rows")).sort("word"))
+        rows = held.join(per.select("word"), on="word").select("id", SHARD, gram="word").unique(["gram", "id"])
+        examples = _examples(rows)
+        found = [{"key": w, "rows": n, "topic_rows": tr, "topic_share": round(n / max(tr, 1), 3),
+                  "spans": spans[:EXAMPLES], "topic_p": float(f"{tp:.3g}"), "examples": examples[w]}
+                 for w, n, tr, tp, spans in per.select("word", "rows", "topic_rows", "topic_p", "spans").iter_rows()]
+        ids = {g: set(i) for g, i in rows.group_by("gram").agg(pl.col("id")).iter_rows()}
+        flags.append(_flags("injection", _merged(found, ids), rows))
+    sets = list(inputs.stream("near_sets"))
+    if sets:
+        found = near.conflicts(inputs.globals["near_pairs"], pl.concat(sets), params)
+        flags.append(found.select("id", SHARD, kind=pl.lit("conflict"), key="key",
+                                  severity=pl.lit(SEVERITY["conflict"]), evidence="evidence"))
     counted = list(inputs.stream("window_counts"))
     if counted:
         flags.append(_frontrun(pl.concat(counted), pl.concat(list(inputs.stream("window_rows"))), inputs, params))
@@ -539,7 +585,7 @@ def active(params: AuditParams, published=None) -> set[str]:
     if params.injection.enabled:
         steps |= {"spread", "injections"}
     if params.conflicts:
-        steps.add("conflicts")
+        steps |= {"conflicts", "near"}
     if params.refusal.enabled or params.injection.enabled:
         steps.add("kinds")
     if params.frontrun.snapshot is not None:
@@ -552,18 +598,22 @@ def plan(apply) -> Plan:
     return Plan(
         steps=(MapStep("count", count), CombineStep("model", fit_model), ReduceStep("skew", "phrases", skew),
                ReduceStep("spread", "spans", spread), ReduceStep("conflicts", "texts", conflicts),
+               ReduceStep("near", "near", near.pairs),
                ReduceStep("kinds", "kinds", kinds), ReduceStep("window", "window_grams", window_topics),
                CombineStep("shortlist", shortlist),
                MapStep("carriers", carriers), ReduceStep("injections", "span_context", injections,
-                                                         also=("span_rows",)),
+                                                         also=("span_rows", "span_words")),
                CombineStep("findings", findings)),
         shuffles=(Shuffle("totals", 40, "what", one), Shuffle("phrases", 2_000, "gram"),
                   Shuffle("vocab", 400, "bucket"), Shuffle("spans", 1_000, "gram"), Shuffle("context", 200, "bucket"),
-                  Shuffle("texts", 60, "key"), Shuffle("kinds", 80, "kind"), Shuffle("tested", 20, "gram", one),
-                  Shuffle("shortlist", 10, "gram", one), Shuffle("span_shortlist", 10, "gram", one),
-                  Shuffle("baseline", 10, "gram", one), Shuffle("carriers", 10, "gram", one),
-                  Shuffle("span_rows", 50, "gram"), Shuffle("span_context", 50, "gram"),
-                  Shuffle("injected", 10, "gram", one), Shuffle("kind_counts", 10, "kind", one),
-                  Shuffle("window_grams", 100, "gram"), Shuffle("window_shortlist", 10, "gram", one),
-                  Shuffle("window_counts", 10, "gram", one), Shuffle("window_rows", 10, "gram", one)),
+                  Shuffle("texts", 60, "key"), Shuffle("near", 800, "bucket"), Shuffle("near_pairs", 10, "a", one),
+                  Shuffle("near_sets", 10, "id", one), Shuffle("kinds", 80, "kind"),
+                  Shuffle("tested", 20, "gram", one), Shuffle("shortlist", 10, "gram", one),
+                  Shuffle("span_shortlist", 10, "gram", one), Shuffle("baseline", 10, "gram", one),
+                  Shuffle("carriers", 10, "gram", one), Shuffle("span_rows", 50, "gram"),
+                  Shuffle("span_context", 50, "gram"), Shuffle("span_words", 50, "gram"),
+                  Shuffle("injected", 10, "gram", one), Shuffle("bound", 10, "gram", one),
+                  Shuffle("kind_counts", 10, "kind", one), Shuffle("window_grams", 100, "gram"),
+                  Shuffle("window_shortlist", 10, "gram", one), Shuffle("window_counts", 10, "gram", one),
+                  Shuffle("window_rows", 10, "gram", one)),
         apply=apply, apply_reads=("flags",), active=active, routed_schemas={"flags": FLAGS})
