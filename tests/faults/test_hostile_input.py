@@ -35,7 +35,7 @@ def _gzip_of(path: Path, chunk: bytes, total: int) -> None:
 
 
 READ_AND_MEASURE = """
-import json, resource, sys
+import json, sys
 from schemas.config import IngestConfig
 from tasks.io.readers import detect_format, read_batches, resolve_inputs
 from tasks.stages.ingest import ingest
@@ -48,8 +48,10 @@ for batch in read_batches(file, fmt, comp, cfg):
     res = ingest(batch, cfg)
     kept += res.kept.height
     reasons += res.rejected["reason"].to_list()
-print(json.dumps({"batches": batches, "kept": kept, "reasons": reasons,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries a parent's peak into ru_maxrss across exec, so a child of a large pytest
+# process would report the parent's peak
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"batches": batches, "kept": kept, "reasons": reasons, "peak_mb": peak_kb / 1024}))
 """
 
 
