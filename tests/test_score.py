@@ -152,6 +152,58 @@ def test_rewritten_gsm8k_items_are_caught_and_hard_negatives_are_not(loaded):
     assert decontaminate(frame, DecontaminateConfig(builtins=["gsm8k"])).rejected.height == 0
 
 
+SECOND_LOOK = {  # line: a rewrite the cosine alone misses (< 0.85); names, numbers, words and order all changed
+    894: "How much does he make a seven-day week? He used to make $8 an hour but they raised his pay by $3 for each "
+         "hour. Leo labors at his work for 10 hrs a day for 8 days a seven-day week.",
+    215: "How much water does the small pool have now? Abigail has twelve pools, both with leaks emptying them out at "
+         "5 gallons/minute. Now the big pool has five times as much water as the small pool. 5 mins ago, the big "
+         "pool had two times as much water as the small pool.",
+}
+
+
+def test_abstraction_question_and_the_net_of_candidates():
+    from tasks.stages.score import contamination
+
+    assert contamination.abstracted("Janet's 16 ducks lay three eggs; she sells 1,200 at $2.50.") == \
+        "someone's N ducks lay N eggs; she sells N at $N."
+    assert contamination.abstracted("def has_close(numbers: list, threshold=0.5):\n    return numbers[0] > "
+                                    "threshold") == "def f(a1: list, a2=N):\n    return a1[N] > a2"
+    assert contamination.question("Mr. Smith has 3 cats. How many legs? He counts them.") == "How many legs?"
+    assert contamination.question("A statement. Another one.") == "Another one."
+    vectors = contamination.item_questions(["No question here.", "Is this one?"], lambda t: np.ones((len(t), 2)))
+    assert vectors.tolist() == [[0.0, 0.0], [1.0, 1.0]]  # an answer's last sentence is never its question
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(10, 8))
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    windows = items[[1, 1, 2, 3, 3, 3, 5]] + 0.05 * rng.normal(size=(7, 8))
+    windows /= np.linalg.norm(windows, axis=1, keepdims=True)
+    doc, window, item, cosine = contamination.candidates(windows, np.array([0, 0, 0, 1, 1, 1, 2]), items, k=2,
+                                                         floor=0.5, windows=2)
+    found = {(d, i): sorted(w for d2, w, i2 in zip(doc, window, item, strict=True) if (d2, i2) == (d, i))
+             for d, i in zip(doc, item, strict=True)}
+    # document 0: item 1 from both its windows, item 2 from the third; document 1: item 3 from its 2 closest windows
+    assert found[(0, 1)] == [0, 1] and found[(0, 2)] == [2] and len(found[(1, 3)]) == 2
+    assert all(c >= 0.5 for c in cosine) and len({i for d, i in found if d == 1}) <= 2
+
+
+def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in_the_evidence(loaded):
+    texts = [SECOND_LOOK[894], SECOND_LOOK[215], *HARD_NEGATIVES]
+    params = PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={
+        "perplexity": False, "contamination": SemanticContaminationConfig(policy="drop")})})
+    result = score.score_one_shard(records(*texts), params, loaded)
+    dropped = {r["id"]: json.loads(r["evidence"]) for r in result.rejected.iter_rows(named=True)
+               if r["reason"] == "contamination.semantic"}
+    assert set(dropped) == {"d0", "d1"}
+    assert dropped["d0"]["item"] == "gsm8k:gsm8k-894" and dropped["d1"]["item"] == "gsm8k:gsm8k-215"
+    for evidence in dropped.values():
+        assert 0.6 <= evidence["cosine"] < 0.85  # the cosine alone would have missed it
+        assert evidence["abstract"] >= 0.8 and evidence["question"] >= 0.9
+        assert evidence["window"] and "question >= 0.9" in evidence["rule"]
+    # the look-alikes (same topics, other problems) are kept, their signals on the row
+    kept = result.kept.filter(pl.col("id").is_in(["d2", "d3", "d4"]))
+    assert kept.height == 3 and kept["score_contam_cosine"].max() < 0.85
+
+
 def test_judge_score_alone(loaded):
     a, b = PARAPHRASES[0]
     assert judge("score", a, VERSES[5], b, params=PARAMS.model_copy(update={"score": PARAMS.score.model_copy(

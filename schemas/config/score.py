@@ -58,9 +58,15 @@ class SemanticContaminationConfig(Strict):
     """Each document's (chunk's) nearest benchmark item by embedding cosine: catches rewritten items."""
 
     enabled: bool = True
-    threshold: float = Field(0.85, gt=0, le=1, description="cosine to the nearest item at which a doc is a hit")
+    threshold: float = Field(0.85, gt=0, le=1, description="cosine to an item at which a doc is a hit on its own")
     policy: Literal["drop", "flag"] = "flag"
     chunk_words: int = Field(96, ge=8, description="documents are embedded in chunks of this many words")
+    candidates: int = Field(3, ge=1, le=50, description="items per document given a second look")
+    candidate_cosine: float = Field(0.6, gt=0, le=1, description="the net: a candidate's cosine at least this")
+    abstract_cosine: float = Field(0.8, gt=0, le=1, description="the second look: cosine of the texts with names "
+                                   "and numbers abstracted ...")
+    question_cosine: float = Field(0.9, gt=0, le=1, description="... and of their questions (abstracted), both "
+                                   "at least these")
 
 
 class DynamicsConfig(Strict):

@@ -3,8 +3,9 @@
 A partitioned global stage (steps.py), `resources="gpu"`, models loaded once per worker by `setup`:
   features  per shard, on the device: L2-normalized embeddings (all-MiniLM-L6-v2, written as float16 side shards
             `runs/<id>/score/embeddings/part-*.parquet`), perplexity under SmolLM2-135M (token-mean NLL of the first
-            `lm.max_tokens` tokens), and each document's nearest benchmark item by embedding cosine (documents cut
-            into windows, so a long page holding one item is still caught);
+            `lm.max_tokens` tokens), and each document's benchmark candidates by embedding cosine (documents cut
+            into windows, so a long page holding one item is still caught) given a second look with names and
+            numbers abstracted (contamination.py);
   then, as partitioned steps (steps.py): spherical k-means fit on a sample, every shard's rows assigned to their
             nearest centroid (`score_prototypicality`: cosine distance to it), SemDeDup inside each cluster (cosine
             >= 1 - eps; survivor by rule) one cluster partition at a time, training dynamics over memory-mapped
@@ -29,7 +30,7 @@ from tasks.runtime.externals import ExternalInputs, Externals, gather
 from tasks.runtime.plan import run_in_memory
 from tasks.runtime.stage import Stage, StageResult
 from tasks.runtime.stats import Stats
-from tasks.stages.score import classifier, semantic, steps
+from tasks.stages.score import classifier, contamination, semantic, steps
 
 ADDS = {
     "score_perplexity": pl.Float64(),
@@ -39,6 +40,8 @@ ADDS = {
     "score_semantic_cluster": pl.Int64(),
     "score_contam_item": pl.String(),
     "score_contam_cosine": pl.Float64(),
+    "score_contam_abstract": pl.Float64(),
+    "score_contam_question": pl.Float64(),
     "score_quality": pl.Float64(),
     "score_novelty": pl.Float64(),
     "score_scored": pl.Boolean(),
@@ -75,6 +78,8 @@ class ScoreModels:
     tokenizer: object | None
     item_ids: list[str]  # "benchmark:item_id" per row of item_vectors
     item_vectors: np.ndarray
+    item_abstract: np.ndarray  # the items with names and numbers abstracted (contamination's second look)
+    item_question: np.ndarray  # their questions, abstracted
     reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
     head: tuple[np.ndarray, float] | None  # a head reused by path
     precision: dict[str, str]  # model -> float32, or bfloat16 (CPU: embedder weights, LM autocast)
@@ -127,10 +132,14 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
                 return embedder.embed(texts)
             return loading.cached_vectors(loading.cache_root(cfg.lm), identity, texts, embedder.embed)
 
+        abstract = question = vectors
         if cfg.contamination.enabled:
             items = _benchmark_items(params, inputs)
             ids = items["key"].to_list()
-            vectors = embed_cached(items["text"].to_list())
+            texts = items["text"].to_list()
+            vectors = embed_cached(texts)
+            abstract = embed_cached([contamination.abstracted(t) for t in texts])
+            question = contamination.item_questions(texts, embed_cached)
         reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
         if cfg.reference:
             reference = embed_cached(classifier.reference_texts(cfg.reference, inputs=inputs))
@@ -138,7 +147,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
     chosen = {"embedder": embedder.precision, "lm": lm.precision if lm is not None else "float32"}
     return ScoreModels(dev, embedder.model, lm.model if lm else None, lm.tokenizer if lm else None, ids, vectors,
-                       reference, head, chosen)
+                       abstract, question, reference, head, chosen)
 
 
 def release_models(loaded: ScoreModels) -> None:
@@ -149,23 +158,45 @@ def release_models(loaded: ScoreModels) -> None:
         torch.cuda.empty_cache()
 
 
-def _lookup(values: pl.Series, index: np.ndarray) -> pl.Series:
-    """values[index] for every index >= 0, null where the index is -1 (no item, no survivor)."""
-    found = values.gather(np.where(index >= 0, index, 0)) if values.len() else pl.repeat(
-        None, index.size, dtype=values.dtype, eager=True)
-    return found.scatter(np.flatnonzero(index < 0), None) if (index < 0).any() else found
-
-
-def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every contamination window, and the document each belongs to; a short document's one window
-    is the document, whose embedding is reused."""
+def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels
+                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every contamination window, its embedding and the document it belongs to; a short document's one window is
+    the document, whose embedding is reused."""
     windows, owner, whole = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
     out = np.zeros((len(windows), emb.shape[1]), dtype=np.float32)
     out[whole] = emb[owner[whole]]
     parts = np.flatnonzero(~whole)
     if parts.size:
         out[parts] = embeddings.embed([windows[i] for i in parts], loaded.embedder, cfg.embedder, loaded.device)
-    return out, owner
+    return windows, out, owner
+
+
+def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) -> pl.DataFrame:
+    """Per document (rows of `texts`): its best benchmark candidate, the signals of the second look on it, the
+    window that matched and whether it is a hit (tasks/stages/score/contamination.py). A document with a hit shows
+    its best hit; one without, its closest item."""
+    contam = cfg.contamination
+    windows, window_emb, owner = _window_embeddings(texts, emb, cfg, loaded)
+    doc, window, item, cosine = contamination.candidates(window_emb, owner, loaded.item_vectors, contam.candidates,
+                                                         min(contam.candidate_cosine, contam.threshold))
+    abstract, asked = contamination.second_look(
+        [windows[w] for w in window], loaded.item_abstract[item], loaded.item_question[item],
+        lambda batch: embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device))
+    found = pl.DataFrame({"doc": doc, "item": item, "cosine": cosine, "abstract": abstract, "question": asked,
+                          "window": [windows[w] for w in window]}, schema_overrides={"window": pl.String})
+    # per (document, item): the closest window's cosine and text, the best of its windows on each second look
+    found = found.sort("cosine", descending=True).group_by("doc", "item").agg(
+        pl.col("cosine", "window").first(), pl.col("abstract", "question").max())
+    found = found.with_columns(hit=contamination.is_hit(pl.col("cosine"), pl.col("abstract"), pl.col("question"),
+                                                         contam))
+    best = found.sort(["doc", "hit", "cosine"], descending=[False, True, True]).unique("doc", keep="first")
+    keys = pl.DataFrame({"item": np.arange(len(loaded.item_ids)), "key": loaded.item_ids},
+                        schema_overrides={"key": pl.String})
+    out = (pl.DataFrame({"doc": np.arange(len(texts))}).join(best, on="doc", how="left")
+           .join(keys, on="item", how="left").sort("doc"))
+    return out.select(score_contam_item="key", score_contam_cosine="cosine", score_contam_abstract="abstract",
+                      score_contam_question="question", score_contam_hit=pl.col("hit").fill_null(False),
+                      contam_window=pl.col("window").str.slice(0, 400))
 
 
 def features(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | None = None) -> pl.DataFrame:
@@ -186,13 +217,12 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | Non
     else:
         out = out.with_columns(score_nll=pl.lit(None, pl.Float64), score_bits_per_char=pl.lit(None, pl.Float64))
     if cfg.contamination.enabled and loaded.item_ids:
-        window_emb, owner = _window_embeddings(texts, emb, cfg, loaded)
-        item, cosine = semantic.nearest_items(window_emb, owner, len(texts), loaded.item_vectors)
-        out = out.with_columns(score_contam_item=_lookup(pl.Series(loaded.item_ids, dtype=pl.String), item),
-                               score_contam_cosine=pl.Series(np.where(item >= 0, cosine, np.nan)).fill_nan(None))
+        out = pl.concat([out, _contamination(texts, emb, cfg, loaded)], how="horizontal")
     else:
-        out = out.with_columns(score_contam_item=pl.lit(None, pl.String),
-                               score_contam_cosine=pl.lit(None, pl.Float64))
+        out = out.with_columns(score_contam_item=pl.lit(None, pl.String), score_contam_cosine=pl.lit(None, pl.Float64),
+                               score_contam_abstract=pl.lit(None, pl.Float64),
+                               score_contam_question=pl.lit(None, pl.Float64), score_contam_hit=pl.lit(False),
+                               contam_window=pl.lit(None, pl.String))
     novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
     return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
 
@@ -214,7 +244,10 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                 .then(pl.struct(version=pl.col("dup_published_version"), published_id=pl.col("dup_published_id"),
                                 cosine=pl.col("dup_cosine").round(4)).struct.json_encode())
                 .otherwise(pl.struct(item=pl.col("score_contam_item"), cosine=pl.col("score_contam_cosine").round(4),
-                                     threshold=pl.lit(params.score.contamination.threshold)).struct.json_encode()))
+                                     abstract=pl.col("score_contam_abstract").round(4),
+                                     question=pl.col("score_contam_question").round(4),
+                                     window=pl.col("contam_window"),
+                                     rule=pl.lit(contamination.rule(params.score.contamination))).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
     kept = judged.filter(pl.col("reason").is_null())
     broken = joined.filter(pl.col("score_scored") & pl.any_horizontal(
@@ -235,7 +268,8 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
 
 
 DECISIONS = {"id": pl.String, "score_nll": pl.Float64, "score_bits_per_char": pl.Float64,
-             "score_contam_item": pl.String, "score_contam_cosine": pl.Float64, "score_novelty": pl.Float64,
+             "score_contam_item": pl.String, "score_contam_cosine": pl.Float64, "score_contam_abstract": pl.Float64,
+             "score_contam_question": pl.Float64, "contam_window": pl.String, "score_novelty": pl.Float64,
              "score_quality": pl.Float64, "score_prototypicality": pl.Float64, "score_semantic_cluster": pl.Int64,
              "contaminated": pl.Boolean, "score_scored": pl.Boolean, "dup_survivor": pl.String,
              "dup_cosine": pl.Float64, "dup_published_id": pl.String, "dup_published_version": pl.Int32,

@@ -1,5 +1,6 @@
-"""What the embeddings decide, in numpy and faiss: semantic duplicates (SemDeDup), prototypicality, and the nearest
-benchmark item of each document (semantic contamination). k-means is in tasks/models/kmeans.py."""
+"""What the embeddings decide, in numpy and faiss: semantic duplicates (SemDeDup), prototypicality, and the windows
+documents are compared with benchmark items in (semantic contamination: contamination.py). k-means is in
+tasks/models/kmeans.py."""
 
 from __future__ import annotations
 
@@ -115,23 +116,3 @@ def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray, np
     is_whole = np.zeros(len(out), dtype=bool)
     is_whole[whole] = True
     return out, np.asarray(owner, dtype=np.int64), is_whole
-
-
-def nearest_items(chunk_emb: np.ndarray, owner: np.ndarray, n_docs: int, items: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest item row, cosine) per document: the best over its windows (faiss inner product on unit vectors)."""
-    import faiss
-
-    best_item = np.full(n_docs, -1, dtype=np.int64)
-    best_cos = np.full(n_docs, -1.0)
-    if items.shape[0] == 0 or chunk_emb.shape[0] == 0:
-        return best_item, best_cos
-    index = faiss.IndexFlatIP(items.shape[1])
-    index.add(np.ascontiguousarray(items, dtype=np.float32))
-    sims, idx = index.search(np.ascontiguousarray(chunk_emb, dtype=np.float32), 1)
-    sims, idx = sims[:, 0].astype(np.float64), idx[:, 0]
-    order = np.lexsort((-sims, owner))  # per document, its best window first
-    first = np.r_[True, owner[order][1:] != owner[order][:-1]]
-    docs = owner[order][first]
-    best_item[docs], best_cos[docs] = idx[order][first], sims[order][first]
-    return best_item, best_cos

@@ -98,13 +98,13 @@ def assign(batch: pl.DataFrame, inputs: StepInputs, params: ScoreParams, loaded)
         nearest, proto = np.zeros(feats.height, dtype=np.int64), np.full(feats.height, np.nan)
     head = _head(inputs, loaded) if finite.all() else None
     quality = classifier.quality(emb, *head) if head is not None else np.full(feats.height, np.nan)
-    threshold = cfg.contamination.threshold
     scores = feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
+                          "score_contam_abstract", "score_contam_question", "contam_window",
                           "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
         score_semantic_cluster=pl.Series(nearest, dtype=pl.Int64),
-        contaminated=pl.col("score_contam_cosine").fill_null(-1.0) >= threshold,
+        contaminated=feats["score_contam_hit"],
         score_scored=pl.lit(True), **{SHARD: pl.lit(inputs.unit)})
     out = {"assigned": scores}
     if cfg.semdedup.enabled and feats.height:

@@ -1,0 +1,136 @@
+"""Semantic contamination on rewritten benchmark items (bench/rewrites.py): recall per rewrite kind, look-alike
+problems and clean passages flagged, documents per second and peak memory; the stage's check as it runs
+(`score.features`), on the dev split (thresholds are chosen there) and the test split (reported).
+
+    .venv/bin/python bench/semantic_contamination.py [--split dev|test|both] [--signals]
+
+`--signals` also writes, per case, the signals a second look could use on the best candidate (the item's cosine
+over the stage's windows, the cosine of the texts with names and numbers abstracted, the cosine of the questions):
+bench/results/contamination_signals.parquet, for choosing the verification by measurement.
+Writes bench/results/semantic_contamination.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+RESULTS = HERE / "results"
+
+
+def stage_params():
+    from schemas.config import SluiceConfig
+    from tasks.runtime.registry import STAGES
+
+    cfg = SluiceConfig.model_validate({"decontaminate": {"builtins": ["gsm8k", "humaneval"]},
+                                       "score": {"perplexity": False, "reference": None, "device": "cpu"}})
+    return STAGES["score"].params(cfg)
+
+
+def run(split: str, params, loaded) -> tuple:
+    """The stage's features on the split's cases: a frame of case, kind, item, found item, cosine, hit."""
+    import polars as pl
+    from rewrites import build
+
+    from tasks.stages import score
+
+    cases = build(split)
+    batch = pl.DataFrame({"id": [c.id for c in cases], "text": [c.text for c in cases]}).with_columns(
+        timestamp=pl.lit(None, pl.Datetime("us", "UTC")), label=pl.lit(None, pl.String))
+    t = time.perf_counter()
+    feats = score.features(batch, params, loaded)
+    seconds = time.perf_counter() - t
+    truth = pl.DataFrame({"id": [c.id for c in cases], "kind": [c.kind for c in cases],
+                          "item": [c.item for c in cases]})
+    out = truth.join(feats.drop("embedding"), on="id")
+    return out, seconds
+
+
+def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
+    """Per case, its k best candidate items (cosine >= floor over the stage's windows) and the second look's
+    signals on each: the frame a verification rule is chosen from."""
+    import numpy as np
+    import polars as pl
+    from rewrites import build
+
+    from tasks.models import embeddings
+    from tasks.stages.score import _benchmark_items, contamination, semantic
+
+    cfg = params.score
+    cases = build(split)
+    texts = [c.text for c in cases]
+
+    def embed(batch: list[str]) -> np.ndarray:
+        return embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device)
+
+    items = _benchmark_items(params, None)
+    assert items["key"].to_list() == loaded.item_ids
+    item_texts = items["text"].to_list()
+    item_abstract = embed([contamination.abstracted(t) for t in item_texts])
+    item_question = contamination.item_questions(item_texts, embed)
+    windows, owner, _ = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
+    window_emb = embed(windows)
+    doc, window, item, cosine = contamination.candidates(window_emb, owner, loaded.item_vectors, k, floor)
+    abstract, asked = contamination.second_look([windows[w] for w in window], item_abstract[item],
+                                                item_question[item], embed)
+    return pl.DataFrame({"id": [cases[d].id for d in doc], "kind": [cases[d].kind for d in doc],
+                         "truth": [cases[d].item for d in doc], "item": [loaded.item_ids[i] for i in item],
+                         "cosine": cosine, "abstract": abstract, "question": asked}), pl.DataFrame(
+        {"id": [c.id for c in cases], "kind": [c.kind for c in cases], "truth": [c.item for c in cases]})
+
+
+def table(frame, split: str, seconds: float, hit) -> list[str]:
+    import polars as pl
+
+    judged = frame.with_columns(hit=hit, right=pl.col("score_contam_item") == pl.col("item"))
+    lines = [f"**{split}**: {frame.height:,} documents in {seconds:.1f} s ({frame.height / seconds:.1f} docs/s)", "",
+             "| kind | cases | flagged | flagged with the right item | rate |", "|---|---:|---:|---:|---:|"]
+    for (kind,), part in sorted(judged.partition_by("kind", as_dict=True).items()):
+        flagged = int(part["hit"].sum())
+        right = int((part["hit"] & part["right"].fill_null(False)).sum())
+        rate = right / part.height if part["item"].null_count() == 0 else flagged / part.height
+        lines.append(f"| {kind} | {part.height} | {flagged} | {right if kind not in ('hard', 'clean') else ''} | "
+                     f"{rate:.1%} |")
+    return lines + [""]
+
+
+def main() -> int:
+    import polars as pl
+
+    from tasks.stages import score
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", default="both", choices=["dev", "test", "both"])
+    ap.add_argument("--signals", action="store_true")
+    args = ap.parse_args()
+    params = stage_params()
+    loaded = score.load_models(params)
+    lines = []
+    for split in (["dev", "test"] if args.split == "both" else [args.split]):
+        if args.signals:
+            found, cases = signals(split, params, loaded)
+            RESULTS.mkdir(exist_ok=True)
+            found.write_parquet(RESULTS / f"contamination_signals_{split}.parquet")
+            cases.write_parquet(RESULTS / f"contamination_cases_{split}.parquet")
+            continue
+        frame, seconds = run(split, params, loaded)
+        RESULTS.mkdir(exist_ok=True)
+        frame.write_parquet(RESULTS / f"contamination_{split}.parquet")
+        hit = pl.col("score_contam_hit") if "score_contam_hit" in frame.columns else (
+            pl.col("score_contam_cosine").fill_null(-1) >= params.score.contamination.threshold)
+        lines += table(frame, split, seconds, hit)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    lines.append(f"Peak RSS of the process: {peak:.2f} GiB.")
+    (RESULTS / "semantic_contamination.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Semantic contamination as a wide net and a second look (Yang et al. 2023, "Rethinking Benchmark and Contamination
+for Language Models with Rephrased Samples": embedding similarity alone misses rephrasings; pair its recall with a
+stronger judgement of each candidate).
+
+The net: each document's windows against every benchmark item; the `candidates` best items of a document (over its
+windows) whose cosine reaches `candidate_cosine`. The second look, on those few pairs only: the cosine of the two
+texts with what rewriters change abstracted (names -> "someone", numbers -> "N"; units and words kept), and the
+cosine of their questions (the last sentence asking something), abstracted too. A rewrite keeps the problem and its
+question; a look-alike problem on the same template asks something else.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+
+_NUMBER = re.compile(r"(?<![\w])\d+(?:[,.]\d+)*(?:/\d+)?(?![\w])")
+_NUMBER_WORD = re.compile(r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
+                          r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
+                          r"seventy|eighty|ninety|hundred|thousand|million|half|twice|double|triple)\b", re.I)
+# capitalized words that start sentences or questions without being names
+_NOT_NAMES = frozenset(
+    [
+        "A", "An", "The", "If", "In", "On", "At", "How", "What", "Which", "When", "Where", "Who", "Whom", "Whose",
+        "Why", "She", "He", "They", "It", "There", "This", "That", "These", "Those", "Each", "Every", "After", "Before",
+        "Then", "Her", "His", "Their", "Its", "For", "From", "To", "With", "By", "And", "But", "So", "As", "Of", "Some",
+        "All", "Most", "Many", "Much", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten",
+        "Half", "Twice", "Mr", "Mrs", "Ms", "Dr", "I", "We", "You", "Our", "Your", "My", "Also", "Now", "Today",
+        "Yesterday", "Tomorrow", "Last", "Next", "First", "Second", "Third", "Monday", "Tuesday", "Wednesday",
+        "Thursday", "Friday", "Saturday", "Sunday", "January", "February", "March", "April", "May", "June", "July",
+        "August", "September", "October", "November", "December", "Given", "Return", "Write", "Find", "Let", "Suppose",
+        "Assume", "Check", "Note", "Example", "Input", "Output", "True", "False", "None"
+    ])
+_CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
+_SENTENCE = re.compile(r"(?<!Mr\.)(?<!Mrs\.)(?<!Ms\.)(?<!Dr\.)(?<!St\.)(?<=[.?!])\s+")
+
+
+_SIGNATURE = re.compile(r"\bdef\s+(\w+)\s*\(([^)]*)\)")
+
+
+def abstracted(text: str) -> str:
+    """The text with what a rewrite changes taken out: numbers and number words -> N, names -> someone, and in code
+    the names a `def` line defines (the function, its arguments) -> f, a1, a2, ... wherever they occur."""
+    for found in _SIGNATURE.finditer(text):
+        args = [a.split(":")[0].split("=")[0].strip().lstrip("*") for a in found.group(2).split(",")]
+        names = {found.group(1): "f", **{a: f"a{i}" for i, a in enumerate(args, 1) if a.isidentifier()}}
+        text = re.sub(r"\b(" + "|".join(map(re.escape, names)) + r")\b", lambda m, names=names: names[m.group(1)], text)
+    text = _NUMBER_WORD.sub("N", _NUMBER.sub("N", text))
+    return _CAPITALIZED.sub(lambda m: m.group(0) if m.group(0) in _NOT_NAMES else "someone", text)
+
+
+def question(text: str) -> str:
+    """The sentence that asks: the last one ending in '?', else the last sentence."""
+    sentences = [s for s in _SENTENCE.split(text.strip()) if s]
+    asking = [s for s in sentences if s.rstrip().endswith("?")]
+    return (asking or sentences or [text])[-1]
+
+
+def item_questions(texts: list[str], embed) -> np.ndarray:
+    """The abstracted question of each benchmark item field, embedded; zero for a field that asks nothing (an
+    answer, a solution: its last sentence is no question, so the question test cannot pass on it)."""
+    vectors = embed([abstracted(question(t)) for t in texts])
+    asks = np.fromiter(("?" in t for t in texts), dtype=bool, count=len(texts))
+    vectors[~asks] = 0.0
+    return vectors
+
+
+def candidates(window_emb: np.ndarray, owner: np.ndarray, items: np.ndarray, k: int, floor: float,
+               windows: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(doc, window, item row, cosine): per document, its k best items over its windows at cosine >= floor, each
+    with the `windows` windows that came closest to it (a page holding a rewritten item: one window may hold its
+    facts, the next its question). faiss inner product on unit vectors, k items per window."""
+    import faiss
+
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if items.shape[0] == 0 or window_emb.shape[0] == 0:
+        return empty
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(np.ascontiguousarray(items, dtype=np.float32))
+    kk = min(k, items.shape[0])
+    sims, idx = index.search(np.ascontiguousarray(window_emb, dtype=np.float32), kk)
+    window = np.repeat(np.arange(window_emb.shape[0]), kk)
+    sims, idx = sims.ravel().astype(np.float64), idx.ravel()
+    keep = sims >= floor
+    window, sims, idx = window[keep], sims[keep], idx[keep]
+    if not window.size:
+        return empty
+    doc = owner[window]
+    # per (doc, item): its windows, closest first
+    order = np.lexsort((-sims, idx, doc))
+    doc, window, idx, sims = doc[order], window[order], idx[order], sims[order]
+    pair = np.r_[0, np.cumsum((doc[1:] != doc[:-1]) | (idx[1:] != idx[:-1]))]
+    within = np.arange(pair.size) - np.searchsorted(pair, pair)
+    # per doc: its k best items, ranked by their closest window
+    heads = np.flatnonzero(within == 0)
+    by_doc = heads[np.lexsort((-sims[heads], doc[heads]))]
+    item_rank = np.empty(pair[-1] + 1, dtype=np.int64)
+    item_rank[pair[by_doc]] = np.arange(by_doc.size) - np.searchsorted(doc[by_doc], doc[by_doc])
+    pick = np.flatnonzero((within < windows) & (item_rank[pair] < k))
+    return doc[pick], window[pick], idx[pick], sims[pick]
+
+
+def second_look(window_texts: list[str], item_abstract: np.ndarray, item_question: np.ndarray, embed
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(abstracted cosine, question cosine) of each candidate window against its item's precomputed vectors
+    (rows aligned with `window_texts`)."""
+    if not window_texts:
+        return np.zeros(0), np.zeros(0)
+    texts = [abstracted(t) for t in window_texts] + [abstracted(question(t)) for t in window_texts]
+    vectors = embed(texts)
+    n = len(window_texts)
+    return ((vectors[:n] * item_abstract).sum(1).astype(np.float64),
+            (vectors[n:] * item_question).sum(1).astype(np.float64))
+
+
+def is_hit(cosine: pl.Expr, abstract: pl.Expr, asked: pl.Expr, cfg) -> pl.Expr:
+    """Close enough on its own, or a candidate whose abstracted text and question both agree with the item."""
+    second = (cosine >= cfg.candidate_cosine) & (abstract >= cfg.abstract_cosine) & (asked >= cfg.question_cosine)
+    return ((cosine >= cfg.threshold) | second).fill_null(False)
+
+
+def rule(cfg) -> str:
+    return (f"cosine >= {cfg.threshold}, or cosine >= {cfg.candidate_cosine} with abstracted >= "
+            f"{cfg.abstract_cosine} and question >= {cfg.question_cosine}")
