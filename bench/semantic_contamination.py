@@ -74,15 +74,44 @@ def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
     item_texts = items["text"].to_list()
     item_abstract = embed([contamination.abstracted(t) for t in item_texts])
     item_question = contamination.item_questions(item_texts, embed)
-    windows, owner, _ = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
-    window_emb = embed(windows)
-    doc, window, item, cosine = contamination.candidates(window_emb, owner, loaded.item_vectors, k, floor)
-    abstract, asked = contamination.second_look([windows[w] for w in window], item_abstract[item],
+    windows = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
+    window_emb = embed(windows.texts)
+    doc, window, item, cosine = contamination.candidates(window_emb, windows.owner, loaded.item_vectors, k, floor)
+    abstract, asked = contamination.second_look([windows.texts[w] for w in window], item_abstract[item],
                                                 item_question[item], embed)
     return pl.DataFrame({"id": [cases[d].id for d in doc], "kind": [cases[d].kind for d in doc],
                          "truth": [cases[d].item for d in doc], "item": [loaded.item_ids[i] for i in item],
                          "cosine": cosine, "abstract": abstract, "question": asked}), pl.DataFrame(
         {"id": [c.id for c in cases], "kind": [c.kind for c in cases], "truth": [c.item for c in cases]})
+
+
+def cost(n: int, params, loaded) -> dict:
+    """The stage's features on n pages of consecutive KJV verses of about 1,300 characters (the issue's 4,109
+    documents of 5.1 MB), with the contamination check and without it: seconds, and the share the check takes."""
+    import polars as pl
+
+    from tasks.ops.demo_corpus import kjv_records
+    from tasks.stages import score
+
+    verses = [r["text"] for r in kjv_records()]
+    pages, i = [], 0
+    while len(pages) < n:
+        page = []
+        while sum(len(v) + 1 for v in page) < 1300:
+            page.append(verses[i % len(verses)])
+            i += 1
+        pages.append(" ".join(page))
+    batch = pl.DataFrame({"id": [f"p{j}" for j in range(n)], "text": pages}).with_columns(
+        timestamp=pl.lit(None, pl.Datetime("us", "UTC")), label=pl.lit(None, pl.String))
+    off = params.model_copy(update={"score": params.score.model_copy(update={
+        "contamination": params.score.contamination.model_copy(update={"enabled": False})})})
+    t = time.perf_counter()
+    score.features(batch, off, loaded)
+    without = time.perf_counter() - t
+    t = time.perf_counter()
+    score.features(batch, params, loaded)
+    with_check = time.perf_counter() - t
+    return {"docs": n, "mb": sum(len(p) for p in pages) / 1e6, "with": with_check, "without": without}
 
 
 def table(frame, split: str, seconds: float, hit) -> list[str]:
@@ -108,10 +137,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="both", choices=["dev", "test", "both"])
     ap.add_argument("--signals", action="store_true")
+    ap.add_argument("--cost", type=int, default=0, help="only time the check on this many ~1.3 KB pages")
     args = ap.parse_args()
     params = stage_params()
     loaded = score.load_models(params)
     lines = []
+    if args.cost:
+        c = cost(args.cost, params, loaded)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"{c['docs']:,} pages, {c['mb']:.1f} MB: features {c['with']:.1f} s with the check, {c['without']:.1f} s "
+              f"without (the check {c['with'] - c['without']:.1f} s); peak RSS {peak:.2f} GiB")
+        return 0
     for split in (["dev", "test"] if args.split == "both" else [args.split]):
         if args.signals:
             found, cases = signals(split, params, loaded)

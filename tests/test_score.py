@@ -186,6 +186,26 @@ def test_abstraction_question_and_the_net_of_candidates():
     assert all(c >= 0.5 for c in cosine) and len({i for d, i in found if d == 1}) <= 2
 
 
+def test_long_documents_are_windows_of_sentences_pooled_from_each_sentence_embedded_once():
+    short, long = "One short text.", " ".join(f"Sentence number {i} is here." for i in range(6))
+    windows = sem.chunk_texts([short, long], words=12)
+    assert windows.texts[0] == short and windows.whole.tolist()[0] and len(windows.sentences) == 6
+    # each window is a run of 1-4 sentences of at most 12 words (a sentence is 5 words: runs of 1 and 2)
+    assert windows.owner.tolist() == [0] + [1] * 11 and set(windows.count[1:].tolist()) == {1, 2}
+    runs = [" ".join(windows.sentences[f:f + c]) for f, c in zip(windows.first[1:], windows.count[1:], strict=True)]
+    assert runs == windows.texts[1:]
+    rng = np.random.default_rng(1)
+    sentence_emb = rng.normal(size=(6, 4)).astype(np.float32)
+    sentence_emb /= np.linalg.norm(sentence_emb, axis=1, keepdims=True)
+    vectors = sem.pooled(windows, sentence_emb)
+    assert not vectors[0].any()  # the whole document keeps its own embedding (the caller's)
+    one = np.flatnonzero(windows.count == 1)[0]
+    assert np.allclose(vectors[one], sentence_emb[windows.first[one]], atol=1e-6)
+    two = np.flatnonzero(windows.count == 2)[0]
+    expected = sentence_emb[windows.first[two]] + sentence_emb[windows.first[two] + 1]  # equal word counts
+    assert np.allclose(vectors[two], expected / np.linalg.norm(expected), atol=1e-6)
+
+
 def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in_the_evidence(loaded):
     texts = [SECOND_LOOK[894], SECOND_LOOK[215], *HARD_NEGATIVES]
     params = PARAMS.model_copy(update={"score": PARAMS.score.model_copy(update={

@@ -159,16 +159,15 @@ def release_models(loaded: ScoreModels) -> None:
 
 
 def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels
-                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Every contamination window, its embedding and the document it belongs to; a short document's one window is
-    the document, whose embedding is reused."""
-    windows, owner, whole = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
-    out = np.zeros((len(windows), emb.shape[1]), dtype=np.float32)
-    out[whole] = emb[owner[whole]]
-    parts = np.flatnonzero(~whole)
-    if parts.size:
-        out[parts] = embeddings.embed([windows[i] for i in parts], loaded.embedder, cfg.embedder, loaded.device)
-    return windows, out, owner
+                       ) -> tuple[semantic.Windows, np.ndarray]:
+    """Every contamination window and its embedding: a short document's one window is the document (its embedding
+    reused); a long one's sentence runs are pooled from its sentences, each embedded once, so the cost follows the
+    text, not the windows (up to 4 per sentence)."""
+    windows = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
+    sentence_emb = embeddings.embed(windows.sentences, loaded.embedder, cfg.embedder, loaded.device)
+    out = semantic.pooled(windows, sentence_emb)
+    out[windows.whole] = emb[windows.owner[windows.whole]]
+    return windows, out
 
 
 def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) -> pl.DataFrame:
@@ -176,14 +175,24 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
     window that matched and whether it is a hit (tasks/stages/score/contamination.py). A document with a hit shows
     its best hit; one without, its closest item."""
     contam = cfg.contamination
-    windows, window_emb, owner = _window_embeddings(texts, emb, cfg, loaded)
-    doc, window, item, cosine = contamination.candidates(window_emb, owner, loaded.item_vectors, contam.candidates,
-                                                         min(contam.candidate_cosine, contam.threshold))
+
+    def embed(batch: list[str]) -> np.ndarray:
+        return embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device)
+
+    windows, window_emb = _window_embeddings(texts, emb, cfg, loaded)
+    doc, window, item, cosine = contamination.candidates(window_emb, windows.owner, loaded.item_vectors,
+                                                         contam.candidates, min(contam.candidate_cosine,
+                                                                                contam.threshold))
+    # the few candidate windows that were pooled are embedded whole: their cosine is the window's own
+    pooled_rows = np.flatnonzero(~windows.whole[window])
+    if pooled_rows.size:
+        exact = embed([windows.texts[w] for w in window[pooled_rows]])
+        cosine = cosine.copy()
+        cosine[pooled_rows] = (exact * loaded.item_vectors[item[pooled_rows]]).sum(1)
     abstract, asked = contamination.second_look(
-        [windows[w] for w in window], loaded.item_abstract[item], loaded.item_question[item],
-        lambda batch: embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device))
+        [windows.texts[w] for w in window], loaded.item_abstract[item], loaded.item_question[item], embed)
     found = pl.DataFrame({"doc": doc, "item": item, "cosine": cosine, "abstract": abstract, "question": asked,
-                          "window": [windows[w] for w in window]}, schema_overrides={"window": pl.String})
+                          "window": [windows.texts[w] for w in window]}, schema_overrides={"window": pl.String})
     # per (document, item): the closest window's cosine and text, the best of its windows on each second look
     found = found.sort("cosine", descending=True).group_by("doc", "item").agg(
         pl.col("cosine", "window").first(), pl.col("abstract", "question").max())

@@ -5,6 +5,7 @@ tasks/models/kmeans.py."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -89,30 +90,68 @@ _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 GROUP = 4  # a window is 1 to 4 consecutive sentences: a benchmark item is a few sentences
 
 
-def chunk_texts(texts: list[str], words: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The windows each text is compared in, the index of the text each came from, and whether the window is the
-    whole text (its embedding is the document's own, not computed twice). A text of at most `words` words is one
-    window; a longer one gives every run of 1 to 4 consecutive sentences (each at most `words` words), so an item
-    quoted inside a long page meets a window that is about exactly the item."""
-    out, owner, whole = [], [], []
+@dataclass(frozen=True)
+class Windows:
+    """The windows documents are compared in: each window's text, the document it belongs to and whether it is the
+    whole document (its embedding is the document's own); for the others, the run of sentences it is (`first`,
+    `count` into `sentences`), so a window's embedding can be pooled from its sentences' embeddings."""
+
+    texts: list[str]
+    owner: np.ndarray
+    whole: np.ndarray
+    first: np.ndarray
+    count: np.ndarray
+    sentences: list[str]
+    sentence_words: np.ndarray
+
+
+def chunk_texts(texts: list[str], words: int) -> Windows:
+    """A text of at most `words` words is one window; a longer one gives every run of 1 to 4 consecutive sentences
+    (each at most `words` words), so an item quoted inside a long page meets a window that is about exactly the
+    item."""
+    out, owner, whole, first, count, sentences, sizes = [], [], [], [], [], [], []
     for i, text in enumerate(texts):
         if len(text.split()) <= words:
             out.append(text)
             owner.append(i)
-            whole.append(len(out) - 1)
+            whole.append(True)
+            first.append(-1)
+            count.append(0)
             continue
-        sentences = [s for s in _SENTENCE.split(text) if s.strip()]
-        sizes = [len(s.split()) for s in sentences]
-        for start in range(len(sentences)):
+        mine = [s for s in _SENTENCE.split(text) if s.strip()]
+        base = len(sentences)
+        sentences += mine
+        mine_sizes = [len(s.split()) for s in mine]
+        sizes += mine_sizes
+        for start in range(len(mine)):
             total = 0
             for k in range(GROUP):
-                if start + k >= len(sentences):
+                if start + k >= len(mine):
                     break
-                total += sizes[start + k]
+                total += mine_sizes[start + k]
                 if total > words and k:
                     break
-                out.append(" ".join(sentences[start:start + k + 1]))
+                out.append(" ".join(mine[start:start + k + 1]))
                 owner.append(i)
-    is_whole = np.zeros(len(out), dtype=bool)
-    is_whole[whole] = True
-    return out, np.asarray(owner, dtype=np.int64), is_whole
+                whole.append(False)
+                first.append(base + start)
+                count.append(k + 1)
+    return Windows(out, np.asarray(owner, dtype=np.int64), np.asarray(whole, dtype=bool),
+                   np.asarray(first, dtype=np.int64), np.asarray(count, dtype=np.int64), sentences,
+                   np.asarray(sizes, dtype=np.float32))
+
+
+def pooled(windows: Windows, sentence_emb: np.ndarray) -> np.ndarray:
+    """The embedding of each sentence-run window from its sentences' embeddings (their mean weighted by words,
+    normalized: each sentence is embedded once, not once per window it is in). Whole-document windows are zero:
+    the caller has their own embedding."""
+    out = np.zeros((len(windows.texts), sentence_emb.shape[1]), dtype=np.float32)
+    runs = np.flatnonzero(~windows.whole)
+    if not runs.size:
+        return out
+    weighted = sentence_emb.astype(np.float32) * windows.sentence_words[:, None]
+    prefix = np.vstack([np.zeros((1, weighted.shape[1]), dtype=np.float32), np.cumsum(weighted, axis=0)])
+    start, stop = windows.first[runs], windows.first[runs] + windows.count[runs]
+    sums = prefix[stop] - prefix[start]
+    out[runs] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return out
