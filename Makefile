@@ -38,9 +38,10 @@ $(BIN)/.compiled: $(BIN)/.installed
 	$(BIN)/python infra/install.py --compile
 	touch $@
 
-# Two pytest workers (pytest-xdist), a test file on one worker: most of the suite waits on servers and
-# subprocesses, so two share 2 cores well (32 -> ~22 minutes); TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2: two pytest workers (pytest-xdist), a test file on one worker; most of the suite waits on servers
+# and subprocesses, so two share 2 cores well (about 21 instead of 33 minutes). Not the default yet: one run in three
+# failed test_augment's perplexity checks (the LM scored a verse at 12,881) in an order of files not yet found.
+TEST_WORKERS ?= 0
 test: install browser $(BIN)/.compiled
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
