@@ -39,7 +39,7 @@ $(BIN)/.compiled: $(BIN)/.installed
 	touch $@
 
 # TEST_WORKERS=2: two pytest workers (pytest-xdist), a test file on one worker; most of the suite waits on servers
-# and subprocesses, so two share 2 cores well (about 21 instead of 33 minutes). Not the default yet: one run in three
+# and subprocesses, so two share 2 cores well (tests 19:41-20:34 instead of 32:13 on 2 cores). Not the default yet: one run in three
 # failed test_augment's perplexity checks (the LM scored a verse at 12,881) in an order of files not yet found.
 TEST_WORKERS ?= 0
 test: install browser $(BIN)/.compiled
