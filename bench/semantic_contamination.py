@@ -81,6 +81,7 @@ def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
                                                 item_question[item], embed)
     return pl.DataFrame({"id": [cases[d].id for d in doc], "kind": [cases[d].kind for d in doc],
                          "truth": [cases[d].item for d in doc], "item": [loaded.item_ids[i] for i in item],
+                         "window": [windows.texts[w] for w in window], "item_text": [item_texts[i] for i in item],
                          "cosine": cosine, "abstract": abstract, "question": asked}), pl.DataFrame(
         {"id": [c.id for c in cases], "kind": [c.kind for c in cases], "truth": [c.item for c in cases]})
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 
@@ -47,6 +48,14 @@ COSINE_FLOOR, NLL_TOLERANCE = 0.99, 0.01
 
 class ModelError(BadInput):
     """A model that cannot be used: missing package, tampered file, pickle weights, no CUDA."""
+
+
+# transformers' loading is not safe across threads: two `from_pretrained` of SmolLM2 at once (score loads the LM in
+# a thread while the embedder loads; a Prefect runner can set up two stages at once) left `embed_tokens` randomly
+# initialized in every one of 6 tries (the cache holds the tied weight as `lm_head.weight`): perplexities of
+# 4,000-13,000 instead of 49, with nothing raised. A first import of `AutoModelForCausalLM` from two threads raised
+# ImportError too. One load at a time per process; loads are rare and short next to what is done with the models.
+_LOADING = threading.Lock()
 
 
 def package_dir(package: str) -> Path:
@@ -162,13 +171,14 @@ def _quiet_loading() -> None:
 
 def load_embedder(cfg: EmbedderConfig, dev):
     """The sentence-transformers model (its transformer, tokenizer and pooling), on `dev`, in eval mode."""
-    from sentence_transformers import SentenceTransformer
-
-    _quiet_loading()
     folder = embedder_folder(cfg)
     verify(folder, cfg.sha256)
-    model = SentenceTransformer(str(folder), device=str(dev), local_files_only=True,
-                                model_kwargs={"use_safetensors": True})
+    with _LOADING:
+        from sentence_transformers import SentenceTransformer
+
+        _quiet_loading()
+        model = SentenceTransformer(str(folder), device=str(dev), local_files_only=True,
+                                    model_kwargs={"use_safetensors": True})
     model.eval()
     return model
 
@@ -258,15 +268,17 @@ def _convert_gguf(source: Path, dest: Path) -> None:
     import functools
 
     import safetensors.torch
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # its tensor loop draws its own tqdm bar (not transformers' switchable one) on the first run's console
-    if not isinstance(gguf_utils.tqdm, functools.partial):
-        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
-    with _gguf_parsed_once():
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
+    with _LOADING:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        # its tensor loop draws its own tqdm bar (not transformers' switchable one) on the first run's console
+        if not isinstance(gguf_utils.tqdm, functools.partial):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+        with _gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=LM_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=LM_GGUF)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     try:
@@ -288,13 +300,20 @@ def _convert_gguf(source: Path, dest: Path) -> None:
 
 
 def load_lm(cfg: LanguageModelConfig, dev):
-    """(model, tokenizer) of the causal LM, in eval mode on `dev`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _quiet_loading()
+    """(model, tokenizer) of the causal LM, in eval mode on `dev`. A weight the checkpoint did not fill (transformers
+    then initializes it at random and only logs it) is an error: such a model scores text at random."""
     folder = lm_folder(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    with _LOADING:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_loading()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model, info = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                           output_loading_info=True)
+    unfilled = sorted(set(info.get("missing_keys") or ()) | set(info.get("mismatched_keys") or ()))
+    if unfilled:
+        raise ModelError(f"the LM at {folder} loaded without its weights {', '.join(map(str, unfilled[:5]))}: "
+                         "transformers would have initialized them at random")
     model.to(dev).eval()
     return model, tokenizer
 

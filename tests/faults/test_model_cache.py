@@ -4,6 +4,8 @@ the fix, one byte changed in the converted safetensors cache gave NaN perplexiti
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -14,7 +16,10 @@ from tasks.models import loading
 
 def test_a_changed_byte_in_the_lm_cache_is_found_and_the_cache_rebuilt(tmp_path, caplog):
     cfg = LanguageModelConfig(cache_dir=str(tmp_path / "cache"))
-    folder = loading.lm_folder(cfg)
+    shared = loading.lm_folder(LanguageModelConfig())  # the machine's conversion, copied: one conversion per test
+    folder = loading.cache_root(cfg) / shared.name
+    shutil.copytree(shared, folder)
+    assert loading.lm_folder(cfg) == folder
     recorded = json.loads((folder / loading.CACHE_HASHES).read_text())
     assert set(recorded) >= {"model.safetensors", "config.json"}
     weights = folder / "model.safetensors"
@@ -53,3 +58,46 @@ def test_nan_scores_fail_the_score_contract(prefect_server, tmp_path, monkeypatc
     assert "NaN or infinite" in str(err.value)
     failure = json.loads((tmp_path / "out" / "runs" / "nan" / "score" / "_contract_failure.json").read_text())
     assert failure["stats"]["counts"]["score.non_finite"] == 30
+
+
+VERSE = "And I saw a new heaven and a new earth, for the first heaven was passed away."
+
+
+def test_lm_loads_in_parallel_threads_each_get_every_weight():
+    """Three loads of SmolLM2 at once (as when a stage's setup loads the LM in a thread while another loads): before
+    loads were serialized, every try left `embed_tokens` initialized at random (the cache stores the tied weight as
+    `lm_head.weight`), and the verse scored 4,000-13,000 instead of 49, with nothing raised."""
+    from tasks.models import perplexity
+
+    cfg, dev = LanguageModelConfig(), loading.device("cpu")
+    alone = loading.load_lm(cfg, dev)
+    expected = perplexity.nll([VERSE], *alone, cfg, dev)[0]
+    loaded: list = [None] * 3
+
+    def load(i: int) -> None:
+        loaded[i] = loading.load_lm(cfg, dev)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for model, tokenizer in loaded:
+        assert model.model.embed_tokens.weight.data_ptr() == model.lm_head.weight.data_ptr()  # still tied
+        assert np.allclose(perplexity.nll([VERSE], model, tokenizer, cfg, dev)[0], expected)
+    assert 20 < np.exp(expected[0]) < 200
+
+
+def test_a_checkpoint_without_a_weight_is_refused(tmp_path):
+    """transformers fills a weight missing from the checkpoint at random and only logs it; Sluice refuses it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cached = loading.lm_folder(LanguageModelConfig())
+    folder = tmp_path / "lm"
+    shutil.copytree(cached, folder, ignore=shutil.ignore_patterns("model.safetensors", loading.CACHE_HASHES))
+    with safe_open(cached / "model.safetensors", "pt") as weights:
+        kept = {k: weights.get_tensor(k) for k in weights.keys() if k != "model.norm.weight"}  # noqa: SIM118
+    save_file(kept, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(loading.ModelError, match="loaded without its weights model.norm.weight"):
+        loading.load_lm(LanguageModelConfig(path=str(folder), sha256={}), loading.device("cpu"))
