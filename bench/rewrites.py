@@ -8,7 +8,8 @@ first or left last), `synonyms` (common words of word problems swapped for other
 `embedded` (the combined rewrite inside a page of unrelated text); of HumanEval: `code_renamed` (the function, its
 arguments and the docstring's words renamed). Look-alikes (`hard`): math word problems written on GSM8K's common
 templates (buy, share, rate, percent, age, time...) with other names, objects and numbers, asking their own
-questions. Clean: KJV passages and anime quotes. Items are split in two by a hash of their id (`dev`, `test`), the
+questions; the test split also has `hard_unseen`, look-alikes from templates written after a rule had been judged.
+Clean: KJV passages and anime quotes. Items are split in two by a hash of their id (`dev`, `test`), the
 look-alike templates by their index, the clean text by position; a split never sees the other's items or
 templates. Translated-and-back rewrites are not built: no translation model ships in a package here.
 """
@@ -169,14 +170,31 @@ TEMPLATES = [
     "{a} makes {n1} {obj} per hour. {b} makes {n2} fewer per hour. How many do they make together in {n3} hours?",
     "A recipe needs {n1} cups of flour for {n2} cookies. How many cups are needed for {n3} cookies?",
 ]
+# Written after the first rule had been judged on the test split (it flagged 3% of those look-alikes): templates no
+# threshold was ever chosen on, judged only in the test split as their own kind (`hard_unseen`).
+UNSEEN_TEMPLATES = [
+    "{a} buys {n1} notebooks at ${n2} each and pays with a ${n3} bill. How much change does {a} get?",
+    "A library had {n1} {obj}. It lent out {n2} and got {n3} back. How many {obj} are on the shelves?",
+    "{a} walks {n1} blocks to school and {n2} blocks back by another road. How many blocks is that in {n3} days?",
+    "{a} has twice as many {obj} as {b}, who has {n1}. They give away {n2}. How many do they have left together?",
+    "A pizza is cut into {n1} slices. {a} eats {n2} and {b} eats {n3}. What fraction of the pizza is left?",
+    "{a} fills {n1} jars with {n2} {obj} each and has {n3} {obj} left over. How many {obj} did {a} start with?",
+    "A car uses {n1} liters of fuel per 100 km. How many liters does it need for a trip of {n2} km?",
+    "{a} is paid ${n1} for each lawn and mows {n2} lawns a week. After {n3} weeks, how much has {a} earned?",
+    "A class of {n1} students splits into teams of {n2}. How many students are not on a full team?",
+    "{a} had ${n1}. She spent a quarter of it on lunch and ${n2} on a ticket. How much money is left?",
+    "A rectangle has a perimeter of {n1} cm and a width of {n2} cm. What is its length?",
+    "{a} sleeps {n1} hours a night on weekdays and {n2} hours on weekend nights. How many hours is that in {n3} "
+    "weeks?",
+]
 OBJECTS = ["apples", "cookies", "pencils", "stickers", "marbles", "cupcakes", "books", "shells", "cards", "muffins",
            "oranges", "toy cars", "beads", "tomatoes", "stamps"]
 
 
-def look_alike(index: int, rng: random.Random) -> str:
+def look_alike(template: str, rng: random.Random) -> str:
     a, b = rng.sample(NAMES, 2)
     numbers = {f"n{i}": rng.randint(2, 60) for i in (1, 2, 3)}
-    return TEMPLATES[index].format(a=a, b=b, obj=rng.choice(OBJECTS), **numbers)
+    return template.format(a=a, b=b, obj=rng.choice(OBJECTS), **numbers)
 
 
 @dataclass(frozen=True)
@@ -221,7 +239,12 @@ def build(split: str, per_kind: int = 110, hard: int = 200, clean: int = 1500, s
             cases.append(Case(f"code_renamed-{key}", code_renamed(rec["prompt"], rng), "code_renamed", key))
     templates = [i for i in range(len(TEMPLATES)) if (i % 2 == 0) == (split == "dev")]
     for i in range(hard):
-        cases.append(Case(f"hard-{split}-{i}", look_alike(templates[i % len(templates)], rng), "hard", None))
+        cases.append(Case(f"hard-{split}-{i}", look_alike(TEMPLATES[templates[i % len(templates)]], rng), "hard",
+                          None))
+    if split == "test":
+        for i in range(hard):
+            unseen = look_alike(UNSEEN_TEMPLATES[i % len(UNSEEN_TEMPLATES)], random.Random(f"{seed}-unseen-{i}"))
+            cases.append(Case(f"hard_unseen-{i}", unseen, "hard_unseen", None))
     half = len(kjv) // 2
     passages = kjv[:half] if split == "dev" else kjv[half:]
     quotes = quote_records()

@@ -35,7 +35,9 @@ def random_embed(batch, inputs, params, loaded=None):
     feats = batch.select("id", "timestamp", "label", length=pl.lit(200, pl.UInt32)).with_columns(
         pl.Series("embedding", emb, dtype=pl.Array(pl.Float16, 384)),
         score_nll=pl.lit(2.0), score_bits_per_char=pl.lit(1.0), score_contam_item=pl.lit(None, pl.String),
-        score_contam_cosine=pl.lit(None, pl.Float64), score_novelty=pl.lit(None, pl.Float64))
+        score_contam_cosine=pl.lit(None, pl.Float64), score_contam_abstract=pl.lit(None, pl.Float64),
+        score_contam_question=pl.lit(None, pl.Float64), score_contam_overlap=pl.lit(None, pl.Float64),
+        contam_window=pl.lit(None, pl.String), score_contam_hit=pl.lit(False), score_novelty=pl.lit(None, pl.Float64))
     cfg = params.score
     fraction = min(1.0, max(cfg.semdedup.sample, cfg.negatives) / max(inputs.rows, 1))
     chosen = feats.filter(pl.col("id").hash(seed=29) % 1_000_000 < round(fraction * 1_000_000))

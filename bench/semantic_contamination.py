@@ -125,8 +125,8 @@ def table(frame, split: str, seconds: float, hit) -> list[str]:
         flagged = int(part["hit"].sum())
         right = int((part["hit"] & part["right"].fill_null(False)).sum())
         rate = right / part.height if part["item"].null_count() == 0 else flagged / part.height
-        lines.append(f"| {kind} | {part.height} | {flagged} | {right if kind not in ('hard', 'clean') else ''} | "
-                     f"{rate:.1%} |")
+        shown = right if kind not in ("hard", "hard_unseen", "clean") else ""
+        lines.append(f"| {kind} | {part.height} | {flagged} | {shown} | {rate:.1%} |")
     return lines + [""]
 
 

@@ -170,6 +170,12 @@ def test_abstraction_question_and_the_net_of_candidates():
                                     "threshold") == "def f(a1: list, a2=N):\n    return a1[N] > a2"
     assert contamination.question("Mr. Smith has 3 cats. How many legs? He counts them.") == "How many legs?"
     assert contamination.question("A statement. Another one.") == "Another one."
+    item = "Natalia sold clips to 48 of her friends in April. How many clips did Natalia sell altogether?"
+    assert contamination.content_words(item) == {"sold", "clips", "friends", "april", "sell", "altogether"}
+    rewrite = "In April, Omar sold 52 clips to friends. How many clips did Omar sell in all?"  # renamed, renumbered
+    look_alike = "Omar has 52 stickers. He gives 9 to a friend. How many stickers does Omar have now?"
+    shares = contamination.overlap([rewrite, look_alike, ""], [contamination.content_words(item)] * 3)
+    assert shares.tolist() == [5 / 6, 0.0, 0.0]  # "friend" is not "friends": words, not stems
     vectors = contamination.item_questions(["No question here.", "Is this one?"], lambda t: np.ones((len(t), 2)))
     assert vectors.tolist() == [[0.0, 0.0], [1.0, 1.0]]  # an answer's last sentence is never its question
     rng = np.random.default_rng(0)
@@ -217,8 +223,8 @@ def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in
     assert dropped["d0"]["item"] == "gsm8k:gsm8k-894" and dropped["d1"]["item"] == "gsm8k:gsm8k-215"
     for evidence in dropped.values():
         assert 0.6 <= evidence["cosine"] < 0.85  # the cosine alone would have missed it
-        assert evidence["abstract"] >= 0.8 and evidence["question"] >= 0.9
-        assert evidence["window"] and "question >= 0.9" in evidence["rule"]
+        assert evidence["abstract"] >= 0.75 and evidence["question"] >= 0.9 and evidence["overlap"] >= 0.5
+        assert evidence["window"] and "question >= 0.9 and overlap >= 0.5" in evidence["rule"]
     # the look-alikes (same topics, other problems) are kept, their signals on the row
     kept = result.kept.filter(pl.col("id").is_in(["d2", "d3", "d4"]))
     assert kept.height == 3 and kept["score_contam_cosine"].max() < 0.85

@@ -63,10 +63,12 @@ class SemanticContaminationConfig(Strict):
     chunk_words: int = Field(96, ge=8, description="documents are embedded in chunks of this many words")
     candidates: int = Field(3, ge=1, le=50, description="items per document given a second look")
     candidate_cosine: float = Field(0.6, gt=0, le=1, description="the net: a candidate's cosine at least this")
-    abstract_cosine: float = Field(0.8, gt=0, le=1, description="the second look: cosine of the texts with names "
+    abstract_cosine: float = Field(0.75, gt=0, le=1, description="the second look: cosine of the texts with names "
                                    "and numbers abstracted ...")
     question_cosine: float = Field(0.9, gt=0, le=1, description="... and of their questions (abstracted), both "
-                                   "at least these")
+                                   "at least these ...")
+    overlap: float = Field(0.5, ge=0, le=1, description="... and the share of the item's content words (names, "
+                           "numbers and function words aside) found in the window at least this")
 
 
 class DynamicsConfig(Strict):

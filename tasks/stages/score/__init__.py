@@ -42,6 +42,7 @@ ADDS = {
     "score_contam_cosine": pl.Float64(),
     "score_contam_abstract": pl.Float64(),
     "score_contam_question": pl.Float64(),
+    "score_contam_overlap": pl.Float64(),
     "score_quality": pl.Float64(),
     "score_novelty": pl.Float64(),
     "score_scored": pl.Boolean(),
@@ -80,6 +81,7 @@ class ScoreModels:
     item_vectors: np.ndarray
     item_abstract: np.ndarray  # the items with names and numbers abstracted (contamination's second look)
     item_question: np.ndarray  # their questions, abstracted
+    item_words: list[frozenset[str]]  # their content words (contamination.overlap)
     reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
     head: tuple[np.ndarray, float] | None  # a head reused by path
     precision: dict[str, str]  # model -> float32, or bfloat16 (CPU: embedder weights, LM autocast)
@@ -133,6 +135,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
             return loading.cached_vectors(loading.cache_root(cfg.lm), identity, texts, embedder.embed)
 
         abstract = question = vectors
+        words: list[frozenset[str]] = []
         if cfg.contamination.enabled:
             items = _benchmark_items(params, inputs)
             ids = items["key"].to_list()
@@ -140,6 +143,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
             vectors = embed_cached(texts)
             abstract = embed_cached([contamination.abstracted(t) for t in texts])
             question = contamination.item_questions(texts, embed_cached)
+            words = [contamination.content_words(t) for t in texts]
         reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
         if cfg.reference:
             reference = embed_cached(classifier.reference_texts(cfg.reference, inputs=inputs))
@@ -147,7 +151,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
     chosen = {"embedder": embedder.precision, "lm": lm.precision if lm is not None else "float32"}
     return ScoreModels(dev, embedder.model, lm.model if lm else None, lm.tokenizer if lm else None, ids, vectors,
-                       abstract, question, reference, head, chosen)
+                       abstract, question, words, reference, head, chosen)
 
 
 def release_models(loaded: ScoreModels) -> None:
@@ -191,20 +195,23 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
         cosine[pooled_rows] = (exact * loaded.item_vectors[item[pooled_rows]]).sum(1)
     abstract, asked = contamination.second_look(
         [windows.texts[w] for w in window], loaded.item_abstract[item], loaded.item_question[item], embed)
+    window_texts = [windows.texts[w] for w in window]
+    shared = contamination.overlap(window_texts, [loaded.item_words[i] for i in item])
     found = pl.DataFrame({"doc": doc, "item": item, "cosine": cosine, "abstract": abstract, "question": asked,
-                          "window": [windows.texts[w] for w in window]}, schema_overrides={"window": pl.String})
+                          "overlap": shared, "window": window_texts}, schema_overrides={"window": pl.String})
     # per (document, item): the closest window's cosine and text, the best of its windows on each second look
     found = found.sort("cosine", descending=True).group_by("doc", "item").agg(
-        pl.col("cosine", "window").first(), pl.col("abstract", "question").max())
+        pl.col("cosine", "window").first(), pl.col("abstract", "question", "overlap").max())
     found = found.with_columns(hit=contamination.is_hit(pl.col("cosine"), pl.col("abstract"), pl.col("question"),
-                                                         contam))
+                                                         pl.col("overlap"), contam))
     best = found.sort(["doc", "hit", "cosine"], descending=[False, True, True]).unique("doc", keep="first")
     keys = pl.DataFrame({"item": np.arange(len(loaded.item_ids)), "key": loaded.item_ids},
                         schema_overrides={"key": pl.String})
     out = (pl.DataFrame({"doc": np.arange(len(texts))}).join(best, on="doc", how="left")
            .join(keys, on="item", how="left").sort("doc"))
     return out.select(score_contam_item="key", score_contam_cosine="cosine", score_contam_abstract="abstract",
-                      score_contam_question="question", score_contam_hit=pl.col("hit").fill_null(False),
+                      score_contam_question="question", score_contam_overlap="overlap",
+                      score_contam_hit=pl.col("hit").fill_null(False),
                       contam_window=pl.col("window").str.slice(0, 400))
 
 
@@ -230,7 +237,8 @@ def features(batch: pl.DataFrame, params: ScoreParams, loaded: ScoreModels | Non
     else:
         out = out.with_columns(score_contam_item=pl.lit(None, pl.String), score_contam_cosine=pl.lit(None, pl.Float64),
                                score_contam_abstract=pl.lit(None, pl.Float64),
-                               score_contam_question=pl.lit(None, pl.Float64), score_contam_hit=pl.lit(False),
+                               score_contam_question=pl.lit(None, pl.Float64),
+                               score_contam_overlap=pl.lit(None, pl.Float64), score_contam_hit=pl.lit(False),
                                contam_window=pl.lit(None, pl.String))
     novelty = classifier.novelty(emb, loaded.reference_vectors, cfg.novelty_k)
     return out.with_columns(score_novelty=pl.Series(novelty, dtype=pl.Float64).fill_nan(None))
@@ -255,6 +263,7 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
                 .otherwise(pl.struct(item=pl.col("score_contam_item"), cosine=pl.col("score_contam_cosine").round(4),
                                      abstract=pl.col("score_contam_abstract").round(4),
                                      question=pl.col("score_contam_question").round(4),
+                                     overlap=pl.col("score_contam_overlap").round(4),
                                      window=pl.col("contam_window"),
                                      rule=pl.lit(contamination.rule(params.score.contamination))).struct.json_encode()))
     rejected = judged.filter(pl.col("reason").is_not_null()).with_columns(evidence=evidence)
@@ -278,7 +287,8 @@ def apply(batch: pl.DataFrame, decisions: pl.DataFrame, params: ScoreParams) -> 
 
 DECISIONS = {"id": pl.String, "score_nll": pl.Float64, "score_bits_per_char": pl.Float64,
              "score_contam_item": pl.String, "score_contam_cosine": pl.Float64, "score_contam_abstract": pl.Float64,
-             "score_contam_question": pl.Float64, "contam_window": pl.String, "score_novelty": pl.Float64,
+             "score_contam_question": pl.Float64, "score_contam_overlap": pl.Float64, "contam_window": pl.String,
+             "score_novelty": pl.Float64,
              "score_quality": pl.Float64, "score_prototypicality": pl.Float64, "score_semantic_cluster": pl.Int64,
              "contaminated": pl.Boolean, "score_scored": pl.Boolean, "dup_survivor": pl.String,
              "dup_cosine": pl.Float64, "dup_published_id": pl.String, "dup_published_version": pl.Int32,

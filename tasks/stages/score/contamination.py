@@ -5,8 +5,9 @@ stronger judgement of each candidate).
 The net: each document's windows against every benchmark item; the `candidates` best items of a document (over its
 windows) whose cosine reaches `candidate_cosine`. The second look, on those few pairs only: the cosine of the two
 texts with what rewriters change abstracted (names -> "someone", numbers -> "N"; units and words kept), and the
-cosine of their questions (the last sentence asking something), abstracted too. A rewrite keeps the problem and its
-question; a look-alike problem on the same template asks something else.
+cosine of their questions (the last sentence asking something), abstracted too, and the share of the item's content
+words the window holds. A rewrite keeps the problem, its question and most of its words; a look-alike problem on the
+same template asks something else, or the same thing about other things.
 """
 
 from __future__ import annotations
@@ -56,6 +57,31 @@ def question(text: str) -> str:
     sentences = [s for s in _SENTENCE.split(text.strip()) if s]
     asking = [s for s in sentences if s.rstrip().endswith("?")]
     return (asking or sentences or [text])[-1]
+
+
+# words that carry no content of a problem: kept out of the overlap, so a look-alike on the same template ("how many
+# ... does someone have") is not credited for its grammar
+_FUNCTION_WORDS = frozenset(re.findall(r"\w+", """
+    a an the of to in on at for and or but not no is are was were be been being has have had do does did will would
+    can could should how many much what which who whom whose when where why that this these those it its he she
+    they them his her hers their him i we you our your my me us with by from as if then than so each every per
+    there some all any more less into out up down over after before about also just only"""))
+_LOWER_WORD = re.compile(r"[a-z]+")
+
+
+def content_words(text: str) -> frozenset[str]:
+    """The lowercase words of the abstracted text less function words, "N" and "someone"."""
+    return frozenset(w for w in _LOWER_WORD.findall(abstracted(text).lower())
+                     if w not in _FUNCTION_WORDS and w not in ("n", "someone"))
+
+
+def overlap(window_texts: list[str], item_words: list[frozenset[str]]) -> np.ndarray:
+    """The share of each item's content words found in its candidate window (rows aligned). A rewrite keeps most of
+    them (dev: 5th percentile 0.54 for the combined rewrite, 0.62 for synonyms); a look-alike problem on the same
+    template shares its grammar and a few topic words (median 0.2)."""
+    return np.fromiter((len(content_words(t) & words) / max(1, len(words))
+                        for t, words in zip(window_texts, item_words, strict=True)), dtype=np.float64,
+                       count=len(window_texts))
 
 
 def item_questions(texts: list[str], embed) -> np.ndarray:
@@ -115,12 +141,14 @@ def second_look(window_texts: list[str], item_abstract: np.ndarray, item_questio
             (vectors[n:] * item_question).sum(1).astype(np.float64))
 
 
-def is_hit(cosine: pl.Expr, abstract: pl.Expr, asked: pl.Expr, cfg) -> pl.Expr:
-    """Close enough on its own, or a candidate whose abstracted text and question both agree with the item."""
-    second = (cosine >= cfg.candidate_cosine) & (abstract >= cfg.abstract_cosine) & (asked >= cfg.question_cosine)
+def is_hit(cosine: pl.Expr, abstract: pl.Expr, asked: pl.Expr, shared: pl.Expr, cfg) -> pl.Expr:
+    """Close enough on its own, or a candidate whose abstracted text and question both agree with the item and that
+    holds enough of the item's content words."""
+    second = ((cosine >= cfg.candidate_cosine) & (abstract >= cfg.abstract_cosine) & (asked >= cfg.question_cosine)
+              & (shared >= cfg.overlap))
     return ((cosine >= cfg.threshold) | second).fill_null(False)
 
 
 def rule(cfg) -> str:
     return (f"cosine >= {cfg.threshold}, or cosine >= {cfg.candidate_cosine} with abstracted >= "
-            f"{cfg.abstract_cosine} and question >= {cfg.question_cosine}")
+            f"{cfg.abstract_cosine}, question >= {cfg.question_cosine} and overlap >= {cfg.overlap}")

@@ -99,7 +99,7 @@ def assign(batch: pl.DataFrame, inputs: StepInputs, params: ScoreParams, loaded)
     head = _head(inputs, loaded) if finite.all() else None
     quality = classifier.quality(emb, *head) if head is not None else np.full(feats.height, np.nan)
     scores = feats.select("id", "score_nll", "score_bits_per_char", "score_contam_item", "score_contam_cosine",
-                          "score_contam_abstract", "score_contam_question", "contam_window",
+                          "score_contam_abstract", "score_contam_question", "score_contam_overlap", "contam_window",
                           "score_novelty").with_columns(
         score_quality=pl.Series(quality, dtype=pl.Float64).fill_nan(None),
         score_prototypicality=pl.Series(proto, dtype=pl.Float64),
