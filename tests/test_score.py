@@ -210,6 +210,24 @@ def test_long_documents_are_windows_of_sentences_pooled_from_each_sentence_embed
     two = np.flatnonzero(windows.count == 2)[0]
     expected = sentence_emb[windows.first[two]] + sentence_emb[windows.first[two] + 1]  # equal word counts
     assert np.allclose(vectors[two], expected / np.linalg.norm(expected), atol=1e-6)
+    # only windows holding a marked sentence are embedded, and only the sentences those windows need
+    marked = np.zeros(6, dtype=bool)
+    marked[3] = True
+    chosen = sem.holds(windows, marked)
+    assert [(f, c) for f, c in zip(windows.first[chosen], windows.count[chosen], strict=True)] == \
+        [(2, 2), (3, 1), (3, 2)]
+    assert np.flatnonzero(sem.sentences_of(windows, chosen)).tolist() == [2, 3, 4]
+
+
+def test_a_long_page_is_embedded_only_where_a_sentence_shares_words_with_an_item():
+    from tasks.stages.score import contamination
+
+    item = contamination.content_words("Natalia sold clips to 48 of her friends in April. How many clips?")
+    sentences = ["In April Omar sold 52 clips.", "The Lord is my shepherd.", "She had friends in April.",
+                 "Clips!", ""]
+    assert contamination.sharing_sentences(sentences, [item], 2).tolist() == [True, False, True, False, False]
+    assert contamination.sharing_sentences(sentences, [item], 3).tolist() == [True, False, False, False, False]
+    assert contamination.sharing_sentences(sentences, [], 2).tolist() == [False] * 5
 
 
 def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in_the_evidence(loaded):

@@ -168,8 +168,18 @@ def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreMode
     reused); a long one's sentence runs are pooled from its sentences, each embedded once, so the cost follows the
     text, not the windows (up to 4 per sentence)."""
     windows = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
-    sentence_emb = embeddings.embed(windows.sentences, loaded.embedder, cfg.embedder, loaded.device)
+    runs = ~windows.whole
+    if cfg.contamination.shared_words:  # only the windows holding a sentence that shares words with an item
+        sharing = contamination.sharing_sentences(windows.sentences, loaded.item_words,
+                                                  cfg.contamination.shared_words)
+        runs &= semantic.holds(windows, sharing)
+    needed = semantic.sentences_of(windows, runs)
+    sentence_emb = np.zeros((len(windows.sentences), emb.shape[1]), dtype=np.float32)
+    if needed.any():
+        sentence_emb[needed] = embeddings.embed([windows.sentences[i] for i in np.flatnonzero(needed)],
+                                                loaded.embedder, cfg.embedder, loaded.device)
     out = semantic.pooled(windows, sentence_emb)
+    out[~windows.whole & ~runs] = 0.0  # never a candidate
     out[windows.whole] = emb[windows.owner[windows.whole]]
     return windows, out
 

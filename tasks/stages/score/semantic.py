@@ -141,6 +141,21 @@ def chunk_texts(texts: list[str], words: int) -> Windows:
                    np.asarray(sizes, dtype=np.float32))
 
 
+def holds(windows: Windows, marked: np.ndarray) -> np.ndarray:
+    """Per window: whether one of its sentences is marked (whole-document windows: False)."""
+    prefix = np.r_[0, np.cumsum(marked, dtype=np.int64)]
+    first = np.maximum(windows.first, 0)
+    return ~windows.whole & (prefix[first + windows.count] > prefix[first])
+
+
+def sentences_of(windows: Windows, chosen: np.ndarray) -> np.ndarray:
+    """Per sentence: whether it is in one of the chosen windows."""
+    change = np.zeros(len(windows.sentences) + 1, dtype=np.int64)
+    np.add.at(change, windows.first[chosen], 1)
+    np.add.at(change, windows.first[chosen] + windows.count[chosen], -1)
+    return np.cumsum(change[:-1]) > 0
+
+
 def pooled(windows: Windows, sentence_emb: np.ndarray) -> np.ndarray:
     """The embedding of each sentence-run window from its sentences' embeddings (their mean weighted by words,
     normalized: each sentence is embedded once, not once per window it is in). Whole-document windows are zero:
