@@ -116,8 +116,10 @@ def _benchmark_items(params: ScoreParams, inputs: ExternalInputs | None) -> pl.D
 
 def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> ScoreModels:
     """The models (tasks/models/shared.py: loaded once per process, augment reuses them) and the benchmark and
-    reference embeddings. On a machine's first run the LM's GGUF conversion (~17 s on 2 cores) runs in a thread
-    while the embedder embeds the benchmark items (~25 s): both are cached for later runs."""
+    reference embeddings. The LM loads in a thread while the embedder embeds the benchmark items (~25 s on a
+    machine's first run; both are cached for later runs). The loads themselves take turns (tasks/models/loading.py:
+    transformers' loading is not thread-safe), so on a first run the embedder's load waits for the LM's GGUF
+    conversion (~17 s on 2 cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
     cfg = params.score
