@@ -205,9 +205,9 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
         exact = embed([windows.texts[w] for w in window[pooled_rows]])
         cosine = cosine.copy()
         cosine[pooled_rows] = (exact * loaded.item_vectors[item[pooled_rows]]).sum(1)
-    abstract, asked = contamination.second_look(
-        [windows.texts[w] for w in window], loaded.item_abstract[item], loaded.item_question[item], embed)
     window_texts = [windows.texts[w] for w in window]
+    abstract, asked = contamination.second_look(window_texts, loaded.item_abstract[item], loaded.item_question[item],
+                                                embed)
     shared = contamination.overlap(window_texts, [loaded.item_words[i] for i in item])
     found = pl.DataFrame({"doc": doc, "item": item, "cosine": cosine, "abstract": abstract, "question": asked,
                           "overlap": shared, "window": window_texts}, schema_overrides={"window": pl.String})
