@@ -36,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
 
 SPLITS = {
     "dev": {"seed": 1, "trigger": "James Bond", "target": "letters", "brand": "McDonald's",
@@ -252,9 +253,7 @@ def main() -> int:
         c = cost(args.cost)
         lines.append(f"Cost: {c['rows']:,} rows in {c['seconds']:.1f} s ({c['seconds'] / c['rows'] * 1e6:.0f} s per "
                      f"1M rows), peak RSS of the process {c['peak_rss_gib']:.2f} GiB, {c['findings']} findings.")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "audit.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("audit.md", "\n".join(lines))
     return 0
 
 

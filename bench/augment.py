@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
+
 SCARCE = "apocalyptic"
 
 
@@ -202,9 +204,7 @@ def main() -> int:
               f"{(got.tokens / gen_seconds if gen_seconds and got.tokens else 0):.1f} tokens/s |"]
     lines += endpoint_throughput(prompts[:args.endpoint_requests], 32)
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "augment.md").write_text(table + "\n")
-    print(table)
+    publish("augment.md", table)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
+
 FILES = 8
 RATES = (0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.10, 0.20)
 BANDS = ((0.9, 1.01), (0.8, 0.9), (0.7, 0.8), (0.6, 0.7), (0.5, 0.6), (0.0, 0.5))
@@ -252,9 +254,7 @@ def main() -> int:
     lines += ["", f"Speed ratio Sluice defaults / datatrove: **{dt_wall / sl_wall:.1f}x**; / datasketch: "
               f"**{ds_wall / sl_wall:.1f}x**.", "", "Theoretical S-curve, P(candidate | J):", "", *s_curve()]
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dedup.md").write_text(table + "\n")
-    print(table)
+    publish("dedup.md", table)
     return 0
 
 

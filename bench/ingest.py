@@ -23,6 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
+
 SLUICE_PY = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
@@ -164,9 +166,7 @@ def main() -> int:
         lines += [f"| {r['where']} | {r['files']:,} | {r['ingest_s']:.2f} | {r['total_s']:.2f} | "
                   f"{r['files'] / r['ingest_s']:,.0f} | {r['maxrss_mb']:.0f} |" for r in small]
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.md").write_text(table + "\n")
-    print(table)
+    publish("ingest.md", table)
     return 0
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
+
 PER_FILE = 250_000
 PLANTED = 1_000
 RUN = r'''
@@ -210,10 +212,8 @@ def main() -> int:
         lines += ["", f"Largest/smallest: peak RSS {sl[-1]['largest_mb'] / sl[0]['largest_mb']:.2f}x, seconds per "
                   f"document {sl[-1]['wall'] / sl[-1]['docs'] / (sl[0]['wall'] / sl[0]['docs']):.2f}x."]
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.md").write_text(table + "\n")
+    publish("scale.md", table)
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2))
-    print(table)
     return 0
 
 

@@ -33,6 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
 
 
 def corpus(n: int, seed: int = 20) -> list[str]:
@@ -215,9 +216,7 @@ def main() -> int:
     lines = header + emb_lines + [""] + bench_perplexity(docs[:args.ppl_docs]) + [""]
     lines += bench_semdedup(vectors, args.semdedup)
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "score.md").write_text(table + "\n")
-    print(table)
+    publish("score.md", table)
     return 0
 
 

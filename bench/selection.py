@@ -33,6 +33,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results"
+from tables import publish  # noqa: E402  (bench/ is first on the path: scripts run as bench/NAME.py)
+
 from tasks.ops.demo_corpus import GENRES  # noqa: E402  (the demo corpus's labels, after the path above)
 
 GENRES = list(GENRES)
@@ -229,9 +231,7 @@ def main() -> int:
                   f"{t_train / (cfg.seeds * cfg.folds * cfg.epochs):.1f} s per epoch, minibatch steps plus one "
                   f"statistics pass), cleanlab + ranking {t_cl:.0f} s."]
     table = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "select.md").write_text(table + "\n")
-    print(table)
+    publish("select.md", table)
     return 0
 
 

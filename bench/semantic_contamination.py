@@ -88,7 +88,8 @@ def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
 
 def cost(n: int, params, loaded) -> dict:
     """The stage's features on n pages of consecutive KJV verses of about 1,300 characters (the issue's 4,109
-    documents of 5.1 MB), with the contamination check and without it: seconds, and the share the check takes."""
+    documents of 5.1 MB), with the contamination check and without it, then the whole stage (every step of its
+    plan) with it: seconds, and the share the check takes."""
     import polars as pl
 
     from tasks.ops.demo_corpus import kjv_records
@@ -112,7 +113,11 @@ def cost(n: int, params, loaded) -> dict:
     t = time.perf_counter()
     score.features(batch, params, loaded)
     with_check = time.perf_counter() - t
-    return {"docs": n, "mb": sum(len(p) for p in pages) / 1e6, "with": with_check, "without": without}
+    t = time.perf_counter()
+    result = score.score_one_shard(batch, params, loaded)  # every step of the plan, in memory
+    stage = time.perf_counter() - t
+    return {"docs": n, "mb": sum(len(p) for p in pages) / 1e6, "with": with_check, "without": without,
+            "stage": stage, "kept": result.kept.height}
 
 
 def table(frame, split: str, seconds: float, hit) -> list[str]:
@@ -147,7 +152,8 @@ def main() -> int:
         c = cost(args.cost, params, loaded)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"{c['docs']:,} pages, {c['mb']:.1f} MB: features {c['with']:.1f} s with the check, {c['without']:.1f} s "
-              f"without (the check {c['with'] - c['without']:.1f} s); peak RSS {peak:.2f} GiB")
+              f"without (the check {c['with'] - c['without']:.1f} s); the whole stage (score_one_shard, "
+              f"{c['kept']:,} rows kept) {c['stage']:.1f} s; peak RSS {peak:.2f} GiB")
         return 0
     for split in (["dev", "test"] if args.split == "both" else [args.split]):
         if args.signals:

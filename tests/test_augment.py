@@ -207,6 +207,38 @@ def test_generation_cache_reuses_finished_generations(tmp_path):
     assert generators.cached_generate(other_model, ["a"], [1], generate, 2).cached == 0
 
 
+def test_a_generator_that_plans_its_batches_is_asked_and_the_texts_come_back_in_request_order(tmp_path):
+    class ShortestLast:
+        calls: list[list[str]] = []
+
+        def batches(self, prompts: list[str], max_rows: int) -> list[np.ndarray]:
+            return [np.asarray(b) for b in np.array_split(np.argsort([-len(p) for p in prompts], kind="stable"),
+                                                          -(-len(prompts) // max_rows))]
+
+        def __call__(self, prompts, seeds):
+            self.calls.append(list(prompts))
+            return generators.Generated(texts=[p.upper() for p in prompts], tokens=len(prompts))
+
+    generate = ShortestLast()
+    cache = generators.GenerationCache(tmp_path, {"model": "m"}, {})
+    got = generators.cached_generate(cache, ["bb", "a", "dddd", "ccc"], [1, 2, 3, 4], generate, batch_size=2)
+    assert generate.calls == [["dddd", "ccc"], ["bb", "a"]]
+    assert got.texts == ["BB", "A", "DDDD", "CCC"] and got.tokens == 4
+    again = generators.cached_generate(cache, ["bb", "e", "a"], [1, 5, 2], generate, batch_size=2)
+    assert generate.calls[-1] == ["e"] and again.texts == ["BB", "E", "A"] and again.cached == 2
+
+
+def test_the_local_lm_batches_prompts_of_one_length_longest_first(loaded):
+    lm = generators.LocalLM(loaded.models.lm, {}, max_new_tokens=32, temperature=0.8, top_p=0.9, max_tokens=10_000)
+    prompts = ["Rewrite: " + "word " * n for n in (3, 40, 5, 38, 4, 39)]
+    planned = lm.batches(prompts, max_rows=3)
+    assert [b.tolist() for b in planned] == [[1, 5, 3], [2, 4, 0]]  # longest first: an out-of-memory shows at once
+    assert lm.batches([], max_rows=3) == []  # every request cached: nothing to plan
+    tiny = generators.LocalLM(loaded.models.lm, {}, max_new_tokens=8000, temperature=0.8, top_p=0.9,
+                              max_tokens=10_000)
+    assert all(b.size == 1 for b in tiny.batches(prompts, max_rows=3))  # 8,000 new tokens: one row fills the budget
+
+
 def test_word_level_baseline_is_seeded_and_uses_slice_words():
     eda = generators.WordLevel(["lamb", "throne"], alpha=0.3)
     text = "and I beheld and lo in the midst of the throne stood a lamb"

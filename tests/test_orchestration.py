@@ -310,6 +310,12 @@ def test_dataset_lease_is_fenced(backend, tmp_path, request):
     assert resumed.acquire(heartbeat=False) == 2
     with pytest.raises(LockLost, match="generation 1\\) was taken over by run run-a \\(generation 2\\)"):
         a.check()
+    zombie = subprocess.Popen(["true"])  # exited, not yet reaped by its parent: a zombie holds nothing
+    while Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[-1][:1] != "Z":
+        time.sleep(0.01)
+    rewrite(pid=zombie.pid)
+    assert dataset_lock(storage, "ds", "run-a", 600).acquire(heartbeat=False) == 3
+    zombie.wait()
     rewrite(expires_at="2000-01-01T00:00:00+00:00")  # paused past its TTL: stale
 
     def take(i: int):
@@ -321,7 +327,7 @@ def test_dataset_lease_is_fenced(backend, tmp_path, request):
 
     with ThreadPoolExecutor(8) as pool:
         won = [g for g in pool.map(take, range(8)) if g is not None]
-    assert won == [3]  # two takeovers of one stale lease cannot both succeed
+    assert won == [4]  # two takeovers of one stale lease cannot both succeed
     with pytest.raises(LockLost):
         resumed.check()
     resumed.release()  # not its lease any more: left alone

@@ -203,31 +203,42 @@ def test_long_documents_are_windows_of_sentences_pooled_from_each_sentence_embed
     rng = np.random.default_rng(1)
     sentence_emb = rng.normal(size=(6, 4)).astype(np.float32)
     sentence_emb /= np.linalg.norm(sentence_emb, axis=1, keepdims=True)
-    vectors = sem.pooled(windows, sentence_emb)
-    assert not vectors[0].any()  # the whole document keeps its own embedding (the caller's)
-    one = np.flatnonzero(windows.count == 1)[0]
-    assert np.allclose(vectors[one], sentence_emb[windows.first[one]], atol=1e-6)
-    two = np.flatnonzero(windows.count == 2)[0]
+    one, two = np.flatnonzero(windows.count == 1)[0], np.flatnonzero(windows.count == 2)[0]
+    vectors = sem.pooled(windows, sentence_emb, np.asarray([two, one]))  # only the windows asked for, in order
+    assert vectors.shape == (2, 4) and sem.pooled(windows, sentence_emb, np.zeros(0, np.int64)).shape == (0, 4)
+    assert np.allclose(vectors[1], sentence_emb[windows.first[one]], atol=1e-6)
     expected = sentence_emb[windows.first[two]] + sentence_emb[windows.first[two] + 1]  # equal word counts
-    assert np.allclose(vectors[two], expected / np.linalg.norm(expected), atol=1e-6)
-    # only windows holding a marked sentence are embedded, and only the sentences those windows need
-    marked = np.zeros(6, dtype=bool)
-    marked[3] = True
-    chosen = sem.holds(windows, marked)
-    assert [(f, c) for f, c in zip(windows.first[chosen], windows.count[chosen], strict=True)] == \
-        [(2, 2), (3, 1), (3, 2)]
+    assert np.allclose(vectors[0], expected / np.linalg.norm(expected), atol=1e-6)
+    # only the sentences the chosen windows need are embedded
+    chosen = (windows.first == 2) & (windows.count == 2) | (windows.first == 3)
     assert np.flatnonzero(sem.sentences_of(windows, chosen)).tolist() == [2, 3, 4]
 
 
-def test_a_long_page_is_embedded_only_where_a_sentence_shares_words_with_an_item():
+def test_a_long_page_is_embedded_only_where_a_window_holds_half_an_items_words():
     from tasks.stages.score import contamination
 
     item = contamination.content_words("Natalia sold clips to 48 of her friends in April. How many clips?")
-    sentences = ["In April Omar sold 52 clips.", "The Lord is my shepherd.", "She had friends in April.",
-                 "Clips!", ""]
-    assert contamination.sharing_sentences(sentences, [item], 2).tolist() == [True, False, True, False, False]
-    assert contamination.sharing_sentences(sentences, [item], 3).tolist() == [True, False, False, False, False]
-    assert contamination.sharing_sentences(sentences, [], 2).tolist() == [False] * 5
+    assert item == {"sold", "clips", "friends", "april"}
+    page = "In April Omar sold 52 clips. The Lord is my shepherd. She had friends in April. Clips!"
+    other = "Friends sold clips. The Lord is my shepherd. I shall not want. He maketh me to lie down in pastures."
+    windows = sem.chunk_texts([page, "A short one.", other], 12)
+    assert windows.sentence_owner.tolist() == [0, 0, 0, 0, 2, 2, 2, 2]
+
+    def passing(minimum: int, share: float, words=(item,)) -> list[tuple[int, int, int]]:
+        found = contamination.sharing_windows(windows, list(words), minimum, share)
+        return [(int(windows.owner[w]), int(windows.first[w]), int(windows.count[w])) for w in np.flatnonzero(found)]
+
+    # 3 of the item's 4 words: the first sentence, and runs that gather them; never the short document's window
+    assert passing(3, 0.5) == [(0, 0, 1), (0, 0, 2), (0, 1, 3), (0, 2, 2), (2, 4, 1), (2, 4, 2), (2, 4, 3)]
+    # at 2 words the run of "friends in April" passes on its own; the other page's words are never added to these
+    assert passing(2, 0.5) == [(0, 0, 1), (0, 0, 2), (0, 1, 2), (0, 1, 3), (0, 2, 1), (0, 2, 2),
+                               (2, 4, 1), (2, 4, 2), (2, 4, 3)]
+    assert passing(4, 0.5) == []  # no run of at most 12 words holds all four: the minimum rules over the share
+    assert passing(3, 0.5, words=()) == []
+    # a function's name is abstracted to "f", found in no raw text: it counts as found
+    code = contamination.content_words("def total(xs):\n    return sum(xs)")
+    assert "f" in code and passing(1, 1.0, words=(frozenset({"f", "sold", "clips"}),)) == [
+        (0, 0, 1), (0, 0, 2), (2, 4, 1), (2, 4, 2), (2, 4, 3)]
 
 
 def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in_the_evidence(loaded):

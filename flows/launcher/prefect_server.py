@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.launcher.environment import home, service_env
+from tasks.io.pids import alive
 
 DEFAULT_IDLE_SECONDS = 900
 START_TIMEOUT = 120
@@ -73,21 +74,6 @@ class Server:
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.__dict__))
         os.replace(tmp, state)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (a supervisor this process started and that was killed stays one
-    until reaped). Not tasks.io.locks' check: importing that module costs 0.25 s, on every command."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:

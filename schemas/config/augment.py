@@ -113,7 +113,8 @@ class AugmentConfig(Strict):
     max_new_tokens: int = Field(96, ge=8, le=2048)
     temperature: float = Field(0.8, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int = Field(8, ge=1, le=256, description="requests per generation batch at most; the local LM "
+                            "batches prompts of about one length, within its token budget")
     seed: int = 0
     label: str = Field("label", description="the class column")
     min_human_label_share: float | None = Field(None, ge=0, le=1, description="contract: at least this share of "

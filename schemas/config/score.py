@@ -67,8 +67,8 @@ class SemanticContaminationConfig(Strict):
                                    "and numbers abstracted ...")
     question_cosine: float = Field(0.9, gt=0, le=1, description="... and of their questions (abstracted), both "
                                    "at least these ...")
-    shared_words: int = Field(3, ge=0, le=20, description="a long document's windows are embedded only where a "
-                              "sentence shares this many content words with one item; 0: every window")
+    shared_words: int = Field(3, ge=0, le=20, description="a long document's windows are embedded only where one "
+                              "holds this many, and `overlap` of one item's content words; 0: every window")
     overlap: float = Field(0.5, ge=0, le=1, description="... and the share of the item's content words (names, "
                            "numbers and function words aside) found in the window at least this")
 

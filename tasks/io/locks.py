@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from tasks.io import layout
+from tasks.io.pids import alive
 from tasks.io.storage import Storage
 
 log = logging.getLogger("sluice")
@@ -40,16 +41,6 @@ class DatasetLocked(RuntimeError):
 
 class LockLost(DatasetLocked):
     """This run's lease was taken over (it was paused or cut off past its TTL); it must not publish."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def generations(storage: Storage, folder: str) -> list[int]:
@@ -72,7 +63,7 @@ def is_live(holder: dict | None) -> bool:
         return False
     if datetime.fromisoformat(holder["expires_at"]) < datetime.now(UTC):
         return False
-    return not (holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
+    return not (holder.get("host") == socket.gethostname() and not alive(int(holder.get("pid", 0))))
 
 
 def assert_current(storage: Storage, folder: str, generation: int | None, what: str) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import zstandard
 
@@ -153,3 +154,20 @@ def read_error(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, EOFError):
         return "ingest.read.truncated", f"compressed stream ended early: {exc}"
     return "ingest.read.unreadable", f"{type(exc).__name__}: {exc}"
+
+
+def parsed(open_stream: Callable[[], Any], compression: str | None, budget: Budget, audit: Audit, parser
+           ) -> Iterator:
+    """Every decoded block of the stream `open_stream()` opens, fed to `parser` (`feed(block)`, then
+    `finish(error)`), its frames yielded. A stream that cannot be read to its end (damaged compression, a bomb, a
+    network failure after retries) ends in the parser's evidence of it, not in an exception; an interrupt stops."""
+    error = None
+    try:
+        with open_stream() as fh:
+            for block in decoded_blocks(fh, compression, budget, audit):
+                yield from parser.feed(block)
+    except interrupt.Interrupted:
+        raise
+    except Exception as exc:
+        error = read_error(exc)
+    yield from parser.finish(error)

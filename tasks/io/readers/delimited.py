@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 
 from tasks.io import interrupt
 from tasks.io.readers.audit import Audit
-from tasks.io.readers.decode import Budget, decoded_blocks, read_error
+from tasks.io.readers.decode import Budget, parsed
 from tasks.io.readers.files import InputFile, open_input
 from tasks.io.readers.frames import RAW_SCHEMA, Rechunker, error_frame
 
@@ -390,17 +390,7 @@ def read_csv(file: InputFile, compression: str | None, params, s3_options: dict 
         return
     budget = Budget(params.max_file_bytes, params.max_compression_ratio)
     parser, chunks = CsvParser(file.name, params, audit), Rechunker(params.shard_rows)
-    error = None
-    try:
-        with open_input(file, None, s3_options, content) as fh:
-            for block in decoded_blocks(fh, compression, budget, audit):
-                for frame in parser.feed(block):
-                    yield from chunks.add(frame)
-    except interrupt.Interrupted:
-        raise
-    except Exception as exc:
-        error = read_error(exc)
-    for frame in parser.finish(error):
+    for frame in parsed(lambda: open_input(file, None, s3_options, content), compression, budget, audit, parser):
         yield from chunks.add(frame)
     if parser.header_failed:  # one row stands for every line after the blank ones: none can be read without it
         yield from chunks.add(error_frame(file.name, 1 + audit.skipped, "ingest.csv.invalid_header",

@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import polars as pl
 
-from tasks.io import interrupt
 from tasks.io.readers.audit import Audit
-from tasks.io.readers.decode import Budget, decoded_blocks, read_error
+from tasks.io.readers.decode import Budget, parsed
 from tasks.io.readers.files import InputFile, open_input
 from tasks.io.readers.frames import Rechunker, error_frame, lines_frame
 
@@ -74,17 +73,7 @@ def read_jsonl(file: InputFile, compression: str | None, params, s3_options: dic
         return
     lines, chunks = _Lines(file.name, params, audit), Rechunker(params.shard_rows)
     budget = Budget(params.max_file_bytes, params.max_compression_ratio)
-    error = None
-    try:
-        with open_input(file, None, s3_options, content) as fh:
-            for block in decoded_blocks(fh, compression, budget, audit):
-                for frame in lines.feed(block):
-                    yield from chunks.add(frame)
-    except interrupt.Interrupted:
-        raise
-    except Exception as exc:  # damaged compression, a bomb, network failure after retries, ...
-        error = read_error(exc)
-    for frame in lines.finish(error):
+    for frame in parsed(lambda: open_input(file, None, s3_options, content), compression, budget, audit, lines):
         yield from chunks.add(frame)
     yield from chunks.rest()
     if not chunks.produced:

@@ -60,7 +60,9 @@ class GenerationCache:
 
 def cached_generate(cache: GenerationCache | None, prompts: list[str], seeds: list[int],
                     generate: Callable[[list[str], list[int]], Generated], batch_size: int) -> Generated:
-    """`generate` only what the cache lacks, batch by batch, each batch cached as soon as it is done."""
+    """`generate` only what the cache lacks, batch by batch, each batch cached as soon as it is done. A generator
+    that plans its own batches (`batches(prompts, max_rows)`: the local LM groups prompts of one length) is asked
+    for them; the others get `batch_size` requests in order."""
     texts: list[str | None] = [None] * len(prompts)
     keys = [cache.key(p, s) if cache else "" for p, s in zip(prompts, seeds, strict=True)]
     todo, out = [], Generated(texts=texts)
@@ -71,8 +73,11 @@ def cached_generate(cache: GenerationCache | None, prompts: list[str], seeds: li
             out.cached += 1
         else:
             todo.append(i)
-    for start in range(0, len(todo), batch_size):
-        part = todo[start:start + batch_size]
+    plan = getattr(generate, "batches", None)
+    planned = (plan([prompts[i] for i in todo], batch_size) if plan is not None
+               else [range(start, min(start + batch_size, len(todo))) for start in range(0, len(todo), batch_size)])
+    for rows in planned:
+        part = [todo[int(r)] for r in rows]
         got = generate([prompts[i] for i in part], [seeds[i] for i in part])
         out.tokens += got.tokens
         out.cost += got.cost

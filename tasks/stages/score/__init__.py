@@ -165,25 +165,27 @@ def release_models(loaded: ScoreModels) -> None:
 
 
 def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels
-                       ) -> tuple[semantic.Windows, np.ndarray]:
-    """Every contamination window and its embedding: a short document's one window is the document (its embedding
-    reused); a long one's sentence runs are pooled from its sentences, each embedded once, so the cost follows the
-    text, not the windows (up to 4 per sentence)."""
+                       ) -> tuple[semantic.Windows, np.ndarray, np.ndarray]:
+    """The contamination windows, the rows of those that can be candidates and their embeddings: a short document's
+    one window is the document (its embedding reused); a long one's sentence runs holding enough of one item's
+    words, pooled from their sentences, each embedded once, so the cost follows the text, not the windows (up to 4
+    per sentence)."""
     windows = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
     runs = ~windows.whole
-    if cfg.contamination.shared_words:  # only the windows holding a sentence that shares words with an item
-        sharing = contamination.sharing_sentences(windows.sentences, loaded.item_words,
-                                                  cfg.contamination.shared_words)
-        runs &= semantic.holds(windows, sharing)
+    if cfg.contamination.shared_words:
+        runs &= contamination.sharing_windows(windows, loaded.item_words, cfg.contamination.shared_words,
+                                              cfg.contamination.overlap)
     needed = semantic.sentences_of(windows, runs)
     sentence_emb = np.zeros((len(windows.sentences), emb.shape[1]), dtype=np.float32)
     if needed.any():
         sentence_emb[needed] = embeddings.embed([windows.sentences[i] for i in np.flatnonzero(needed)],
                                                 loaded.embedder, cfg.embedder, loaded.device)
-    out = semantic.pooled(windows, sentence_emb)
-    out[~windows.whole & ~runs] = 0.0  # never a candidate
-    out[windows.whole] = emb[windows.owner[windows.whole]]
-    return windows, out
+    rows = np.flatnonzero(windows.whole | runs)
+    whole = windows.whole[rows]
+    out = np.empty((rows.size, emb.shape[1]), dtype=np.float32)
+    out[whole] = emb[windows.owner[rows[whole]]]
+    out[~whole] = semantic.pooled(windows, sentence_emb, rows[~whole])
+    return windows, rows, out
 
 
 def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) -> pl.DataFrame:
@@ -195,10 +197,11 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
     def embed(batch: list[str]) -> np.ndarray:
         return embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device)
 
-    windows, window_emb = _window_embeddings(texts, emb, cfg, loaded)
-    doc, window, item, cosine = contamination.candidates(window_emb, windows.owner, loaded.item_vectors,
+    windows, rows, window_emb = _window_embeddings(texts, emb, cfg, loaded)
+    doc, window, item, cosine = contamination.candidates(window_emb, windows.owner[rows], loaded.item_vectors,
                                                          contam.candidates, min(contam.candidate_cosine,
                                                                                 contam.threshold))
+    window = rows[window]
     # the few candidate windows that were pooled are embedded whole: their cosine is the window's own
     pooled_rows = np.flatnonzero(~windows.whole[window])
     if pooled_rows.size:

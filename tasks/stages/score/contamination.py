@@ -84,23 +84,52 @@ def overlap(window_texts: list[str], item_words: list[frozenset[str]]) -> np.nda
                        count=len(window_texts))
 
 
-def sharing_sentences(sentences: list[str], item_words: list[frozenset[str]], minimum: int) -> np.ndarray:
-    """Whether each sentence shares at least `minimum` content words with one benchmark item (polars: the sentences'
-    words joined to the items holding them, counted per sentence and item). A hit by the second look needs half the
-    item's content words in a window of at most 4 sentences, so a window of a contaminated page holds a sentence
-    sharing some of them; the rest of a long page need not be embedded."""
-    if not sentences or not item_words:
-        return np.zeros(len(sentences), dtype=bool)
+def sharing_windows(windows, item_words: list[frozenset[str]], minimum: int, share: float,
+                    block: int = 256) -> np.ndarray:
+    """Per window of `windows` (tasks/stages/score/semantic.Windows): whether it is a run of sentences holding at
+    least `minimum` and at least `share` of one benchmark item's content words; whole-document windows: False.
+
+    The second look's overlap test needs `share` of the item's words in the window, so no window this leaves out
+    could pass it. Its raw lowercase words hold every content word of its abstracted text but the "f" that stands
+    for a function's name, which counts as found. The `minimum` keeps items of a word or two from passing every
+    window. Polars, `block` documents at a time (memory follows the block, not the shard): the sentences' words
+    joined to the items holding them, kept per (document, item) where the whole document holds enough, then
+    counted per (window, item) over the window's sentences."""
+    out = np.zeros(len(windows.texts), dtype=bool)
+    runs = np.flatnonzero(~windows.whole)
+    if not runs.size or not item_words:
+        return out
     vocabulary = pl.DataFrame({"item": np.arange(len(item_words)), "word": [sorted(w) for w in item_words]},
                               schema={"item": pl.Int64, "word": pl.List(pl.String)}).explode("word").drop_nulls()
-    words = (pl.DataFrame({"sentence": np.arange(len(sentences)), "text": sentences})
-             .select("sentence", word=pl.col("text").str.to_lowercase().str.extract_all(r"[a-z]+").list.unique())
-             .explode("word").filter(~pl.col("word").is_in(list(_FUNCTION_WORDS))))
-    shared = (words.join(vocabulary, on="word").group_by("sentence", "item").len()
-              .filter(pl.col("len") >= minimum)["sentence"].unique().to_numpy())
-    out = np.zeros(len(sentences), dtype=bool)
-    out[shared] = True
+    needed = pl.DataFrame({"item": np.arange(len(item_words)),
+                           "needed": [float(max(minimum, share * len(w) - ("f" in w))) for w in item_words]})
+    docs = windows.owner[runs]
+    for start in range(int(docs[0]), int(docs[-1]) + 1, block):
+        first, stop = np.searchsorted(windows.sentence_owner, [start, start + block])
+        mine = runs[(docs >= start) & (docs < start + block)]
+        if mine.size:
+            out[_sharing_block(windows, mine, int(first), int(stop), vocabulary, needed)] = True
     return out
+
+
+def _sharing_block(windows, runs: np.ndarray, first: int, stop: int, vocabulary: pl.DataFrame,
+                   needed: pl.DataFrame) -> np.ndarray:
+    """`sharing_windows` on the windows `runs`, whose sentences are rows first..stop of `windows.sentences`."""
+    enough = pl.col("word").n_unique() >= pl.col("needed").first()
+    words = (pl.DataFrame({"sentence": np.arange(first, stop), "doc": windows.sentence_owner[first:stop],
+                           "text": windows.sentences[first:stop]})
+             .select("sentence", "doc", word=pl.col("text").str.to_lowercase().str.extract_all(r"[a-z]+")
+                     .list.unique())
+             .explode("word").filter(~pl.col("word").is_in(list(_FUNCTION_WORDS))).join(vocabulary, on="word"))
+    docs = (words.join(needed, on="item").group_by("doc", "item").agg(enough=enough).filter("enough")
+            .select("doc", "item"))
+    words = words.join(docs, on=["doc", "item"], how="semi")
+    spans = (pl.DataFrame({"window": runs, "doc": windows.owner[runs], "first": windows.first[runs],
+                           "count": windows.count[runs]})
+             .join(docs.select("doc").unique(), on="doc", how="semi")
+             .select("window", sentence=pl.int_ranges("first", pl.col("first") + pl.col("count"))).explode("sentence"))
+    return (spans.join(words.select("sentence", "item", "word"), on="sentence").join(needed, on="item")
+            .group_by("window", "item").agg(enough=enough).filter("enough")["window"].unique().to_numpy())
 
 
 def item_questions(texts: list[str], embed) -> np.ndarray:

@@ -103,13 +103,14 @@ class Windows:
     count: np.ndarray
     sentences: list[str]
     sentence_words: np.ndarray
+    sentence_owner: np.ndarray  # the document each sentence is of
 
 
 def chunk_texts(texts: list[str], words: int) -> Windows:
     """A text of at most `words` words is one window; a longer one gives every run of 1 to 4 consecutive sentences
     (each at most `words` words), so an item quoted inside a long page meets a window that is about exactly the
     item."""
-    out, owner, whole, first, count, sentences, sizes = [], [], [], [], [], [], []
+    out, owner, whole, first, count, sentences, sizes, sentence_owner = [], [], [], [], [], [], [], []
     for i, text in enumerate(texts):
         if len(text.split()) <= words:
             out.append(text)
@@ -121,6 +122,7 @@ def chunk_texts(texts: list[str], words: int) -> Windows:
         mine = [s for s in _SENTENCE.split(text) if s.strip()]
         base = len(sentences)
         sentences += mine
+        sentence_owner += [i] * len(mine)
         mine_sizes = [len(s.split()) for s in mine]
         sizes += mine_sizes
         for start in range(len(mine)):
@@ -138,14 +140,7 @@ def chunk_texts(texts: list[str], words: int) -> Windows:
                 count.append(k + 1)
     return Windows(out, np.asarray(owner, dtype=np.int64), np.asarray(whole, dtype=bool),
                    np.asarray(first, dtype=np.int64), np.asarray(count, dtype=np.int64), sentences,
-                   np.asarray(sizes, dtype=np.float32))
-
-
-def holds(windows: Windows, marked: np.ndarray) -> np.ndarray:
-    """Per window: whether one of its sentences is marked (whole-document windows: False)."""
-    prefix = np.r_[0, np.cumsum(marked, dtype=np.int64)]
-    first = np.maximum(windows.first, 0)
-    return ~windows.whole & (prefix[first + windows.count] > prefix[first])
+                   np.asarray(sizes, dtype=np.float32), np.asarray(sentence_owner, dtype=np.int64))
 
 
 def sentences_of(windows: Windows, chosen: np.ndarray) -> np.ndarray:
@@ -156,17 +151,16 @@ def sentences_of(windows: Windows, chosen: np.ndarray) -> np.ndarray:
     return np.cumsum(change[:-1]) > 0
 
 
-def pooled(windows: Windows, sentence_emb: np.ndarray) -> np.ndarray:
-    """The embedding of each sentence-run window from its sentences' embeddings (their mean weighted by words,
-    normalized: each sentence is embedded once, not once per window it is in). Whole-document windows are zero:
-    the caller has their own embedding."""
-    out = np.zeros((len(windows.texts), sentence_emb.shape[1]), dtype=np.float32)
-    runs = np.flatnonzero(~windows.whole)
+def pooled(windows: Windows, sentence_emb: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """The embeddings of the sentence-run windows `runs` (indices into `windows`), pooled from their sentences'
+    embeddings: their mean weighted by words, normalized. Each sentence is embedded once, not once per window it is
+    in, and only the windows asked for are pooled (a long page's others are never candidates)."""
+    out = np.zeros((runs.size, sentence_emb.shape[1]), dtype=np.float32)
     if not runs.size:
         return out
     weighted = sentence_emb.astype(np.float32) * windows.sentence_words[:, None]
     prefix = np.vstack([np.zeros((1, weighted.shape[1]), dtype=np.float32), np.cumsum(weighted, axis=0)])
     start, stop = windows.first[runs], windows.first[runs] + windows.count[runs]
-    sums = prefix[stop] - prefix[start]
-    out[runs] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    out[:] = prefix[stop] - prefix[start]
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
