@@ -86,7 +86,7 @@ def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
         {"id": [c.id for c in cases], "kind": [c.kind for c in cases], "truth": [c.item for c in cases]})
 
 
-def cost(n: int, params, loaded) -> dict:
+def cost(n: int, params, loaded, check_only: bool = False) -> dict:
     """The stage's features on n pages of consecutive KJV verses of about 1,300 characters (the issue's 4,109
     documents of 5.1 MB), with the contamination check and without it, then the whole stage (every step of its
     plan) with it: seconds, and the share the check takes."""
@@ -105,14 +105,16 @@ def cost(n: int, params, loaded) -> dict:
         pages.append(" ".join(page))
     batch = pl.DataFrame({"id": [f"p{j}" for j in range(n)], "text": pages}).with_columns(
         timestamp=pl.lit(None, pl.Datetime("us", "UTC")), label=pl.lit(None, pl.String))
+    t = time.perf_counter()
+    score.features(batch, params, loaded)
+    with_check = time.perf_counter() - t
+    if check_only:
+        return {"docs": n, "mb": sum(len(p) for p in pages) / 1e6, "with": with_check}
     off = params.model_copy(update={"score": params.score.model_copy(update={
         "contamination": params.score.contamination.model_copy(update={"enabled": False})})})
     t = time.perf_counter()
     score.features(batch, off, loaded)
     without = time.perf_counter() - t
-    t = time.perf_counter()
-    score.features(batch, params, loaded)
-    with_check = time.perf_counter() - t
     t = time.perf_counter()
     result = score.score_one_shard(batch, params, loaded)  # every step of the plan, in memory
     stage = time.perf_counter() - t
@@ -144,13 +146,19 @@ def main() -> int:
     ap.add_argument("--split", default="both", choices=["dev", "test", "both"])
     ap.add_argument("--signals", action="store_true")
     ap.add_argument("--cost", type=int, default=0, help="only time the check on this many ~1.3 KB pages")
+    ap.add_argument("--check-only", action="store_true", help="with --cost: the features with the check, nothing else "
+                    "(the 10x run)")
     args = ap.parse_args()
     params = stage_params()
     loaded = score.load_models(params)
     lines = []
     if args.cost:
-        c = cost(args.cost, params, loaded)
+        c = cost(args.cost, params, loaded, args.check_only)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        if args.check_only:
+            print(f"{c['docs']:,} pages, {c['mb']:.1f} MB: features {c['with']:.1f} s with the check "
+                  f"({c['with'] / c['docs'] * 1000:.1f} ms a page); peak RSS {peak:.2f} GiB")
+            return 0
         print(f"{c['docs']:,} pages, {c['mb']:.1f} MB: features {c['with']:.1f} s with the check, {c['without']:.1f} s "
               f"without (the check {c['with'] - c['without']:.1f} s); the whole stage (score_one_shard, "
               f"{c['kept']:,} rows kept) {c['stage']:.1f} s; peak RSS {peak:.2f} GiB")
