@@ -11,7 +11,9 @@ templates (buy, share, rate, percent, age, time...) with other names, objects an
 questions; the test split also has `hard_unseen`, look-alikes from templates written after a rule had been judged.
 Clean: KJV passages and anime quotes. Items are split in two by a hash of their id (`dev`, `test`), the
 look-alike templates by their index, the clean text by position; a split never sees the other's items or
-templates. Translated-and-back rewrites are not built: no translation model ships in a package here.
+templates. Code look-alikes (`code_clean`): the signature and docstring of standard-library functions, which look
+like a HumanEval prompt and are none. Translated-and-back rewrites are not built: no translation model ships in a
+package here.
 """
 
 from __future__ import annotations
@@ -256,4 +258,37 @@ def build(split: str, per_kind: int = 110, hard: int = 200, clean: int = 1500, s
         else:
             text = rng.choice(quotes)["text"]
         cases.append(Case(f"clean-{split}-{i}", text, "clean", None))
+    cases += [Case(f"code_clean-{key}", text, "code_clean", None) for key, text in code_look_alikes(split)]
     return cases
+
+
+CODE_MODULES = ("statistics", "textwrap", "string", "heapq", "bisect", "fractions", "collections", "functools",
+                "random", "calendar", "difflib", "fnmatch", "shlex", "colorsys", "html", "base64", "posixpath",
+                "copy", "pprint", "reprlib", "ipaddress", "urllib.parse", "email.utils", "json.decoder", "csv",
+                "gettext", "tokenize", "inspect", "dis", "glob", "shutil", "tempfile", "zipfile", "tarfile", "wave",
+                "quopri", "uuid", "hmac", "secrets", "operator", "graphlib", "getopt", "optparse", "argparse")
+
+
+def code_look_alikes(split: str, per_split: int = 300) -> list[tuple[str, str]]:
+    """Code that is no benchmark item but looks like a HumanEval prompt: the signature and docstring of functions of
+    the Python standard library (statistics.median beside HumanEval's median...), split by a hash of their name."""
+    import ast
+    import importlib
+    import inspect
+    import textwrap
+
+    found: list[tuple[str, str]] = []
+    for name in CODE_MODULES:
+        source = inspect.getsource(importlib.import_module(name))
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < 60 or not isinstance(node.body[0], ast.Expr):
+                continue
+            key = f"{name}.{node.name}-{node.lineno}"
+            if split_of(key) == split:
+                text = textwrap.dedent("\n".join(lines[node.lineno - 1:node.body[0].end_lineno]))
+                found.append((key, text + "\n"))
+    return sorted(found)[:per_split]

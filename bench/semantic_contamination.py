@@ -75,13 +75,13 @@ def signals(split: str, params, loaded, k: int = 3, floor: float = 0.6):
     item_abstract = embed([contamination.abstracted(t) for t in item_texts])
     item_question = contamination.item_questions(item_texts, embed)
     windows = semantic.chunk_texts(texts, cfg.contamination.chunk_words)
-    window_emb = embed(windows.texts)
+    window_emb = embed([windows.text(w) for w in range(len(windows))])
     doc, window, item, cosine = contamination.candidates(window_emb, windows.owner, loaded.item_vectors, k, floor)
-    abstract, asked = contamination.second_look([windows.texts[w] for w in window], item_abstract[item],
+    abstract, asked = contamination.second_look([windows.text(w) for w in window], item_abstract[item],
                                                 item_question[item], embed)
     return pl.DataFrame({"id": [cases[d].id for d in doc], "kind": [cases[d].kind for d in doc],
                          "truth": [cases[d].item for d in doc], "item": [loaded.item_ids[i] for i in item],
-                         "window": [windows.texts[w] for w in window], "item_text": [item_texts[i] for i in item],
+                         "window": [windows.text(w) for w in window], "item_text": [item_texts[i] for i in item],
                          "cosine": cosine, "abstract": abstract, "question": asked}), pl.DataFrame(
         {"id": [c.id for c in cases], "kind": [c.kind for c in cases], "truth": [c.item for c in cases]})
 
@@ -132,7 +132,7 @@ def table(frame, split: str, seconds: float, hit) -> list[str]:
         flagged = int(part["hit"].sum())
         right = int((part["hit"] & part["right"].fill_null(False)).sum())
         rate = right / part.height if part["item"].null_count() == 0 else flagged / part.height
-        shown = right if kind not in ("hard", "hard_unseen", "clean") else ""
+        shown = right if kind not in ("hard", "hard_unseen", "clean", "code_clean") else ""
         lines.append(f"| {kind} | {part.height} | {flagged} | {shown} | {rate:.1%} |")
     return lines + [""]
 

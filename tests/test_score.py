@@ -72,18 +72,24 @@ def test_perplexity_orders_fluent_shuffled_random(loaded):
     assert (bf < bs).all() and (bs < br).all()  # per character: fluent < shuffled < random characters
 
 
-def test_scores_do_not_depend_on_batch_order_or_size(loaded):
+def test_scores_do_not_depend_on_batch_order_or_size(loaded, monkeypatch):
     texts = [" ".join(VERSES[i:i + 1 + i % 5]) for i in range(16)]  # 256-token batches: several of them
     order = list(range(16))
     random.Random(3).shuffle(order)
     small = PARAMS.score.lm.model_copy(update={"batch_tokens": 256})
-    a, _ = perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device)
+    a, bpc_a = perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device)
     b, _ = perplexity.nll([texts[i] for i in order], loaded.lm, loaded.tokenizer, small, loaded.device)
     assert np.allclose(a[order], b, atol=1e-4)
     tiny = PARAMS.score.embedder.model_copy(update={"batch_tokens": 256})
     e1 = embeddings.embed(texts, loaded.embedder, PARAMS.score.embedder, loaded.device)
     e2 = embeddings.embed([texts[i] for i in order], loaded.embedder, tiny, loaded.device)
     assert (e1[order] * e2).sum(1).min() >= 0.9995  # bf16 weights on a CPU that has them: not bit-identical
+    # a shard is tokenized TEXTS_AT_ONCE texts at a time: the same scores, in the same order
+    monkeypatch.setattr(batching, "TEXTS_AT_ONCE", 5)
+    c, bpc_c = perplexity.nll(texts, loaded.lm, loaded.tokenizer, PARAMS.score.lm, loaded.device)
+    assert np.allclose(a, c, atol=1e-4) and np.allclose(bpc_a, bpc_c, atol=1e-4)
+    e3 = embeddings.embed(texts, loaded.embedder, PARAMS.score.embedder, loaded.device)
+    assert e3.shape == e1.shape and (e1 * e3).sum(1).min() >= 0.9995
     reference = loaded.embedder.encode(texts, normalize_embeddings=True).astype(np.float32)  # sentence-transformers
     reference /= np.linalg.norm(reference, axis=1, keepdims=True)  # (in bf16 its output is rounded after normalizing)
     assert (e1 * reference).sum(1).min() >= 0.999
@@ -195,11 +201,11 @@ def test_abstraction_question_and_the_net_of_candidates():
 def test_long_documents_are_windows_of_sentences_pooled_from_each_sentence_embedded_once():
     short, long = "One short text.", " ".join(f"Sentence number {i} is here." for i in range(6))
     windows = sem.chunk_texts([short, long], words=12)
-    assert windows.texts[0] == short and windows.whole.tolist()[0] and len(windows.sentences) == 6
+    assert windows.text(0) == short and windows.whole.tolist()[0] and len(windows.sentences) == 6
     # each window is a run of 1-4 sentences of at most 12 words (a sentence is 5 words: runs of 1 and 2)
     assert windows.owner.tolist() == [0] + [1] * 11 and set(windows.count[1:].tolist()) == {1, 2}
     runs = [" ".join(windows.sentences[f:f + c]) for f, c in zip(windows.first[1:], windows.count[1:], strict=True)]
-    assert runs == windows.texts[1:]
+    assert runs == [windows.text(w) for w in range(1, len(windows))]
     rng = np.random.default_rng(1)
     sentence_emb = rng.normal(size=(6, 4)).astype(np.float32)
     sentence_emb /= np.linalg.norm(sentence_emb, axis=1, keepdims=True)
@@ -209,6 +215,12 @@ def test_long_documents_are_windows_of_sentences_pooled_from_each_sentence_embed
     assert np.allclose(vectors[1], sentence_emb[windows.first[one]], atol=1e-6)
     expected = sentence_emb[windows.first[two]] + sentence_emb[windows.first[two] + 1]  # equal word counts
     assert np.allclose(vectors[0], expected / np.linalg.norm(expected), atol=1e-6)
+    # only some sentences embedded (2, 3, 5): the runs over them pool the same
+    embedded = np.asarray([2, 3, 5])
+    three = np.flatnonzero((windows.first == 2) & (windows.count == 2))
+    five = np.flatnonzero((windows.first == 5) & (windows.count == 1))
+    assert np.allclose(sem.pooled(windows, sentence_emb[embedded], np.r_[three, five], embedded),
+                       sem.pooled(windows, sentence_emb, np.r_[three, five]), atol=1e-6)
     # only the sentences the chosen windows need are embedded
     chosen = (windows.first == 2) & (windows.count == 2) | (windows.first == 3)
     assert np.flatnonzero(sem.sentences_of(windows, chosen)).tolist() == [2, 3, 4]
@@ -257,6 +269,33 @@ def test_the_second_look_catches_rewrites_the_cosine_misses_with_every_signal_in
     # the look-alikes (same topics, other problems) are kept, their signals on the row
     kept = result.kept.filter(pl.col("id").is_in(["d2", "d3", "d4"]))
     assert kept.height == 3 and kept["score_contam_cosine"].max() < 0.85
+
+
+def test_a_rewritten_humaneval_prompt_is_caught_by_its_abstracted_code_and_a_library_function_is_not():
+    from tasks.stages.score import contamination
+
+    params = ScoreParams(score=ScoreConfig(device="cpu", perplexity=False, contamination=SemanticContaminationConfig(
+        policy="drop")), decontaminate=DecontaminateConfig(builtins=["humaneval"]))
+    rewrite = ('def count_edge_ones(digits):\n    """\n    Given a positive integer digits, return the count of the '
+               'numbers of digits-digit\n    positive integers that begin or finish with 1.\n    """\n')
+    median = ('def median(data):\n    """Return the median (middle value) of numeric data.\n\n    When the number of '
+              'data points is odd, return the middle data point.\n    When the number of data points is even, the '
+              'median is interpolated by\n    taking the average of the two middle values.\n    """\n')
+    result = score.score_one_shard(records(rewrite, median), params, score.load_models(params))
+    [dropped] = result.rejected.filter(pl.col("reason") == "contamination.semantic").iter_rows(named=True)
+    evidence = json.loads(dropped["evidence"])
+    assert dropped["id"] == "d0" and evidence["item"] == "humaneval:HumanEval/83"
+    assert evidence["cosine"] < 0.85 <= evidence["abstract"] and evidence["overlap"] >= 0.5  # not by the cosine
+    assert "(code, a def in the window and the item: abstracted >= 0.82" in evidence["rule"]
+    kept = result.kept.row(by_predicate=pl.col("id") == "d1", named=True)  # statistics.median, beside HumanEval/47
+    assert (kept["score_contam_abstract"] or 0) < 0.82 and kept["score_contam_cosine"] < 0.85
+    # the code test needs a def on both sides: the same signals on a pair of prose pass only with their question
+    cfg = SemanticContaminationConfig()
+    frame = pl.DataFrame({"cosine": [0.7, 0.7], "abstract": [0.9, 0.9], "question": [0.0, 0.0],
+                          "overlap": [0.8, 0.8], "code": [True, False]})
+    hit = frame.select(contamination.is_hit(pl.col("cosine"), pl.col("abstract"), pl.col("question"),
+                                            pl.col("overlap"), pl.col("code"), cfg))
+    assert hit.to_series().to_list() == [True, False]
 
 
 def test_judge_score_alone(loaded):

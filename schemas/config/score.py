@@ -71,6 +71,9 @@ class SemanticContaminationConfig(Strict):
                               "holds this many, and `overlap` of one item's content words; 0: every window")
     overlap: float = Field(0.5, ge=0, le=1, description="... and the share of the item's content words (names, "
                            "numbers and function words aside) found in the window at least this")
+    code_abstract: float = Field(0.82, gt=0, le=1, description="code (a `def` in the window and the item: a "
+                                 "docstring asks no question): the abstracted cosine at least this, in place of the "
+                                 "abstracted and question tests")
 
 
 class DynamicsConfig(Strict):

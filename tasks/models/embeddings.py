@@ -11,7 +11,15 @@ from tasks.models import batching
 
 def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
     """(n, dim) float32 unit vectors, in the order of `texts`. Under bf16 autocast on CUDA; on a CPU, in the
-    model's own dtype (the stage gives it bfloat16 weights where its check passed)."""
+    model's own dtype (the stage gives it bfloat16 weights where its check passed). `batching.TEXTS_AT_ONCE` texts
+    are tokenized at a time, so memory follows that, not the shard."""
+    if len(texts) > batching.TEXTS_AT_ONCE:
+        parts = batching.chunks(texts, batching.TEXTS_AT_ONCE)
+        return np.concatenate([_embed(part, model, cfg, dev) for part in parts])
+    return _embed(texts, model, cfg, dev)
+
+
+def _embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
     import torch
 
     transformer = model[0]

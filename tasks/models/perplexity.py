@@ -21,7 +21,16 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16:
         ) -> tuple[np.ndarray, np.ndarray]:
     """(token-mean NLL in nats, bits per character) per text, in input order, over its first `max_tokens` tokens.
     A beginning-of-text token is prepended, so even a one-token text is scored. Under bf16 autocast on CUDA, and on
-    a CPU when `bf16` (the stage's checked choice)."""
+    a CPU when `bf16` (the stage's checked choice). `batching.TEXTS_AT_ONCE` texts are tokenized at a time."""
+    if len(texts) > batching.TEXTS_AT_ONCE:
+        parts = [_nll(part, model, tokenizer, cfg, dev, bf16)
+                 for part in batching.chunks(texts, batching.TEXTS_AT_ONCE)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return _nll(texts, model, tokenizer, cfg, dev, bf16)
+
+
+def _nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16: bool
+         ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

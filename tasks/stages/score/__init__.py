@@ -82,6 +82,7 @@ class ScoreModels:
     item_abstract: np.ndarray  # the items with names and numbers abstracted (contamination's second look)
     item_question: np.ndarray  # their questions, abstracted
     item_words: list[frozenset[str]]  # their content words (contamination.overlap)
+    item_code: np.ndarray  # whether each is code (a `def` line): its docstring asks no question
     reference_vectors: np.ndarray  # embeddings of the good reference documents (quality head, novelty)
     head: tuple[np.ndarray, float] | None  # a head reused by path
     precision: dict[str, str]  # model -> float32, or bfloat16 (CPU: embedder weights, LM autocast)
@@ -138,6 +139,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
 
         abstract = question = vectors
         words: list[frozenset[str]] = []
+        code = np.zeros(0, dtype=bool)
         if cfg.contamination.enabled:
             items = _benchmark_items(params, inputs)
             ids = items["key"].to_list()
@@ -146,6 +148,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
             abstract = embed_cached([contamination.abstracted(t) for t in texts])
             question = contamination.item_questions(texts, embed_cached)
             words = [contamination.content_words(t) for t in texts]
+            code = contamination.is_code(pl.Series(texts, dtype=pl.String)).to_numpy()
         reference = np.zeros((0, vectors.shape[1]), dtype=np.float32)
         if cfg.reference:
             reference = embed_cached(classifier.reference_texts(cfg.reference, inputs=inputs))
@@ -153,7 +156,7 @@ def load_models(params: ScoreParams, inputs: ExternalInputs | None = None) -> Sc
     head = classifier.load_head(cfg.head_path) if cfg.head_path else None
     chosen = {"embedder": embedder.precision, "lm": lm.precision if lm is not None else "float32"}
     return ScoreModels(dev, embedder.model, lm.model if lm else None, lm.tokenizer if lm else None, ids, vectors,
-                       abstract, question, words, reference, head, chosen)
+                       abstract, question, words, code, reference, head, chosen)
 
 
 def release_models(loaded: ScoreModels) -> None:
@@ -175,16 +178,14 @@ def _window_embeddings(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreMode
     if cfg.contamination.shared_words:
         runs &= contamination.sharing_windows(windows, loaded.item_words, cfg.contamination.shared_words,
                                               cfg.contamination.overlap)
-    needed = semantic.sentences_of(windows, runs)
-    sentence_emb = np.zeros((len(windows.sentences), emb.shape[1]), dtype=np.float32)
-    if needed.any():
-        sentence_emb[needed] = embeddings.embed([windows.sentences[i] for i in np.flatnonzero(needed)],
-                                                loaded.embedder, cfg.embedder, loaded.device)
+    needed = np.flatnonzero(semantic.sentences_of(windows, runs))
+    sentence_emb = embeddings.embed([windows.sentences[i] for i in needed], loaded.embedder, cfg.embedder,
+                                    loaded.device) if needed.size else np.zeros((0, emb.shape[1]), np.float32)
     rows = np.flatnonzero(windows.whole | runs)
     whole = windows.whole[rows]
     out = np.empty((rows.size, emb.shape[1]), dtype=np.float32)
     out[whole] = emb[windows.owner[rows[whole]]]
-    out[~whole] = semantic.pooled(windows, sentence_emb, rows[~whole])
+    out[~whole] = semantic.pooled(windows, sentence_emb, rows[~whole], needed)
     return windows, rows, out
 
 
@@ -205,20 +206,22 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
     # the few candidate windows that were pooled are embedded whole: their cosine is the window's own
     pooled_rows = np.flatnonzero(~windows.whole[window])
     if pooled_rows.size:
-        exact = embed([windows.texts[w] for w in window[pooled_rows]])
+        exact = embed([windows.text(w) for w in window[pooled_rows]])
         cosine = cosine.copy()
         cosine[pooled_rows] = (exact * loaded.item_vectors[item[pooled_rows]]).sum(1)
-    window_texts = [windows.texts[w] for w in window]
+    window_texts = [windows.text(w) for w in window]
     abstract, asked = contamination.second_look(window_texts, loaded.item_abstract[item], loaded.item_question[item],
                                                 embed)
     shared = contamination.overlap(window_texts, [loaded.item_words[i] for i in item])
     found = pl.DataFrame({"doc": doc, "item": item, "cosine": cosine, "abstract": abstract, "question": asked,
-                          "overlap": shared, "window": window_texts}, schema_overrides={"window": pl.String})
+                          "overlap": shared, "window": window_texts, "code": loaded.item_code[item]},
+                         schema_overrides={"window": pl.String, "code": pl.Boolean})
+    found = found.with_columns(code=pl.col("code") & contamination.is_code(pl.col("window")))
     # per (document, item): the closest window's cosine and text, the best of its windows on each second look
     found = found.sort("cosine", descending=True).group_by("doc", "item").agg(
-        pl.col("cosine", "window").first(), pl.col("abstract", "question", "overlap").max())
+        pl.col("cosine", "window").first(), pl.col("abstract", "question", "overlap").max(), pl.col("code").any())
     found = found.with_columns(hit=contamination.is_hit(pl.col("cosine"), pl.col("abstract"), pl.col("question"),
-                                                         pl.col("overlap"), contam))
+                                                         pl.col("overlap"), pl.col("code"), contam))
     best = found.sort(["doc", "hit", "cosine"], descending=[False, True, True]).unique("doc", keep="first")
     keys = pl.DataFrame({"item": np.arange(len(loaded.item_ids)), "key": loaded.item_ids},
                         schema_overrides={"key": pl.String})

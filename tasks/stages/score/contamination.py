@@ -95,7 +95,7 @@ def sharing_windows(windows, item_words: list[frozenset[str]], minimum: int, sha
     window. Polars, `block` documents at a time (memory follows the block, not the shard): the sentences' words
     joined to the items holding them, kept per (document, item) where the whole document holds enough, then
     counted per (window, item) over the window's sentences."""
-    out = np.zeros(len(windows.texts), dtype=bool)
+    out = np.zeros(len(windows), dtype=bool)
     runs = np.flatnonzero(~windows.whole)
     if not runs.size or not item_words:
         return out
@@ -189,14 +189,24 @@ def second_look(window_texts: list[str], item_abstract: np.ndarray, item_questio
             (vectors[n:] * item_question).sum(1).astype(np.float64))
 
 
-def is_hit(cosine: pl.Expr, abstract: pl.Expr, asked: pl.Expr, shared: pl.Expr, cfg) -> pl.Expr:
+def is_code(text):
+    """Whether each text (a polars expression or Series) holds a function definition. A code item's docstring asks
+    no question, so a code pair (a `def` in the window and in the item) has its own test in `is_hit`."""
+    return text.str.contains(r"\bdef\s+\w+\s*\(")
+
+
+def is_hit(cosine: pl.Expr, abstract: pl.Expr, asked: pl.Expr, shared: pl.Expr, code: pl.Expr, cfg) -> pl.Expr:
     """Close enough on its own, or a candidate whose abstracted text and question both agree with the item and that
-    holds enough of the item's content words."""
-    second = ((cosine >= cfg.candidate_cosine) & (abstract >= cfg.abstract_cosine) & (asked >= cfg.question_cosine)
-              & (shared >= cfg.overlap))
+    holds enough of the item's content words. For code, whose docstring asks nothing, the abstracted text (function
+    and argument names too) must agree at `code_abstract` instead."""
+    agrees = ((abstract >= cfg.abstract_cosine) & (asked >= cfg.question_cosine)) | (
+        code & (abstract >= cfg.code_abstract))
+    second = (cosine >= cfg.candidate_cosine) & agrees & (shared >= cfg.overlap)
     return ((cosine >= cfg.threshold) | second).fill_null(False)
 
 
 def rule(cfg) -> str:
     return (f"cosine >= {cfg.threshold}, or cosine >= {cfg.candidate_cosine} with abstracted >= "
-            f"{cfg.abstract_cosine}, question >= {cfg.question_cosine} and overlap >= {cfg.overlap}")
+            f"{cfg.abstract_cosine}, question >= {cfg.question_cosine} and overlap >= {cfg.overlap} (code, a def in "
+            f"the window and the item: abstracted >= {cfg.code_abstract} in place of the abstracted and question "
+            "tests)")

@@ -96,7 +96,7 @@ class Windows:
     whole document (its embedding is the document's own); for the others, the run of sentences it is (`first`,
     `count` into `sentences`), so a window's embedding can be pooled from its sentences' embeddings."""
 
-    texts: list[str]
+    documents: list[str]  # the texts chunked (not copied): a window's text is made when asked for
     owner: np.ndarray
     whole: np.ndarray
     first: np.ndarray
@@ -105,15 +105,24 @@ class Windows:
     sentence_words: np.ndarray
     sentence_owner: np.ndarray  # the document each sentence is of
 
+    def __len__(self) -> int:
+        return self.owner.size
+
+    def text(self, window: int) -> str:
+        """The window's text: its document, or its sentences joined (a 40,000-page shard has a million windows,
+        and only the few candidates' texts are ever read)."""
+        if self.whole[window]:
+            return self.documents[self.owner[window]]
+        return " ".join(self.sentences[self.first[window]:self.first[window] + self.count[window]])
+
 
 def chunk_texts(texts: list[str], words: int) -> Windows:
     """A text of at most `words` words is one window; a longer one gives every run of 1 to 4 consecutive sentences
     (each at most `words` words), so an item quoted inside a long page meets a window that is about exactly the
     item."""
-    out, owner, whole, first, count, sentences, sizes, sentence_owner = [], [], [], [], [], [], [], []
+    owner, whole, first, count, sentences, sizes, sentence_owner = [], [], [], [], [], [], []
     for i, text in enumerate(texts):
         if len(text.split()) <= words:
-            out.append(text)
             owner.append(i)
             whole.append(True)
             first.append(-1)
@@ -133,12 +142,11 @@ def chunk_texts(texts: list[str], words: int) -> Windows:
                 total += mine_sizes[start + k]
                 if total > words and k:
                     break
-                out.append(" ".join(mine[start:start + k + 1]))
                 owner.append(i)
                 whole.append(False)
                 first.append(base + start)
                 count.append(k + 1)
-    return Windows(out, np.asarray(owner, dtype=np.int64), np.asarray(whole, dtype=bool),
+    return Windows(texts, np.asarray(owner, dtype=np.int64), np.asarray(whole, dtype=bool),
                    np.asarray(first, dtype=np.int64), np.asarray(count, dtype=np.int64), sentences,
                    np.asarray(sizes, dtype=np.float32), np.asarray(sentence_owner, dtype=np.int64))
 
@@ -151,16 +159,20 @@ def sentences_of(windows: Windows, chosen: np.ndarray) -> np.ndarray:
     return np.cumsum(change[:-1]) > 0
 
 
-def pooled(windows: Windows, sentence_emb: np.ndarray, runs: np.ndarray) -> np.ndarray:
+def pooled(windows: Windows, sentence_emb: np.ndarray, runs: np.ndarray, embedded: np.ndarray | None = None
+           ) -> np.ndarray:
     """The embeddings of the sentence-run windows `runs` (indices into `windows`), pooled from their sentences'
     embeddings: their mean weighted by words, normalized. Each sentence is embedded once, not once per window it is
-    in, and only the windows asked for are pooled (a long page's others are never candidates)."""
+    in, and only the windows asked for are pooled (a long page's others are never candidates). `sentence_emb` holds
+    the sentences `embedded` (sorted indices; default: every sentence), which must cover every run asked for."""
     out = np.zeros((runs.size, sentence_emb.shape[1]), dtype=np.float32)
     if not runs.size:
         return out
-    weighted = sentence_emb.astype(np.float32) * windows.sentence_words[:, None]
+    embedded = np.arange(len(windows.sentences)) if embedded is None else embedded
+    weighted = sentence_emb.astype(np.float32) * windows.sentence_words[embedded][:, None]
     prefix = np.vstack([np.zeros((1, weighted.shape[1]), dtype=np.float32), np.cumsum(weighted, axis=0)])
-    start, stop = windows.first[runs], windows.first[runs] + windows.count[runs]
+    start = np.searchsorted(embedded, windows.first[runs])  # a run's sentences are consecutive among the embedded
+    stop = start + windows.count[runs]
     out[:] = prefix[stop] - prefix[start]
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
