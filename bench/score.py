@@ -185,7 +185,7 @@ def bench_semdedup(base: np.ndarray, n: int) -> list[str]:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     priority = np.arange(n)
     t = time.perf_counter()
-    k = semantic.cluster_count(n, cfg.semdedup.clusters)
+    k = kmeans.cluster_count(n, cfg.semdedup.clusters)
     centroids, nearest = kmeans.fit(emb, k, cfg.semdedup.sample)
     t_km = time.perf_counter() - t
     semantic.prototypicality(emb, centroids, nearest)

@@ -193,7 +193,7 @@ def main() -> int:
                  f"{accuracy(x, noisy30, kept, x_test, y_test):.4f} | {random_baseline(int(kept.sum()), noisy30)} |")
     lines.append(f"| (a) all, clean labels | {y.size:,} | {accuracy(x, y, all_rows, x_test, y_test):.4f} | |")
     clean_dyn = classifiers.training_dynamics(x, y, len(GENRES), cfg, dev)
-    k = semantic.cluster_count(y.size, 0)
+    k = kmeans.cluster_count(y.size, 0)
     centroids, nearest = kmeans.fit(x, k, 200_000)
     proto = semantic.prototypicality(x, centroids, nearest)
     for pruned in (0.3, 0.5):

@@ -1,6 +1,7 @@
-"""A real distributed engine (issue 25): a `dask scheduler` and two `dask worker` processes on 127.0.0.1, each one
-process with a 1.5 GB memory limit, run ingest, dedup, score (embeddings), select and publish; the published data is
-byte-identical to the local runner's, also when a worker is killed with -9 in the middle of dedup's steps.
+"""A real distributed engine (issue 25): a `dask scheduler` and three `dask worker` processes on 127.0.0.1, each one
+process with a 1.5 GB memory limit, two of them with a `GPU` slot, run ingest, dedup, score (embeddings), select and
+publish; the published data is byte-identical to the local runner's, also when a worker is killed with -9 in the
+middle of dedup's steps, and the score stage's tasks never run on the worker without a GPU slot.
 
 A worker holds about 1.1 GiB before its first task (Python, polars, torch, the score models). Dask pauses a worker
 at 80% of its limit until its memory drops, which memory the allocator keeps never does: with 1.5 GB the workers
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,27 +67,34 @@ class Cluster:
         self.scheduler = self._start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
                                       "--no-dashboard"], "scheduler")
         self.workers = [self.worker(i) for i in range(2)]
+        self.cpu_worker = self.worker(2, gpu=False)
 
     def _start(self, cmd: list[str], name: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (kept open for the process's life)
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO))
 
-    def worker(self, i: int) -> subprocess.Popen:
+    def worker(self, i: int, gpu: bool = True) -> subprocess.Popen:
+        """A worker process; `gpu` ones declare one `GPU` slot (what the score stage's tasks ask for)."""
         return self._start([DASK, "worker", self.address, "--nworkers", "1", "--nthreads", "1", "--memory-limit",
-                            "1.5GB", "--resources", "GPU=1", "--host", "127.0.0.1", "--no-dashboard",
-                            "--name", f"w{i}-{time.monotonic_ns()}"], f"worker-{i}")
+                            "1.5GB", *(["--resources", "GPU=1"] if gpu else []), "--host", "127.0.0.1",
+                            "--no-dashboard", "--name", f"w{i}-{time.monotonic_ns()}"], f"worker-{i}")
 
-    def wait(self, workers: int = 2, timeout: float = 120) -> None:
+    def task_runs(self, i: int) -> list[str]:
+        """The Prefect task runs worker `i` ran, by name (`score-features-00001`), from its log."""
+        return re.findall(r"Task run '([^']+)' - Finished in state Completed",
+                          (self.logs / f"worker-{i}.log").read_text(errors="replace"))
+
+    def wait(self, workers: int = 3, timeout: float = 120) -> None:
         from distributed import Client
 
         with Client(self.address, timeout=timeout) as client:
             client.wait_for_workers(workers, timeout=timeout)
 
     def close(self) -> None:
-        for proc in [*self.workers, self.scheduler]:
+        for proc in [*self.workers, self.cpu_worker, self.scheduler]:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in [*self.workers, self.scheduler]:
+        for proc in [*self.workers, self.cpu_worker, self.scheduler]:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -116,9 +125,10 @@ def local_result(prefect_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(prefect_server, tmp_path_factory):
-    """One scheduler and two workers."""
+    """One scheduler, two workers with a `GPU` slot and one without."""
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONUNBUFFERED": "1",
-           "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
+           "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False",
+           "PREFECT_LOGGING_LEVEL": "INFO"}  # each task run's end in its worker's log: where it ran
     c = Cluster(tmp_path_factory.mktemp("dask-cluster"), env)
     try:
         c.wait()
@@ -160,3 +170,8 @@ def test_a_worker_killed_during_dedup_and_the_run_completes_the_same(local_resul
     dedup = json.loads((out / "runs" / "killed" / "dedup" / "_manifest.json").read_text())
     assert {s["step"] for s in dedup["plan"]["steps"]} >= {"exact", "candidates", "verify", "components"}
     assert not receipts.exists()  # the partitioned steps' work is cleaned after the commit
+    # the score stage's tasks ask for a GPU slot: the worker without one ran other stages' tasks, never score's
+    on_cpu_worker = cluster.task_runs(2)
+    assert any(name.startswith(("ingest-", "dedup-")) for name in on_cpu_worker), on_cpu_worker
+    assert not [name for name in on_cpu_worker if name.startswith("score-")]
+    assert [name for i in (0, 1) for name in cluster.task_runs(i) if name.startswith("score-")]

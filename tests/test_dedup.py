@@ -240,3 +240,46 @@ def test_judge_dedup_alone():
     verse = kjv_records()[7]["text"] + " " + kjv_records()[8]["text"]
     other = kjv_records()[900]["text"] + " " + kjv_records()[901]["text"]
     assert judge("dedup", verse, verse.upper(), other) == [None, "dedup.exact", None]
+
+
+@pytest.mark.parametrize("elements_at_once", [2**26, 1_000])
+def test_torch_minhash_is_bit_for_bit_the_numpy_one(monkeypatch, elements_at_once):
+    """The GPU path's kernel, run on torch's CPU device: the same uint64 signatures as numpy, including hashes with
+    the top bit set (where int64 order and uint64 order differ) and permutations taken a few at a time."""
+    import numpy as np
+    import torch
+
+    from tasks.runtime.stage import ROW
+    from tasks.stages.dedup import minhash_kernels, within_run
+
+    monkeypatch.setattr(minhash_kernels, "ELEMENTS_AT_ONCE", elements_at_once)
+    texts = [*PASSAGES[:300], "two words", "", PASSAGES[0]]
+    df = pl.DataFrame({ROW: np.arange(len(texts), dtype=np.uint32), "text": texts})
+    sh = within_run.shingles(df, 5)
+    assert (sh["sh"].to_numpy() >= 2**63).mean() > 0.4  # the sign flip is exercised
+    want = within_run.minhash(sh, df.height, 100)
+    got = within_run.minhash(sh, df.height, 100, torch.device("cpu"))
+    assert got.dtype == np.uint64 and got.shape == (len(texts), 100)
+    assert np.array_equal(got, want)
+    empty = within_run.minhash(sh.clear(), 3, 100, torch.device("cpu"))
+    assert np.array_equal(empty, within_run.minhash(sh.clear(), 3, 100))
+
+
+def test_the_stage_decides_the_same_with_signatures_on_a_torch_device(monkeypatch):
+    """dedup with `device` resolved to a torch device (its CPU, standing in for CUDA here) drops the same rows with
+    the same survivors; asking for CUDA where there is none is a clear error, not a silent CPU run."""
+    import torch
+
+    from tasks.models.loading import ModelError
+    from tasks.stages.dedup import within_run
+
+    rng = random.Random(2)
+    df = frame(PASSAGES[:150] + [edit(PASSAGES[i], 0.03, rng) for i in range(40)])
+    want = dedup_one_shard(df, DedupConfig(device="cpu"))
+    monkeypatch.setattr(within_run, "_torch_device", lambda choice: torch.device("cpu"))
+    got = dedup_one_shard(df, DedupConfig(device="cuda"))
+    assert got.rejected.sort("id").equals(want.rejected.sort("id")) and want.rejected.height >= 35
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="dedup.device = cuda, but no CUDA device is visible"):
+            dedup_one_shard(df, DedupConfig(device="cuda"))

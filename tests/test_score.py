@@ -11,6 +11,7 @@ import string
 import numpy as np
 import polars as pl
 import pytest
+from conftest import REPO
 from judge import judge, records
 
 from schemas.config import (
@@ -47,6 +48,8 @@ def test_token_budget_batches_cover_every_document_within_the_budget():
 
 
 def test_an_out_of_memory_batch_is_halved_and_retried():
+    import torch
+
     lengths = np.full(8, 10)
     seen = []
 
@@ -54,7 +57,7 @@ def test_an_out_of_memory_batch_is_halved_and_retried():
         seen.append(len(idx))
         if len(idx) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return np.asarray(idx, dtype=np.float64) * 2
+        return torch.from_numpy(np.asarray(idx, dtype=np.float64) * 2)
 
     out = batching.run(batching.token_budget_batches(lengths, 80), lambda idx: idx, compute, 8)
     assert out.tolist() == [float(2 * i) for i in range(8)] and max(seen) == 8 and seen.count(2) == 4
@@ -113,6 +116,48 @@ def test_semantic_dedup_merges_paraphrases_and_keeps_unrelated_text(loaded):
     evidence = {r["id"]: json.loads(r["evidence"]) for r in result.rejected.iter_rows(named=True)}
     assert evidence["d1"]["survivor_id"] == "d0" and evidence["d1"]["cosine"] >= 0.95
     assert result.kept.height == len(texts) - 3
+
+
+def test_semdedup_on_a_torch_device_decides_as_numpy(monkeypatch):
+    """The CUDA path's similarity blocks, run on torch's CPU device: the same survivors and cosines as numpy's,
+    also across block boundaries (BLOCK = 16 here) and with exact ties (copies) going to the higher priority."""
+    import torch
+
+    from tasks.stages.score import semantic
+
+    monkeypatch.setattr(semantic, "BLOCK", 16)
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(60, 32)).astype(np.float32)
+    emb = np.concatenate([base, base[:30] + rng.normal(scale=0.05, size=(30, 32)).astype(np.float32), base[:10]])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    clusters = rng.integers(0, 3, size=emb.shape[0])
+    clusters[60:] = clusters[np.r_[0:30, 0:10]]  # a near copy shares its original's cluster
+    priority = rng.permutation(emb.shape[0])
+    want = semantic.duplicates(emb, clusters, priority, 0.05)
+    got = semantic.duplicates(emb, clusters, priority, 0.05, torch.device("cpu"))
+    assert np.array_equal(got[0], want[0]) and (want[0] >= 0).sum() >= 35
+    assert np.allclose(got[1], want[1], atol=1e-6, equal_nan=True)
+
+
+def test_nearest_items_on_a_torch_device_are_faiss_ones(monkeypatch):
+    """The contamination check's nearest benchmark items in torch (its CPU device here): the same k items in the
+    same order as faiss, across query blocks, except where two items tie to float rounding."""
+    import torch
+
+    from tasks.models import nearest
+
+    monkeypatch.setattr(nearest, "QUERY_BLOCK", 100)
+    rng = np.random.default_rng(6)
+    items = rng.normal(size=(500, 48)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    queries = items[rng.integers(0, 500, 350)] + rng.normal(scale=0.3, size=(350, 48)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    want_sims, want_idx = nearest.top_k(queries, items, 3)
+    got_sims, got_idx = nearest.top_k(queries, items, 3, torch.device("cpu"))
+    assert got_idx.shape == (350, 3) and np.allclose(got_sims, want_sims, atol=1e-5)
+    assert [set(r) for r in got_idx] == [set(r) for r in want_idx]
+    swapped = np.flatnonzero((got_idx != want_idx).any(1))
+    assert swapped.size <= 3 and all(np.ptp(want_sims[r][got_idx[r] != want_idx[r]]) < 1e-5 for r in swapped)
 
 
 def _gsm8k():
@@ -327,6 +372,56 @@ def test_cuda_is_never_faked():
     with pytest.raises(loading.ModelError, match="no CUDA device is visible"):
         loading.device("cuda")
     assert loading.device("auto").type == "cpu"
+
+
+def test_model_parts_rebuild_the_packages_byte_for_byte(tmp_path, monkeypatch):
+    """bench/model_parts.py (how the packaged models reach the GPU machine, 64 MiB a call): split, then join gives
+    the same files; a part that has not arrived, or a changed one, is refused."""
+    import hashlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import model_parts
+
+    package = tmp_path / "src" / "fake_model_pkg"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    weights = np.random.default_rng(1).bytes(5000)
+    (package / "model" / "weights.safetensors").write_bytes(weights)
+    (package / "model" / "config.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.setattr(model_parts, "PACKAGES", ("fake_model_pkg",))
+    monkeypatch.setattr(model_parts, "ROOT", tmp_path / ".models")
+    monkeypatch.setattr(model_parts, "LARGE", 1000)
+    monkeypatch.setattr(model_parts, "PART_BYTES", 2048)
+    model_parts.split()
+    assert sorted(p.name for p in (tmp_path / ".models" / "parts").iterdir()) == ["00", "01", "02"]
+    assert not (tmp_path / ".models" / "fake_model_pkg" / "fake_model_pkg" / "model" / "weights.safetensors").exists()
+    model_parts.join(tmp_path / "site")
+    rebuilt = tmp_path / "site" / "fake_model_pkg" / "model"
+    assert hashlib.sha256((rebuilt / "weights.safetensors").read_bytes()).digest() == hashlib.sha256(weights).digest()
+    assert (rebuilt / "config.json").read_text() == "{}"
+    (tmp_path / ".models" / "parts" / "01").write_bytes(b"x" * 2048)
+    with pytest.raises(SystemExit, match="sha256 differs"):
+        model_parts.join(tmp_path / "site2")
+    (tmp_path / ".models" / "parts" / "02").unlink()
+    with pytest.raises(SystemExit, match="parts 02 have not arrived"):
+        model_parts.join(tmp_path / "site3")
+
+
+def test_the_device_script_needs_no_polars():
+    """The GPU machine's image has torch but no polars: bench/gpu_check.py's compute modules (the embedder, the LM,
+    k-means, dynamics, the MinHash kernels, the phase profile) import there. Here polars is hidden from a child."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['polars'] = None; sys.path.insert(0, 'bench'); import gpu_check, score_profile; "
+            "gpu_check.compute_modules_only(); "
+            "from tasks.models import batching, classifiers, embeddings, kmeans, perplexity; "
+            "from tasks.stages.score import semantic; from tasks.stages.dedup import minhash_kernels; "
+            "from tasks.models.generation import LocalLM; print('imported')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")

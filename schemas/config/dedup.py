@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from schemas.config.base import Strict
@@ -34,3 +36,6 @@ class DedupConfig(Strict):
     near: NearDupConfig = NearDupConfig()
     spans: SpanDedupConfig = SpanDedupConfig()
     min_paragraph_chars: int = Field(40, ge=1, description="shorter paragraphs are never treated as boilerplate")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where MinHash signatures are computed: auto = CUDA when torch sees one (the same bits "
+        "as on the CPU)")

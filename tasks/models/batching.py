@@ -1,5 +1,6 @@
-"""Length-sorted token-budget batches, collated in a background thread while the model computes, results put back
-in input order, and a batch that runs out of device memory split in half and retried.
+"""Length-sorted token-budget batches, tokenized and collated in background threads while the model computes,
+copied to the device on a stream of their own, results put back in input order in one copy, and a batch that runs
+out of device memory split in half and retried; `profiled()` times each of those phases.
 
 Padding waste is what a fixed batch size costs: with documents sorted by length, every batch holds documents of
 nearly one length, and its size is whatever fits `budget` tokens (rows x longest row).
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,27 +42,98 @@ def token_budget_batches(lengths: np.ndarray, budget: int, max_rows: int = 1024)
     return batches
 
 
-def pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded (rows, longest) token ids and attention mask, as numpy (collation, off the model's thread)."""
-    longest = max((len(x) for x in ids), default=1) or 1
-    out = np.full((len(ids), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), longest), dtype=np.int64)
-    for i, x in enumerate(ids):
-        out[i, :len(x)] = x
-        mask[i, :len(x)] = 1
-    return out, mask
-
-
-def collator(ids: list[list[int]], pad_id: int, pin: bool) -> Callable[[np.ndarray], tuple]:
-    """Batch indices -> padded (token ids, attention mask) tensors, pinned for a fast copy to a CUDA device."""
+def pad(ids: list[list[int]], pad_id: int, pin: bool = False, predicted: bool = False) -> tuple:
+    """Right-padded (rows, longest) token ids and attention mask as int64 torch tensors, written in place into
+    page-locked memory when `pin` (one host copy, not two; torch's caching host allocator reuses the pages). With
+    `predicted`, also the flat positions (row * longest + column) whose next token is a real one: what a causal
+    LM's loss is taken at, known on the host, so the device never has to say how many there are."""
     import torch
 
+    longest = max((len(x) for x in ids), default=1) or 1
+    tokens = torch.full((len(ids), longest), pad_id, dtype=torch.int64, pin_memory=pin)
+    mask = torch.zeros((len(ids), longest), dtype=torch.int64, pin_memory=pin)
+    out, valid = tokens.numpy(), mask.numpy()
+    for i, x in enumerate(ids):
+        out[i, :len(x)] = x
+        valid[i, :len(x)] = 1
+    if not predicted:
+        return tokens, mask
+    rows, cols = np.nonzero(valid[:, 1:])
+    positions = torch.from_numpy(rows * longest + cols)
+    return tokens, mask, positions.pin_memory() if pin else positions
+
+
+def collator(ids: list[list[int]], pad_id: int, pin: bool, predicted: bool = False
+             ) -> Callable[[np.ndarray], tuple]:
+    """Batch indices -> `pad`'s tensors, pinned for an asynchronous copy to a CUDA device."""
+
     def collate(idx: np.ndarray) -> tuple:
-        tokens, mask = pad([ids[i] for i in idx], pad_id)
-        tokens, mask = torch.from_numpy(tokens), torch.from_numpy(mask)
-        return (tokens.pin_memory(), mask.pin_memory()) if pin else (tokens, mask)
+        return pad([ids[i] for i in idx], pad_id, pin, predicted)
 
     return collate
+
+
+@dataclass
+class Profile:
+    """Seconds per phase of model scoring, summed over batches: `tokenize`, `collate` (padding and pinning, in the
+    background thread), `starved` (the model's thread waiting for a collated batch), `copy_in` (host to device),
+    `forward` and `copy_out` (the results back to the host, once per call). On CUDA the device phases are timed
+    with CUDA events, read once at the end, so profiling adds no synchronization per batch."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: int = 0
+    padded_tokens: int = 0
+    _events: list = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str, dev=None) -> Iterator[None]:
+        if getattr(dev, "type", "cpu") == "cuda":
+            import torch
+
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((name, start, end))
+            return
+        began = time.perf_counter()
+        yield
+        self.seconds[name] += time.perf_counter() - began
+
+    def resolve(self) -> dict[str, float]:
+        for name, start, end in self._events:
+            end.synchronize()
+            self.seconds[name] += start.elapsed_time(end) / 1000
+        self._events.clear()
+        return dict(self.seconds)
+
+
+_profile: ContextVar[Profile | None] = ContextVar("batching_profile", default=None)
+
+
+@contextmanager
+def profiled() -> Iterator[Profile]:
+    """Time the phases of every embedding and perplexity call made inside (bench/score_profile.py, gpu_check)."""
+    prof = Profile()
+    token = _profile.set(prof)
+    try:
+        yield prof
+    finally:
+        _profile.reset(token)
+        prof.resolve()
+
+
+def phase(name: str, dev=None):
+    prof = _profile.get()
+    return prof.phase(name, dev) if prof is not None else nullcontext()
+
+
+def count_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> None:
+    """Real and padded token counts of a plan (what the profile's padding share is made of)."""
+    prof = _profile.get()
+    if prof is not None:
+        prof.tokens += int(lengths.sum())
+        prof.padded_tokens += sum(int(lengths[idx].max()) * idx.size for idx in batches if idx.size)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -65,35 +142,80 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run(batches: list[np.ndarray], collate: Callable[[np.ndarray], Any], compute: Callable[[Any], np.ndarray],
-        n: int, width: int | None = None, dtype=np.float32) -> np.ndarray:
-    """Run `compute` on every batch (collated ahead by a background thread) and scatter the results into input
-    order. `compute` returns one row (or value) per document of its batch."""
-    out = np.zeros((n, width), dtype=dtype) if width else np.zeros(n, dtype=np.float64)
+class _Mover:
+    """Host -> device copies on a stream of their own, so the next batch's copy overlaps this batch's kernels (the
+    compute stream waits for the copy only when it uses the batch); on a CPU, nothing to move."""
+
+    def __init__(self, dev) -> None:
+        import torch
+
+        self.dev = dev
+        self.stream = torch.cuda.Stream(dev) if getattr(dev, "type", "cpu") == "cuda" else None
+
+    def __call__(self, item: tuple) -> tuple:
+        if self.stream is None:
+            return item
+        import torch
+
+        with torch.cuda.stream(self.stream), phase("copy_in", self.dev):  # the events go on the copy stream
+            moved = tuple(t.to(self.dev, non_blocking=True) for t in item)
+        compute = torch.cuda.current_stream(self.dev)
+        compute.wait_stream(self.stream)
+        for t in moved:
+            t.record_stream(compute)  # the caching allocator must not reuse its memory before compute is done
+        return moved
+
+
+def run(batches: list[np.ndarray], collate: Callable[[np.ndarray], Any], forward: Callable[[Any], Any], n: int,
+        width: int | None = None, dtype=np.float32, dev=None) -> np.ndarray:
+    """Run `forward` on every batch (collated ahead by a background thread, copied to `dev` on a side stream) and
+    scatter the results into input order. `forward` returns a torch tensor with one row (or value) per document of
+    its batch; the results stay on the device until every batch is done, then come back in one copy, so no batch
+    waits for the one before it to return."""
+    import torch
+
     ready: queue.Queue = queue.Queue(maxsize=2)
+    prof = _profile.get()
 
     def produce() -> None:
+        token = _profile.set(prof)  # a thread starts with an empty context
         try:
             for idx in batches:
-                ready.put((idx, collate(idx)))
+                with phase("collate"):
+                    item = collate(idx)
+                ready.put((idx, item))
         except BaseException as exc:  # surfaced in the consumer
             ready.put((None, exc))
             return
+        finally:
+            _profile.reset(token)
         ready.put((None, None))
 
     threading.Thread(target=produce, name="collate", daemon=True).start()
+    move = _Mover(dev)
+    order, results = [], []
     while True:
-        idx, item = ready.get()
+        with phase("starved"):
+            idx, item = ready.get()
         if idx is None:
             if item is not None:
                 raise item
-            return out
-        out[idx] = _compute_halving(idx, item, collate, compute)
+            break
+        order.append(idx)
+        results.append(_forward_halving(idx, item, collate, forward, move, dev))
+    out = np.zeros((n, width), dtype=dtype) if width else np.zeros(n, dtype=np.float64)
+    if results:
+        with phase("copy_out", dev):
+            values = torch.cat(results).cpu().numpy()
+        out[np.concatenate(order)] = values
+    return out
 
 
-def _compute_halving(idx: np.ndarray, item: Any, collate, compute) -> np.ndarray:
+def _forward_halving(idx: np.ndarray, item: Any, collate, forward, move, dev):
     try:
-        return compute(item)
+        moved = move(item)
+        with phase("forward", dev):
+            return forward(moved)
     except Exception as exc:
         if not _is_oom(exc) or idx.size == 1:
             raise
@@ -101,8 +223,36 @@ def _compute_halving(idx: np.ndarray, item: Any, collate, compute) -> np.ndarray
 
         torch.cuda.empty_cache()
         half = idx.size // 2
-        return np.concatenate([_compute_halving(part, collate(part), collate, compute)
-                               for part in (idx[:half], idx[half:])])
+        return torch.cat([_forward_halving(part, collate(part), collate, forward, move, dev)
+                          for part in (idx[:half], idx[half:])])
+
+
+def tokenized_ahead(texts: list, tokenize: Callable[[list], Any], score: Callable[[Any], Any]) -> list:
+    """`score(tokenize(part))` for every `TEXTS_AT_ONCE` texts, in order, with the next part tokenized in a
+    background thread while this one is scored (a fast tokenizer's batch encoding runs in Rust without the GIL),
+    so the device does not wait for the tokenizer between parts. Memory: two parts' encodings at most."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = list(chunks(texts, TEXTS_AT_ONCE)) or [texts]
+    prof = _profile.get()
+
+    def timed(part: list):
+        token = _profile.set(prof)
+        try:
+            with phase("tokenize"):
+                return tokenize(part)
+        finally:
+            _profile.reset(token)
+
+    out = []
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        pending = pool.submit(timed, parts[0])
+        for k in range(len(parts)):
+            encoded = pending.result()
+            if k + 1 < len(parts):
+                pending = pool.submit(timed, parts[k + 1])
+            out.append(score(encoded))
+    return out
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

@@ -18,6 +18,11 @@ SEED_POOL = 64  # rows per cluster that k-means++ draws its seeds from
 CHUNK = 65536  # rows assigned at a time: no float32 copy of every embedding
 
 
+def cluster_count(n: int, configured: int) -> int:
+    """`configured`, or about sqrt(n / 4) clusters when it is 0 (SemDeDup's and the prototypes' default)."""
+    return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
+
+
 def fit(emb: np.ndarray, k: int, sample: int, seed: int = 1234, device=None, iterations: int = 20
         ) -> tuple[np.ndarray, np.ndarray]:
     """(unit centroids, nearest centroid of every row of `emb`): fit on a seeded sample of at most `sample` rows,

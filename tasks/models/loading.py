@@ -90,12 +90,12 @@ def verify(folder: Path, pins: dict[str, str]) -> None:
                              "refusing to load it (update the pin in config only if you trust the new file)")
 
 
-def device(choice: str):
+def device(choice: str, setting: str = "score.device"):
     """torch.device for `auto|cpu|cuda`; asking for CUDA where there is none is an error, never a silent CPU."""
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ModelError("score.device = cuda, but no CUDA device is visible to this process")
+        raise ModelError(f"{setting} = cuda, but no CUDA device is visible to this process")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)

@@ -2,8 +2,8 @@
 
 A stage's `setup(params)` runs once per process and params (the first shard that needs it waits while the others
 reuse it) and `teardown` frees it when the stage is done; in a Dask worker process whatever is still loaded is freed
-when the process exits. A `gpu` stage runs one shard at a time per CUDA device in a process (a semaphore), so
-threads never oversubscribe a card; on Dask each such task also asks the scheduler for a `GPU` resource.
+when the process exits. A `gpu` stage runs one shard at a time in a process (a semaphore), so threads never
+oversubscribe its card; on Dask each such task also asks the scheduler for a `GPU` resource.
 """
 
 from __future__ import annotations
@@ -83,24 +83,17 @@ def release(stage_name: str | None = None) -> int:
 atexit.register(release)
 
 
-def device_count() -> int:
-    """CUDA devices visible to this process; 1 when there are none (the CPU is one device)."""
-    try:
-        import torch
-    except ImportError:
-        return 1
-    return max(1, torch.cuda.device_count())
-
-
 @contextmanager
 def device_slot(stage: Stage) -> Iterator[None]:
-    """Hold one device for the duration of a gpu stage's shard; cpu stages pass straight through."""
+    """Hold the process's device for the duration of a gpu stage's shard; cpu stages pass straight through. One
+    slot a process, whatever the GPU count: the models sit on one device (torch's current `cuda`), so a second GPU
+    is used by a second worker process (README, Dask: one worker per GPU), not by a second thread here."""
     global _slots
     if stage.resources != "gpu":
         yield
         return
     with _lock:
         if _slots is None:
-            _slots = threading.BoundedSemaphore(device_count())
+            _slots = threading.BoundedSemaphore(1)
     with _slots:
         yield

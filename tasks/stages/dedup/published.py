@@ -43,7 +43,7 @@ def index_rows(batch: pl.DataFrame, params: DedupConfig, version: int) -> pl.Dat
     out = df.select("id", version=pl.lit(version, pl.Int32), norm_hash=normalized(pl.col("text")).hash(seed=17))
     if params.near.enabled:
         perms = params.near.bands * params.near.rows
-        sig = signatures(df, params.near.ngram, perms)
+        sig = signatures(df, params.near.ngram, perms, device=params.device)
         out = out.with_columns(pl.Series("sig16", short_signature(sig), dtype=pl.Array(pl.UInt16, perms)))
     return out
 

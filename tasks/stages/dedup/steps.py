@@ -90,7 +90,7 @@ def bands(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dict:
     if alive.height == 0:
         return {}
     perms = params.near.bands * params.near.rows
-    sig = signatures(alive, params.near.ngram, perms)
+    sig = signatures(alive, params.near.ngram, perms, device=params.device)
     base = alive.select("id", _order(alive))
     frames = [base.with_columns(band=pl.lit(b, pl.Int16), bucket=key)
               for b, key in enumerate(_bucket_keys(sig, params))]
@@ -256,7 +256,7 @@ def against(batch: pl.DataFrame, inputs: StepInputs, params: DedupConfig) -> dic
     new = alive.select("id", norm_hash=normalized(pl.col("text")).hash(seed=17))
     if params.near.enabled:
         perms = params.near.bands * params.near.rows
-        sig = signatures(alive, params.near.ngram, perms)
+        sig = signatures(alive, params.near.ngram, perms, device=params.device)
         new = new.with_columns(pl.Series("sig16", short_signature(sig), dtype=pl.Array(pl.UInt16, perms)))
     found = []
     blocked = published.read_blocked()

@@ -1,6 +1,7 @@
 """Dedup's per-row primitives and its final apply: what "the same text" means (normalization), word n-gram
-shingles, MinHash signatures (64-bit universal hashing, vectorized numpy), and `apply`, which drops the rows the
-partitioned steps (steps.py) decided against and cuts repeated paragraphs, recording evidence for each.
+shingles, MinHash signatures (64-bit universal hashing; the kernels, numpy and torch, in minhash_kernels.py), and
+`apply`, which drops the rows the partitioned steps (steps.py) decided against and cuts repeated paragraphs,
+recording evidence for each.
 """
 
 from __future__ import annotations
@@ -12,22 +13,14 @@ from schemas.config import DedupConfig
 from tasks.runtime import edits
 from tasks.runtime.stage import ROW, StageResult
 from tasks.runtime.stats import Stats
+from tasks.stages.dedup import minhash_kernels
 from tasks.text import tokens
 from tasks.text.normalize import normalize
-
-MERSENNE_SEED = 0x5EED_D00D
 
 
 def normalized(text: pl.Expr) -> pl.Expr:
     """What 'the same text' means for exact dedup: punctuation dropped (tasks/text/normalize.py)."""
     return normalize(text, punctuation="drop")
-
-
-def _permutations(n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(MERSENNE_SEED)
-    a = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-    b = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64)
-    return a, b
 
 
 def shingles(df: pl.DataFrame, n: int) -> pl.DataFrame:
@@ -47,29 +40,33 @@ def shingles(df: pl.DataFrame, n: int) -> pl.DataFrame:
     return pl.concat([full.select(ROW, "sh"), short]).sort(ROW, maintain_order=True)
 
 
-def signatures(df: pl.DataFrame, ngram: int, num_perm: int, chunk: int = 8_192) -> np.ndarray:
+def signatures(df: pl.DataFrame, ngram: int, num_perm: int, chunk: int = 8_192, device: str = "cpu"
+               ) -> np.ndarray:
     """(rows, num_perm) MinHash signatures of `df` (columns ROW = 0..n-1, text), shingled `chunk` documents at a
-    time: the exploded words of a 50,000-row shard would otherwise take ~1 GB at once."""
+    time: the exploded words of a 50,000-row shard would otherwise take ~1 GB at once. `device`: cpu (numpy),
+    cuda (torch, the same bits), or auto (cuda where torch sees one)."""
     sig = np.empty((df.height, num_perm), dtype=np.uint64)
+    dev = _torch_device(device)
     for start in range(0, df.height, chunk):
         part = df.slice(start, chunk).with_columns(pl.col(ROW) - start)
-        sig[start:start + part.height] = minhash(shingles(part, ngram), part.height, num_perm)
+        sig[start:start + part.height] = minhash(shingles(part, ngram), part.height, num_perm, dev)
     return sig
 
 
-def minhash(sh: pl.DataFrame, rows: int, num_perm: int) -> np.ndarray:
-    """(rows, num_perm) uint64 signatures: min over shingles of (a*x + b) mod 2^64, per permutation."""
-    a, b = _permutations(num_perm)
-    ids = sh[ROW].to_numpy()
-    x = sh["sh"].to_numpy().astype(np.uint64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    sig = np.full((rows, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
-    if x.size == 0:  # an empty shard (e.g. every row of a file quarantined upstream)
-        return sig
-    with np.errstate(over="ignore"):
-        for i in range(num_perm):
-            sig[ids[starts], i] = np.minimum.reduceat(x * a[i] + b[i], starts)
-    return sig
+def _torch_device(choice: str):
+    """None for the numpy path; a torch device for cuda, or auto where a CUDA device is visible."""
+    if choice == "cpu" or (choice == "auto" and not minhash_kernels.cuda_present()):
+        return None
+    from tasks.models.loading import device
+
+    return device(choice, "dedup.device")
+
+
+def minhash(sh: pl.DataFrame, rows: int, num_perm: int, dev=None) -> np.ndarray:
+    """(rows, num_perm) uint64 signatures of `shingles`' output: numpy, or torch on `dev` (minhash_kernels.py)."""
+    ids, x = sh[ROW].to_numpy(), sh["sh"].to_numpy()
+    return minhash_kernels.on_cpu(ids, x, rows, num_perm) if dev is None else \
+        minhash_kernels.on_device(ids, x, rows, num_perm, dev)
 
 
 SMALL_BUCKET = 8  # with verification, a bucket this small yields all its pairs, not only (member, earliest)

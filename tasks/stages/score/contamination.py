@@ -17,6 +17,8 @@ import re
 import numpy as np
 import polars as pl
 
+from tasks.models import nearest
+
 _NUMBER = re.compile(r"(?<![\w])\d+(?:[,.]\d+)*(?:/\d+)?(?![\w])")
 _NUMBER_WORD = re.compile(r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|"
                           r"fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|"
@@ -142,19 +144,15 @@ def item_questions(texts: list[str], embed) -> np.ndarray:
 
 
 def candidates(window_emb: np.ndarray, owner: np.ndarray, items: np.ndarray, k: int, floor: float,
-               windows: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               windows: int = 3, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(doc, window, item row, cosine): per document, its k best items over its windows at cosine >= floor, each
     with the `windows` windows that came closest to it (a page holding a rewritten item: one window may hold its
-    facts, the next its question). faiss inner product on unit vectors, k items per window."""
-    import faiss
-
+    facts, the next its question). Inner products on unit vectors (tasks/models/nearest.py), k items per window."""
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     if items.shape[0] == 0 or window_emb.shape[0] == 0:
         return empty
-    index = faiss.IndexFlatIP(items.shape[1])
-    index.add(np.ascontiguousarray(items, dtype=np.float32))
     kk = min(k, items.shape[0])
-    sims, idx = index.search(np.ascontiguousarray(window_emb, dtype=np.float32), kk)
+    sims, idx = nearest.top_k(window_emb, items, kk, device)
     window = np.repeat(np.arange(window_emb.shape[0]), kk)
     sims, idx = sims.ravel().astype(np.float64), idx.ravel()
     keep = sims >= floor

@@ -8,15 +8,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 
 from tasks.models.batching import float32_chunks
 
 BLOCK = 2048  # rows of a similarity block: memory stays (BLOCK x cluster size) floats
-
-
-def cluster_count(n: int, configured: int) -> int:
-    return max(1, min(n, configured or int(round((n / 4) ** 0.5))))
 
 
 def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray) -> np.ndarray:
@@ -27,11 +22,12 @@ def prototypicality(emb: np.ndarray, centroids: np.ndarray, nearest: np.ndarray)
     return np.clip(out, 0.0, 2.0)
 
 
-def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps: float
+def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps: float, device=None
                ) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup: inside each cluster, a document whose cosine to a document of higher priority (smaller
     `priority`) is >= 1 - eps is a duplicate of the most similar such document. Returns (survivor row or -1,
-    cosine to it). Deterministic: ties in similarity go to the higher priority."""
+    cosine to it). Deterministic: ties in similarity go to the higher priority. The similarity blocks are numpy
+    matrix products, or torch ones on `device` (a cluster's vectors moved there once)."""
     n = emb.shape[0]
     survivor = np.full(n, -1, dtype=np.int64)
     cosine = np.full(n, np.nan)
@@ -42,18 +38,44 @@ def duplicates(emb: np.ndarray, clusters: np.ndarray, priority: np.ndarray, eps:
             continue
         members = members[np.argsort(priority[members], kind="stable")]
         vecs = np.asarray(emb[members], dtype=np.float32)
+        best_earlier = _on_device(vecs, device) if device is not None else _on_host(vecs)
         for start in range(1, members.size, BLOCK):
             stop = min(members.size, start + BLOCK)
-            sims = vecs[start:stop] @ vecs[:stop].T  # rows: later members; columns: every member up to them
-            later = np.arange(start, stop)[:, None] <= np.arange(stop)[None, :]
-            sims[later] = -np.inf  # only higher-priority members (earlier columns) count
-            best = sims.argmax(1)
-            top = sims[np.arange(stop - start), best]
+            top, best = best_earlier(start, stop)
             dup = top >= 1.0 - eps
             rows = members[start:stop][dup]
             survivor[rows] = members[best[dup]]
             cosine[rows] = top[dup]
     return survivor, cosine
+
+
+def _on_host(vecs: np.ndarray):
+    """(start, stop) -> for members start..stop-1, the cosine to and the position of the most similar earlier
+    member (higher priority)."""
+
+    def best_earlier(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = vecs[start:stop] @ vecs[:stop].T  # rows: later members; columns: every member up to them
+        later = np.arange(start, stop)[:, None] <= np.arange(stop)[None, :]
+        sims[later] = -np.inf  # only higher-priority members (earlier columns) count
+        best = sims.argmax(1)
+        return sims[np.arange(stop - start), best], best
+
+    return best_earlier
+
+
+def _on_device(vecs: np.ndarray, device):
+    """`_on_host` in torch on `device`; only the block's best cosines and positions come back."""
+    import torch
+
+    x = torch.from_numpy(vecs).to(device)
+
+    def best_earlier(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = x[start:stop] @ x[:stop].T
+        later = torch.arange(start, stop, device=device)[:, None] <= torch.arange(stop, device=device)[None, :]
+        top, best = sims.masked_fill(later, -torch.inf).max(1)
+        return top.double().cpu().numpy(), best.cpu().numpy()
+
+    return best_earlier
 
 
 def nearest_published(emb: np.ndarray, parts, eps: float) -> tuple[np.ndarray, np.ndarray, list, list]:
@@ -68,7 +90,7 @@ def nearest_published(emb: np.ndarray, parts, eps: float) -> tuple[np.ndarray, n
     for part in parts:
         if "embedding" not in part.columns:
             continue
-        part = part.filter(pl.col("embedding").is_not_null())
+        part = part.filter(part["embedding"].is_not_null())
         if not part.height or not n:
             continue
         pub = part["embedding"].to_numpy().reshape(part.height, -1).astype(np.float32)

@@ -56,7 +56,7 @@ def fit(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
     emb = emb[finite]
     out: dict = {}
     if emb.shape[0]:
-        k = semantic.cluster_count(max(1, round(inputs.rows * cfg.sample)), cfg.prototype_clusters
+        k = kmeans.cluster_count(max(1, round(inputs.rows * cfg.sample)), cfg.prototype_clusters
                                    or cfg.semdedup.clusters)
         k = min(k, emb.shape[0])
         centroids, _ = kmeans.fit(emb, k, cfg.semdedup.sample, device=getattr(loaded, "device", None))
@@ -129,8 +129,9 @@ def semdedup(rows: pl.DataFrame, inputs: StepInputs, params: ScoreParams) -> dic
     cfg = params.score
     rows = rows.sort("cluster", "id")
     emb = _emb(rows)
+    device = getattr(inputs.loaded, "device", None)  # CUDA: the similarity blocks run there
     survivor, cosine = semantic.duplicates(emb, rows["cluster"].to_numpy(), _priority(rows, cfg.semdedup.survivor),
-                                           cfg.semdedup.eps)
+                                           cfg.semdedup.eps, device if getattr(device, "type", "") == "cuda" else None)
     pub_id = np.full(rows.height, None, dtype=object)
     pub_version = np.full(rows.height, None, dtype=object)
     published = inputs.published
