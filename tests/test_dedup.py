@@ -283,3 +283,21 @@ def test_the_stage_decides_the_same_with_signatures_on_a_torch_device(monkeypatc
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="dedup.device = cuda, but no CUDA device is visible"):
             dedup_one_shard(df, DedupConfig(device="cuda"))
+
+
+def test_auto_asks_torch_only_where_an_nvidia_driver_is(tmp_path):
+    """dedup.device = auto on a machine without the NVIDIA driver: numpy, and torch is never imported (1.3 s and
+    300 MB a dedup worker); with a driver present, torch is asked (and says no here)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    driver = tmp_path / "version"
+    code = ("import sys; from tasks.stages.dedup import minhash_kernels as m; m.NVIDIA_DRIVER = (sys.argv[1],); "
+            "print(m.cuda_present(), 'torch' in sys.modules)")
+    absent = subprocess.run([sys.executable, "-c", code, str(driver)], capture_output=True, text=True, cwd=REPO)
+    assert absent.stdout.split() == ["False", "False"], absent.stderr[-1000:]
+    driver.write_text("NVRM version: test")
+    present = subprocess.run([sys.executable, "-c", code, str(driver)], capture_output=True, text=True, cwd=REPO)
+    assert present.stdout.split() == ["False", "True"], present.stderr[-1000:]

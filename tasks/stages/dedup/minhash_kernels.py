@@ -18,14 +18,23 @@ ELEMENTS_AT_ONCE = 2**26  # shingles x permutations per step: 512 MB of int64 pr
 
 
 def cuda_present() -> bool:
-    """Whether torch is installed and sees a CUDA device (dedup's `device = "auto"`)."""
+    """Whether torch is installed and sees a CUDA device (dedup's `device = "auto"`). Without the NVIDIA driver
+    there is no CUDA device, and importing torch only to learn that would cost a dedup worker about 1.3 s and
+    300 MB, so torch is asked only where the driver is, or where it is imported already."""
     import importlib.util
+    import sys
+    from pathlib import Path
 
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in NVIDIA_DRIVER):
+        return False
     if importlib.util.find_spec("torch") is None:
         return False
     import torch
 
     return torch.cuda.is_available()
+
+
+NVIDIA_DRIVER = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 
 
 def permutations(n: int) -> tuple[np.ndarray, np.ndarray]:
