@@ -23,6 +23,12 @@
    one Dask worker per GPU would run them, against one GPU.
 The device image has no polars or Prefect: the script imports the score and augment compute modules without their
 packages' stage glue (which the device does not need), and pydantic travels as wheels (see the README).
+Before spending device time: `python bench/gpu_check.py --dry-run --docs 200 --lm-docs 10 --profile-docs 10
+--minhash-docs 200 --dynamics-rows 200 --out /tmp/dry` runs every section on this machine's CPU (4 minutes on 2
+cores; it measures nothing, and says so) to catch a broken script here rather than there.
+On an H200 within one 600 s call (the pipeline before this round ran the LM at 285 k tokens/s, so 1M documents would
+take 10 minutes): `python bench/gpu_check.py --lm-docs 200000 --out $OUT` (pydantic as carried wheels, and the model
+packages joined from bench/model_parts.py's parts when they travelled).
 Corpus: paragraphs of the Python documentation that ship with CPython (pydoc_data), cut into 1 to 12 sentence
 documents, so it exists on any machine. Writes gpu_check.md (and prints it). Never run it to fill in a figure: run
 it on a GPU machine, or leave the README without GPU figures.
@@ -44,6 +50,16 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+
+DRY_RUN = False  # --dry-run: the CPU stands in for the card, to check the script before device time is spent
+
+
+def sync() -> None:
+    if not DRY_RUN:
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def compute_modules_only() -> None:
@@ -141,14 +157,13 @@ def cpu_agreement(texts: list[str], embedder, lm, lm_tok, cfg, dev) -> str:
 def dynamics_timing(emb: np.ndarray, labels: np.ndarray, cfg, dev, classifiers) -> tuple[float, str]:
     """select's proxy-classifier dynamics on the device; labels = the k-means cluster of each row folded into 8
     classes (labels the embeddings can learn), float16 rows as the stage stores them."""
-    import torch
 
     y = (labels % 8).astype(np.int64)
     half = emb.astype(np.float16)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     dyn = classifiers.training_dynamics(half, y, 8, cfg.dynamics, dev)
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t
     acc = float((dyn.oof.argmax(1) == y).mean())
     return seconds, (f"{half.shape[0]:,} x {half.shape[1]}, {cfg.dynamics.epochs} epochs x {cfg.dynamics.seeds} "
@@ -157,7 +172,6 @@ def dynamics_timing(emb: np.ndarray, labels: np.ndarray, cfg, dev, classifiers) 
 
 def generation_timing(docs: list[str], lm, lm_tok, dev, batch: int = 64, new_tokens: int = 64) -> str:
     """augment's LocalLM on the device: one warm-up batch, then four timed batches of paraphrase-sized prompts."""
-    import torch
 
     from tasks.models.generation import LocalLM
 
@@ -171,11 +185,11 @@ def generation_timing(docs: list[str], lm, lm_tok, dev, batch: int = 64, new_tok
                   top_p=0.9, max_tokens=10**9)
     prompts = [f"Rewrite the text in other words, same meaning.\nText: {d[:400]}" for d in docs[:batch * 5]]
     gen(prompts[:batch], list(range(batch)))
-    torch.cuda.synchronize()
+    sync()
     t, tokens = time.perf_counter(), 0
     for i in range(1, 5):
         tokens += gen(prompts[i * batch:(i + 1) * batch], list(range(batch))).tokens
-    torch.cuda.synchronize()
+    sync()
     seconds = time.perf_counter() - t
     return (f"| augment LocalLM generate, batch {batch}, {new_tokens} new tokens, 4 batches | {seconds:.1f} | "
             f"{tokens:,} | {tokens / seconds:,.0f} | |")
@@ -183,7 +197,6 @@ def generation_timing(docs: list[str], lm, lm_tok, dev, batch: int = 64, new_tok
 
 def minhash_timing(docs: list[str], dev, num_perm: int = 100) -> str:
     """The signature kernels on one set of shingle hashes: numpy on the CPU, torch on the device (warmed once)."""
-    import torch
 
     from tasks.stages.dedup import minhash_kernels
 
@@ -194,7 +207,7 @@ def minhash_timing(docs: list[str], dev, num_perm: int = 100) -> str:
     cpu = minhash_kernels.on_cpu(ids, x, len(docs), num_perm)
     t_cpu = time.perf_counter() - t
     minhash_kernels.on_device(ids[:100_000], x[:100_000], int(ids[min(99_999, ids.size - 1)]) + 1, num_perm, dev)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     gpu = minhash_kernels.on_device(ids, x, len(docs), num_perm, dev)
     t_gpu = time.perf_counter() - t
@@ -221,15 +234,16 @@ def vector_search_timing(emb: np.ndarray, clusters: np.ndarray, cfg, dev) -> tup
     t_cpu = time.perf_counter() - t
     semdedup_line = (f"| SemDeDup similarity blocks, {emb.shape[0]:,} rows (CPU numpy {t_cpu:.1f} s; same survivor "
                      f"for {(on_gpu == on_cpu).mean():.4%} of rows) | {t_gpu:.1f} | | | |")
-    items = emb[np.random.default_rng(3).choice(emb.shape[0], 10_000, replace=False)]
+    items = emb[np.random.default_rng(3).choice(emb.shape[0], min(10_000, emb.shape[0]), replace=False)]
     t = time.perf_counter()
     _, idx = nearest.top_k(emb, items, 3, dev)
     t_top = time.perf_counter() - t
-    sample = slice(0, 20_000)
+    measured = min(20_000, emb.shape[0])
+    sample = slice(0, measured)
     t = time.perf_counter()
     _, cpu_idx = nearest.top_k(emb[sample], items, 3, torch.device("cpu"))
-    t_cpu_top = (time.perf_counter() - t) * emb.shape[0] / 20_000
-    nearest_line = (f"| nearest 3 of 10,000 items for {emb.shape[0]:,} rows (CPU torch, extrapolated from 20,000: "
+    t_cpu_top = (time.perf_counter() - t) * emb.shape[0] / measured
+    nearest_line = (f"| nearest 3 of {items.shape[0]:,} items for {emb.shape[0]:,} rows (CPU torch, from {measured:,}: "
                     f"{t_cpu_top:.1f} s; same best item {(idx[sample, 0] == cpu_idx[:, 0]).mean():.4%}) | "
                     f"{t_top:.1f} | | | |")
     return semdedup_line, nearest_line
@@ -247,10 +261,10 @@ def embed_only(docs: int) -> None:
         torch.device("cuda")
     embedder = loading.load_embedder(cfg.embedder, dev) if packaged_models() else random_models(texts, dev)[0]
     embeddings.embed(texts[:2000], embedder, cfg.embedder, dev)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     embeddings.embed(texts, embedder, cfg.embedder, dev)
-    torch.cuda.synchronize()
+    sync()
     print(f"SECONDS {time.perf_counter() - t:.3f}")
 
 
@@ -277,6 +291,9 @@ def main() -> int:
     ap.add_argument("--lm-docs", type=int, default=None, help="documents scored by the LM (default: --docs)")
     ap.add_argument("--profile-docs", type=int, default=100_000, help="documents of the phase-by-phase profile")
     ap.add_argument("--minhash-docs", type=int, default=200_000, help="documents of the MinHash comparison")
+    ap.add_argument("--dynamics-rows", type=int, default=200_000, help="rows of the training-dynamics timing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="run every section on the CPU at the sizes given, to check the script (measures nothing)")
     ap.add_argument("--embed-only", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=".", help="folder for gpu_check.md")
     ap.add_argument("--emb-batch-tokens", type=int, default=None,
@@ -289,15 +306,19 @@ def main() -> int:
         return 0
     import torch
 
-    if not torch.cuda.is_available():
+    global DRY_RUN
+    DRY_RUN = args.dry_run
+    if not torch.cuda.is_available() and not DRY_RUN:
         print("no CUDA device visible: nothing measured (this script never reports a CPU figure as a GPU one)")
         return 2
     compute_modules_only()
     from schemas.config import ScoreConfig
     from tasks.models import batching, classifiers, embeddings, kmeans, loading, perplexity
 
-    dev = torch.device("cuda")
-    lines = [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}.", ""]
+    dev = torch.device("cpu" if DRY_RUN else "cuda")
+    lines = ["DRY RUN on the CPU (--dry-run): it checks that every section runs; no figure below is a GPU's.", ""] \
+        if DRY_RUN else [f"Device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA "
+                         f"{torch.version.cuda}.", ""]
     real = packaged_models()
     if real:
         test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_score.py",
@@ -346,10 +367,10 @@ def main() -> int:
     tok = embedder[0].tokenizer
     emb_tokens = sum(len(x) for x in tok(docs, truncation=True, max_length=cfg.embedder.max_tokens)["input_ids"])
     embeddings.embed(docs[:2000], embedder, cfg.embedder, dev)  # warm-up: kernels, allocator
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     emb = embeddings.embed(docs, embedder, cfg.embedder, dev)
-    torch.cuda.synchronize()
+    sync()
     t_emb = time.perf_counter() - t
 
     lines += ["| what | seconds | tokens | tokens/s | goal |", "|---|---:|---:|---:|---|",
@@ -360,10 +381,10 @@ def main() -> int:
     lm_tokens = sum(min(len(x) + 1, cfg.lm.max_tokens)
                     for x in lm_tok(lm_docs, add_special_tokens=False)["input_ids"])
     perplexity.nll(docs[:500], lm, lm_tok, cfg.lm, dev)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     nll, _ = perplexity.nll(lm_docs, lm, lm_tok, cfg.lm, dev)
-    torch.cuda.synchronize()
+    sync()
     t_lm = time.perf_counter() - t
     lines += [f"| perplexity, {len(lm_docs):,} docs (tokenization included) | {t_lm:.1f} | {lm_tokens:,} | "
               f"{lm_tokens / t_lm:,.0f} | >= 400,000 |"]
@@ -376,17 +397,18 @@ def main() -> int:
     _, on_cpu = kmeans.fit(emb, k, cfg.semdedup.sample)  # one seeding: the CPU must form the same clusters
     km_same = float((on_cpu == nearest).mean())
     semdedup_line, nearest_line = vector_search_timing(emb, nearest, cfg, dev)
-    agree = cpu_agreement(docs[:256], embedder, lm, lm_tok, cfg, dev)
-    t_dyn, dyn_note = dynamics_timing(emb, nearest, cfg, dev, classifiers)
-    gen_line = generation_timing(docs, lm, lm_tok, dev)
+    agree = cpu_agreement(docs[:16 if DRY_RUN else 256], embedder, lm, lm_tok, cfg, dev)
+    rows = slice(0, args.dynamics_rows)
+    t_dyn, dyn_note = dynamics_timing(emb[rows], nearest[rows], cfg, dev, classifiers)
+    gen_line = generation_timing(docs, lm, lm_tok, dev, *((2, 4) if DRY_RUN else ()))
     lines += [f"| k-means in torch, {k} clusters, {emb.shape[0]:,} x {emb.shape[1]} (rows in the same cluster "
               f"as on the CPU: {km_same:.4%}) | {t_km:.1f} | | | |",
               semdedup_line, nearest_line,
               f"| training dynamics ({dyn_note}) | {t_dyn:.1f} | | | |", gen_line, "", agree, "",
-              f"Peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; NLL finite: "
+              f"Peak GPU memory: {0 if DRY_RUN else torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; NLL finite: "
               f"{bool(np.isfinite(nll).all())}; clusters used: {len(np.unique(nearest))}."]
     save()
-    if torch.cuda.device_count() > 1:
+    if not DRY_RUN and torch.cuda.device_count() > 1:
         lines += ["", multi_gpu_timing(min(len(docs), 400_000), torch.cuda.device_count())]
     else:
         lines += ["", "One GPU visible: the 1-vs-all-GPUs comparison needs a machine with more."]
