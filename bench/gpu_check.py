@@ -292,6 +292,8 @@ def main() -> int:
     ap.add_argument("--profile-docs", type=int, default=100_000, help="documents of the phase-by-phase profile")
     ap.add_argument("--minhash-docs", type=int, default=200_000, help="documents of the MinHash comparison")
     ap.add_argument("--dynamics-rows", type=int, default=200_000, help="rows of the training-dynamics timing")
+    ap.add_argument("--tokenizer-docs", type=int, default=2048,
+                    help="documents per call of the host's tokenization timing (tokenizer_speed.py; real tokenizers)")
     ap.add_argument("--dry-run", action="store_true",
                     help="run every section on the CPU at the sizes given, to check the script (measures nothing)")
     ap.add_argument("--embed-only", type=int, default=None, help=argparse.SUPPRESS)
@@ -351,6 +353,13 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
+    if real:  # can the host's cores tokenize as fast as the card scores?
+        speed = subprocess.run([sys.executable, str(HERE / "tokenizer_speed.py"), "--docs", str(args.tokenizer_docs),
+                                "--threads", "1,0", "--out", str(out)], capture_output=True, text=True)
+        lines += [speed.stdout.strip() if speed.returncode == 0 else
+                  f"tokenizer_speed.py failed (exit {speed.returncode}): {speed.stderr[-500:]}", ""]
+        save()
+
     import score_profile
 
     sample = docs[:args.profile_docs]
@@ -364,8 +373,9 @@ def main() -> int:
     lines += ["| what | measured | goal |", "|---|---|---|", minhash_timing(docs[:args.minhash_docs], dev), ""]
     save()
 
-    tok = embedder[0].tokenizer
-    emb_tokens = sum(len(x) for x in tok(docs, truncation=True, max_length=cfg.embedder.max_tokens)["input_ids"])
+    from tasks.models import tokenizing
+
+    emb_tokens = sum(map(len, tokenizing.encoder(embedder[0].tokenizer, cfg.embedder.max_tokens)(docs)["input_ids"]))
     embeddings.embed(docs[:2000], embedder, cfg.embedder, dev)  # warm-up: kernels, allocator
     sync()
     t = time.perf_counter()
@@ -378,8 +388,8 @@ def main() -> int:
               "| >= 5,000,000 |"]
     save()
     lm_docs = docs[:args.lm_docs or len(docs)]
-    lm_tokens = sum(min(len(x) + 1, cfg.lm.max_tokens)
-                    for x in lm_tok(lm_docs, add_special_tokens=False)["input_ids"])
+    lm_tokens = sum(len(x) + 1 for x in
+                    tokenizing.encoder(lm_tok, cfg.lm.max_tokens - 1, special_tokens=False)(lm_docs)["input_ids"])
     perplexity.nll(docs[:500], lm, lm_tok, cfg.lm, dev)
     sync()
     t = time.perf_counter()

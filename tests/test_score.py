@@ -411,13 +411,14 @@ def test_model_parts_rebuild_the_packages_byte_for_byte(tmp_path, monkeypatch):
 
 def test_the_device_script_needs_no_polars():
     """The GPU machine's image has torch but no polars: bench/gpu_check.py's compute modules (the embedder, the LM,
-    k-means, dynamics, the MinHash kernels, the phase profile) import there. Here polars is hidden from a child."""
+    k-means, dynamics, the MinHash kernels, the phase profile, the tokenizer timing) import there. Here polars is
+    hidden from a child."""
     import subprocess
     import sys
 
     code = ("import sys; sys.modules['polars'] = None; sys.path.insert(0, 'bench'); import gpu_check, score_profile; "
-            "gpu_check.compute_modules_only(); "
-            "from tasks.models import batching, classifiers, embeddings, kmeans, perplexity; "
+            "import tokenizer_speed; gpu_check.compute_modules_only(); "
+            "from tasks.models import batching, classifiers, embeddings, kmeans, loading, perplexity, tokenizing; "
             "from tasks.stages.score import semantic; from tasks.stages.dedup import minhash_kernels; "
             "from tasks.models.generation import LocalLM; print('imported')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -1,13 +1,13 @@
 """Sentence embeddings, L2-normalized: the sentence-transformers model's own transformer and mean pooling, run on
-Sluice's token-budget batches (tokenized in Rust ahead of the model, collated in a background thread, copied on a
-side stream, bf16 autocast on CUDA)."""
+Sluice's token-budget batches (the leading part of each text tokenized in Rust ahead of the model, collated in a
+background thread, copied on a side stream, bf16 autocast on CUDA)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from schemas.config import EmbedderConfig
-from tasks.models import batching
+from tasks.models import batching, tokenizing
 
 
 def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
@@ -25,8 +25,10 @@ def embed(texts: list[str], model, cfg: EmbedderConfig, dev) -> np.ndarray:
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
 
+    encode = tokenizing.encoder(tokenizer, limit)
+
     def tokenize(part: list[str]) -> list[list[int]]:
-        return tokenizer(part, truncation=True, max_length=limit)["input_ids"]
+        return encode(part)["input_ids"]
 
     def forward(item) -> torch.Tensor:
         tokens, mask = item

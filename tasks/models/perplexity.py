@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.config import LanguageModelConfig
-from tasks.models import batching
+from tasks.models import batching, tokenizing
 
 HEAD_CHUNK = 2048  # positions per LM-head chunk
 
@@ -34,9 +34,10 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16:
     if not texts:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
 
+    encode = tokenizing.encoder(tokenizer, cfg.max_tokens - 1, special_tokens=False, offsets=True)
+
     def tokenize(part: list[str]) -> tuple[list[list[int]], np.ndarray]:
-        enc = tokenizer(part, truncation=True, max_length=cfg.max_tokens - 1, add_special_tokens=False,
-                        return_offsets_mapping=True)
+        enc = encode(part)
         chars = np.array([offsets[-1][1] if offsets else 0 for offsets in enc["offset_mapping"]], dtype=np.float64)
         return [[bos, *x] for x in enc["input_ids"]], chars
 
