@@ -99,8 +99,10 @@ def encoder(tokenizer, max_length: int, special_tokens: bool = True, offsets: bo
         return lambda texts: encode(texts, max_length, whole, False)
     backend, can_cut = _truncating(tokenizer, max_length)
 
+    batch = backend.encode_batch if offsets else backend.encode_batch_fast  # _fast computes no offsets: 1.1-1.3x
+
     def whole(texts: list[str]) -> Mapping[str, list]:
-        encodings = backend.encode_batch(texts, add_special_tokens=special_tokens)
+        encodings = batch(texts, add_special_tokens=special_tokens)
         out = {"input_ids": [e.ids for e in encodings]}
         if offsets:
             out["offset_mapping"] = [e.offsets for e in encodings]
