@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -49,13 +50,14 @@ def pad(ids: list[list[int]], pad_id: int, pin: bool = False, predicted: bool = 
     LM's loss is taken at, known on the host, so the device never has to say how many there are."""
     import torch
 
-    longest = max((len(x) for x in ids), default=1) or 1
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    longest = max(int(lengths.max(initial=0)), 1)
     tokens = torch.full((len(ids), longest), pad_id, dtype=torch.int64, pin_memory=pin)
     mask = torch.zeros((len(ids), longest), dtype=torch.int64, pin_memory=pin)
-    out, valid = tokens.numpy(), mask.numpy()
-    for i, x in enumerate(ids):
-        out[i, :len(x)] = x
-        valid[i, :len(x)] = 1
+    valid = mask.numpy()
+    real = np.arange(longest) < lengths[:, None]
+    valid[real] = 1
+    tokens.numpy()[real] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
     if not predicted:
         return tokens, mask
     rows, cols = np.nonzero(valid[:, 1:])
