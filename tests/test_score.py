@@ -47,6 +47,15 @@ def test_token_budget_batches_cover_every_document_within_the_budget():
     assert lengths[batches[0]].max() == 300  # longest first: an out-of-memory shows up at once
 
 
+def test_padding_puts_each_rows_tokens_first_and_marks_where_the_lm_predicts_a_real_token():
+    tokens, mask, positions = batching.pad([[5, 6, 7], [8], [], [9, 10]], pad_id=0, predicted=True)
+    assert tokens.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0], [9, 10, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]]
+    assert positions.tolist() == [0, 1, 9]  # row * 3 + column, where the next token is real
+    empty_tokens, empty_mask = batching.pad([], pad_id=1)
+    assert empty_tokens.shape == empty_mask.shape == (0, 1)
+
+
 def test_an_out_of_memory_batch_is_halved_and_retried():
     import torch
 
