@@ -113,7 +113,7 @@ def test_tokenizers_a_cut_could_change_are_tokenized_whole():
 
 def test_perplexity_of_long_documents_is_unchanged_by_the_cut(monkeypatch):
     lm, tok = loading.load_lm(CFG.lm, loading.device("cpu"))
-    docs = sorted(topics.values(), key=len)[-12:]  # the longest: 18-60 KB
+    docs = sorted(topics.values(), key=len)[-12:]  # the longest: 10-62 KB
     cfg = CFG.lm.model_copy(update={"max_tokens": 48})
     cut_nll, cut_bpc = perplexity.nll(docs, lm, tok, cfg, loading.device("cpu"))
     monkeypatch.setattr(tokenizing, "CHARS_PER_TOKEN", 10**9)  # no text is long enough to cut
