@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-TOKENIZERS = {"embedder": (256, True, False), "lm": (511, False, True)}  # kept tokens, special tokens, offsets
+TOKENIZERS = {"embedder": (256, True, False), "lm": (511, False, True)}  # kept tokens, special tokens, chars
 
 
 def corpora(n: int) -> dict[str, list[str]]:
@@ -48,13 +48,13 @@ def measure(n: int) -> list[dict]:
     cfg = ScoreConfig()
     folders = {"embedder": loading.embedder_folder(cfg.embedder), "lm": loading.lm_folder(cfg.lm)}
     rows = []
-    for which, (length, special, offsets) in TOKENIZERS.items():
+    for which, (length, special, chars) in TOKENIZERS.items():
         tok = AutoTokenizer.from_pretrained(folders[which], local_files_only=True)
-        encode = tokenizing.encoder(tok, length, special, offsets)
+        encode = tokenizing.encoder(tok, length, special, chars)
         for corpus, docs in corpora(n).items():
-            def wrapper(docs=docs, tok=tok, length=length, special=special, offsets=offsets):
+            def wrapper(docs=docs, tok=tok, length=length, special=special, chars=chars):
                 return tok(docs, truncation=True, max_length=length, add_special_tokens=special,
-                           return_offsets_mapping=offsets)
+                           return_offsets_mapping=chars)  # what the LM took its bits per character from before
 
             seconds, ids = {}, {}
             for path, run in (("wrapper", wrapper), ("encoder", lambda docs=docs, encode=encode: encode(docs))):

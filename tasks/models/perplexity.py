@@ -34,12 +34,11 @@ def nll(texts: list[str], model, tokenizer, cfg: LanguageModelConfig, dev, bf16:
     if not texts:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
 
-    encode = tokenizing.encoder(tokenizer, cfg.max_tokens - 1, special_tokens=False, offsets=True)
+    encode = tokenizing.encoder(tokenizer, cfg.max_tokens - 1, special_tokens=False, chars=True)
 
     def tokenize(part: list[str]) -> tuple[list[list[int]], np.ndarray]:
         enc = encode(part)
-        chars = np.array([offsets[-1][1] if offsets else 0 for offsets in enc["offset_mapping"]], dtype=np.float64)
-        return [[bos, *x] for x in enc["input_ids"]], chars
+        return [[bos, *x] for x in enc["input_ids"]], np.array(enc["chars"], dtype=np.float64)
 
     def forward(item) -> torch.Tensor:
         tokens, mask, positions = item  # positions: flat (row * length + t) where token t+1 is real, from the host

@@ -3,7 +3,7 @@ a long text, the part its first `max_length` tokens can come from.
 
 The Rust backend, not the transformers wrapper: the wrapper also turns every encoding's attention mask and token type
 ids into Python lists, in the calling thread, about 0.4 s per 1.5 M tokens whatever the cores (measured), which caps
-one feeder near 3.5 M tokens/s. Here only the ids (and, for the LM, the offsets) are taken.
+one feeder near 3.5 M tokens/s. Here only the ids (and, for the LM, where its kept tokens end) are taken.
 
 Only the beginning: a fast tokenizer truncates after tokenizing the whole text, so a 50 KB page costs 50 KB of
 tokenizing for the 256 tokens the embedder keeps. Cut at a word boundary after `max_length * CHARS_PER_TOKEN`
@@ -88,26 +88,31 @@ def cut(texts: list[str], max_length: int) -> tuple[list[str], np.ndarray]:
     return out, np.asarray(was_cut, dtype=np.int64)
 
 
-def encoder(tokenizer, max_length: int, special_tokens: bool = True, offsets: bool = False
+def encoder(tokenizer, max_length: int, special_tokens: bool = True, chars: bool = False
             ) -> Callable[[list[str]], dict[str, list]]:
-    """texts -> {"input_ids": [...]} (and "offset_mapping" with `offsets`), truncated at `max_length` tokens as
-    `tokenizer(texts, truncation=True, max_length=max_length)` would give them, only the leading part of each long
-    text tokenized where the tokenizer is `cuttable`. Through the wrapper for a tokenizer that has no backend."""
+    """texts -> {"input_ids": [...]}, truncated at `max_length` tokens as `tokenizer(texts, truncation=True,
+    max_length=max_length)` would give them, only the leading part of each long text tokenized where the tokenizer
+    is `cuttable`. With `chars`, also "chars": where each text's kept tokens end (its last token's end offset, 0 for
+    none), what the LM's bits per character divide by; only that offset is taken (every token's offsets as Python
+    tuples held 300 MB per 8,192 texts of 511 tokens). Through the wrapper for a tokenizer that has no backend."""
     if getattr(tokenizer, "backend_tokenizer", None) is None:
-        def whole(texts: list[str]) -> Mapping[str, list]:
-            return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=special_tokens,
-                             return_offsets_mapping=offsets)
+        def through_wrapper(texts: list[str]) -> Mapping[str, list]:
+            enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=special_tokens,
+                            return_offsets_mapping=chars)
+            out = {"input_ids": enc["input_ids"]}
+            if chars:
+                out["chars"] = [offsets[-1][1] if offsets else 0 for offsets in enc["offset_mapping"]]
+            return out
 
-        return lambda texts: encode(texts, max_length, whole, False)
+        return lambda texts: encode(texts, max_length, through_wrapper, False)
     backend, can_cut = _truncating(tokenizer, max_length)
-
-    batch = backend.encode_batch if offsets else backend.encode_batch_fast  # _fast computes no offsets: 1.1-1.3x
+    batch = backend.encode_batch if chars else backend.encode_batch_fast  # _fast computes no offsets: 1.1-1.3x
 
     def whole(texts: list[str]) -> Mapping[str, list]:
         encodings = batch(texts, add_special_tokens=special_tokens)
         out = {"input_ids": [e.ids for e in encodings]}
-        if offsets:
-            out["offset_mapping"] = [e.offsets for e in encodings]
+        if chars:
+            out["chars"] = [(e.token_to_chars(len(e.ids) - 1) or (0, 0))[1] if e.ids else 0 for e in encodings]
         return out
 
     return lambda texts: encode(texts, max_length, whole, can_cut)
