@@ -101,6 +101,12 @@ def device(choice: str, setting: str = "score.device"):
     return torch.device(choice)
 
 
+def cuda_or_none(dev):
+    """`dev` where it is a CUDA device, else None: the vector searches run in torch on a card and in numpy or
+    faiss on the CPU, and take None for the latter."""
+    return dev if getattr(dev, "type", "cpu") == "cuda" else None
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
     import torch

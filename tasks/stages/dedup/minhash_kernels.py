@@ -15,6 +15,7 @@ import numpy as np
 SEED = 0x5EED_D00D
 SIGN_BIT = -(2**63)
 ELEMENTS_AT_ONCE = 2**26  # shingles x permutations per step: 512 MB of int64 products on the device
+NVIDIA_DRIVER = ("/proc/driver/nvidia/version", "/dev/nvidiactl")  # one exists where the driver is loaded
 
 
 def cuda_present() -> bool:
@@ -33,8 +34,6 @@ def cuda_present() -> bool:
 
     return torch.cuda.is_available()
 
-
-NVIDIA_DRIVER = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 
 
 def permutations(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -199,10 +199,10 @@ def _contamination(texts: list[str], emb: np.ndarray, cfg, loaded: ScoreModels) 
         return embeddings.embed(batch, loaded.embedder, cfg.embedder, loaded.device)
 
     windows, rows, window_emb = _window_embeddings(texts, emb, cfg, loaded)
-    on_cuda = loaded.device if getattr(loaded.device, "type", "") == "cuda" else None
     doc, window, item, cosine = contamination.candidates(window_emb, windows.owner[rows], loaded.item_vectors,
                                                          contam.candidates, min(contam.candidate_cosine,
-                                                                                contam.threshold), device=on_cuda)
+                                                                                contam.threshold),
+                                                         device=loading.cuda_or_none(loaded.device))
     window = rows[window]
     # the few candidate windows that were pooled are embedded whole: their cosine is the window's own
     pooled_rows = np.flatnonzero(~windows.whole[window])

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import ScoreParams
-from tasks.models import batching, classifiers, kmeans, sampling
+from tasks.models import batching, classifiers, kmeans, loading, sampling
 from tasks.runtime.plan import PART, SHARD, CombineStep, MapStep, Plan, ReduceStep, Shuffle, StepInputs, partition
 from tasks.stages.score import classifier, semantic
 
@@ -129,9 +129,9 @@ def semdedup(rows: pl.DataFrame, inputs: StepInputs, params: ScoreParams) -> dic
     cfg = params.score
     rows = rows.sort("cluster", "id")
     emb = _emb(rows)
-    device = getattr(inputs.loaded, "device", None)  # CUDA: the similarity blocks run there
     survivor, cosine = semantic.duplicates(emb, rows["cluster"].to_numpy(), _priority(rows, cfg.semdedup.survivor),
-                                           cfg.semdedup.eps, device if getattr(device, "type", "") == "cuda" else None)
+                                           cfg.semdedup.eps,  # on CUDA the similarity blocks run there
+                                           loading.cuda_or_none(getattr(inputs.loaded, "device", None)))
     pub_id = np.full(rows.height, None, dtype=object)
     pub_version = np.full(rows.height, None, dtype=object)
     published = inputs.published
@@ -187,8 +187,6 @@ def dynamics_step(inputs: StepInputs, params: ScoreParams, loaded) -> dict:
         y = rows["label"].cast(pl.Enum(names)).to_physical().to_numpy().astype(np.int64)
         device = loaded.device if loaded is not None else None
         if device is None:
-            from tasks.models import loading
-
             device = loading.device("cpu")
         dyn = classifiers.training_dynamics(emb, y, len(names), cfg.dynamics, device)
         issue, quality, pred = classifiers.label_issues(y, dyn, cfg.dynamics.filter_by)
